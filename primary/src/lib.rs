@@ -1,0 +1,297 @@
+//! `primary`: the process that owns a shmdp process group's shared memory.
+//!
+//! [`Primary::start`] takes the prefix's lock (cleaning up after a crashed predecessor),
+//! picks the backing store, creates the memsegs, reserves the requested memzones, marks
+//! the memsegs ready and only then opens the control socket, so a secondary that gets a
+//! greeting always finds ready memory. [`Primary::shutdown`] (or dropping the value on an
+//! error path) marks the memsegs closing, tells the secondaries, and removes every file the
+//! run created, hugepage files included.
+//!
+//! Later layers add rings, pools and ports in the memsegs made here.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cli;
+mod control_server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use shm::backing::{self, Backing};
+use shm::control::MemsegRecord;
+use shm::runtime::{PrimaryLock, RuntimeDir};
+use shm::{Memseg, MemsegSpec, MemzoneKind};
+
+pub use control_server::{ControlServer, SecondaryEvent};
+
+/// Name of the memseg sized by `-m`.
+pub const MAIN_MEMSEG: &str = "main";
+/// Memzone every primary reserves in the main memseg, describing the run.
+pub const RUN_INFO_ZONE: &str = "shmdp_run";
+
+/// One extra memseg to create (`--memseg NAME=MiB`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemsegRequest {
+    /// Name.
+    pub name: String,
+    /// Requested size in bytes (rounded up to a power of two).
+    pub size_bytes: u64,
+}
+
+/// One memzone to reserve at start (`--memzone NAME=SIZE[@MEMSEG]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemzoneRequest {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub len_bytes: u64,
+    /// Memseg to reserve it in.
+    pub memseg: String,
+}
+
+/// Everything [`Primary::start`] needs.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    /// Common process options.
+    pub eal: shm::eal::EalArgs,
+    /// Memsegs besides the main one.
+    pub memsegs: Vec<MemsegRequest>,
+    /// Memzones to reserve.
+    pub memzones: Vec<MemzoneRequest>,
+}
+
+/// Errors of the primary. Each is one line saying what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum PrimaryError {
+    /// From the shm layer.
+    #[error(transparent)]
+    Shm(#[from] shm::Error),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The control socket could not be opened.
+    #[error("control socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of the primary.
+pub type Result<T> = std::result::Result<T, PrimaryError>;
+
+/// A running primary.
+#[derive(Debug)]
+pub struct Primary {
+    lock: Option<PrimaryLock>,
+    memsegs: Vec<Arc<Memseg>>,
+    backing: Backing,
+    control: Option<ControlServer>,
+    fallback_warning: Option<String>,
+}
+
+impl Primary {
+    /// Starts a primary as described above.
+    ///
+    /// # Errors
+    /// Any [`PrimaryError`]; nothing is left on disk when one is returned.
+    pub fn start(config: &PrimaryConfig) -> Result<Primary> {
+        let eal = &config.eal;
+        let mut requests = vec![MemsegRequest {
+            name: MAIN_MEMSEG.into(),
+            size_bytes: eal.memory_mib << 20,
+        }];
+        for m in &config.memsegs {
+            shm::runtime::check_memseg_name(&m.name).map_err(PrimaryError::Config)?;
+            if requests.iter().any(|r| r.name == m.name) {
+                return Err(PrimaryError::Config(format!(
+                    "memseg {:?} is given twice",
+                    m.name
+                )));
+            }
+            requests.push(m.clone());
+        }
+        for z in &config.memzones {
+            if !requests.iter().any(|r| r.name == z.memseg) {
+                return Err(PrimaryError::Config(format!(
+                    "memzone {:?} names memseg {:?}, which does not exist (memsegs: {})",
+                    z.name,
+                    z.memseg,
+                    requests
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        // Take the prefix first: cleaning up a crashed run frees its hugepages before we
+        // count the free ones.
+        let dir = RuntimeDir::for_prefix(&eal.file_prefix);
+        let lock = PrimaryLock::acquire(&dir)?;
+        if let Some(old) = lock.stale_owner() {
+            tracing::warn!(
+                "removed the files of a crashed run (pid {}, generation {}) of prefix {}",
+                old.pid,
+                old.generation,
+                dir.prefix()
+            );
+        }
+        // From here on, dropping `primary` on an error removes everything created.
+        let mut primary = Primary {
+            lock: Some(lock),
+            memsegs: Vec::new(),
+            backing: Backing::Shm {
+                dir: PathBuf::from("/dev/shm"),
+            },
+            control: None,
+            fallback_warning: None,
+        };
+        // Size every memseg for the largest page size we might get, then pick the store.
+        let max_page = backing::huge_mounts()
+            .iter()
+            .map(|m| m.page_size)
+            .max()
+            .unwrap_or(4096);
+        let sizes_for = |page: u64| -> Result<Vec<u64>> {
+            requests
+                .iter()
+                .map(|r| {
+                    backing::memseg_size(r.size_bytes, page).ok_or_else(|| {
+                        PrimaryError::Config(format!("memseg {} is too large", r.name))
+                    })
+                })
+                .collect()
+        };
+        let (backing, warning) = backing::choose_backing(
+            eal.huge_dir.as_deref(),
+            eal.no_huge,
+            &sizes_for(if eal.no_huge { 4096 } else { max_page })?,
+        )?;
+        let sizes = sizes_for(backing.page_size())?;
+        primary.backing = backing.clone();
+        primary.fallback_warning = warning;
+        let generation = primary.lock.as_ref().expect("set").generation();
+        for (i, (req, size)) in requests.iter().zip(&sizes).enumerate() {
+            let path = backing.dir().join(dir.memseg_file_name(&req.name));
+            let spec = MemsegSpec {
+                name: req.name.clone(),
+                id: i as u32,
+                size_bytes: *size,
+                path: path.clone(),
+                page_size: backing.page_size(),
+                hugetlb: backing.is_hugetlbfs(),
+                creator_pid: std::process::id(),
+                generation,
+            };
+            // Link first, so a crash between the two steps still leaves a findable file.
+            let link = dir.memseg_link(&req.name);
+            std::os::unix::fs::symlink(&path, &link).map_err(|e| shm::Error::Io {
+                what: format!("link {}", link.display()),
+                source: e,
+            })?;
+            let seg = Memseg::create(&spec)?;
+            primary.memsegs.push(Arc::new(seg));
+        }
+        let run = primary.memsegs[0].reserve(RUN_INFO_ZONE, 64, 64, MemzoneKind::Raw)?;
+        let info = [std::process::id() as u64, generation];
+        run.region()
+            .write(run.offset, &info)
+            .map_err(shm::Error::from)?;
+        for z in &config.memzones {
+            let seg = primary
+                .memsegs
+                .iter()
+                .find(|s| s.name() == z.memseg)
+                .expect("checked above");
+            seg.reserve(&z.name, z.len_bytes, 64, MemzoneKind::Raw)?;
+        }
+        for seg in &primary.memsegs {
+            seg.mark_ready();
+        }
+        let records = primary.memseg_records();
+        primary.control = Some(ControlServer::start(
+            &dir.socket_path(),
+            records,
+            generation,
+        )?);
+        Ok(primary)
+    }
+
+    /// The memsegs, main first.
+    pub fn memsegs(&self) -> &[Arc<Memseg>] {
+        &self.memsegs
+    }
+
+    /// The backing store in use.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// The warning to print when hugepages were wanted but /dev/shm is used.
+    pub fn fallback_warning(&self) -> Option<&str> {
+        self.fallback_warning.as_deref()
+    }
+
+    /// This run's generation.
+    pub fn generation(&self) -> u64 {
+        self.lock.as_ref().map_or(0, |l| l.generation())
+    }
+
+    /// The runtime directory.
+    pub fn runtime_dir(&self) -> Option<&RuntimeDir> {
+        self.lock.as_ref().map(|l| l.dir())
+    }
+
+    /// The control server (secondary slots and events).
+    pub fn control(&self) -> Option<&ControlServer> {
+        self.control.as_ref()
+    }
+
+    /// Describes the memsegs as the control protocol does.
+    pub fn memseg_records(&self) -> Vec<MemsegRecord> {
+        self.memsegs
+            .iter()
+            .map(|s| MemsegRecord {
+                id: s.header().memseg_id,
+                name: s.name().to_string(),
+                path: s
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                size_bytes: s.size_bytes(),
+                hugetlb: s.is_hugetlb(),
+            })
+            .collect()
+    }
+
+    /// Stops: marks memsegs closing, tells secondaries, removes every file of the run.
+    /// Returns how many memseg files were removed.
+    pub fn shutdown(mut self) -> usize {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> usize {
+        for seg in &self.memsegs {
+            seg.set_state(shm::MemsegState::Closing);
+        }
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        let n = self.memsegs.len();
+        self.memsegs.clear();
+        if let Some(lock) = self.lock.take() {
+            lock.remove_run();
+        }
+        n
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

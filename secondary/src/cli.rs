@@ -1,0 +1,168 @@
+//! Command line of `shmdp-secondary`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use shm::eal::{EalArgs, ProcType};
+
+use crate::{PrimaryGone, Secondary};
+
+/// Exit code when the primary went away while we were attached.
+pub const EXIT_PRIMARY_GONE: u8 = 3;
+
+/// `shmdp-secondary`: attaches to a running primary by `--file-prefix`.
+#[derive(Debug, Parser)]
+#[command(name = "shmdp-secondary", version, about)]
+pub struct SecondaryCli {
+    /// Process options.
+    #[command(flatten)]
+    pub eal: EalArgs,
+    /// What to do once attached.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the memsegs and memzones attached to, then detach.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay attached until the primary goes away (exit 3) or a signal arrives (exit 0).
+    Monitor,
+}
+
+/// Runs `shmdp-secondary` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli: SecondaryCli = shm::eal::parse_args_or_exit("shmdp-secondary");
+    init_logging();
+    if cli.eal.proc_type == Some(ProcType::Primary) {
+        eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
+        Command::Monitor => monitor("shmdp-secondary", &cli.eal, true),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn attach_or_report(program: &str, eal: &EalArgs) -> Result<Secondary, ExitCode> {
+    Secondary::attach(&eal.file_prefix, program).map_err(|e| {
+        eprintln!("{program}: error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn info(program: &str, eal: &EalArgs, json: bool) -> ExitCode {
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let info = sec.info();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("serialisable")
+        );
+    } else {
+        print_info(&info);
+    }
+    sec.detach();
+    ExitCode::SUCCESS
+}
+
+fn print_info(info: &crate::AttachInfo) {
+    println!(
+        "attached to prefix {} (primary pid {}, generation {}) as secondary slot {}",
+        info.prefix, info.primary_pid, info.generation, info.slot
+    );
+    for s in &info.memsegs {
+        println!(
+            "memseg {} {:<12} {:>6} MiB  {:<9}  mapped at {}  {}",
+            s.id,
+            s.name,
+            s.size_bytes >> 20,
+            if s.hugetlb { "hugetlbfs" } else { "shm" },
+            s.mapped_at,
+            s.path
+        );
+        for z in &s.memzones {
+            println!(
+                "  memzone {:<31} offset {:#010x} len {:>10} align {:>5} {:?}",
+                z.name, z.offset, z.len_bytes, z.align, z.kind
+            );
+        }
+    }
+}
+
+/// Attaches and stays attached until the primary goes away (exit 3) or SIGINT/SIGTERM
+/// (exit 0). Used by `shmdp-secondary monitor` and by `shmdp-primary --proc-type
+/// secondary|auto` when another primary is running.
+pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{program}: error: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let watch = match sec.watch_primary() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{program}: error: cannot watch the control connection: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let info = sec.info();
+    if !quiet_info {
+        print_info(&info);
+    }
+    println!(
+        "{program}: attached as secondary: prefix {} slot {} primary pid {} memsegs {}",
+        info.prefix,
+        info.slot,
+        info.primary_pid,
+        info.memsegs.len()
+    );
+    loop {
+        if signals.pending().next().is_some() {
+            sec.detach();
+            println!("{program}: detached");
+            return ExitCode::SUCCESS;
+        }
+        if let Some(gone) = watch.wait(Duration::from_millis(100)) {
+            let how = match gone {
+                PrimaryGone::Closing => "shut down",
+                PrimaryGone::Died => "died",
+            };
+            eprintln!(
+                "{program}: the primary (pid {}) {how}; detaching",
+                sec.primary_pid()
+            );
+            return ExitCode::from(EXIT_PRIMARY_GONE);
+        }
+    }
+}

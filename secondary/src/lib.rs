@@ -1,0 +1,350 @@
+//! `secondary`: attaching to a running primary, for the `shmdp-secondary` program and for
+//! any application (on the host, later in a guest) built on shmdp.
+//!
+//! [`Secondary::attach`] finds the primary of a `--file-prefix` through its runtime
+//! directory, checks that it is alive (its lock is held), greets it on the control socket,
+//! and maps every memseg it lists at whatever address the kernel gives, validating each
+//! header. Objects are then found by name with [`Secondary::lookup`]. The control
+//! connection stays open while attached: the primary frees the secondary's slot when it
+//! closes, and [`PrimaryWatch`] tells the secondary when the primary goes away.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cli;
+
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use shm::control::{self, Reply, Request, Welcome, PROTOCOL_VERSION};
+use shm::runtime::{FilePrefix, Liveness, RuntimeDir};
+use shm::{Memseg, Memzone};
+
+/// Why attaching failed. Each message is one line with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// No primary has run with this prefix (or it shut down cleanly).
+    #[error("no primary is running with --file-prefix {prefix}; start one with: shmdp-primary --file-prefix {prefix}")]
+    NoPrimary {
+        /// The prefix.
+        prefix: String,
+    },
+    /// The primary's files exist but it is dead.
+    #[error("the primary of --file-prefix {prefix} (pid {pid}) is dead (stale files); start a new one with: shmdp-primary --file-prefix {prefix}")]
+    PrimaryDead {
+        /// The prefix.
+        prefix: String,
+        /// Pid that held it.
+        pid: u32,
+    },
+    /// The control socket could not be reached.
+    #[error("cannot reach the primary's control socket {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The primary refused us.
+    #[error("the primary refused to attach us: {0}")]
+    Refused(String),
+    /// The primary answered something unexpected.
+    #[error("control protocol error: {0}")]
+    Protocol(String),
+    /// A memseg could not be mapped or validated.
+    #[error(transparent)]
+    Memseg(#[from] shm::Error),
+}
+
+impl AttachError {
+    /// True when attaching again shortly may work (the primary is starting up).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AttachError::Connect { .. } => true,
+            AttachError::Memseg(e) => e.is_retryable(),
+            AttachError::NoPrimary { .. }
+            | AttachError::PrimaryDead { .. }
+            | AttachError::Refused(_)
+            | AttachError::Protocol(_) => false,
+        }
+    }
+}
+
+/// An attached secondary.
+#[derive(Debug)]
+pub struct Secondary {
+    prefix: FilePrefix,
+    conn: UnixStream,
+    welcome: Welcome,
+    memsegs: Vec<Memseg>,
+}
+
+impl Secondary {
+    /// Attaches to the primary of `prefix`, retrying for up to two seconds while the
+    /// primary is still starting.
+    ///
+    /// # Errors
+    /// See [`AttachError`].
+    pub fn attach(prefix: &FilePrefix, program: &str) -> Result<Secondary, AttachError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match Self::attach_once(prefix, program) {
+                Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn attach_once(prefix: &FilePrefix, program: &str) -> Result<Secondary, AttachError> {
+        let dir = RuntimeDir::for_prefix(prefix);
+        match dir.probe() {
+            Liveness::NoRun => {
+                return Err(AttachError::NoPrimary {
+                    prefix: prefix.to_string(),
+                })
+            }
+            Liveness::Stale { owner } => {
+                return Err(AttachError::PrimaryDead {
+                    prefix: prefix.to_string(),
+                    pid: owner.map_or(0, |o| o.pid),
+                })
+            }
+            Liveness::Alive { .. } => {}
+        }
+        let path = dir.socket_path();
+        let mut conn = UnixStream::connect(&path).map_err(|source| AttachError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let proto = |e: std::io::Error| AttachError::Protocol(e.to_string());
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(proto)?;
+        control::send(
+            &mut conn,
+            &Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                program: program.to_string(),
+            },
+        )
+        .map_err(proto)?;
+        let welcome =
+            match control::recv::<Reply>(&mut conn).map_err(proto)? {
+                Some(Reply::Welcome(w)) => w,
+                Some(Reply::Refused { reason }) => return Err(AttachError::Refused(reason)),
+                Some(Reply::Closing) | None => return Err(AttachError::Protocol(
+                    "the primary closed the connection during the greeting (is it shutting down?)"
+                        .into(),
+                )),
+                Some(other) => {
+                    return Err(AttachError::Protocol(format!(
+                        "expected Welcome, got {other:?}"
+                    )))
+                }
+            };
+        conn.set_read_timeout(None).map_err(proto)?;
+        let mut memsegs = Vec::with_capacity(welcome.memsegs.len());
+        for rec in &welcome.memsegs {
+            let seg = Memseg::attach(std::path::Path::new(&rec.path))?;
+            if seg.header().generation != welcome.generation || seg.size_bytes() != rec.size_bytes {
+                return Err(AttachError::Memseg(shm::Error::BadMemseg(format!(
+                    "{} belongs to generation {} but the primary runs generation {}",
+                    rec.path,
+                    seg.header().generation,
+                    welcome.generation
+                ))));
+            }
+            memsegs.push(seg);
+        }
+        Ok(Secondary {
+            prefix: prefix.clone(),
+            conn,
+            welcome,
+            memsegs,
+        })
+    }
+
+    /// The prefix attached to.
+    pub fn prefix(&self) -> &FilePrefix {
+        &self.prefix
+    }
+
+    /// Process slot the primary gave us.
+    pub fn slot(&self) -> u32 {
+        self.welcome.slot
+    }
+
+    /// The primary's pid.
+    pub fn primary_pid(&self) -> u32 {
+        self.welcome.primary_pid
+    }
+
+    /// The run's generation.
+    pub fn generation(&self) -> u64 {
+        self.welcome.generation
+    }
+
+    /// The mapped memsegs, in the primary's order.
+    pub fn memsegs(&self) -> &[Memseg] {
+        &self.memsegs
+    }
+
+    /// Finds a memzone by name in any memseg.
+    ///
+    /// # Errors
+    /// [`shm::Error::NotFound`] if no memseg has it; [`shm::Error::BadMemseg`] if a table
+    /// is corrupt.
+    pub fn lookup(&self, name: &str) -> Result<Memzone, shm::Error> {
+        for seg in &self.memsegs {
+            match seg.lookup(name) {
+                Err(shm::Error::NotFound(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(shm::Error::NotFound(name.to_string()))
+    }
+
+    /// Starts watching the control connection: the returned watch fires when the primary
+    /// says it is closing or the connection drops (the primary died).
+    ///
+    /// # Errors
+    /// If the connection cannot be duplicated.
+    pub fn watch_primary(&self) -> std::io::Result<PrimaryWatch> {
+        let mut conn = self.conn.try_clone()?;
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("primary-watch".into())
+            .spawn(move || {
+                let why = loop {
+                    match control::recv::<Reply>(&mut conn) {
+                        Ok(Some(Reply::Closing)) => break PrimaryGone::Closing,
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => break PrimaryGone::Died,
+                    }
+                };
+                let _ = tx.send(why);
+            })?;
+        Ok(PrimaryWatch { rx })
+    }
+
+    /// Detaches politely (the primary logs a detach rather than a death).
+    pub fn detach(mut self) {
+        let _ = control::send(&mut self.conn, &Request::Bye);
+    }
+
+    /// A description of everything attached to, for printing.
+    pub fn info(&self) -> AttachInfo {
+        AttachInfo {
+            prefix: self.prefix.to_string(),
+            primary_pid: self.primary_pid(),
+            generation: self.generation(),
+            slot: self.slot(),
+            memsegs: self
+                .memsegs
+                .iter()
+                .map(|s| MemsegInfo {
+                    id: s.header().memseg_id,
+                    name: s.name().to_string(),
+                    path: s
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    size_bytes: s.size_bytes(),
+                    hugetlb: s.is_hugetlb(),
+                    mapped_at: format!("{:#x}", s.region().base_va()),
+                    memzones: match s.memzones() {
+                        Ok(zs) => zs
+                            .into_iter()
+                            .map(|z| MemzoneInfo {
+                                name: z.name,
+                                offset: z.offset,
+                                len_bytes: z.len_bytes,
+                                align: z.align,
+                                kind: z.kind,
+                            })
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How the primary went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryGone {
+    /// It announced a clean shutdown.
+    Closing,
+    /// The connection dropped without notice: it crashed or was killed.
+    Died,
+}
+
+/// Notification that the primary is gone; see [`Secondary::watch_primary`].
+#[derive(Debug)]
+pub struct PrimaryWatch {
+    rx: Receiver<PrimaryGone>,
+}
+
+impl PrimaryWatch {
+    /// Waits up to `timeout`; `Some` once the primary is gone.
+    pub fn wait(&self, timeout: Duration) -> Option<PrimaryGone> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(g) => Some(g),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(PrimaryGone::Died),
+        }
+    }
+}
+
+/// What `shmdp-secondary info` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttachInfo {
+    /// Prefix.
+    pub prefix: String,
+    /// Primary pid.
+    pub primary_pid: u32,
+    /// Run generation.
+    pub generation: u64,
+    /// Our slot.
+    pub slot: u32,
+    /// Memsegs.
+    pub memsegs: Vec<MemsegInfo>,
+}
+
+/// One memseg in [`AttachInfo`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemsegInfo {
+    /// Index.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// File.
+    pub path: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// On hugetlbfs.
+    pub hugetlb: bool,
+    /// Where it is mapped in this process (differs from the primary's address).
+    pub mapped_at: String,
+    /// Its memzones.
+    pub memzones: Vec<MemzoneInfo>,
+}
+
+/// One memzone in [`MemsegInfo`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemzoneInfo {
+    /// Name.
+    pub name: String,
+    /// Offset from the memseg base.
+    pub offset: u64,
+    /// Length.
+    pub len_bytes: u64,
+    /// Alignment.
+    pub align: u64,
+    /// Kind.
+    pub kind: shm::MemzoneKind,
+}
