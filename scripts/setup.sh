@@ -27,6 +27,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install Rust (rustup) first"; exit 1
 fi
+# Miri checks the unsafe crates; it needs a nightly toolchain (optional, best effort).
+if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^nightly' \
+   && ! cargo +nightly miri --version >/dev/null 2>&1; then
+  rustup component add miri rust-src --toolchain nightly >/dev/null 2>&1 \
+    && say "installed miri for the nightly toolchain" || say "miri not installable; its tests will be skipped"
+fi
 
 free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
 total=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)

@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, cross-process tests with real primaries and secondaries.
+# Runs every test: unit tests, cross-process tests with real primaries and secondaries,
+# the loom models of the ring protocols, Miri on the unsafe crates' unit tests (where a
+# nightly toolchain with Miri is installed), and each benchmark once in test mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins
 cargo test --workspace
+cargo test -p shm-ring --benches
+
+echo "== loom: ring protocols"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p shm-ring --release --test loom
+
+echo "== miri: shm and shm-ring unit tests"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-symbolic-alignment-check" CARGO_TARGET_DIR=target/miri \
+    cargo +nightly miri test -p shm-ring -p shm --lib
+else
+  echo "SKIP: miri: no nightly toolchain with the miri component here (rustup component add miri --toolchain nightly)"
+fi

@@ -10,7 +10,7 @@ use signal_hook::iterator::Signals;
 use shm::eal::{EalArgs, ProcType};
 use shm::runtime::{Liveness, RuntimeDir};
 
-use crate::{MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, MAIN_MEMSEG};
+use crate::{MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG};
 
 /// `shmdp-primary`: creates a process group's shared memory and serves its secondaries
 /// until SIGINT or SIGTERM, then removes every file it created.
@@ -26,6 +26,57 @@ pub struct PrimaryCli {
     /// A memzone to reserve at start (repeatable), e.g. --memzone demo=4k@main.
     #[arg(long = "memzone", value_name = "NAME=SIZE[@MEMSEG]", value_parser = parse_memzone)]
     pub memzones: Vec<MemzoneRequest>,
+    /// A ring of 8-byte handles to create (repeatable); MODE is sp_sc, mp_mc, mp_sc or
+    /// sp_mc (default mp_mc), e.g. --ring rx0=1024:sp_sc@guest1.
+    #[arg(long = "ring", value_name = "NAME=CAPACITY[:MODE][@MEMSEG]", value_parser = parse_ring)]
+    pub rings: Vec<RingRequest>,
+    /// After start, enqueue COUNT sequence-numbered elements into ring NAME (repeatable),
+    /// waiting while it is full; secondaries check them with `ring-drain`.
+    #[arg(long = "fill-ring", value_name = "NAME=COUNT", value_parser = parse_fill)]
+    pub fills: Vec<(String, u64)>,
+}
+
+fn parse_ring(s: &str) -> Result<RingRequest, String> {
+    let bad =
+        || format!("--ring {s:?}: expected NAME=CAPACITY[:MODE][@MEMSEG], e.g. rx0=1024:sp_sc");
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (rest, memseg) = rest.split_once('@').unwrap_or((rest, MAIN_MEMSEG));
+    let (cap, mode) = rest.split_once(':').unwrap_or((rest, "mp_mc"));
+    if shm::layout::encode_name(name).is_none() {
+        return Err(format!("--ring {s:?}: name must be 1..31 bytes"));
+    }
+    let capacity: u32 = cap
+        .parse()
+        .ok()
+        .filter(|c| (1..=1 << 31).contains(c))
+        .ok_or_else(|| format!("--ring {s:?}: capacity {cap:?} must be 1..2147483648"))?;
+    let mode = match mode {
+        "sp_sc" => shm_ring::SyncMode::SP_SC,
+        "mp_mc" => shm_ring::SyncMode::MP_MC,
+        "mp_sc" => shm_ring::SyncMode::MP_SC,
+        "sp_mc" => shm_ring::SyncMode::SP_MC,
+        other => {
+            return Err(format!(
+                "--ring {s:?}: mode {other:?} is not sp_sc, mp_mc, mp_sc or sp_mc"
+            ))
+        }
+    };
+    Ok(RingRequest {
+        name: name.into(),
+        capacity,
+        mode,
+        memseg: memseg.into(),
+    })
+}
+
+fn parse_fill(s: &str) -> Result<(String, u64), String> {
+    let (name, count) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--fill-ring {s:?}: expected NAME=COUNT"))?;
+    let count = count
+        .parse()
+        .map_err(|_| format!("--fill-ring {s:?}: COUNT must be a number"))?;
+    Ok((name.into(), count))
 }
 
 fn parse_memseg(s: &str) -> Result<MemsegRequest, String> {
@@ -108,6 +159,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         eal: cli.eal.clone(),
         memsegs: cli.memsegs.clone(),
         memzones: cli.memzones.clone(),
+        rings: cli.rings.clone(),
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,
@@ -138,6 +190,24 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         primary.generation(),
         segs.join(",")
     );
+    for (name, count) in &cli.fills {
+        let ring = match primary.ring(name) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("shmdp-primary: error: --fill-ring {name}: {e}");
+                drop(primary);
+                return ExitCode::from(2);
+            }
+        };
+        let count = *count;
+        std::thread::spawn(move || {
+            match secondary::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
+                Ok(m) => tracing::info!("filled {} elements into {}", m.count, ring.name()),
+                // Logged once; the primary keeps running (a peer may have scribbled on it).
+                Err(e) => tracing::error!("fill stopped: {e}"),
+            }
+        });
+    }
     loop {
         if let Some(sig) = signals.pending().next() {
             tracing::info!("signal {sig}: shutting down");

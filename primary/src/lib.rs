@@ -49,6 +49,19 @@ pub struct MemzoneRequest {
     pub memseg: String,
 }
 
+/// One ring to create at start (`--ring NAME=CAPACITY[:MODE][@MEMSEG]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingRequest {
+    /// Name.
+    pub name: String,
+    /// Exact capacity in elements.
+    pub capacity: u32,
+    /// Producer/consumer mode.
+    pub mode: shm_ring::SyncMode,
+    /// Memseg to create it in.
+    pub memseg: String,
+}
+
 /// Everything [`Primary::start`] needs.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -58,6 +71,8 @@ pub struct PrimaryConfig {
     pub memsegs: Vec<MemsegRequest>,
     /// Memzones to reserve.
     pub memzones: Vec<MemzoneRequest>,
+    /// Rings (of 8-byte handles) to create.
+    pub rings: Vec<RingRequest>,
 }
 
 /// Errors of the primary. Each is one line saying what is wrong and how to fix it.
@@ -209,6 +224,15 @@ impl Primary {
                 .expect("checked above");
             seg.reserve(&z.name, z.len_bytes, 64, MemzoneKind::Raw)?;
         }
+        for r in &config.rings {
+            let seg = primary
+                .memsegs
+                .iter()
+                .find(|s| s.name() == r.memseg)
+                .expect("checked above");
+            shm_ring::Ring::<u64>::create(seg, &r.name, r.capacity, r.mode)
+                .map_err(|e| PrimaryError::Config(format!("ring {}: {e}", r.name)))?;
+        }
         for seg in &primary.memsegs {
             seg.mark_ready();
         }
@@ -219,6 +243,24 @@ impl Primary {
             generation,
         )?);
         Ok(primary)
+    }
+
+    /// Opens the ring of 8-byte handles named `name` in any memseg.
+    ///
+    /// # Errors
+    /// [`shm_ring::RingError::BadRing`] if there is none.
+    pub fn ring(
+        &self,
+        name: &str,
+    ) -> std::result::Result<shm_ring::Ring<u64>, shm_ring::RingError> {
+        for seg in &self.memsegs {
+            if let Ok(zone) = seg.lookup(name) {
+                return shm_ring::Ring::from_memzone(&zone);
+            }
+        }
+        Err(shm_ring::RingError::BadRing(format!(
+            "no ring named {name:?}"
+        )))
     }
 
     /// The memsegs, main first.

@@ -37,7 +37,44 @@ pub enum Command {
     },
     /// Stay attached until the primary goes away (exit 3) or a signal arrives (exit 0).
     Monitor,
+    /// Enqueue COUNT sequence-numbered elements (producer_id << 48 | seq) into a ring.
+    RingFill {
+        /// Ring name.
+        ring: String,
+        /// Elements to enqueue.
+        #[arg(long)]
+        count: u64,
+        /// Producer id stamped into the elements (0..32768).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..32768))]
+        producer_id: u64,
+        /// Elements per enqueue call.
+        #[arg(long, default_value_t = 32)]
+        burst: usize,
+        /// Give up after this many seconds without progress.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Dequeue COUNT elements and check every producer's sequence is complete and in order.
+    RingDrain {
+        /// Ring name.
+        ring: String,
+        /// Elements to dequeue.
+        #[arg(long)]
+        count: u64,
+        /// Number of producers (ids 0..N).
+        #[arg(long, default_value_t = 1)]
+        producers: u64,
+        /// Elements per dequeue call.
+        #[arg(long, default_value_t = 32)]
+        burst: usize,
+        /// Give up after this many seconds without progress.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
+
+/// Exit code when a ring operation or check failed.
+pub const EXIT_RING_FAILED: u8 = 1;
 
 /// Runs `shmdp-secondary` with the process's arguments.
 pub fn main() -> ExitCode {
@@ -50,6 +87,69 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
         Command::Monitor => monitor("shmdp-secondary", &cli.eal, true),
+        Command::RingFill {
+            ring,
+            count,
+            producer_id,
+            burst,
+            timeout,
+        } => ring_cmd(&cli.eal, &ring, |r| {
+            crate::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout)).map(
+                |m| {
+                    format!(
+                        "filled {} elements into {ring} ({:.2} Mpps)",
+                        m.count,
+                        m.mpps()
+                    )
+                },
+            )
+        }),
+        Command::RingDrain {
+            ring,
+            count,
+            producers,
+            burst,
+            timeout,
+        } => ring_cmd(&cli.eal, &ring, |r| {
+            crate::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
+                format!(
+                    "drained {} elements from {ring}: {producers} producers, all in order ({:.2} Mpps)",
+                    m.count,
+                    m.mpps()
+                )
+            })
+        }),
+    }
+}
+
+fn ring_cmd(
+    eal: &EalArgs,
+    name: &str,
+    f: impl FnOnce(&shm_ring::Ring<u64>) -> Result<String, crate::ringtool::RingToolError>,
+) -> ExitCode {
+    let program = "shmdp-secondary";
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let ring = match sec.ring(name) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: error: ring {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = f(&ring);
+    sec.detach();
+    match result {
+        Ok(line) => {
+            println!("{program}: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            ExitCode::from(EXIT_RING_FAILED)
+        }
     }
 }
 

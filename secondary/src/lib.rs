@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod ringtool;
 
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver};
@@ -205,6 +206,17 @@ impl Secondary {
             }
         }
         Err(shm::Error::NotFound(name.to_string()))
+    }
+
+    /// Opens the ring of 8-byte handles named `name` in any memseg.
+    ///
+    /// # Errors
+    /// [`shm_ring::RingError::BadRing`] if absent or invalid.
+    pub fn ring(&self, name: &str) -> Result<shm_ring::Ring<u64>, shm_ring::RingError> {
+        let zone = self
+            .lookup(name)
+            .map_err(|e| shm_ring::RingError::BadRing(e.to_string()))?;
+        shm_ring::Ring::from_memzone(&zone)
     }
 
     /// Starts watching the control connection: the returned watch fires when the primary

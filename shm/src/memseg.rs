@@ -656,7 +656,7 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for round in 0..2000 {
+        for round in 0..if cfg!(miri) { 20 } else { 2000 } {
             let r = Region::heap(1 << 20);
             r.write(0, &good).unwrap();
             // Flip 1..8 random bytes of the header and table (or all of it every 10th round).

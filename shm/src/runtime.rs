@@ -324,6 +324,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "flock(2) is not supported by Miri")]
     fn lock_excludes_a_second_primary_and_detects_stale_runs() {
         let base = std::env::temp_dir().join(format!("shmdp-rt-test-{}", std::process::id()));
         std::env::set_var("SHMDP_RUNTIME_DIR", &base);

@@ -1,0 +1,374 @@
+//! The ring algorithms over raw shared memory: head reservation (single or multi), slot
+//! copies with wrap-around, and tail publication. Handles (`handles.rs`) wrap these with
+//! the right role types.
+//!
+//! Memory-ordering pairs (each label appears at both sites):
+//! - **R1/A1**: a producer's Release store of `prod.tail` publishes the slots it wrote; a
+//!   consumer's Acquire load of `prod.tail` makes them visible before it reads them.
+//! - **R2/A2**: a consumer's Release store of `cons.tail` says it has finished reading
+//!   slots; a producer's Acquire load of `cons.tail` orders that before it overwrites them.
+//! - **R3/A3**: a multi-producer (consumer) head is moved by a CAS with Release and
+//!   loaded with Acquire, so that the other side's tail, loaded after the head, is never
+//!   older than the tail the head's mover saw (no false corruption on weak memory).
+//! - **A4**: the wait for earlier multi-producers (consumers) to publish loads `tail` with
+//!   Acquire, so our Release of the later tail carries their slot writes too (DPDK uses a
+//!   relaxed load here, which the C11 model does not justify).
+//!
+//! Corruption: indices live in shared memory that a crashed or hostile peer may overwrite.
+//! Every slot access is masked, so nothing outside the slots is ever touched. A distance
+//! `head - other_tail` above the capacity is impossible in a healthy ring; when it persists
+//! after re-reading our own head, the operation returns [`RingError::Corrupt`], bumps the
+//! ring's corruption counter and marks it failed. A multi-producer (consumer) waiting for
+//! an earlier peer to publish gives up with [`RingError::Stalled`] after
+//! [`STALL_TIMEOUT`] (the peer died between reserving and publishing).
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use shm::Region;
+
+use crate::layout::{HeadTail, RingCtrl};
+use crate::sync::{spin, yield_now, AtomicU32, Ordering};
+use crate::{Element, RingError};
+
+/// How long a multi-producer (consumer) waits for an earlier one to publish, unless the
+/// handle sets another limit.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a short operation takes what it can (burst) or nothing (bulk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behaviour {
+    /// All `n` or none.
+    Fixed,
+    /// As many as possible, up to `n`.
+    Variable,
+}
+
+/// Pointers into one ring plus the parameters validated when the ring was opened. The
+/// parameters are never re-read from shared memory.
+pub(crate) struct RingCore<T> {
+    prod: NonNull<HeadTail>,
+    cons: NonNull<HeadTail>,
+    ctrl: NonNull<RingCtrl>,
+    slots: NonNull<T>,
+    pub(crate) mask: u32,
+    pub(crate) capacity: u32,
+    region: Region,
+    _elem: PhantomData<T>,
+}
+
+impl<T> Clone for RingCore<T> {
+    fn clone(&self) -> Self {
+        RingCore {
+            region: self.region.clone(),
+            ..*self
+        }
+    }
+}
+
+// SAFETY: the pointers target shared memory kept mapped by `region`; all shared state is
+// reached through atomics, and slot contents are `T: Element` (plain bytes), so moving a
+// core to another thread is as safe as moving a `Region`.
+unsafe impl<T: Element> Send for RingCore<T> {}
+// SAFETY: as for Send; `&RingCore` only allows atomic operations and masked slot access.
+unsafe impl<T: Element> Sync for RingCore<T> {}
+
+impl<T: Element> RingCore<T> {
+    /// # Safety
+    /// `prod`, `cons` and `ctrl` must point at initialised, aligned structures and `slots`
+    /// at `mask + 1` aligned `T` slots, all inside `region`.
+    pub(crate) unsafe fn new(
+        region: Region,
+        prod: NonNull<HeadTail>,
+        cons: NonNull<HeadTail>,
+        ctrl: NonNull<RingCtrl>,
+        slots: NonNull<T>,
+        mask: u32,
+        capacity: u32,
+    ) -> Self {
+        RingCore {
+            prod,
+            cons,
+            ctrl,
+            slots,
+            mask,
+            capacity,
+            region,
+            _elem: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn prod(&self) -> &HeadTail {
+        // SAFETY: `new`'s contract: initialised and aligned, kept mapped by `self.region`.
+        unsafe { self.prod.as_ref() }
+    }
+
+    #[inline(always)]
+    pub(crate) fn cons(&self) -> &HeadTail {
+        // SAFETY: as for `prod`.
+        unsafe { self.cons.as_ref() }
+    }
+
+    #[inline(always)]
+    pub(crate) fn ctrl(&self) -> &RingCtrl {
+        // SAFETY: as for `prod`.
+        unsafe { self.ctrl.as_ref() }
+    }
+
+    /// Address of the slot for free-running index `idx` (masked: always in bounds).
+    #[inline(always)]
+    pub(crate) fn slot_ptr(&self, idx: u32) -> *mut T {
+        // SAFETY: `idx & mask < mask + 1` slots, all inside the region (`new`'s contract).
+        unsafe { self.slots.as_ptr().add((idx & self.mask) as usize) }
+    }
+
+    /// Records corruption and returns the error describing it.
+    #[cold]
+    pub(crate) fn corrupt(&self) -> RingError {
+        self.ctrl().failed.store(1, Ordering::Relaxed);
+        self.ctrl().corrupt_events.fetch_add(1, Ordering::Relaxed);
+        RingError::Corrupt {
+            prod_head: self.prod().head.load(Ordering::Relaxed),
+            prod_tail: self.prod().tail.load(Ordering::Relaxed),
+            cons_head: self.cons().head.load(Ordering::Relaxed),
+            cons_tail: self.cons().tail.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The slots `[start, start + len)` as up to two slices (the second is non-empty when
+    /// the span wraps past the last slot).
+    ///
+    /// # Safety
+    /// `len <= capacity`, and the caller must own these slots for the lifetime of the
+    /// slices: reserved by it (head moved past them) and released by the other side
+    /// (A2 for producers) or published by it (A1 for consumers), so no peer that follows
+    /// the protocol touches them meanwhile.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slots_mut(&self, start: u32, len: u32) -> (&mut [T], &mut [T]) {
+        let first = ((self.mask + 1) - (start & self.mask)).min(len);
+        // SAFETY: `first` slots from `start & mask` end at or before the last slot; the
+        // caller owns them (contract above).
+        let a = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(start), first as usize) };
+        // SAFETY: the rest starts at slot 0 and is shorter than the slot array because
+        // `len <= capacity <= slots`; owned by the caller as above.
+        let b =
+            unsafe { std::slice::from_raw_parts_mut(self.slots.as_ptr(), (len - first) as usize) };
+        (a, b)
+    }
+
+    /// Copies `items` into the slots starting at index `start` (wrapping).
+    ///
+    /// # Safety
+    /// As [`RingCore::slots_mut`] for `items.len()` slots.
+    #[inline(always)]
+    pub(crate) unsafe fn write_slots(&self, start: u32, items: &[T]) {
+        // SAFETY: forwarded contract.
+        let (a, b) = unsafe { self.slots_mut(start, items.len() as u32) };
+        let (x, y) = items.split_at(a.len());
+        copy_small(a, x);
+        copy_small(b, y);
+    }
+
+    /// Copies slots starting at index `start` (wrapping) into `out`.
+    ///
+    /// # Safety
+    /// As [`RingCore::slots_mut`] for `out.len()` slots.
+    #[inline(always)]
+    pub(crate) unsafe fn read_slots(&self, start: u32, out: &mut [T]) {
+        // SAFETY: forwarded contract (read-only use).
+        let (a, b) = unsafe { self.slots_mut(start, out.len() as u32) };
+        let (x, y) = out.split_at_mut(a.len());
+        copy_small(x, a);
+        copy_small(y, b);
+    }
+
+    /// Multi-producer head reservation: claims `[old, old + n)` with a CAS. `cache` is this
+    /// handle's last seen `cons.tail` (a stale value only under-estimates free space).
+    #[inline(always)]
+    pub(crate) fn mp_reserve(
+        &self,
+        n: u32,
+        how: Behaviour,
+        cache: &mut u32,
+    ) -> Result<(u32, u32), RingError> {
+        let prod = self.prod();
+        // A3: Acquire so that `cons.tail` below is read after the head.
+        let mut old = prod.head.load(Ordering::Acquire);
+        loop {
+            let mut used = old.wrapping_sub(*cache);
+            if used > self.capacity || self.capacity - used < n {
+                // A2: pairs with R2 in the consumers' tail publication.
+                *cache = self.cons().tail.load(Ordering::Acquire);
+                used = old.wrapping_sub(*cache);
+                if used > self.capacity {
+                    let again = prod.head.load(Ordering::Acquire);
+                    if again == old {
+                        return Err(self.corrupt());
+                    }
+                    old = again;
+                    continue;
+                }
+            }
+            let free = self.capacity - used;
+            let take = match how {
+                Behaviour::Fixed if free < n => 0,
+                _ => n.min(free),
+            };
+            if take == 0 {
+                return Ok((old, 0));
+            }
+            // R3: Release, so a producer that loads this head with Acquire (A3) also sees
+            // the `cons.tail` that justified the move; without it a peer could pair our
+            // head with an older tail and see an impossible distance (found by loom).
+            // Slot visibility itself is carried by R1 on the tail.
+            match prod.head.compare_exchange_weak(
+                old,
+                old.wrapping_add(take),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok((old, take)),
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Multi-consumer head reservation, mirroring [`RingCore::mp_reserve`].
+    #[inline(always)]
+    pub(crate) fn mc_reserve(
+        &self,
+        n: u32,
+        how: Behaviour,
+        cache: &mut u32,
+    ) -> Result<(u32, u32), RingError> {
+        let cons = self.cons();
+        // A3: Acquire so that `prod.tail` below is read after the head.
+        let mut old = cons.head.load(Ordering::Acquire);
+        loop {
+            let mut avail = cache.wrapping_sub(old);
+            if avail > self.capacity || avail < n {
+                // A1: pairs with R1 in the producers' tail publication.
+                *cache = self.prod().tail.load(Ordering::Acquire);
+                avail = cache.wrapping_sub(old);
+                if avail > self.capacity {
+                    let again = cons.head.load(Ordering::Acquire);
+                    if again == old {
+                        return Err(self.corrupt());
+                    }
+                    old = again;
+                    continue;
+                }
+            }
+            let take = match how {
+                Behaviour::Fixed if avail < n => 0,
+                _ => n.min(avail),
+            };
+            if take == 0 {
+                return Ok((old, 0));
+            }
+            // R3: as in `mp_reserve`, so a consumer's A3 load of this head sees the
+            // `prod.tail` that justified it. R2 on the tail tells producers the slots are
+            // free.
+            match cons.head.compare_exchange_weak(
+                old,
+                old.wrapping_add(take),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok((old, take)),
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Waits until earlier multi-producers (consumers) have published up to `old`, then
+    /// publishes `[old, old + n)` with a Release store of `ht.tail` (R1 for producers, R2
+    /// for consumers).
+    #[inline(always)]
+    pub(crate) fn publish_after_peers(
+        &self,
+        ht: &HeadTail,
+        old: u32,
+        n: u32,
+        stall_timeout: Duration,
+    ) -> Result<(), RingError> {
+        // A4: Acquire, so our Release below also carries the earlier peers' slot accesses.
+        if ht.tail.load(Ordering::Acquire) != old {
+            self.wait_for_tail(ht, old, stall_timeout)?;
+        }
+        // R1 (producers) / R2 (consumers).
+        ht.tail.store(old.wrapping_add(n), Ordering::Release);
+        Ok(())
+    }
+
+    #[cold]
+    fn wait_for_tail(
+        &self,
+        ht: &HeadTail,
+        old: u32,
+        stall_timeout: Duration,
+    ) -> Result<(), RingError> {
+        let mut spins: u32 = 0;
+        let mut since: Option<Instant> = None;
+        loop {
+            // A4 (as above).
+            let tail = ht.tail.load(Ordering::Acquire);
+            if tail == old {
+                return Ok(());
+            }
+            // A healthy tail is behind our reservation by less than the capacity.
+            if old.wrapping_sub(tail) > self.capacity {
+                return Err(self.corrupt());
+            }
+            spins = spins.wrapping_add(1);
+            // Spin a little first (the peer is usually mid-copy on another core); under
+            // loom, yield at once so the model can schedule the peer.
+            if spins < if cfg!(loom) { 0 } else { 256 } {
+                spin();
+                continue;
+            }
+            // The earlier peer may be preempted (more threads than cores): let it run.
+            yield_now();
+            if spins % 64 == 0 {
+                // Another handle already gave up on this ring: so do we.
+                if self.ctrl().failed.load(Ordering::Relaxed) != 0 {
+                    return Err(RingError::Stalled);
+                }
+                let start = *since.get_or_insert_with(Instant::now);
+                if start.elapsed() > stall_timeout {
+                    self.ctrl().failed.store(1, Ordering::Relaxed);
+                    return Err(RingError::Stalled);
+                }
+            }
+        }
+    }
+
+    /// Elements in the ring now (clamped to the capacity when the indices are corrupt).
+    pub(crate) fn count(&self) -> u32 {
+        // A1/A2-style Acquire loads: a snapshot for reporting, not for slot access.
+        let cons_tail = self.cons().tail.load(Ordering::Acquire);
+        let prod_tail = self.prod().tail.load(Ordering::Acquire);
+        prod_tail.wrapping_sub(cons_tail).min(self.capacity)
+    }
+
+    /// The owner word of a single-role side.
+    pub(crate) fn owner(&self, producer: bool) -> &AtomicU32 {
+        if producer {
+            &self.prod().owner
+        } else {
+            &self.cons().owner
+        }
+    }
+}
+
+/// Copies a short run of elements with a plain loop: for the burst sizes of the hot path
+/// this beats a `memcpy` call.
+#[inline(always)]
+fn copy_small<T: Copy>(dst: &mut [T], src: &[T]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
