@@ -115,23 +115,10 @@ fn parse_memzone(s: &str) -> Result<MemzoneRequest, String> {
     })
 }
 
-/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Runs `shmdp-primary` with the process's arguments.
 pub fn main() -> ExitCode {
     let cli: PrimaryCli = shm::eal::parse_args_or_exit("shmdp-primary");
-    init_logging();
+    secondary::cli::init_logging();
     let as_secondary = match cli.eal.proc_type.unwrap_or(ProcType::Primary) {
         ProcType::Primary => false,
         ProcType::Secondary => true,

@@ -153,7 +153,9 @@ fn ring_cmd(
     }
 }
 
-fn init_logging() {
+/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); shared by every
+/// shmdp binary.
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -138,7 +138,7 @@ impl Region {
             region_len: self.len(),
         };
         let end = off.checked_add(len).ok_or(err)?;
-        if end > self.len() || !align.is_power_of_two() || off % align != 0 {
+        if end > self.len() || !align.is_power_of_two() || !off.is_multiple_of(align) {
             return Err(err);
         }
         // SAFETY: `off <= end <= len`, so `base + off` stays within (or one past) the

@@ -324,3 +324,44 @@ fn a_secondary_refuses_a_memseg_that_is_not_ours_or_truncated() {
     f.write_all_at(&saved, 0).unwrap();
     f.write_all_at(&[0u8; 16384 - 128], 128).unwrap();
 }
+
+#[test]
+fn falls_back_to_dev_shm_with_one_warning_when_hugepages_run_short() {
+    if !require_hugepages() {
+        return;
+    }
+    // Ask for a main memseg larger than all free hugepages together (a power of two, so
+    // it is exactly that size), but small enough for /dev/shm.
+    let free_mib = free_hugepages() * 2;
+    let mib = (free_mib + 1).next_power_of_two();
+    if mib > 8192 {
+        eprintln!("SKIP: {free_mib} MiB of free hugepages; a larger-than-that /dev/shm memseg is too big for a test");
+        return;
+    }
+    let prefix = unique_prefix("fallback");
+    let mut p = Proc::primary(&prefix, &["-m", &mib.to_string()]);
+    let warnings: Vec<String> = p
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", p.stderr());
+    assert!(
+        warnings[0].contains("too few free hugepages") && warnings[0].contains("/dev/shm"),
+        "{warnings:?}"
+    );
+    assert!(
+        p.stdout()
+            .iter()
+            .any(|l| l.contains(&format!("main={mib}MiB@shm"))),
+        "{:?}",
+        p.stdout()
+    );
+    assert!(std::path::Path::new(&format!("/dev/shm/shmdp.{prefix}.main")).exists());
+    p.signal(Signal::SIGTERM);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert!(files_of(&prefix).is_empty());
+}

@@ -2,8 +2,11 @@
 //! 4096 elements: single element enqueue+dequeue, burst and bulk of 8 and 32 on one core,
 //! empty dequeue, and bulk 8/32 with the producer on one core and the consumer on another.
 //!
-//! One criterion iteration = what DPDK times per loop: one-core figures are
-//! "enqueue n + dequeue n" (divide by n for ns/element, as `bench/ring-vs-dpdk.sh` does);
+//! Like DPDK, each figure times a tight loop of operations (`iter_custom`), so no
+//! per-call harness overhead is included, and the loop is monomorphised per handle type
+//! (DPDK's equivalent is a compile-time-constant sync type behind its test macros).
+//! One criterion iteration = what DPDK reports per loop: one-core figures are
+//! "enqueue n + dequeue n" (`bench/ring-vs-dpdk.sh` divides by n for ns/element);
 //! two-core figures are one bulk of n moved from one core to the other.
 //! IDs: `ring/<mode>/<op>/<n>`, `ring16/...` for 16-byte elements.
 
@@ -13,16 +16,57 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shm::{Memseg, Region};
-use shm_ring::{Element, Ring, SyncMode};
+use shm_ring::{Element, McConsumer, MpProducer, Ring, ScConsumer, SpProducer, SyncMode};
 
 const RING_SIZE: u32 = 4096;
 
-/// A producer/consumer pair of either kind, dispatched once per call (the branch is
-/// perfectly predicted, as DPDK's per-call sync-type switch is).
-enum Side<T: Element> {
-    S(shm_ring::SpProducer<T>, shm_ring::ScConsumer<T>),
-    M(shm_ring::MpProducer<T>, shm_ring::McConsumer<T>),
+/// The producer operations the bench times, for both producer kinds.
+trait Produce<T: Element>: Send + 'static {
+    fn one(&mut self, v: T) -> bool;
+    fn burst(&mut self, x: &[T]) -> usize;
+    fn bulk(&mut self, x: &[T]) -> usize;
 }
+/// The consumer operations the bench times, for both consumer kinds.
+trait Consume<T: Element>: Send + 'static {
+    fn one(&mut self) -> Option<T>;
+    fn burst(&mut self, x: &mut [T]) -> usize;
+    fn bulk(&mut self, x: &mut [T]) -> usize;
+}
+
+macro_rules! impl_roles {
+    ($p:ident, $c:ident) => {
+        impl<T: Element> Produce<T> for $p<T> {
+            #[inline(always)]
+            fn one(&mut self, v: T) -> bool {
+                self.enqueue(v).is_ok()
+            }
+            #[inline(always)]
+            fn burst(&mut self, x: &[T]) -> usize {
+                self.enqueue_burst(x).unwrap()
+            }
+            #[inline(always)]
+            fn bulk(&mut self, x: &[T]) -> usize {
+                self.enqueue_bulk(x).unwrap()
+            }
+        }
+        impl<T: Element> Consume<T> for $c<T> {
+            #[inline(always)]
+            fn one(&mut self) -> Option<T> {
+                self.dequeue().unwrap()
+            }
+            #[inline(always)]
+            fn burst(&mut self, x: &mut [T]) -> usize {
+                self.dequeue_burst(x).unwrap()
+            }
+            #[inline(always)]
+            fn bulk(&mut self, x: &mut [T]) -> usize {
+                self.dequeue_bulk(x).unwrap()
+            }
+        }
+    };
+}
+impl_roles!(SpProducer, ScConsumer);
+impl_roles!(MpProducer, McConsumer);
 
 fn ring<T: Element>(mode: SyncMode) -> Ring<T> {
     let seg = Memseg::create_in_region(Region::heap(1 << 20), "bench", 1).unwrap();
@@ -30,33 +74,35 @@ fn ring<T: Element>(mode: SyncMode) -> Ring<T> {
     Ring::create(&seg, "perf", RING_SIZE, mode).unwrap()
 }
 
-fn sides<T: Element>(r: &Ring<T>) -> Side<T> {
-    if r.mode().single_producer {
-        Side::S(r.sp_producer().unwrap(), r.sc_consumer().unwrap())
-    } else {
-        Side::M(r.mp_producer().unwrap(), r.mc_consumer().unwrap())
-    }
-}
-
-fn one_core<T: Element>(c: &mut Criterion, group: &str, mode: SyncMode, tag: &str) {
-    let r = ring::<T>(mode);
-    let mut s = sides(&r);
-    let mut g = c.benchmark_group(group);
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(2));
+    g
+}
 
+/// One-core figures for one mode: single, burst/bulk 8 and 32, empty dequeue.
+fn one_core<T: Element, P: Produce<T>, C: Consume<T>>(
+    c: &mut Criterion,
+    name: &str,
+    tag: &str,
+    p: &mut P,
+    q: &mut C,
+) {
+    let mut g = group(c, name);
     g.throughput(Throughput::Elements(1));
     g.bench_function(format!("{tag}/single/1"), |b| {
-        let v = T::new_zeroed();
-        b.iter(|| match &mut s {
-            Side::S(p, c) => {
-                let _ = p.enqueue(black_box(v));
-                black_box(c.dequeue().unwrap())
+        b.iter_custom(|iters| {
+            let v = T::new_zeroed();
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                black_box(p.one(black_box(v)));
+                black_box(q.one());
             }
-            Side::M(p, c) => {
-                let _ = p.enqueue(black_box(v));
-                black_box(c.dequeue().unwrap())
-            }
+            t0.elapsed()
         })
     });
     for n in [8usize, 32] {
@@ -64,36 +110,35 @@ fn one_core<T: Element>(c: &mut Criterion, group: &str, mode: SyncMode, tag: &st
         let mut dst = vec![T::new_zeroed(); n];
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("{tag}/burst/{n}"), |b| {
-            b.iter(|| match &mut s {
-                Side::S(p, c) => {
-                    p.enqueue_burst(black_box(&src)).unwrap();
-                    c.dequeue_burst(black_box(&mut dst)).unwrap()
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    black_box(p.burst(black_box(&src)));
+                    black_box(q.burst(black_box(&mut dst)));
                 }
-                Side::M(p, c) => {
-                    p.enqueue_burst(black_box(&src)).unwrap();
-                    c.dequeue_burst(black_box(&mut dst)).unwrap()
-                }
+                t0.elapsed()
             })
         });
         g.bench_function(format!("{tag}/bulk/{n}"), |b| {
-            b.iter(|| match &mut s {
-                Side::S(p, c) => {
-                    p.enqueue_bulk(black_box(&src)).unwrap();
-                    c.dequeue_bulk(black_box(&mut dst)).unwrap()
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    black_box(p.bulk(black_box(&src)));
+                    black_box(q.bulk(black_box(&mut dst)));
                 }
-                Side::M(p, c) => {
-                    p.enqueue_bulk(black_box(&src)).unwrap();
-                    c.dequeue_bulk(black_box(&mut dst)).unwrap()
-                }
+                t0.elapsed()
             })
         });
     }
     let mut dst = vec![T::new_zeroed(); 8];
     g.throughput(Throughput::Elements(1));
     g.bench_function(format!("{tag}/empty_deq/8"), |b| {
-        b.iter(|| match &mut s {
-            Side::S(_, c) => c.dequeue_bulk(black_box(&mut dst)).unwrap(),
-            Side::M(_, c) => c.dequeue_bulk(black_box(&mut dst)).unwrap(),
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                black_box(q.bulk(black_box(&mut dst)));
+            }
+            t0.elapsed()
         })
     });
     g.finish();
@@ -107,25 +152,26 @@ fn pin(core: usize) {
     }
 }
 
-fn two_cores<T: Element>(c: &mut Criterion, group: &str, mode: SyncMode, tag: &str) {
-    let mut g = c.benchmark_group(group);
-    g.warm_up_time(Duration::from_millis(500));
+/// Two-core figures: the producer on CPU 0, the consumer (timed) on CPU 1.
+fn two_cores<T: Element, P: Produce<T>, C: Consume<T>>(
+    c: &mut Criterion,
+    name: &str,
+    tag: &str,
+    mode: SyncMode,
+    make: fn(&Ring<T>) -> (P, C),
+) {
+    let mut g = group(c, name);
     g.measurement_time(Duration::from_secs(3));
     for n in [8usize, 32] {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("{tag}/2core_bulk/{n}"), |b| {
             b.iter_custom(|iters| {
                 let r = ring::<T>(mode);
-                let s = sides(&r);
+                let (mut p, mut q) = make(&r);
                 let barrier = Arc::new(Barrier::new(2));
-                let (mut_p, mut_c) = match s {
-                    Side::S(p, c) => (Side2::Sp(p), Side2C::Sc(c)),
-                    Side::M(p, c) => (Side2::Mp(p), Side2C::Mc(c)),
-                };
                 let bp = barrier.clone();
                 let producer = std::thread::spawn(move || {
                     pin(0);
-                    let mut p = mut_p;
                     let src = vec![T::new_zeroed(); n];
                     bp.wait();
                     for _ in 0..iters {
@@ -135,17 +181,17 @@ fn two_cores<T: Element>(c: &mut Criterion, group: &str, mode: SyncMode, tag: &s
                     }
                 });
                 pin(1);
-                let mut cons = mut_c;
                 let mut dst = vec![T::new_zeroed(); n];
                 barrier.wait();
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    while cons.bulk(&mut dst) == 0 {
+                    while q.bulk(&mut dst) == 0 {
                         std::hint::spin_loop();
                     }
                 }
                 let dt = t0.elapsed();
                 producer.join().unwrap();
+                pin(0);
                 dt
             })
         });
@@ -153,41 +199,29 @@ fn two_cores<T: Element>(c: &mut Criterion, group: &str, mode: SyncMode, tag: &s
     g.finish();
 }
 
-enum Side2<T: Element> {
-    Sp(shm_ring::SpProducer<T>),
-    Mp(shm_ring::MpProducer<T>),
+fn sp_sc<T: Element>(r: &Ring<T>) -> (SpProducer<T>, ScConsumer<T>) {
+    (r.sp_producer().unwrap(), r.sc_consumer().unwrap())
 }
-impl<T: Element> Side2<T> {
-    #[inline]
-    fn bulk(&mut self, x: &[T]) -> usize {
-        match self {
-            Side2::Sp(p) => p.enqueue_bulk(x).unwrap(),
-            Side2::Mp(p) => p.enqueue_bulk(x).unwrap(),
-        }
-    }
+
+fn mp_mc<T: Element>(r: &Ring<T>) -> (MpProducer<T>, McConsumer<T>) {
+    (r.mp_producer().unwrap(), r.mc_consumer().unwrap())
 }
-enum Side2C<T: Element> {
-    Sc(shm_ring::ScConsumer<T>),
-    Mc(shm_ring::McConsumer<T>),
-}
-impl<T: Element> Side2C<T> {
-    #[inline]
-    fn bulk(&mut self, x: &mut [T]) -> usize {
-        match self {
-            Side2C::Sc(c) => c.dequeue_bulk(x).unwrap(),
-            Side2C::Mc(c) => c.dequeue_bulk(x).unwrap(),
-        }
-    }
+
+fn modes<T: Element>(c: &mut Criterion, name: &str) {
+    let r = ring::<T>(SyncMode::SP_SC);
+    let (mut p, mut q) = sp_sc(&r);
+    one_core(c, name, "sp_sc", &mut p, &mut q);
+    let r = ring::<T>(SyncMode::MP_MC);
+    let (mut p, mut q) = mp_mc(&r);
+    one_core(c, name, "mp_mc", &mut p, &mut q);
 }
 
 fn benches(c: &mut Criterion) {
     pin(0);
-    one_core::<u64>(c, "ring", SyncMode::SP_SC, "sp_sc");
-    one_core::<u64>(c, "ring", SyncMode::MP_MC, "mp_mc");
-    one_core::<[u64; 2]>(c, "ring16", SyncMode::SP_SC, "sp_sc");
-    one_core::<[u64; 2]>(c, "ring16", SyncMode::MP_MC, "mp_mc");
-    two_cores::<u64>(c, "ring", SyncMode::SP_SC, "sp_sc");
-    two_cores::<u64>(c, "ring", SyncMode::MP_MC, "mp_mc");
+    modes::<u64>(c, "ring");
+    modes::<[u64; 2]>(c, "ring16");
+    two_cores::<u64, _, _>(c, "ring", "sp_sc", SyncMode::SP_SC, sp_sc);
+    two_cores::<u64, _, _>(c, "ring", "mp_mc", SyncMode::MP_MC, mp_mc);
 }
 
 criterion_group!(ring_perf, benches);

@@ -185,76 +185,48 @@ impl<T: Element> RingCore<T> {
         copy_small(y, b);
     }
 
-    /// Multi-producer head reservation: claims `[old, old + n)` with a CAS. `cache` is this
-    /// handle's last seen `cons.tail` (a stale value only under-estimates free space).
+    /// Multi-producer (`PROD = true`) or multi-consumer head reservation: claims
+    /// `[old, old + take)` with a CAS on this side's head. `cache` is this handle's last seen
+    /// tail of the other side (a stale value only under-estimates what is available).
     #[inline(always)]
-    pub(crate) fn mp_reserve(
+    pub(crate) fn multi_reserve<const PROD: bool>(
         &self,
         n: u32,
         how: Behaviour,
         cache: &mut u32,
     ) -> Result<(u32, u32), RingError> {
-        let prod = self.prod();
-        // A3: Acquire so that `cons.tail` below is read after the head.
-        let mut old = prod.head.load(Ordering::Acquire);
-        loop {
-            let mut used = old.wrapping_sub(*cache);
-            if used > self.capacity || self.capacity - used < n {
-                // A2: pairs with R2 in the consumers' tail publication.
-                *cache = self.cons().tail.load(Ordering::Acquire);
-                used = old.wrapping_sub(*cache);
+        let (own, other) = if PROD {
+            (self.prod(), self.cons())
+        } else {
+            (self.cons(), self.prod())
+        };
+        // Elements available to this side: free slots for producers, published elements
+        // for consumers. Above the capacity means a stale pairing or corruption.
+        let avail = |head: u32, other_tail: u32| {
+            if PROD {
+                let used = head.wrapping_sub(other_tail);
                 if used > self.capacity {
-                    let again = prod.head.load(Ordering::Acquire);
-                    if again == old {
-                        return Err(self.corrupt());
-                    }
-                    old = again;
-                    continue;
+                    u32::MAX
+                } else {
+                    self.capacity - used
                 }
+            } else {
+                other_tail.wrapping_sub(head)
             }
-            let free = self.capacity - used;
-            let take = match how {
-                Behaviour::Fixed if free < n => 0,
-                _ => n.min(free),
-            };
-            if take == 0 {
-                return Ok((old, 0));
-            }
-            // R3: Release, so a producer that loads this head with Acquire (A3) also sees
-            // the `cons.tail` that justified the move; without it a peer could pair our
-            // head with an older tail and see an impossible distance (found by loom).
-            // Slot visibility itself is carried by R1 on the tail.
-            match prod.head.compare_exchange_weak(
-                old,
-                old.wrapping_add(take),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok((old, take)),
-                Err(cur) => old = cur,
-            }
-        }
-    }
-
-    /// Multi-consumer head reservation, mirroring [`RingCore::mp_reserve`].
-    #[inline(always)]
-    pub(crate) fn mc_reserve(
-        &self,
-        n: u32,
-        how: Behaviour,
-        cache: &mut u32,
-    ) -> Result<(u32, u32), RingError> {
-        let cons = self.cons();
-        // A3: Acquire so that `prod.tail` below is read after the head.
-        let mut old = cons.head.load(Ordering::Acquire);
+        };
+        // A3: Acquire so that the other side's tail, loaded below, is not older than the
+        // tail that justified this head (pairs with R3).
+        let mut old = own.head.load(Ordering::Acquire);
         loop {
-            let mut avail = cache.wrapping_sub(old);
-            if avail > self.capacity || avail < n {
-                // A1: pairs with R1 in the producers' tail publication.
-                *cache = self.prod().tail.load(Ordering::Acquire);
-                avail = cache.wrapping_sub(old);
-                if avail > self.capacity {
-                    let again = cons.head.load(Ordering::Acquire);
+            let mut have = avail(old, *cache);
+            if have > self.capacity || have < n {
+                // A2 (producers: pairs with R2) / A1 (consumers: pairs with R1).
+                *cache = other.tail.load(Ordering::Acquire);
+                have = avail(old, *cache);
+                if have > self.capacity {
+                    // Either our head is stale (a peer moved it: retry) or the indices are
+                    // impossible.
+                    let again = own.head.load(Ordering::Acquire);
                     if again == old {
                         return Err(self.corrupt());
                     }
@@ -263,16 +235,17 @@ impl<T: Element> RingCore<T> {
                 }
             }
             let take = match how {
-                Behaviour::Fixed if avail < n => 0,
-                _ => n.min(avail),
+                Behaviour::Fixed if have < n => 0,
+                _ => n.min(have),
             };
             if take == 0 {
                 return Ok((old, 0));
             }
-            // R3: as in `mp_reserve`, so a consumer's A3 load of this head sees the
-            // `prod.tail` that justified it. R2 on the tail tells producers the slots are
-            // free.
-            match cons.head.compare_exchange_weak(
+            // R3: Release, so a peer that loads this head with Acquire (A3) also sees the
+            // other side's tail that justified the move; without it a peer could pair our
+            // head with an older tail and see an impossible distance (found by loom).
+            // Slot visibility itself is carried by R1/R2 on the tails.
+            match own.head.compare_exchange_weak(
                 old,
                 old.wrapping_add(take),
                 Ordering::AcqRel,
@@ -332,7 +305,7 @@ impl<T: Element> RingCore<T> {
             }
             // The earlier peer may be preempted (more threads than cores): let it run.
             yield_now();
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 // Another handle already gave up on this ring: so do we.
                 if self.ctrl().failed.load(Ordering::Relaxed) != 0 {
                     return Err(RingError::Stalled);
@@ -364,11 +337,17 @@ impl<T: Element> RingCore<T> {
     }
 }
 
-/// Copies a short run of elements with a plain loop: for the burst sizes of the hot path
+/// Copies a short run of elements (`dst` and `src` of equal length) four at a time as
+/// fixed-size arrays, which compile to plain moves: for the burst sizes of the hot path
 /// this beats a `memcpy` call.
 #[inline(always)]
 fn copy_small<T: Copy>(dst: &mut [T], src: &[T]) {
-    for (d, s) in dst.iter_mut().zip(src) {
+    let (d4, d1) = dst.as_chunks_mut::<4>();
+    let (s4, s1) = src.as_chunks::<4>();
+    for (d, s) in d4.iter_mut().zip(s4) {
+        *d = *s;
+    }
+    for (d, s) in d1.iter_mut().zip(s1) {
         *d = *s;
     }
 }

@@ -305,11 +305,13 @@ impl<T: Element> MpProducer<T> {
         if how == Behaviour::Fixed && n as usize != items.len() {
             return Ok(0);
         }
-        let (old, take) = self.core.mp_reserve(n, how, &mut self.cons_tail)?;
+        let (old, take) = self
+            .core
+            .multi_reserve::<true>(n, how, &mut self.cons_tail)?;
         if take == 0 {
             return Ok(0);
         }
-        // SAFETY: the CAS in `mp_reserve` gave this producer `[old, old + take)`, which
+        // SAFETY: the CAS in `multi_reserve` gave this producer `[old, old + take)`, which
         // the consumers had released (A2).
         unsafe { self.core.write_slots(old, &items[..take as usize]) };
         self.core
@@ -572,11 +574,13 @@ impl<T: Element> McConsumer<T> {
         if how == Behaviour::Fixed && n as usize != out.len() {
             return Ok(0);
         }
-        let (old, take) = self.core.mc_reserve(n, how, &mut self.prod_tail)?;
+        let (old, take) = self
+            .core
+            .multi_reserve::<false>(n, how, &mut self.prod_tail)?;
         if take == 0 {
             return Ok(0);
         }
-        // SAFETY: the CAS in `mc_reserve` gave this consumer `[old, old + take)`, which
+        // SAFETY: the CAS in `multi_reserve` gave this consumer `[old, old + take)`, which
         // the producers had published (A1).
         unsafe { self.core.read_slots(old, &mut out[..take as usize]) };
         self.core
