@@ -4,7 +4,8 @@
 # Usage: scripts/setup.sh            (as root; without root it only checks)
 set -euo pipefail
 HUGEPAGES=${SHMDP_HUGEPAGES:-512}
-APT_PACKAGES=(dpdk dpdk-dev pkg-config build-essential kmod)
+# DPDK (dpdk-dev) is installed by the bench scripts that compare against it.
+APT_PACKAGES=(build-essential pkg-config)
 
 say() { printf 'setup: %s\n' "$*"; }
 
