@@ -185,6 +185,49 @@ impl<T: Element> RingCore<T> {
         copy_small(y, b);
     }
 
+    /// What a side whose head is `head` may move, given the other side's tail: free
+    /// slots for producers (`PROD`), published elements for consumers. A value above the
+    /// capacity means a stale pairing or corrupt indices.
+    #[inline(always)]
+    pub(crate) fn available<const PROD: bool>(&self, head: u32, other_tail: u32) -> u32 {
+        if PROD {
+            let used = head.wrapping_sub(other_tail);
+            if used > self.capacity {
+                u32::MAX
+            } else {
+                self.capacity - used
+            }
+        } else {
+            other_tail.wrapping_sub(head)
+        }
+    }
+
+    /// For a single producer (`PROD`) or consumer, whose head is private: what it may move,
+    /// re-reading the other side's tail into `cache` only when the cached value says fewer
+    /// than `n`. Since nobody else moves this side's head, an impossible value after the
+    /// re-read is corruption.
+    #[inline(always)]
+    pub(crate) fn single_avail<const PROD: bool>(
+        &self,
+        head: u32,
+        cache: &mut u32,
+        n: u32,
+    ) -> Result<u32, RingError> {
+        let have = self.available::<PROD>(head, *cache);
+        if have <= self.capacity && have >= n {
+            return Ok(have);
+        }
+        let other = if PROD { self.cons() } else { self.prod() };
+        // A2 (producers: consumers released the slots, pairs with R2) / A1 (consumers: the
+        // slots were written, pairs with R1).
+        *cache = other.tail.load(Ordering::Acquire);
+        let have = self.available::<PROD>(head, *cache);
+        if have > self.capacity {
+            return Err(self.corrupt());
+        }
+        Ok(have)
+    }
+
     /// Multi-producer (`PROD = true`) or multi-consumer head reservation: claims
     /// `[old, old + take)` with a CAS on this side's head. `cache` is this handle's last seen
     /// tail of the other side (a stale value only under-estimates what is available).
@@ -200,20 +243,7 @@ impl<T: Element> RingCore<T> {
         } else {
             (self.cons(), self.prod())
         };
-        // Elements available to this side: free slots for producers, published elements
-        // for consumers. Above the capacity means a stale pairing or corruption.
-        let avail = |head: u32, other_tail: u32| {
-            if PROD {
-                let used = head.wrapping_sub(other_tail);
-                if used > self.capacity {
-                    u32::MAX
-                } else {
-                    self.capacity - used
-                }
-            } else {
-                other_tail.wrapping_sub(head)
-            }
-        };
+        let avail = |head: u32, other_tail: u32| self.available::<PROD>(head, other_tail);
         // A3: Acquire so that the other side's tail, loaded below, is not older than the
         // tail that justified this head (pairs with R3).
         let mut old = own.head.load(Ordering::Acquire);

@@ -120,18 +120,8 @@ impl<T: Element> SpProducer<T> {
     /// Free slots, refreshing the cached consumer tail when needed.
     #[inline(always)]
     fn free(&mut self, n: u32) -> Result<u32, RingError> {
-        let cap = self.core.capacity;
-        let used = self.head.wrapping_sub(self.cons_tail);
-        if used <= cap && cap - used >= n {
-            return Ok(cap - used);
-        }
-        // A2: pairs with R2 (consumers release slots before we overwrite them).
-        self.cons_tail = self.core.cons().tail.load(Ordering::Acquire);
-        let used = self.head.wrapping_sub(self.cons_tail);
-        if used > cap {
-            return Err(self.core.corrupt());
-        }
-        Ok(cap - used)
+        self.core
+            .single_avail::<true>(self.head, &mut self.cons_tail, n)
     }
 
     #[inline(always)]
@@ -397,20 +387,11 @@ impl<T: Element> ScConsumer<T> {
         })
     }
 
+    /// Published elements, refreshing the cached producer tail when needed.
     #[inline(always)]
     fn avail(&mut self, n: u32) -> Result<u32, RingError> {
-        let cap = self.core.capacity;
-        let avail = self.prod_tail.wrapping_sub(self.head);
-        if avail <= cap && avail >= n {
-            return Ok(avail);
-        }
-        // A1: pairs with R1 (slots are written before the tail is published).
-        self.prod_tail = self.core.prod().tail.load(Ordering::Acquire);
-        let avail = self.prod_tail.wrapping_sub(self.head);
-        if avail > cap {
-            return Err(self.core.corrupt());
-        }
-        Ok(avail)
+        self.core
+            .single_avail::<false>(self.head, &mut self.prod_tail, n)
     }
 
     #[inline(always)]
