@@ -63,14 +63,32 @@ impl Memzone {
     }
 }
 
+/// Where the next memzone goes, as only the creating process knows it.
+#[derive(Debug)]
+struct AllocState {
+    zone_count: u32,
+    cursor: u64,
+}
+
+impl AllocState {
+    fn fresh() -> AllocState {
+        AllocState {
+            zone_count: 0,
+            cursor: MEMSEG_HDR_SIZE,
+        }
+    }
+}
+
 /// A mapped memseg.
 #[derive(Debug)]
 pub struct Memseg {
     region: Region,
     path: Option<PathBuf>,
     header: MemsegHeader,
-    /// Serialises `reserve` within this process; only the creator reserves.
-    reserve_lock: Option<Mutex<()>>,
+    /// The creator's private allocation state (`None` in attachers, which cannot
+    /// reserve). Kept here, not read back from the header, because any process that maps
+    /// the memseg could rewrite the header's copies.
+    reserve_lock: Option<Mutex<AllocState>>,
 }
 
 impl Memseg {
@@ -130,7 +148,7 @@ impl Memseg {
             region,
             path: Some(spec.path.clone()),
             header,
-            reserve_lock: Some(Mutex::new(())),
+            reserve_lock: Some(Mutex::new(AllocState::fresh())),
         })
     }
 
@@ -234,7 +252,7 @@ impl Memseg {
             region,
             path: None,
             header,
-            reserve_lock: Some(Mutex::new(())),
+            reserve_lock: Some(Mutex::new(AllocState::fresh())),
         })
     }
 
@@ -310,7 +328,7 @@ impl Memseg {
         let lock = self.reserve_lock.as_ref().ok_or_else(|| {
             Error::Config("only the primary that created a memseg reserves memzones".into())
         })?;
-        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alloc = lock.lock().unwrap_or_else(|p| p.into_inner());
         let enc = encode_name(name).ok_or_else(|| {
             Error::Config(format!(
                 "memzone name {name:?} must be 1..31 bytes without NUL"
@@ -329,18 +347,16 @@ impl Memseg {
             return Err(Error::Exists(name.to_string()));
         }
         let count_word = self.region.atomic_u32(ZONE_COUNT_OFF).expect("in header");
-        // Only this process writes zone_count, under `reserve_lock`: Relaxed suffices here.
-        let count = count_word.load(Ordering::Relaxed);
+        // The count and cursor come from this process's own state, never from the
+        // header, which any mapper can overwrite.
+        let count = alloc.zone_count;
         if count >= MEMZONE_CAPACITY {
             return Err(Error::NoSpace(format!(
                 "memzone table of {} is full ({MEMZONE_CAPACITY} entries)",
                 self.name()
             )));
         }
-        let cursor: u64 = self
-            .region
-            .read_copy(ALLOC_OFF_OFF)
-            .expect("alloc_off in header");
+        let cursor = alloc.cursor;
         let off = cursor
             .checked_next_multiple_of(align)
             .filter(|o| o.checked_add(len_bytes).is_some_and(|e| e <= self.size_bytes()))
@@ -372,6 +388,8 @@ impl Memseg {
         // Z1 Release: publishes the entry (and zeroed zone) written above; pairs with the
         // Acquire load in `zone_entries` (Z1).
         count_word.store(count + 1, Ordering::Release);
+        alloc.zone_count = count + 1;
+        alloc.cursor = off + len_bytes;
         Ok(Memzone {
             name: name.to_string(),
             offset: off,
@@ -689,6 +707,32 @@ mod tests {
             }
             assert!(Memseg::from_region(r).is_err(), "field at {off}");
         }
+    }
+
+    #[test]
+    fn a_scribbled_cursor_or_count_cannot_make_the_primary_overlap_zones() {
+        let seg = ready_seg();
+        let a = seg.reserve("a", 4096, 64, MemzoneKind::Raw).unwrap();
+        // Another mapper rewinds the header's cursor into the header and the count to 0.
+        seg.region().write(ALLOC_OFF_OFF, &0u64).unwrap();
+        seg.region()
+            .atomic_u32(ZONE_COUNT_OFF)
+            .unwrap()
+            .store(0, Ordering::Relaxed);
+        let b = seg.reserve("b", 64, 64, MemzoneKind::Raw).unwrap();
+        assert!(
+            b.offset >= a.offset + 4096,
+            "b at {:#x} overlaps a",
+            b.offset
+        );
+        assert_eq!(
+            seg.region()
+                .atomic_u32(ZONE_COUNT_OFF)
+                .unwrap()
+                .load(Ordering::Relaxed),
+            2,
+            "the published count is the primary's, not the scribbled one"
+        );
     }
 
     #[test]
