@@ -11,8 +11,9 @@
 //! - **Operations**: `enqueue_bulk` (all or nothing), `enqueue_burst` (as many as fit),
 //!   `dequeue_bulk`, `dequeue_burst`, single-element forms, `count`, `free_count`, and a
 //!   zero-copy reserve/commit (produce) and peek/release (consume) for SP/SC.
-//! - **Elements**: 8-byte handles (`u64`, how mbufs travel) and fixed 16- and 32-byte
-//!   elements (`[u64; 2]`, `[u64; 4]`), see [`Element`].
+//! - **Elements**: 4-byte object indices (`u32`, how mempools keep their free lists),
+//!   8-byte handles (`u64`, how mbufs travel) and fixed 16- and 32-byte elements
+//!   (`[u64; 2]`, `[u64; 4]`), see [`Element`].
 //! - **Capacity is exact**: a ring made for `n` holds `n` (the slot count is the next power
 //!   of two), unlike DPDK's default of `count - 1`.
 //! - **Untrusted indices**: every slot index is masked, so no value in the header can make
@@ -41,9 +42,10 @@ pub use handles::{
 };
 use layout::*;
 
-/// A ring element: plain bytes of 8, 16 or 32 bytes that any bit pattern makes valid
+/// A ring element: plain bytes of 4, 8, 16 or 32 bytes that any bit pattern makes valid
 /// (what a peer wrote into a slot is a value to validate, never undefined behaviour).
 pub trait Element: Copy + FromBytes + IntoBytes + Immutable + Send + Sync + 'static {}
+impl Element for u32 {}
 impl Element for u64 {}
 impl Element for [u64; 2] {}
 impl Element for [u64; 4] {}
@@ -407,6 +409,28 @@ impl<T: Element> Ring<T> {
             .ctrl()
             .corrupt_events
             .load(sync::Ordering::Relaxed)
+    }
+
+    /// Copies the elements between the consumer and producer tails into `out` (cleared
+    /// first), oldest first, without consuming them; returns how many.
+    ///
+    /// Only a quiescent ring gives an exact picture (audits, reclaim after a process died,
+    /// tests): on a live ring the copy is a snapshot that may mix old and new slots. The
+    /// count is clamped to the capacity and every index is masked, so corrupt indices give
+    /// a wrong list, never an access outside the slots.
+    pub fn snapshot_into(&self, out: &mut Vec<T>) -> usize {
+        out.clear();
+        // A1/A2-style Acquire loads, as for `count`.
+        let cons_tail = self.core.cons().tail.load(sync::Ordering::Acquire);
+        let prod_tail = self.core.prod().tail.load(sync::Ordering::Acquire);
+        let n = prod_tail.wrapping_sub(cons_tail).min(self.core.capacity);
+        out.resize(n as usize, T::new_zeroed());
+        // SAFETY: `n <= capacity`; the slots are only read (plain `Copy` elements of which
+        // any bit pattern is valid), and the caller accepts a racy snapshot on a live ring
+        // (documented above): a concurrent write yields a stale or torn value, which the
+        // reader validates like any other value from shared memory.
+        unsafe { self.core.read_slots(cons_tail, out) };
+        n as usize
     }
 
     /// The single producer of an SP ring.

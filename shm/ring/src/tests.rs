@@ -475,3 +475,35 @@ pub(crate) mod stress {
         assert!(ring.is_empty());
     }
 }
+
+#[test]
+fn u32_elements_wrap_and_snapshot_reads_without_consuming() {
+    let seg = seg();
+    let r = Ring::<u32>::create(&seg, "idx", 5, SyncMode::MP_MC).unwrap();
+    let mut p = r.mp_producer().unwrap();
+    let mut c = r.mc_consumer().unwrap();
+    let mut snap = Vec::new();
+    assert_eq!(r.snapshot_into(&mut snap), 0);
+    // Walk the indices past the end of the 8 slots a few times.
+    let mut next = 0u32;
+    let mut expect = 0u32;
+    for _ in 0..7 {
+        let batch: Vec<u32> = (next..next + 5).collect();
+        next += 5;
+        assert_eq!(p.enqueue_bulk(&batch).unwrap(), 5);
+        assert_eq!(r.snapshot_into(&mut snap), 5);
+        assert_eq!(snap, batch);
+        let mut out = [0u32; 3];
+        assert_eq!(c.dequeue_bulk(&mut out).unwrap(), 3);
+        assert_eq!(out, [expect, expect + 1, expect + 2]);
+        expect += 3;
+        assert_eq!(r.snapshot_into(&mut snap), 2);
+        assert_eq!(snap, [expect, expect + 1]);
+        let mut rest = [0u32; 2];
+        assert_eq!(c.dequeue_bulk(&mut rest).unwrap(), 2);
+        expect += 2;
+    }
+    // Corrupt indices: the snapshot is clamped to the capacity.
+    r.core.prod().tail.store(1000, sync::Ordering::Relaxed);
+    assert_eq!(r.snapshot_into(&mut snap), 5);
+}

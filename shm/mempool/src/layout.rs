@@ -1,0 +1,169 @@
+//! Fixed layout of a mempool inside its memzone. Offsets from the start of the memzone:
+//!
+//! ```text
+//! 0        256   PoolInfo      magic "SHMDPMPL", layout version, sizes, counts, offsets,
+//!                              mbuf geometry, name   (written once, read as a copy)
+//! 256      64    PoolCounters  get/put failures, bad handles, double frees, corrupt
+//!                              headers, reclaimed objects (atomics)
+//! 320      64    (guard)
+//! 384      CACHE_SLOT_STRIDE x cache_slots
+//!                CacheSlot     owner pid, owner tag, owner start time, length, then
+//!                              CACHE_OBJS object indices (the per-lcore cache, a stack)
+//! ring_off ring_len  the free list: a shm-ring MP/MC ring of u32 object indices,
+//!                    capacity exactly obj_count
+//! objs_off obj_size x obj_count  the objects (obj_size is a multiple of 64; objects of an
+//!                    mbuf pool start with a 128-byte MbufHeader)
+//! ```
+//!
+//! Objects are addressed by **index** (`0..obj_count`); their address is
+//! `objs_off + index * obj_size` from the memzone start in whatever process maps it. Every
+//! offset is recomputed from the counts when a pool is opened and must match exactly, so a
+//! scribbled header is refused, not trusted.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use shm::layout::NAME_LEN;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// First bytes of every mempool.
+pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
+/// Layout major version; readers refuse any other.
+pub const POOL_LAYOUT_MAJOR: u16 = 1;
+/// Layout minor version.
+pub const POOL_LAYOUT_MINOR: u16 = 0;
+/// Size of [`PoolInfo`].
+pub const POOL_INFO_SIZE: u64 = 256;
+/// Offset of [`PoolCounters`].
+pub const COUNTERS_OFF: u64 = 256;
+/// Offset of cache slot 0.
+pub const CACHES_OFF: u64 = 384;
+/// Cache slots (lcore slots) per pool: how many threads, across all processes, may hold
+/// a cache of one pool at once.
+pub const CACHE_SLOTS: u32 = 64;
+/// Largest per-lcore cache size (as DPDK's `RTE_MEMPOOL_CACHE_MAX_SIZE`).
+pub const CACHE_MAX_SIZE: u32 = 512;
+/// Index capacity of one cache: twice the largest size, as DPDK.
+pub const CACHE_OBJS: u32 = 2 * CACHE_MAX_SIZE;
+/// Bytes per cache slot: a 64-byte header and the index array.
+pub const CACHE_SLOT_STRIDE: u64 = 64 + CACHE_OBJS as u64 * 4;
+/// Objects start on a 128-byte boundary (two cache lines: the adjacent-line prefetcher
+/// never pairs two objects' headers).
+pub const OBJ_ALIGN: u64 = 128;
+/// Most objects in one pool (indices stay below `u32::MAX`, and the free ring holds them).
+pub const MAX_OBJS: u32 = 1 << 24;
+
+/// Pool flag: objects are mbufs (start with an [`crate::mbuf::MbufHeader`]).
+pub const POOL_F_MBUF: u32 = 1 << 0;
+/// Flags this build knows.
+pub const POOL_F_KNOWN: u32 = POOL_F_MBUF;
+
+/// The pool's description, written once at creation and read by every opener as a
+/// validated copy (never re-read for decisions).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PoolInfo {
+    /// [`POOL_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`POOL_LAYOUT_MAJOR`].
+    pub layout_major: u16,
+    /// [`POOL_LAYOUT_MINOR`].
+    pub layout_minor: u16,
+    /// [`POOL_INFO_SIZE`].
+    pub info_size: u32,
+    /// `POOL_F_*` flags.
+    pub flags: u32,
+    /// Pool id, unique within one primary's run (mbuf handles carry it).
+    pub pool_id: u32,
+    /// Number of objects.
+    pub obj_count: u32,
+    /// Bytes per object (stride), a multiple of [`OBJ_ALIGN`].
+    pub obj_size: u32,
+    /// Target per-lcore cache size (0 = no caches).
+    pub cache_size: u32,
+    /// A cache holding more than this after a put flushes to the ring.
+    pub flush_threshold: u32,
+    /// Number of cache slots ([`CACHE_SLOTS`]).
+    pub cache_slots: u32,
+    /// Mbuf pools: headroom bytes before the data.
+    pub headroom: u32,
+    /// Mbuf pools: data room bytes after the headroom.
+    pub data_room: u32,
+    /// Zero.
+    pub reserved0: u32,
+    /// Offset of the free ring.
+    pub ring_off: u64,
+    /// Bytes of the free ring.
+    pub ring_len: u64,
+    /// Offset of object 0.
+    pub objs_off: u64,
+    /// Bytes used by the whole pool.
+    pub total_len: u64,
+    /// Name, NUL padded.
+    pub name: [u8; NAME_LEN],
+    /// Zero.
+    pub reserved: [u8; 136],
+}
+
+/// Pool-wide event counters (only bumped on cold paths: failures and repairs).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct PoolCounters {
+    /// Gets that found too few objects.
+    pub get_fail: AtomicU64,
+    /// Puts refused (free ring full: more objects returned than exist).
+    pub put_fail: AtomicU64,
+    /// Object indices or mbuf handles out of range or for another pool, dropped.
+    pub bad_handle: AtomicU64,
+    /// Frees of an object that was not owned by the caller (already free or elsewhere).
+    pub double_free: AtomicU64,
+    /// Mbuf headers with impossible fields (rejected on adopt, clamped on access).
+    pub corrupt_header: AtomicU64,
+    /// Objects returned to the pool on behalf of a dead process.
+    pub reclaimed: AtomicU64,
+    /// Caches of dead threads or processes flushed back to the ring.
+    pub caches_recovered: AtomicU64,
+    /// Zero.
+    pub reserved: AtomicU64,
+}
+
+/// Header of one cache slot. Only the thread that claimed the slot touches `len` and the
+/// index array after it; the primary reads them when the owner is dead.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct CacheSlotHeader {
+    /// Pid of the claiming process; 0 = free; [`SLOT_RECOVERING`] while another process
+    /// flushes a dead owner's cache.
+    pub owner_pid: AtomicU32,
+    /// Owner tag of the claiming process (see [`crate::OwnerTag`]), for statistics.
+    pub owner_tag: AtomicU32,
+    /// Start time of the claiming process (clock ticks since boot, /proc/PID/stat field
+    /// 22), so a reused pid is not mistaken for the owner; 0 while being claimed.
+    pub start_time: AtomicU64,
+    /// Indices held in the cache (the owner's copy is authoritative; this one is written
+    /// after every operation so a reclaimer knows what to flush).
+    pub len: AtomicU32,
+    /// Zero.
+    pub reserved: [u32; 11],
+}
+
+/// `owner_pid` value while a cache is being recovered.
+pub const SLOT_RECOVERING: u32 = u32::MAX;
+
+const _: () = {
+    assert!(std::mem::size_of::<PoolInfo>() as u64 == POOL_INFO_SIZE);
+    assert!(std::mem::size_of::<PoolCounters>() == 64);
+    assert!(std::mem::size_of::<CacheSlotHeader>() == 64);
+    assert!(COUNTERS_OFF + 64 <= CACHES_OFF);
+    assert!(CACHE_SLOT_STRIDE.is_multiple_of(64));
+};
+
+/// Where everything goes for a pool of `obj_count` objects of `obj_size` bytes (already a
+/// multiple of [`OBJ_ALIGN`]): `(ring_off, ring_len, objs_off, total_len)`, or `None` on
+/// overflow or a count the ring cannot hold.
+pub fn pool_offsets(obj_count: u32, obj_size: u32) -> Option<(u64, u64, u64, u64)> {
+    let ring_off = CACHES_OFF + u64::from(CACHE_SLOTS) * CACHE_SLOT_STRIDE;
+    let ring_len = shm_ring::ring_bytes::<u32>(obj_count)?;
+    let objs_off = (ring_off + ring_len).next_multiple_of(OBJ_ALIGN);
+    let total = objs_off.checked_add(u64::from(obj_count).checked_mul(u64::from(obj_size))?)?;
+    Some((ring_off, ring_len, objs_off, total))
+}

@@ -1,0 +1,76 @@
+//! Who holds what: owner tags written into mbuf headers and cache slots, and the process
+//! liveness checks that decide when a holder is gone.
+
+/// Identifies the holder of an mbuf (or a cache) in shared memory: a process slot of the
+/// primary's control table, or one of the two special states.
+///
+/// Values: `0` free (in the pool), `u32::MAX` in transit (put in a ring by one process,
+/// not yet adopted by another), `slot + 1` for process slot `slot` (the primary is slot 0,
+/// so its tag is 1; secondaries get slots 1.. when they attach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerTag(pub u32);
+
+impl OwnerTag {
+    /// In the pool.
+    pub const FREE: OwnerTag = OwnerTag(0);
+    /// In a ring between processes.
+    pub const TRANSIT: OwnerTag = OwnerTag(u32::MAX);
+    /// The primary (process slot 0).
+    pub const PRIMARY: OwnerTag = OwnerTag(1);
+
+    /// The tag of process slot `slot` (0 = primary).
+    pub fn process(slot: u32) -> OwnerTag {
+        OwnerTag(slot.saturating_add(1).min(u32::MAX - 1))
+    }
+
+    /// True for a process tag (neither free nor in transit).
+    pub fn is_process(self) -> bool {
+        self != OwnerTag::FREE && self != OwnerTag::TRANSIT
+    }
+}
+
+/// True while a process with this pid exists (it may be a zombie, or a reused pid: see
+/// [`process_start_time`]).
+pub fn pid_alive(pid: u32) -> bool {
+    use nix::errno::Errno;
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+        Err(Errno::ESRCH)
+    )
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), which
+/// with the pid identifies one process for ever; `None` if it does not exist.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3; field 22 is the 20th from there.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_liveness() {
+        assert_eq!(OwnerTag::process(0), OwnerTag::PRIMARY);
+        assert_eq!(OwnerTag::process(3), OwnerTag(4));
+        assert!(OwnerTag::process(u32::MAX).is_process());
+        assert!(!OwnerTag::TRANSIT.is_process() && !OwnerTag::FREE.is_process());
+        let me = std::process::id();
+        assert!(pid_alive(me));
+        assert!(!pid_alive(0) && !pid_alive(u32::MAX));
+        let t = process_start_time(me).unwrap();
+        assert!(t > 0);
+        assert_eq!(process_start_time(me), Some(t));
+        assert_eq!(process_start_time(u32::MAX), None);
+    }
+}
