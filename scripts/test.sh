@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --workspace --bins
+cargo build --workspace --bins --examples
 cargo test --workspace
 cargo test -p shm-ring --benches
 
@@ -13,10 +13,10 @@ echo "== loom: ring protocols"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p shm-ring --release --test loom
 
-echo "== miri: shm and shm-ring unit tests"
+echo "== miri: shm, shm-ring and shm-mempool unit tests"
 if cargo +nightly miri --version >/dev/null 2>&1; then
   MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-symbolic-alignment-check" CARGO_TARGET_DIR=target/miri \
-    cargo +nightly miri test -p shm-ring -p shm --lib
+    cargo +nightly miri test -p shm-ring -p shm -p shm-mempool --lib
 else
   echo "SKIP: miri: no nightly toolchain with the miri component here (rustup component add miri --toolchain nightly)"
 fi

@@ -10,7 +10,9 @@ use signal_hook::iterator::Signals;
 use shm::eal::{EalArgs, ProcType};
 use shm::runtime::{Liveness, RuntimeDir};
 
-use crate::{MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG};
+use crate::{
+    MempoolRequest, MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG,
+};
 
 /// `shmdp-primary`: creates a process group's shared memory and serves its secondaries
 /// until SIGINT or SIGTERM, then removes every file it created.
@@ -34,6 +36,53 @@ pub struct PrimaryCli {
     /// waiting while it is full; secondaries check them with `ring-drain`.
     #[arg(long = "fill-ring", value_name = "NAME=COUNT", value_parser = parse_fill)]
     pub fills: Vec<(String, u64)>,
+    /// An mbuf pool to create (repeatable): COUNT mbufs, per-lcore CACHE (0..512, default
+    /// 256) and DATAROOM bytes (default 2048), e.g. --mempool mbufs=8191:256:2048.
+    #[arg(long = "mempool", value_name = "NAME=COUNT[:CACHE[:DATAROOM]][@MEMSEG]", value_parser = parse_mempool)]
+    pub mempools: Vec<MempoolRequest>,
+}
+
+fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {
+    let usage = || {
+        format!("--mempool {s:?}: expected NAME=COUNT[:CACHE[:DATAROOM]][@MEMSEG], e.g. mbufs=8191:256:2048")
+    };
+    let (name, rest) = s.split_once('=').ok_or_else(usage)?;
+    let (rest, memseg) = rest.split_once('@').unwrap_or((rest, MAIN_MEMSEG));
+    if shm::layout::encode_name(name).is_none() {
+        return Err(format!("--mempool {s:?}: name must be 1..31 bytes"));
+    }
+    let mut parts = rest.split(':');
+    let mut number = |what: &str, default: Option<u32>, range: std::ops::RangeInclusive<u32>| match (
+        parts.next(),
+        default,
+    ) {
+        (None, Some(d)) => Ok(d),
+        (Some(v), _) => v.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+            format!(
+                "--mempool {s:?}: {what} {v:?} must be {}..={}",
+                range.start(),
+                range.end()
+            )
+        }),
+        (None, None) => Err(usage()),
+    };
+    let count = number("COUNT", None, 1..=shm_mempool::layout::MAX_OBJS)?;
+    let cache_size = number("CACHE", Some(256), 0..=shm_mempool::layout::CACHE_MAX_SIZE)?;
+    let data_room = number(
+        "DATAROOM",
+        Some(shm_mempool::DEFAULT_DATA_ROOM),
+        1..=65535 - shm_mempool::DEFAULT_HEADROOM,
+    )?;
+    if parts.next().is_some() {
+        return Err(usage());
+    }
+    Ok(MempoolRequest {
+        name: name.into(),
+        count,
+        cache_size,
+        data_room,
+        memseg: memseg.into(),
+    })
 }
 
 fn parse_ring(s: &str) -> Result<RingRequest, String> {
@@ -147,6 +196,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         memsegs: cli.memsegs.clone(),
         memzones: cli.memzones.clone(),
         rings: cli.rings.clone(),
+        mempools: cli.mempools.clone(),
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,

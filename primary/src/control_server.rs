@@ -16,6 +16,15 @@ use shm::control::{self, MemsegRecord, Reply, Request, Welcome, PROTOCOL_VERSION
 
 use crate::{PrimaryError, Result};
 
+/// What the control server asks of the rest of the primary.
+pub trait ControlHooks: Send + Sync + std::fmt::Debug {
+    /// A secondary detached or died; runs before its slot can be given to another process,
+    /// so everything tagged with the slot can be reclaimed.
+    fn secondary_gone(&self, slot: u32, pid: u32);
+    /// Statistics of every mempool.
+    fn pool_stats(&self) -> Vec<shm::stats::PoolStats>;
+}
+
 /// Most secondaries attached at once.
 pub const MAX_SECONDARIES: usize = 64;
 
@@ -54,6 +63,7 @@ struct Shared {
     memsegs: Vec<MemsegRecord>,
     generation: u64,
     events: Mutex<Sender<SecondaryEvent>>,
+    hooks: Arc<dyn ControlHooks>,
 }
 
 /// The running control server.
@@ -73,6 +83,7 @@ impl ControlServer {
         path: &Path,
         memsegs: Vec<MemsegRecord>,
         generation: u64,
+        hooks: Arc<dyn ControlHooks>,
     ) -> Result<ControlServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).map_err(|source| PrimaryError::Socket {
@@ -85,6 +96,7 @@ impl ControlServer {
             memsegs,
             generation,
             events: Mutex::new(tx),
+            hooks,
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -168,6 +180,11 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
             }
             (pid, program)
         }
+        Some(Request::PoolStats) => {
+            // A query connection: answer and close, no slot.
+            control::send(&mut conn, &Reply::PoolStats(shared.hooks.pool_stats()))?;
+            return Ok(());
+        }
         _ => {
             let reason = "expected Hello as the first control message".to_string();
             control::send(&mut conn, &Reply::Refused { reason })?;
@@ -206,6 +223,9 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
                 Some(Request::Memsegs) => {
                     control::send(&mut conn, &Reply::Memsegs(shared.memsegs.clone()))?
                 }
+                Some(Request::PoolStats) => {
+                    control::send(&mut conn, &Reply::PoolStats(shared.hooks.pool_stats()))?
+                }
                 Some(Request::Bye) => return Ok(false),
                 Some(Request::Hello { .. }) => {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "second Hello"))
@@ -215,6 +235,8 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
         }
     })();
     let died = result.as_ref().map_or(true, |d| *d);
+    // Reclaim before the slot is free: a new secondary in this slot gets the same owner tag.
+    shared.hooks.secondary_gone(slot, pid);
     lock(&shared.slots)[slot as usize - 1] = None;
     if died {
         tracing::warn!("secondary died: slot {slot}, pid {pid} (connection closed without goodbye); slot freed");

@@ -13,6 +13,7 @@
 
 pub mod cli;
 mod control_server;
+mod pools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use shm::control::MemsegRecord;
 use shm::runtime::{PrimaryLock, RuntimeDir};
 use shm::{Memseg, MemsegSpec, MemzoneKind};
 
-pub use control_server::{ControlServer, SecondaryEvent};
+pub use control_server::{ControlHooks, ControlServer, SecondaryEvent};
+pub use pools::PoolRegistry;
 
 /// Name of the memseg sized by `-m`.
 pub const MAIN_MEMSEG: &str = "main";
@@ -62,6 +64,21 @@ pub struct RingRequest {
     pub memseg: String,
 }
 
+/// An mbuf pool to create at start (`rte_pktmbuf_pool_create` style).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MempoolRequest {
+    /// Name of the pool (its memzone).
+    pub name: String,
+    /// Number of mbufs.
+    pub count: u32,
+    /// Per-lcore cache size (0..=512).
+    pub cache_size: u32,
+    /// Data room bytes per mbuf.
+    pub data_room: u32,
+    /// Memseg to put it in.
+    pub memseg: String,
+}
+
 /// Everything [`Primary::start`] needs.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -73,6 +90,8 @@ pub struct PrimaryConfig {
     pub memzones: Vec<MemzoneRequest>,
     /// Rings (of 8-byte handles) to create.
     pub rings: Vec<RingRequest>,
+    /// Mbuf pools to create.
+    pub mempools: Vec<MempoolRequest>,
 }
 
 /// Errors of the primary. Each is one line saying what is wrong and how to fix it.
@@ -106,6 +125,7 @@ pub struct Primary {
     backing: Backing,
     control: Option<ControlServer>,
     fallback_warning: Option<String>,
+    pools: Arc<PoolRegistry>,
 }
 
 impl Primary {
@@ -164,6 +184,7 @@ impl Primary {
             },
             control: None,
             fallback_warning: None,
+            pools: Arc::new(PoolRegistry::default()),
         };
         // Size every memseg for the largest page size we might get, then pick the store.
         let max_page = backing::huge_mounts()
@@ -233,6 +254,22 @@ impl Primary {
             shm_ring::Ring::<u64>::create(seg, &r.name, r.capacity, r.mode)
                 .map_err(|e| PrimaryError::Config(format!("ring {}: {e}", r.name)))?;
         }
+        for p in &config.mempools {
+            let seg = primary
+                .memsegs
+                .iter()
+                .find(|s| s.name() == p.memseg)
+                .ok_or_else(|| {
+                    PrimaryError::Config(format!(
+                        "mempool {:?} names memseg {:?}, which does not exist",
+                        p.name, p.memseg
+                    ))
+                })?;
+            primary
+                .pools
+                .create(seg, p)
+                .map_err(|e| PrimaryError::Config(e.to_string()))?;
+        }
         for seg in &primary.memsegs {
             seg.mark_ready();
         }
@@ -241,6 +278,7 @@ impl Primary {
             &dir.socket_path(),
             records,
             generation,
+            primary.pools.clone(),
         )?);
         Ok(primary)
     }
@@ -261,6 +299,16 @@ impl Primary {
         Err(shm_ring::RingError::BadRing(format!(
             "no ring named {name:?}"
         )))
+    }
+
+    /// The mbuf pool named `name`.
+    pub fn mbuf_pool(&self, name: &str) -> Option<shm_mempool::MbufPool> {
+        self.pools.get(name)
+    }
+
+    /// The pools this primary created (and reclaims for).
+    pub fn pools(&self) -> &PoolRegistry {
+        &self.pools
     }
 
     /// The memsegs, main first.

@@ -71,7 +71,74 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Print every mempool's statistics (as the primary reports them), then detach.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allocate COUNT mbufs from POOL and hold them until the primary goes away (exit 3)
+    /// or SIGINT/SIGTERM (frees them, exit 0).
+    MbufHold {
+        /// Pool name.
+        pool: String,
+        /// Mbufs to hold.
+        #[arg(long)]
+        count: u32,
+    },
+    /// Send COUNT packets of SIZE bytes (sequence number + pattern) from POOL through RING.
+    MbufSend {
+        /// Pool name.
+        pool: String,
+        /// Ring name.
+        ring: String,
+        /// Packets to send.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per packet (8..; packets above the data room are chained).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+        size: u64,
+        /// Give up after this many seconds without progress.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Receive COUNT packets from RING, check each payload as `mbuf-send` wrote it, free them.
+    MbufRecv {
+        /// Pool name.
+        pool: String,
+        /// Ring name.
+        ring: String,
+        /// Packets to receive.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per packet.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+        size: u64,
+        /// Give up after this many seconds without a packet.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Run OPS get/put operations of random bulk sizes on POOL's objects.
+    PoolStress {
+        /// Pool name.
+        pool: String,
+        /// Operations.
+        #[arg(long)]
+        ops: u64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Check POOL's free list (run it when nothing else uses the pool): every object free
+    /// once, none duplicated or out of range. Exit 1 if not.
+    PoolAudit {
+        /// Pool name.
+        pool: String,
+    },
 }
+
+/// Exit code when a pool operation or check failed.
+pub const EXIT_POOL_FAILED: u8 = 1;
 
 /// Exit code when a ring operation or check failed.
 pub const EXIT_RING_FAILED: u8 = 1;
@@ -103,6 +170,44 @@ pub fn main() -> ExitCode {
                     )
                 },
             )
+        }),
+        Command::Stats { json } => stats(&cli.eal, json),
+        Command::MbufHold { pool, count } => mbuf_hold(&cli.eal, &pool, count),
+        Command::MbufSend {
+            pool,
+            ring,
+            count,
+            size,
+            timeout,
+        } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
+            crate::pooltool::send(cache, r, count, size as usize, Duration::from_secs(timeout))
+                .map(|n| format!("sent {n} packets of {size} B from {pool} into {ring}"))
+        }),
+        Command::MbufRecv {
+            pool,
+            ring,
+            count,
+            size,
+            timeout,
+        } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
+            crate::pooltool::receive(cache, r, count, size as usize, Duration::from_secs(timeout))
+                .map(|n| format!("received {n} packets from {ring}, payloads ok"))
+        }),
+        Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            crate::pooltool::stress(p.mempool(), sec.owner_tag(), ops, seed)
+                .map(|n| format!("pool-stress: {n} operations on {pool}"))
+        }),
+        Command::PoolAudit { pool } => pool_cmd(&cli.eal, &pool, |_, p| {
+            let a = p.mempool().audit();
+            let line = serde_json::to_string(&a).expect("serialisable");
+            if a.free == u64::from(p.mempool().count()) && a.duplicates == 0 && a.out_of_range == 0
+            {
+                Ok(format!("audit ok: {line}"))
+            } else {
+                Err(crate::pooltool::PoolToolError::Check(format!(
+                    "audit failed: {line}"
+                )))
+            }
         }),
         Command::RingDrain {
             ring,
@@ -149,6 +254,151 @@ fn ring_cmd(
         Err(e) => {
             eprintln!("{program}: error: {e}");
             ExitCode::from(EXIT_RING_FAILED)
+        }
+    }
+}
+
+fn pool_cmd(
+    eal: &EalArgs,
+    name: &str,
+    f: impl FnOnce(&Secondary, &shm_mempool::MbufPool) -> Result<String, crate::pooltool::PoolToolError>,
+) -> ExitCode {
+    let program = "shmdp-secondary";
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let pool = match sec.mbuf_pool(name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{program}: error: mempool {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = f(&sec, &pool);
+    drop(pool);
+    sec.detach();
+    match result {
+        Ok(line) => {
+            println!("{program}: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            ExitCode::from(EXIT_POOL_FAILED)
+        }
+    }
+}
+
+fn mbuf_ring_cmd(
+    eal: &EalArgs,
+    pool: &str,
+    ring: &str,
+    f: impl FnOnce(
+        &shm_mempool::MbufCache,
+        &shm_ring::Ring<u64>,
+    ) -> Result<String, crate::pooltool::PoolToolError>,
+) -> ExitCode {
+    pool_cmd(eal, pool, |sec, p| {
+        let r = sec
+            .ring(ring)
+            .map_err(|source| crate::pooltool::PoolToolError::Ring {
+                ring: ring.to_string(),
+                source,
+            })?;
+        let cache = p.cache(sec.owner_tag())?;
+        f(&cache, &r)
+    })
+}
+
+fn stats(eal: &EalArgs, json: bool) -> ExitCode {
+    let program = "shmdp-secondary";
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = sec.pool_stats();
+    sec.detach();
+    match result {
+        Ok(stats) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).expect("serialisable")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(stats) => {
+            crate::pooltool::print_stats(&stats);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: error: cannot get statistics from the primary: {e}");
+            ExitCode::from(EXIT_POOL_FAILED)
+        }
+    }
+}
+
+fn mbuf_hold(eal: &EalArgs, name: &str, count: u32) -> ExitCode {
+    let program = "shmdp-secondary";
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{program}: error: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let pool = match sec.mbuf_pool(name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{program}: error: mempool {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let watch = match sec.watch_primary() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{program}: error: cannot watch the control connection: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cache = match pool.cache(sec.owner_tag()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            return ExitCode::from(EXIT_POOL_FAILED);
+        }
+    };
+    let mut held = Vec::with_capacity(count as usize);
+    if let Err(e) = cache.alloc_bulk(&mut held, count as usize) {
+        eprintln!("{program}: error: {e}");
+        return ExitCode::from(EXIT_POOL_FAILED);
+    }
+    for (i, m) in held.iter_mut().enumerate() {
+        m.append(8)
+            .expect("a fresh mbuf has room")
+            .copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    println!(
+        "{program}: holding {count} mbufs from {name} (slot {}, pid {})",
+        sec.slot(),
+        std::process::id()
+    );
+    loop {
+        if signals.pending().next().is_some() {
+            drop(held);
+            drop(cache);
+            sec.detach();
+            println!("{program}: freed {count} mbufs and detached");
+            return ExitCode::SUCCESS;
+        }
+        if watch.wait(Duration::from_millis(100)).is_some() {
+            eprintln!("{program}: the primary went away; detaching");
+            std::mem::forget(held);
+            return ExitCode::from(EXIT_PRIMARY_GONE);
         }
     }
 }

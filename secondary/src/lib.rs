@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod pooltool;
 pub mod ringtool;
 
 use std::os::unix::net::UnixStream;
@@ -219,6 +220,31 @@ impl Secondary {
         shm_ring::Ring::from_memzone(&zone)
     }
 
+    /// This process's owner tag: what its mbufs carry in their headers, so the primary can
+    /// reclaim them if this process dies.
+    pub fn owner_tag(&self) -> shm_mempool::OwnerTag {
+        shm_mempool::OwnerTag::process(self.welcome.slot)
+    }
+
+    /// Opens the mbuf pool named `name` in any memseg.
+    ///
+    /// # Errors
+    /// [`shm_mempool::PoolError::BadPool`] if absent, invalid or not an mbuf pool.
+    pub fn mbuf_pool(&self, name: &str) -> Result<shm_mempool::MbufPool, shm_mempool::PoolError> {
+        let zone = self
+            .lookup(name)
+            .map_err(|e| shm_mempool::PoolError::BadPool(e.to_string()))?;
+        shm_mempool::MbufPool::from_mempool(shm_mempool::Mempool::from_memzone(&zone)?)
+    }
+
+    /// Statistics of every mempool, as the primary reports them.
+    ///
+    /// # Errors
+    /// If the primary cannot be reached or answers something else.
+    pub fn pool_stats(&self) -> std::io::Result<Vec<shm::stats::PoolStats>> {
+        pool_stats(&self.prefix)
+    }
+
     /// Starts watching the control connection: the returned watch fires when the primary
     /// says it is closing or the connection drops (the primary died).
     ///
@@ -359,4 +385,21 @@ pub struct MemzoneInfo {
     pub align: u64,
     /// Kind.
     pub kind: shm::MemzoneKind,
+}
+
+/// Asks the primary of `prefix` for every mempool's statistics on a query connection (no
+/// process slot is taken).
+///
+/// # Errors
+/// If the primary cannot be reached or answers something else.
+pub fn pool_stats(prefix: &FilePrefix) -> std::io::Result<Vec<shm::stats::PoolStats>> {
+    let path = shm::runtime::RuntimeDir::for_prefix(prefix).socket_path();
+    match control::query(&path, &Request::PoolStats)? {
+        Reply::PoolStats(stats) => Ok(stats),
+        Reply::Refused { reason } => Err(std::io::Error::other(reason)),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unexpected answer to PoolStats",
+        )),
+    }
 }

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -33,6 +33,9 @@ pub enum Request {
     Memsegs,
     /// Orderly detach.
     Bye,
+    /// Statistics of every mempool. Allowed as the first message of a connection (a query
+    /// connection: no Hello, no process slot, closed after the reply) or on an attached one.
+    PoolStats,
 }
 
 /// What the primary answers (or announces).
@@ -49,6 +52,8 @@ pub enum Reply {
     Memsegs(Vec<MemsegRecord>),
     /// Sent to every secondary when the primary shuts down.
     Closing,
+    /// Answer to `PoolStats`.
+    PoolStats(Vec<crate::stats::PoolStats>),
 }
 
 /// The primary's greeting.
@@ -119,6 +124,23 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Sends one request on a fresh query connection to the control socket at `path` and reads
+/// the reply (for requests that need no process slot, such as [`Request::PoolStats`]).
+///
+/// # Errors
+/// I/O errors, or `UnexpectedEof` when the primary closes without answering.
+pub fn query(path: &std::path::Path, request: &Request) -> io::Result<Reply> {
+    let mut conn = std::os::unix::net::UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    send(&mut conn, request)?;
+    recv::<Reply>(&mut conn)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the primary closed without answering",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,3 +171,4 @@ mod tests {
         assert!(recv::<Request>(&mut r).is_err(), "truncated body");
     }
 }
+

@@ -27,6 +27,7 @@ pub mod layout;
 pub mod memseg;
 mod region;
 pub mod runtime;
+pub mod stats;
 
 pub use layout::{MemsegState, MemzoneKind};
 pub use memseg::{Memseg, MemsegSpec, Memzone};

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Path of a workspace binary (`shmdp-primary`, `shmdp-secondary`), building the binaries
-/// once if the test run has not (e.g. `cargo test -p tests`).
+/// Path of a workspace binary (`shmdp-primary`, `shmdp-secondary`, or an example as
+/// `examples/NAME`), building them once if the test run has not (e.g. `cargo test -p tests`).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test exe path");
@@ -34,7 +34,15 @@ pub fn bin(name: &str) -> PathBuf {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--bins", "-p", "primary", "-p", "secondary"]);
+            cmd.args([
+                "build",
+                "--bins",
+                "--examples",
+                "-p",
+                "primary",
+                "-p",
+                "secondary",
+            ]);
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

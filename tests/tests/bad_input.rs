@@ -93,6 +93,44 @@ fn primary_rejects_bad_options_with_one_line_and_no_files() {
             &["--file-prefix", pp, "--proc-type", "sideways"],
             "sideways",
         ),
+        (
+            &["--file-prefix", pp, "--mempool", "mbufs"],
+            "expected NAME=COUNT",
+        ),
+        (
+            &["--file-prefix", pp, "--mempool", "m=0"],
+            "COUNT \"0\" must be",
+        ),
+        (
+            &["--file-prefix", pp, "--mempool", "m=64:600"],
+            "CACHE \"600\" must be",
+        ),
+        (
+            &["--file-prefix", pp, "--mempool", "m=64:0:70000"],
+            "DATAROOM",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "--mempool",
+                "m=64@nowhere",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "-m",
+                "2",
+                "--mempool",
+                "m=100000",
+            ],
+            "raise -m",
+        ),
     ];
     for (args, expect) in cases {
         refused("shmdp-primary", pp, args, expect);
@@ -125,6 +163,12 @@ fn secondary_without_a_primary_or_with_bad_options_fails_clearly() {
         &p,
         &["--file-prefix", &p, "frobnicate"],
         "frobnicate",
+    );
+    refused(
+        "shmdp-secondary",
+        &p,
+        &["--file-prefix", &p, "stats"],
+        "no primary is running",
     );
     // The primary binary as a secondary, with nobody to attach to.
     refused(

@@ -419,6 +419,12 @@ impl MbufCache {
         &self.pool
     }
 
+    /// Drops the handle as a killed process would (see `PoolCache::abandon`).
+    #[cfg(test)]
+    pub(crate) fn abandon(self) {
+        self.cache.into_inner().abandon();
+    }
+
     /// Free buffers in this handle's cache.
     pub fn cached(&self) -> u32 {
         self.cache().cached()

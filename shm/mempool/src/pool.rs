@@ -11,6 +11,7 @@ use shm_ring::{McConsumer, MpProducer, Ring, SyncMode};
 use crate::layout::*;
 use crate::owner::{pid_alive, process_start_time, OwnerTag};
 use crate::PoolError;
+pub use shm::stats::{CacheStats, PoolStats};
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -638,58 +639,6 @@ fn owner_dead(pid: u32, hdr: &CacheSlotHeader) -> bool {
     recorded != 0 && process_start_time(pid).is_some_and(|t| t != recorded)
 }
 
-/// Occupancy and counters of one pool.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PoolStats {
-    /// Pool name.
-    pub name: String,
-    /// Pool id.
-    pub pool_id: u32,
-    /// Objects in the pool.
-    pub count: u32,
-    /// Bytes per object.
-    pub obj_size: u32,
-    /// Target cache size.
-    pub cache_size: u32,
-    /// Free objects (ring + caches).
-    pub available: u64,
-    /// Objects handed out.
-    pub in_use: u64,
-    /// Free objects in the ring.
-    pub in_ring: u64,
-    /// Free objects in caches.
-    pub in_caches: u64,
-    /// Claimed cache slots.
-    pub caches: Vec<CacheStats>,
-    /// Failed gets.
-    pub get_fail: u64,
-    /// Failed puts.
-    pub put_fail: u64,
-    /// Bad handles dropped.
-    pub bad_handle: u64,
-    /// Double frees caught.
-    pub double_free: u64,
-    /// Corrupt mbuf headers caught.
-    pub corrupt_header: u64,
-    /// Objects reclaimed from dead processes.
-    pub reclaimed: u64,
-    /// Caches of dead owners flushed.
-    pub caches_recovered: u64,
-}
-
-/// One claimed cache slot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CacheStats {
-    /// Slot number.
-    pub slot: u32,
-    /// Owner pid.
-    pub pid: u32,
-    /// Owner tag.
-    pub owner: u32,
-    /// Objects cached.
-    pub len: u32,
-}
-
 /// Result of [`Mempool::audit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Audit {
@@ -921,6 +870,14 @@ impl PoolCache {
     #[inline]
     pub fn put(&mut self, obj: u32) -> bool {
         self.put_bulk(&[obj]) == 1
+    }
+
+    /// Drops the handle as a killed process would: the slot stays claimed and the cache
+    /// keeps its objects (tests of recovery and reclaim).
+    #[cfg(test)]
+    pub(crate) fn abandon(mut self) {
+        self.slot = None;
+        self.objs = std::ptr::null_mut();
     }
 
     /// Moves every cached object back to the free ring.

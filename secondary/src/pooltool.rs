@@ -1,0 +1,242 @@
+//! Mbuf and mempool tools behind `shmdp-secondary`'s pool commands and the examples: send
+//! packets through a ring, receive and check them, hold buffers, stress a pool, and print
+//! pool statistics. They double as the reference for how an application uses the pools.
+
+use std::time::{Duration, Instant};
+
+use shm::stats::PoolStats;
+use shm_mempool::{MbufCache, MbufHandle, Mempool, PoolError};
+use shm_ring::{Ring, RingError};
+
+/// What went wrong in a pool tool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolToolError {
+    /// A pool operation failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A ring operation failed.
+    #[error("ring {ring}: {source}")]
+    Ring {
+        /// Ring name.
+        ring: String,
+        /// Cause.
+        #[source]
+        source: RingError,
+    },
+    /// No progress for too long.
+    #[error("{0}")]
+    Timeout(String),
+    /// A received packet was not what the sender wrote.
+    #[error("{0}")]
+    Check(String),
+}
+
+/// The payload of packet `seq` of `size` bytes (at least 8): the sequence number, then
+/// a pattern derived from it.
+pub fn payload(seq: u64, size: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend((8..size.max(8)).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8));
+}
+
+/// Allocates `count` packets of `size` bytes, writes [`payload`] into each and enqueues
+/// their handles into `ring`, waiting while it is full (up to `timeout` without progress).
+///
+/// # Errors
+/// Pool exhaustion for longer than `timeout`, ring errors.
+pub fn send(
+    cache: &MbufCache,
+    ring: &Ring<u64>,
+    count: u64,
+    size: usize,
+    timeout: Duration,
+) -> Result<u64, PoolToolError> {
+    let ring_err = |source| PoolToolError::Ring {
+        ring: ring.name().to_string(),
+        source,
+    };
+    let mut enq = RingSide::producer(ring).map_err(ring_err)?;
+    let mut bytes = Vec::with_capacity(size.max(8));
+    let mut last = Instant::now();
+    let mut seq = 0;
+    while seq < count {
+        payload(seq, size, &mut bytes);
+        let m = match cache.alloc_from(&bytes) {
+            Ok(m) => m,
+            Err(_) if last.elapsed() < timeout => {
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let handle = m.into_transit().expect("a fresh mbuf is not shared");
+        loop {
+            if enq.put(handle.0).map_err(ring_err)? {
+                break;
+            }
+            if last.elapsed() > timeout {
+                return Err(PoolToolError::Timeout(format!(
+                    "ring {} stayed full for {timeout:?}",
+                    ring.name()
+                )));
+            }
+            std::thread::yield_now();
+        }
+        last = Instant::now();
+        seq += 1;
+    }
+    Ok(count)
+}
+
+/// Dequeues `count` handles from `ring`, adopts each and checks that packet `k` carries
+/// [`payload`]`(k, size)`, then frees it.
+///
+/// # Errors
+/// A refused handle, a wrong payload, ring errors, or no packet for `timeout`.
+pub fn receive(
+    cache: &MbufCache,
+    ring: &Ring<u64>,
+    count: u64,
+    size: usize,
+    timeout: Duration,
+) -> Result<u64, PoolToolError> {
+    let ring_err = |source| PoolToolError::Ring {
+        ring: ring.name().to_string(),
+        source,
+    };
+    let mut deq = RingSide::consumer(ring).map_err(ring_err)?;
+    let mut want = Vec::with_capacity(size.max(8));
+    let mut got = 0;
+    let mut last = Instant::now();
+    while got < count {
+        let Some(raw) = deq.take().map_err(ring_err)? else {
+            if last.elapsed() > timeout {
+                return Err(PoolToolError::Timeout(format!(
+                    "received {got} of {count} packets; nothing for {timeout:?}"
+                )));
+            }
+            std::thread::yield_now();
+            continue;
+        };
+        last = Instant::now();
+        let m = cache
+            .adopt(MbufHandle(raw))
+            .map_err(|e| PoolToolError::Check(format!("packet {got}: {e}")))?;
+        payload(got, size, &mut want);
+        if m.to_vec() != want {
+            return Err(PoolToolError::Check(format!(
+                "packet {got}: payload differs from what was sent ({} bytes, {} segments)",
+                m.pkt_len(),
+                m.nb_segs()
+            )));
+        }
+        got += 1;
+    }
+    Ok(got)
+}
+
+/// Runs `ops` get/put operations of varying bulk sizes (1..=48) through a cached handle:
+/// the pool's objects must all be back and distinct afterwards ([`Mempool::audit`]).
+pub fn stress(
+    pool: &Mempool,
+    owner: shm_mempool::OwnerTag,
+    ops: u64,
+    seed: u64,
+) -> Result<u64, PoolToolError> {
+    let mut h = pool.cache(owner)?;
+    let mut held: Vec<u32> = Vec::with_capacity(4096);
+    let mut buf = [0u32; 48];
+    let mut x = seed | 1;
+    let mut done = 0;
+    while done < ops {
+        // xorshift: cheap, deterministic sizes and choices.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = 1 + (x % 48) as usize;
+        if x & (1 << 40) == 0 || held.len() < n {
+            if held.len() + n <= held.capacity() && h.get_bulk(&mut buf[..n]).is_ok() {
+                held.extend_from_slice(&buf[..n]);
+            }
+        } else {
+            let at = held.len() - n;
+            h.put_bulk(&held[at..]);
+            held.truncate(at);
+        }
+        done += 1;
+    }
+    h.put_bulk(&held);
+    Ok(done)
+}
+
+/// Prints pool statistics as text.
+pub fn print_stats(stats: &[PoolStats]) {
+    if stats.is_empty() {
+        println!("no mempools");
+    }
+    for p in stats {
+        println!(
+            "pool {} (id {}): {} objects of {} B, cache {}",
+            p.name, p.pool_id, p.count, p.obj_size, p.cache_size
+        );
+        println!(
+            "  available {} (ring {}, caches {})  in use {}",
+            p.available, p.in_ring, p.in_caches, p.in_use
+        );
+        for c in &p.caches {
+            println!(
+                "  cache slot {:>2}: pid {} owner {} holds {}",
+                c.slot, c.pid, c.owner, c.len
+            );
+        }
+        println!(
+            "  get_fail {} put_fail {} bad_handle {} double_free {} corrupt_header {} reclaimed {} caches_recovered {}",
+            p.get_fail, p.put_fail, p.bad_handle, p.double_free, p.corrupt_header, p.reclaimed, p.caches_recovered
+        );
+    }
+}
+
+/// Either kind of producer or consumer of a ring of handles.
+enum RingSide {
+    Sp(shm_ring::SpProducer<u64>),
+    Mp(shm_ring::MpProducer<u64>),
+    Sc(shm_ring::ScConsumer<u64>),
+    Mc(shm_ring::McConsumer<u64>),
+}
+
+impl RingSide {
+    fn producer(ring: &Ring<u64>) -> Result<RingSide, RingError> {
+        if ring.mode().single_producer {
+            ring.sp_producer().map(RingSide::Sp)
+        } else {
+            ring.mp_producer().map(RingSide::Mp)
+        }
+    }
+
+    fn consumer(ring: &Ring<u64>) -> Result<RingSide, RingError> {
+        if ring.mode().single_consumer {
+            ring.sc_consumer().map(RingSide::Sc)
+        } else {
+            ring.mc_consumer().map(RingSide::Mc)
+        }
+    }
+
+    /// Enqueues one handle; false when the ring is full.
+    fn put(&mut self, v: u64) -> Result<bool, RingError> {
+        let n = match self {
+            RingSide::Sp(p) => p.enqueue_burst(&[v])?,
+            RingSide::Mp(p) => p.enqueue_burst(&[v])?,
+            _ => unreachable!("producer side"),
+        };
+        Ok(n == 1)
+    }
+
+    /// Dequeues one handle, if any.
+    fn take(&mut self) -> Result<Option<u64>, RingError> {
+        match self {
+            RingSide::Sc(c) => c.dequeue(),
+            RingSide::Mc(c) => c.dequeue(),
+            _ => unreachable!("consumer side"),
+        }
+    }
+}

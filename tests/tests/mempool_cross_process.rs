@@ -1,0 +1,157 @@
+//! Mempools across real processes: two different binaries (the secondary CLI and the
+//! `mbuf_sink` example) share one primary's pool through a ring; a secondary holding 1000
+//! mbufs is killed with SIGKILL and the primary gets every one back; two processes run
+//! 10^7 get/put operations on one pool and the audit finds every object exactly once.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tests::*;
+
+fn secondary(prefix: &str, args: &[&str]) -> Proc {
+    let mut a = vec!["--file-prefix", prefix];
+    a.extend_from_slice(args);
+    Proc::spawn("shmdp-secondary", &a, None)
+}
+
+fn finish(p: &mut Proc, secs: u64) -> (i32, String, String) {
+    let st = p
+        .wait_exit(Duration::from_secs(secs))
+        .unwrap_or_else(|| panic!("did not finish: {:?} {:?}", p.stdout(), p.stderr()));
+    (
+        st.code().unwrap_or(-1),
+        p.stdout().join("\n"),
+        p.stderr().join("\n"),
+    )
+}
+
+fn primary(prefix: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["-m", "64"];
+    args.extend_from_slice(extra);
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    Proc::primary(prefix, &args)
+}
+
+/// The named pool's statistics, from `shmdp-secondary stats --json`.
+fn pool_stats(prefix: &str, pool: &str) -> Value {
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["--file-prefix", prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0, "stats: {out} {err}");
+    let all: Value = serde_json::from_str(&out).expect("stats JSON");
+    all.as_array()
+        .expect("a list of pools")
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("no pool {pool} in {out}"))
+        .clone()
+}
+
+#[test]
+fn two_binaries_share_one_pool_through_a_ring() {
+    let prefix = unique_prefix("mp2bin");
+    let _p = primary(
+        &prefix,
+        &["--mempool", "mbufs=4095:64", "--ring", "xfer=512:sp_mc"],
+    );
+    let mut sink = Proc::spawn(
+        "examples/mbuf_sink",
+        &["--file-prefix", &prefix, "mbufs", "xfer", "3000", "3000"],
+        None,
+    );
+    assert!(sink.wait_stdout("waiting for 3000 packets", Duration::from_secs(10)));
+    // 3000-byte packets: two segments each, so chains cross the process boundary too.
+    let mut send = secondary(
+        &prefix,
+        &[
+            "mbuf-send",
+            "mbufs",
+            "xfer",
+            "--count",
+            "3000",
+            "--size",
+            "3000",
+        ],
+    );
+    let (code, out, err) = finish(&mut send, 60);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("sent 3000 packets of 3000 B"), "{out}");
+    let (code, out, err) = finish(&mut sink, 60);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("received 3000 packets, payloads ok"), "{out}");
+    let s = pool_stats(&prefix, "mbufs");
+    assert_eq!(s["available"], 4095, "{s}");
+    assert_eq!(s["in_use"], 0, "{s}");
+    for counter in ["bad_handle", "double_free", "corrupt_header", "get_fail"] {
+        assert_eq!(s[counter], 0, "{counter}: {s}");
+    }
+    assert_eq!(s["caches"].as_array().map(Vec::len), Some(0), "{s}");
+}
+
+#[test]
+fn sigkilled_secondary_holding_1000_mbufs_is_reclaimed() {
+    let prefix = unique_prefix("mpkill");
+    let mut p = primary(&prefix, &["--mempool", "mbufs=4096:256"]);
+    let mut holder = secondary(&prefix, &["mbuf-hold", "mbufs", "--count", "1000"]);
+    assert!(
+        holder.wait_stdout("holding 1000 mbufs from mbufs", Duration::from_secs(10)),
+        "{:?} {:?}",
+        holder.stdout(),
+        holder.stderr()
+    );
+    let s = pool_stats(&prefix, "mbufs");
+    assert_eq!(s["in_use"], 1000, "{s}");
+    assert_eq!(s["caches"].as_array().map(Vec::len), Some(1), "{s}");
+    holder.signal(Signal::SIGKILL);
+    assert!(
+        p.wait_stderr("reclaimed 1000 mbufs", Duration::from_secs(5)),
+        "{:?}",
+        p.stderr()
+    );
+    let s = pool_stats(&prefix, "mbufs");
+    assert_eq!(s["available"], 4096, "{s}");
+    assert_eq!(s["in_use"], 0, "{s}");
+    assert_eq!(s["reclaimed"], 1000, "{s}");
+    assert_eq!(s["caches"].as_array().map(Vec::len), Some(0), "{s}");
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "pool-audit", "mbufs"],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+}
+
+#[test]
+fn two_processes_ten_million_operations_lose_nothing() {
+    let prefix = unique_prefix("mpstress");
+    let _p = primary(&prefix, &["--mempool", "objs=8191:256:64"]);
+    let mut a = secondary(
+        &prefix,
+        &["pool-stress", "objs", "--ops", "5000000", "--seed", "7"],
+    );
+    let mut b = secondary(
+        &prefix,
+        &["pool-stress", "objs", "--ops", "5000000", "--seed", "11"],
+    );
+    for p in [&mut a, &mut b] {
+        let (code, out, err) = finish(p, 120);
+        assert_eq!(code, 0, "{out} {err}");
+        assert!(out.contains("pool-stress: 5000000 operations"), "{out}");
+    }
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "pool-audit", "objs"],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains("\"free\":8191") && out.contains("\"duplicates\":0"),
+        "{out}"
+    );
+    let s = pool_stats(&prefix, "objs");
+    assert_eq!(s["available"], 8191, "{s}");
+    assert_eq!(s["bad_handle"], 0, "{s}");
+    assert_eq!(s["put_fail"], 0, "{s}");
+}
