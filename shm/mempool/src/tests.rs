@@ -487,6 +487,7 @@ fn reclaim_returns_a_dead_owners_buffers_but_not_transit() {
     let cached = u64::from(c.cached());
     // The "process" dies: nothing is freed.
     held.drain(..).for_each(std::mem::forget);
+    drop(held);
     let slot_pid = std::process::id();
     c.abandon();
     assert_eq!(pool.mempool().stats().in_use, 53);
