@@ -171,4 +171,3 @@ mod tests {
         assert!(recv::<Request>(&mut r).is_err(), "truncated body");
     }
 }
-

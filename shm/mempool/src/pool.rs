@@ -2,7 +2,7 @@
 //! shared memory ([`PoolCache`]), statistics, audits and recovery of dead owners' caches.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use shm::{Memseg, Memzone, MemzoneKind, Region};
@@ -411,13 +411,17 @@ impl Mempool {
         let slot = self.claim_slot(owner)?;
         let mut cache = self.uncached();
         cache.slot = Some(slot);
+        cache.size = self.shared.info.cache_size;
+        cache.flush_threshold = self.shared.info.flush_threshold;
         cache.objs = self.shared.slot_objs(slot);
+        cache.shared_len = &self.shared.slot_header(slot).len;
         Ok(cache)
     }
 
     /// A handle without a cache: every get and put goes to the free ring.
     pub fn uncached(&self) -> PoolCache {
         let ring = &self.shared.ring;
+        let spare_len = Box::new(AtomicU32::new(0));
         PoolCache {
             pool: self.clone(),
             producer: ring
@@ -427,10 +431,14 @@ impl Mempool {
                 .mc_consumer()
                 .expect("free ring is MP/MC (checked at open)"),
             slot: None,
-            objs: std::ptr::null_mut(),
+            // Never dereferenced without a slot (size and threshold 0 keep the fast paths
+            // to empty spans), but a valid base for an empty slice.
+            objs: std::ptr::NonNull::dangling().as_ptr(),
             len: 0,
-            size: self.shared.info.cache_size,
-            flush_threshold: self.shared.info.flush_threshold,
+            shared_len: &*spare_len,
+            spare_len,
+            size: 0,
+            flush_threshold: 0,
             n: self.shared.info.obj_count,
         }
     }
@@ -629,6 +637,25 @@ fn check_params(name: &str, params: &PoolParams) -> Result<(), PoolError> {
     Ok(())
 }
 
+/// Copies object indices and reports whether any is out of range (`>= limit`), in one
+/// pass: eight at a time as fixed-size arrays (plain vector moves and compares, no
+/// `memcpy` call), then the rest one by one.
+#[inline(always)]
+fn copy_checked(dst: &mut [u32], src: &[u32], limit: u32) -> bool {
+    let mut bad = false;
+    let (d8, d1) = dst.as_chunks_mut::<8>();
+    let (s8, s1) = src.as_chunks::<8>();
+    for (d, s) in d8.iter_mut().zip(s8) {
+        *d = *s;
+        bad |= s.iter().fold(false, |b, &i| b | (i >= limit));
+    }
+    for (d, s) in d1.iter_mut().zip(s1) {
+        *d = *s;
+        bad |= *s >= limit;
+    }
+    bad
+}
+
 /// True when the process that claimed a cache slot is gone (pid dead, or alive with another
 /// start time: a reused pid).
 fn owner_dead(pid: u32, hdr: &CacheSlotHeader) -> bool {
@@ -668,6 +695,11 @@ pub struct PoolCache {
     objs: *mut u32,
     /// Authoritative length (the shared copy is written after each change).
     len: u32,
+    /// The slot's shared `len` word, or `spare_len` without a slot.
+    shared_len: *const AtomicU32,
+    /// Where a handle without a slot writes its (always zero) length, so the store in the
+    /// fast path needs no branch.
+    spare_len: Box<AtomicU32>,
     size: u32,
     flush_threshold: u32,
     n: u32,
@@ -703,16 +735,14 @@ impl PoolCache {
         self.len
     }
 
+    /// Writes the cache length where a reclaimer finds it.
     #[inline(always)]
     fn publish_len(&self) {
-        if let Some(slot) = self.slot {
-            // Relaxed: only a reclaimer reads it, after this process is dead.
-            self.pool
-                .shared
-                .slot_header(slot)
-                .len
-                .store(self.len, Ordering::Relaxed);
-        }
+        // SAFETY: `shared_len` points at the claimed slot's `len` atomic, inside the pool's
+        // region which `self.pool` keeps mapped, or at `spare_len`, owned by `self`.
+        let len = unsafe { &*self.shared_len };
+        // Relaxed: only a reclaimer reads it, after this process is dead.
+        len.store(self.len, Ordering::Relaxed);
     }
 
     /// Gets `out.len()` objects, all or none (DPDK's `rte_mempool_get_bulk`).
@@ -722,64 +752,84 @@ impl PoolCache {
     #[inline]
     pub fn get_bulk(&mut self, out: &mut [u32]) -> Result<(), PoolError> {
         let n = out.len() as u32;
-        if self.objs.is_null() || n >= self.size {
-            return self.get_from_ring(out);
-        }
-        if self.len < n {
-            // Refill: what is asked plus enough to bring the cache back to its size.
-            let req = n + (self.size - self.len);
-            // SAFETY: `len < n < size <= 512`, and `len + req = n + size <= 1024 =
-            // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
-            let room = unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.objs.wrapping_add(self.len as usize),
-                    req as usize,
-                )
+        // Fast path: the cache has them. (Handles without a cache have size 0.)
+        if n <= self.len && n < self.size {
+            self.len -= n;
+            // SAFETY: `len - n .. len` with `len <= CACHE_OBJS`: inside this slot's index
+            // array, which this handle owns.
+            let cached = unsafe {
+                std::slice::from_raw_parts(self.objs.wrapping_add(self.len as usize), n as usize)
             };
-            match self.consumer.dequeue_bulk(room) {
-                Ok(k) if k == req as usize => self.len += req,
-                _ => return self.get_from_ring(out),
+            let bad = copy_checked(out, cached, self.n);
+            self.publish_len();
+            if bad {
+                return self.reject_bad_get(out);
             }
+            return Ok(());
         }
-        let start = (self.len - n) as usize;
-        // SAFETY: `n <= len <= CACHE_OBJS`; the span is inside the owned array.
-        let cached =
-            unsafe { std::slice::from_raw_parts(self.objs.wrapping_add(start), n as usize) };
-        out.copy_from_slice(cached);
-        self.len -= n;
-        self.publish_len();
-        self.check_indices(out)
+        if self.size == 0 {
+            return self.get_uncached(out);
+        }
+        self.get_slow(out)
     }
 
-    #[inline]
+    /// [`PoolCache::get_bulk`] without a cache: straight from the ring (kept out of line
+    /// so the cached fast path stays small enough to inline well).
+    #[inline(never)]
+    fn get_uncached(&mut self, out: &mut [u32]) -> Result<(), PoolError> {
+        self.get_from_ring(out)
+    }
+
+    /// Refill (or bypass) path of [`PoolCache::get_bulk`].
+    #[inline(never)]
+    fn get_slow(&mut self, out: &mut [u32]) -> Result<(), PoolError> {
+        let n = out.len() as u32;
+        if n >= self.size {
+            return self.get_from_ring(out);
+        }
+        // Refill: what is asked plus enough to bring the cache back to its size.
+        let req = n + (self.size - self.len);
+        // SAFETY: `len < n < size <= 512`, and `len + req = n + size <= 1024 =
+        // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
+        let room = unsafe {
+            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), req as usize)
+        };
+        match self.consumer.dequeue_bulk(room) {
+            Ok(k) if k == req as usize => self.len += req,
+            _ => return self.get_from_ring(out),
+        }
+        self.get_bulk(out)
+    }
+
+    #[inline(always)]
     fn get_from_ring(&mut self, out: &mut [u32]) -> Result<(), PoolError> {
         match self.consumer.dequeue_bulk(out) {
-            Ok(k) if k == out.len() => self.check_indices(out),
-            Ok(_) | Err(_) => {
-                self.pool
-                    .shared
-                    .counters()
-                    .get_fail
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(PoolError::Exhausted {
-                    pool: self.pool.name().to_string(),
-                    wanted: out.len(),
-                })
+            Ok(k) if k == out.len() => {
+                let limit = self.n;
+                if out.iter().fold(false, |bad, &i| bad | (i >= limit)) {
+                    return self.reject_bad_get(out);
+                }
+                Ok(())
             }
+            Ok(_) | Err(_) => self.get_failed(out.len()),
         }
+    }
+
+    #[cold]
+    fn get_failed(&self, wanted: usize) -> Result<(), PoolError> {
+        self.pool
+            .shared
+            .counters()
+            .get_fail
+            .fetch_add(1, Ordering::Relaxed);
+        Err(PoolError::Exhausted {
+            pool: self.pool.name().to_string(),
+            wanted,
+        })
     }
 
     /// Free-list entries come from shared memory: an out-of-range one is dropped (counted)
     /// and the whole get fails rather than hand out a bad index.
-    #[inline(always)]
-    fn check_indices(&mut self, got: &mut [u32]) -> Result<(), PoolError> {
-        let n = self.n;
-        if got.iter().fold(false, |bad, &i| bad | (i >= n)) {
-            return self.reject_bad_get(got);
-        }
-        Ok(())
-    }
-
     #[cold]
     fn reject_bad_get(&mut self, got: &mut [u32]) -> Result<(), PoolError> {
         let n = self.n;
@@ -808,50 +858,87 @@ impl PoolCache {
     /// are dropped and counted; returns how many went back.
     #[inline]
     pub fn put_bulk(&mut self, objs: &[u32]) -> usize {
+        let n = objs.len() as u32;
+        // Fast path: room in the cache below the flush threshold (0 without a cache).
+        if self.len + n <= self.flush_threshold {
+            // SAFETY: `len + n <= flush_threshold <= 768 < CACHE_OBJS`: inside the owned
+            // index array.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.objs.wrapping_add(self.len as usize),
+                    n as usize,
+                )
+            };
+            // Copied first, committed (len) only if every index is valid.
+            if !copy_checked(dst, objs, self.n) {
+                self.len += n;
+                self.publish_len();
+                return objs.len();
+            }
+        }
+        if self.flush_threshold == 0 {
+            return self.put_uncached(objs);
+        }
+        self.put_slow(objs)
+    }
+
+    /// [`PoolCache::put_bulk`] without a cache: straight to the ring (out of line, as
+    /// `get_uncached`).
+    #[inline(never)]
+    fn put_uncached(&mut self, objs: &[u32]) -> usize {
+        let nobj = self.n;
+        if objs.iter().fold(false, |bad, &i| bad | (i >= nobj)) {
+            return self.put_filtered(objs);
+        }
+        self.put_to_ring(objs)
+    }
+
+    /// Flush (or bypass) path of [`PoolCache::put_bulk`], and where bad indices are weeded.
+    #[inline(never)]
+    fn put_slow(&mut self, objs: &[u32]) -> usize {
         let nobj = self.n;
         if objs.iter().fold(false, |bad, &i| bad | (i >= nobj)) {
             return self.put_filtered(objs);
         }
         let n = objs.len() as u32;
-        if self.objs.is_null() || n > CACHE_MAX_SIZE {
+        if self.slot.is_none() || n > CACHE_MAX_SIZE {
             return self.put_to_ring(objs);
         }
-        if self.len + n > self.flush_threshold {
-            // Flush the whole cache, then start it again with these.
-            // SAFETY: `len <= max(flush_threshold, CACHE_MAX_SIZE) < CACHE_OBJS` indices
-            // in the owned array.
-            let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
-            let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
-            if pushed < all.len() {
-                self.pool.shared.trouble(
-                    Trouble::PutFail,
-                    (all.len() - pushed) as u64,
-                    "free ring full on a cache flush (an object was freed twice?)",
-                );
-            }
-            self.len = 0;
+        // Over the threshold: flush the whole cache, then start it again with these.
+        // SAFETY: `len <= flush_threshold < CACHE_OBJS` indices in the owned array.
+        let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
+        let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
+        if pushed < all.len() {
+            self.pool.shared.trouble(
+                Trouble::PutFail,
+                (all.len() - pushed) as u64,
+                "free ring full on a cache flush (an object was freed twice?)",
+            );
         }
-        // SAFETY: `len + n <= max(flush_threshold + 0, n) <= 768 < CACHE_OBJS` after the
-        // flush above; the span is inside the owned array.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), n as usize)
-        };
+        // SAFETY: `n <= CACHE_MAX_SIZE < CACHE_OBJS`: inside the owned array.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.objs, n as usize) };
         dst.copy_from_slice(objs);
-        self.len += n;
+        self.len = n;
         self.publish_len();
         objs.len()
     }
 
+    #[inline(always)]
     fn put_to_ring(&mut self, objs: &[u32]) -> usize {
         let pushed = self.producer.enqueue_burst(objs).unwrap_or(0);
         if pushed < objs.len() {
-            self.pool.shared.trouble(
-                Trouble::PutFail,
-                (objs.len() - pushed) as u64,
-                "free ring full on put (an object was freed twice?)",
-            );
+            self.put_failed(objs.len() - pushed);
         }
         pushed
+    }
+
+    #[cold]
+    fn put_failed(&self, lost: usize) {
+        self.pool.shared.trouble(
+            Trouble::PutFail,
+            lost as u64,
+            "free ring full on put (an object was freed twice?)",
+        );
     }
 
     #[cold]
@@ -877,12 +964,15 @@ impl PoolCache {
     #[cfg(test)]
     pub(crate) fn abandon(mut self) {
         self.slot = None;
-        self.objs = std::ptr::null_mut();
+        self.len = 0;
+        self.size = 0;
+        self.flush_threshold = 0;
+        self.shared_len = &*self.spare_len;
     }
 
     /// Moves every cached object back to the free ring.
     pub fn flush(&mut self) {
-        if self.objs.is_null() || self.len == 0 {
+        if self.slot.is_none() || self.len == 0 {
             return;
         }
         // SAFETY: `len <= CACHE_OBJS` indices in the owned array.
