@@ -436,7 +436,7 @@ impl Mempool {
             objs: std::ptr::NonNull::dangling().as_ptr(),
             len: 0,
             shared_len: &*spare_len,
-            spare_len,
+            _spare_len: spare_len,
             size: 0,
             flush_threshold: 0,
             n: self.shared.info.obj_count,
@@ -695,11 +695,11 @@ pub struct PoolCache {
     objs: *mut u32,
     /// Authoritative length (the shared copy is written after each change).
     len: u32,
-    /// The slot's shared `len` word, or `spare_len` without a slot.
+    /// The slot's shared `len` word, or `_spare_len` without a slot.
     shared_len: *const AtomicU32,
     /// Where a handle without a slot writes its (always zero) length, so the store in the
     /// fast path needs no branch.
-    spare_len: Box<AtomicU32>,
+    _spare_len: Box<AtomicU32>,
     size: u32,
     flush_threshold: u32,
     n: u32,
@@ -739,7 +739,7 @@ impl PoolCache {
     #[inline(always)]
     fn publish_len(&self) {
         // SAFETY: `shared_len` points at the claimed slot's `len` atomic, inside the pool's
-        // region which `self.pool` keeps mapped, or at `spare_len`, owned by `self`.
+        // region which `self.pool` keeps mapped, or at `_spare_len`, owned by `self`.
         let len = unsafe { &*self.shared_len };
         // Relaxed: only a reclaimer reads it, after this process is dead.
         len.store(self.len, Ordering::Relaxed);
@@ -967,7 +967,7 @@ impl PoolCache {
         self.len = 0;
         self.size = 0;
         self.flush_threshold = 0;
-        self.shared_len = &*self.spare_len;
+        self.shared_len = &*self._spare_len;
     }
 
     /// Moves every cached object back to the free ring.
