@@ -19,8 +19,9 @@ use crate::{PrimaryError, Result};
 /// What the control server asks of the rest of the primary.
 pub trait ControlHooks: Send + Sync + std::fmt::Debug {
     /// A secondary detached or died; runs before its slot can be given to another process,
-    /// so everything tagged with the slot can be reclaimed.
-    fn secondary_gone(&self, slot: u32, pid: u32);
+    /// so everything tagged with the slot can be reclaimed. `start_time` is the process's
+    /// /proc start time read when it attached (to tell a reused pid apart).
+    fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>);
     /// Statistics of every mempool.
     fn pool_stats(&self) -> Vec<shm::stats::PoolStats>;
 }
@@ -191,6 +192,7 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
             return Ok(());
         }
     };
+    let start_time = shm_mempool::process_start_time(pid);
     let slot = {
         let mut slots = lock(&shared.slots);
         let Some(free) = slots.iter().position(|s| s.is_none()) else {
@@ -236,7 +238,7 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
     })();
     let died = result.as_ref().map_or(true, |d| *d);
     // Reclaim before the slot is free: a new secondary in this slot gets the same owner tag.
-    shared.hooks.secondary_gone(slot, pid);
+    shared.hooks.secondary_gone(slot, pid, start_time);
     lock(&shared.slots)[slot as usize - 1] = None;
     if died {
         tracing::warn!("secondary died: slot {slot}, pid {pid} (connection closed without goodbye); slot freed");

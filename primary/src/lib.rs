@@ -301,6 +301,31 @@ impl Primary {
         )))
     }
 
+    /// Creates an mbuf pool of `count` buffers with a per-lcore cache of `cache_size` and
+    /// `data_room` bytes each (the primary's `rte_pktmbuf_pool_create`) in the main memseg,
+    /// and registers it for statistics and reclaim.
+    ///
+    /// # Errors
+    /// [`PrimaryError::Config`] for bad parameters, a duplicate name or no room.
+    pub fn create_mbuf_pool(
+        &self,
+        name: &str,
+        count: u32,
+        cache_size: u32,
+        data_room: u32,
+    ) -> Result<shm_mempool::MbufPool> {
+        let req = MempoolRequest {
+            name: name.to_string(),
+            count,
+            cache_size,
+            data_room,
+            memseg: MAIN_MEMSEG.to_string(),
+        };
+        self.pools
+            .create(&self.memsegs[0], &req)
+            .map_err(|e| PrimaryError::Config(e.to_string()))
+    }
+
     /// The mbuf pool named `name`.
     pub fn mbuf_pool(&self, name: &str) -> Option<shm_mempool::MbufPool> {
         self.pools.get(name)

@@ -3,6 +3,7 @@
 //! with its process slot returned to the pool) before its slot can be reused.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use shm::stats::PoolStats;
 use shm::Memseg;
@@ -10,6 +11,10 @@ use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag, PoolError};
 
 use crate::control_server::ControlHooks;
 use crate::MempoolRequest;
+
+/// How long the primary waits for a process whose connection closed to finish exiting
+/// before it reclaims the process's buffers.
+pub const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Every pool of this primary, in creation order (pool id = position + 1).
 #[derive(Debug, Default)]
@@ -54,13 +59,33 @@ impl PoolRegistry {
         self.lock().iter().map(|p| p.mempool().stats()).collect()
     }
 
-    /// Returns what a gone process held: flushes the caches its pid claimed and every
-    /// buffer tagged with its slot. Returns (cached objects flushed, buffers reclaimed).
-    pub fn reclaim_process(&self, slot: u32, pid: u32) -> (u64, u64) {
+    /// Returns what a process that left slot `slot` held: the caches its pid claimed and
+    /// every buffer tagged with the slot. The connection closing says the process is going;
+    /// this waits (up to [`EXIT_WAIT`]) until it is really gone before touching anything,
+    /// and leaves everything alone (with a warning) if it detached but keeps running.
+    /// Returns (cached objects flushed, buffers reclaimed).
+    pub fn reclaim_process(&self, slot: u32, pid: u32, start_time: Option<u64>) -> (u64, u64) {
         let tag = OwnerTag::process(slot);
+        let pools = self.lock().clone();
+        let holds = pools
+            .iter()
+            .any(|p| p.mempool().caches_of(pid) > 0 || p.owned_by(tag) > 0);
+        if !holds {
+            return (0, 0);
+        }
+        let t0 = Instant::now();
+        while !shm_mempool::process_gone(pid) {
+            if t0.elapsed() > EXIT_WAIT {
+                tracing::warn!(
+                    "secondary slot {slot} (pid {pid}) detached but is still running and holds pool objects; they stay with it"
+                );
+                return (0, 0);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let mut totals = (0, 0);
-        for pool in self.lock().iter() {
-            let flushed = pool.mempool().flush_caches_of(pid);
+        for pool in &pools {
+            let flushed = pool.mempool().flush_caches_of(pid, start_time);
             let reclaimed = pool.reclaim_owner(tag).returned;
             if flushed + reclaimed > 0 {
                 tracing::info!(
@@ -76,11 +101,52 @@ impl PoolRegistry {
 }
 
 impl ControlHooks for PoolRegistry {
-    fn secondary_gone(&self, slot: u32, pid: u32) {
-        self.reclaim_process(slot, pid);
+    fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>) {
+        self.reclaim_process(slot, pid, start_time);
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
         self.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm::Region;
+
+    #[test]
+    fn reclaim_waits_for_the_process_and_spares_a_live_one() {
+        let seg = Memseg::create_in_region(Region::heap(8 << 20), "pools", 1).unwrap();
+        seg.mark_ready();
+        let reg = PoolRegistry::default();
+        let req = MempoolRequest {
+            name: "m".into(),
+            count: 256,
+            cache_size: 16,
+            data_room: 256,
+            memseg: "main".into(),
+        };
+        let pool = reg.create(&seg, &req).unwrap();
+        assert!(reg.create(&seg, &req).is_err(), "duplicate name");
+        let tag = OwnerTag::process(5);
+        let cache = pool.cache(tag).unwrap();
+        let mut held = Vec::with_capacity(10);
+        cache.alloc_bulk(&mut held, 10).unwrap();
+        // Slot 5 "detached" but this process (its pid) keeps running: nothing is taken.
+        let me = std::process::id();
+        assert_eq!(reg.reclaim_process(5, me, None), (0, 0));
+        assert_eq!(pool.owned_by(tag), 10);
+        // A process that is gone: its buffers come back (its pid owns no cache here).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        held.drain(..).for_each(std::mem::forget);
+        assert_eq!(reg.reclaim_process(5, dead, None), (0, 10));
+        assert_eq!(pool.owned_by(tag), 0);
+        drop(held);
+        drop(cache);
+        assert_eq!(reg.stats()[0].available, 256);
+        assert_eq!(reg.stats()[0].reclaimed, 10);
     }
 }

@@ -36,7 +36,7 @@ pub use mbuf::{
     Mbuf, MbufCache, MbufError, MbufHandle, MbufHeader, MbufPool, MbufPoolParams, Reclaimed,
     DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,
 };
-pub use owner::{pid_alive, process_start_time, OwnerTag};
+pub use owner::{pid_alive, process_gone, process_start_time, OwnerTag};
 pub use pool::{pool_bytes, Audit, CacheStats, Mempool, PoolCache, PoolParams, PoolStats};
 
 /// Mempool errors.

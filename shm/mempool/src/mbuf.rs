@@ -1136,21 +1136,11 @@ impl<'c> Mbuf<'c> {
 
 impl Drop for Mbuf<'_> {
     fn drop(&mut self) {
-        // Read each `next` before the segment is freed (`rte_pktmbuf_free`). The walk is
-        // bounded by nb_segs and validated by `seg_indices`; a cycle is stopped by the owner
-        // check in `release_segment` (a freed segment is no longer ours).
-        let mut segs = [0u32; 16];
-        let mut k = 0;
-        let mut rest: Vec<u32> = Vec::new();
+        // `rte_pktmbuf_free`: `seg_indices` reads each segment's `next` before yielding it,
+        // so a segment is released only after the walk has left it. The walk is bounded by
+        // nb_segs and validated; a cycle is stopped by the owner check in
+        // `release_segment` (a freed segment is no longer ours).
         for i in self.seg_indices() {
-            if k < segs.len() {
-                segs[k] = i;
-                k += 1;
-            } else {
-                rest.push(i);
-            }
-        }
-        for &i in segs[..k].iter().chain(&rest) {
             self.cache.release_segment(i);
         }
     }

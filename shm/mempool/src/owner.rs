@@ -45,6 +45,21 @@ pub fn pid_alive(pid: u32) -> bool {
     )
 }
 
+/// True once a process has finished: no such pid, or a zombie (exited, not yet reaped by
+/// its parent). A process that is still running its exit path counts as alive.
+pub fn process_gone(pid: u32) -> bool {
+    if !pid_alive(pid) {
+        return true;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), which
 /// with the pid identifies one process for ever; `None` if it does not exist.
 /// (Always `None` under Miri, which cannot read /proc.)
@@ -77,5 +92,19 @@ mod tests {
         assert!(t > 0);
         assert_eq!(process_start_time(me), Some(t));
         assert_eq!(process_start_time(u32::MAX), None);
+        assert!(!process_gone(me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped: a zombie is gone.
+        let t0 = std::time::Instant::now();
+        while !process_gone(pid) {
+            assert!(
+                t0.elapsed().as_secs() < 5,
+                "child {pid} never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(process_gone(pid));
     }
 }

@@ -492,10 +492,28 @@ impl Mempool {
         })
     }
 
-    /// Flushes the caches held by `pid` (a process that died) back to the free ring and
-    /// frees their slots; returns how many objects went back.
-    pub fn flush_caches_of(&self, pid: u32) -> u64 {
-        self.recover_slots(|cur, _| cur == pid)
+    /// Flushes the caches held by `pid` back to the free ring and frees their slots;
+    /// returns how many objects went back. The caller knows the process is gone; with
+    /// `start_time` (its /proc start time) a slot claimed by a later process that reused
+    /// the pid is left alone.
+    pub fn flush_caches_of(&self, pid: u32, start_time: Option<u64>) -> u64 {
+        self.recover_slots(|cur, hdr| {
+            let recorded = hdr.start_time.load(Ordering::Acquire);
+            cur == pid && (recorded == 0 || start_time.is_none_or(|t| t == recorded))
+        })
+    }
+
+    /// Cache slots held by `pid`.
+    pub fn caches_of(&self, pid: u32) -> u32 {
+        (0..CACHE_SLOTS)
+            .filter(|&slot| {
+                self.shared
+                    .slot_header(slot)
+                    .owner_pid
+                    .load(Ordering::Relaxed)
+                    == pid
+            })
+            .count() as u32
     }
 
     /// Flushes every cache whose owner process is dead (pid gone or reused); returns how

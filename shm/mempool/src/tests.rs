@@ -229,7 +229,7 @@ fn flush_caches_of_a_dead_pid() {
         .unwrap()
         .store(dead, Ordering::Relaxed);
     h.abandon();
-    assert_eq!(pool.flush_caches_of(dead), cached);
+    assert_eq!(pool.flush_caches_of(dead, None), cached);
     assert_eq!(pool.stats().in_ring, 256);
     assert!(pool.stats().caches.is_empty());
 }
@@ -493,7 +493,8 @@ fn reclaim_returns_a_dead_owners_buffers_but_not_transit() {
     assert_eq!(pool.mempool().stats().in_use, 53);
     assert_eq!(pool.mempool().stats().in_caches, cached);
     // The primary flushes the dead caches and reclaims the dead tag.
-    pool.mempool().flush_caches_of(slot_pid);
+    pool.mempool()
+        .flush_caches_of(slot_pid, process_start_time(slot_pid));
     let r = pool.reclaim_owner(dead);
     assert_eq!(r.returned, 50);
     assert_eq!(pool.mempool().stats().reclaimed, 50);
