@@ -180,8 +180,15 @@ pub fn main() -> ExitCode {
             size,
             timeout,
         } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
-            crate::pooltool::send(cache, r, count, size as usize, Duration::from_secs(timeout))
-                .map(|n| format!("sent {n} packets of {size} B from {pool} into {ring}"))
+            let t0 = std::time::Instant::now();
+            crate::pooltool::send(cache, r, count, size as usize, Duration::from_secs(timeout)).map(
+                |n| {
+                    format!(
+                        "sent {n} packets of {size} B from {pool} into {ring} ({:.2} Mpps)",
+                        n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                    )
+                },
+            )
         }),
         Command::MbufRecv {
             pool,
@@ -190,8 +197,14 @@ pub fn main() -> ExitCode {
             size,
             timeout,
         } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
+            let t0 = std::time::Instant::now();
             crate::pooltool::receive(cache, r, count, size as usize, Duration::from_secs(timeout))
-                .map(|n| format!("received {n} packets from {ring}, payloads ok"))
+                .map(|n| {
+                    format!(
+                        "received {n} packets from {ring}, payloads ok ({:.2} Mpps)",
+                        n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                    )
+                })
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             crate::pooltool::stress(p.mempool(), sec.owner_tag(), ops, seed)
