@@ -1,5 +1,22 @@
-//! `pmds`: the ethdev-style port API (rx_burst/tx_burst, stats) and one module per poll-mode
-//! driver: ring, pcap, vhost-user, virtio-user, and guest drivers for QEMU's NICs.
+//! `pmds`: the ethdev-style port API and the poll-mode drivers.
 //!
-//! Filled in by the ports issue and the driver issues after it.
+//! Where it sits: ports are owned by the primary, which probes them from DPDK-style devargs
+//! (`net_ring0`, `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`) into memzones of its main
+//! memseg; any process of the group opens a port by name or id and polls the queues it
+//! claims. Mbufs come from `shm-mempool`, ring queues are `shm-ring` rings of mbuf handles.
+//!
+//! - [`devargs`]: parsing and the driver list.
+//! - [`layout`]: the port's fixed layout in shared memory.
+//! - [`ethdev`]: [`Port`], claims, `rx_burst`/`tx_burst`, statistics; the ring driver
+//!   (queues are rings: loopback, cross-connected pairs, or any named rings) and the pcap
+//!   driver (rx from a mapped pcap/pcapng file, tx to a pcap file).
+//! - [`pcap_file`]: the capture file formats.
 #![deny(missing_docs)]
+
+pub mod devargs;
+pub mod ethdev;
+pub mod layout;
+pub mod pcap_file;
+
+pub use devargs::{DevArgs, Driver};
+pub use ethdev::{Port, PortError, PortSetup, PortStats, QueueStats, RxQueue, TxQueue};

@@ -1,0 +1,937 @@
+//! The port API: a port lives in a memzone of the primary's memseg ([`crate::layout`]);
+//! any process opens it by name or id ([`Port::open`]) and polls the queues it claims.
+//!
+//! Model: the primary probes ports from devargs ([`Port::create`]), which creates what the
+//! driver needs (rings, the output pcap file) and writes the port's description. A queue
+//! has one poller at a time: [`Port::rx_queue`] / [`Port::tx_queue`] claim it in shared
+//! memory with the caller's pid and start time, a second claim (in any process) is refused
+//! with [`PortError::QueueTaken`], and the claim of a process that died is taken over. A
+//! queue's driver state that must outlive a poller (the pcap reader's position) and its
+//! statistics live in the queue block, so a new poller continues where the old one was.
+//!
+//! `rx_burst` fills a caller-owned vector (give it the capacity: nothing is allocated);
+//! `tx_burst` sends from the front of one and removes what it sent: what is not sent stays
+//! the caller's, as with DPDK's `rte_eth_tx_burst`.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shm::{Memseg, Memzone, MemzoneKind, Region};
+use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool};
+use shm_ring::{Ring, SyncMode};
+
+use crate::devargs::{DevArgs, Driver};
+use crate::layout::*;
+use crate::pcap_file::{self, Format, PcapWriter};
+
+/// Port errors: each one line that says what and how to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Bad devargs or configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The port's memzone is not a valid port.
+    #[error("bad port: {0}")]
+    BadPort(String),
+    /// Another live process polls this queue.
+    #[error("port {port} {dir} queue {queue} is polled by pid {pid}; stop that process or use another queue")]
+    QueueTaken {
+        /// Port name.
+        port: String,
+        /// "rx" or "tx".
+        dir: &'static str,
+        /// Queue index.
+        queue: u16,
+        /// The poller.
+        pid: u32,
+    },
+    /// A queue index past the port's queues.
+    #[error("port {port} has {have} {dir} queues; there is no queue {queue}")]
+    NoQueue {
+        /// Port name.
+        port: String,
+        /// "rx" or "tx".
+        dir: &'static str,
+        /// Asked.
+        queue: u16,
+        /// Available.
+        have: u16,
+    },
+    /// I/O on a driver's file.
+    #[error("port {port}: {what}: {source}")]
+    Io {
+        /// Port name.
+        port: String,
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the primary configures a port at probe time.
+#[derive(Debug, Clone)]
+pub struct PortSetup {
+    /// Port id.
+    pub port_id: u16,
+    /// Descriptors per queue (ring capacity for `net_ring`).
+    pub nb_desc: u32,
+    /// The pool rx queues allocate from.
+    pub rx_pool: MbufPool,
+    /// A MAC address (locally administered, derived from the port id, when `None`).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Statistics of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Rx: no mbuf; tx: not sent by the driver.
+    pub dropped: u64,
+    /// Bad input.
+    pub errors: u64,
+}
+
+/// Statistics of a port (sums over its queues), as DPDK's `rte_eth_stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortStats {
+    /// Port id.
+    pub id: u16,
+    /// Port name.
+    pub name: String,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets dropped on receive for want of an mbuf (`rx_nombuf`).
+    pub rx_dropped: u64,
+    /// Packets the driver failed to send.
+    pub tx_dropped: u64,
+    /// Malformed input and refused handles.
+    pub errors: u64,
+    /// Per rx queue.
+    pub rx_queues: Vec<QueueStats>,
+    /// Per tx queue.
+    pub tx_queues: Vec<QueueStats>,
+}
+
+/// What a process needs to find the driver's resources.
+enum DriverRes {
+    /// Rings per rx queue and per tx queue.
+    Ring {
+        rx: Vec<Ring<u64>>,
+        tx: Vec<Ring<u64>>,
+    },
+    /// Files.
+    Pcap {
+        rx: Option<PathBuf>,
+        tx: Option<PathBuf>,
+    },
+}
+
+struct PortShared {
+    _region: Region,
+    info: PortInfo,
+    name: String,
+    devargs: DevArgs,
+    ctrl: NonNull<PortCtrl>,
+    queues: NonNull<QueueBlock>,
+    res: DriverRes,
+}
+
+// SAFETY: the pointers target shared memory kept mapped by `_region`; everything reached
+// through them is atomics.
+unsafe impl Send for PortShared {}
+// SAFETY: as for Send.
+unsafe impl Sync for PortShared {}
+
+/// A port, opened in this process. Cheap to clone.
+#[derive(Clone)]
+pub struct Port {
+    shared: Arc<PortShared>,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port")
+            .field("id", &self.shared.info.port_id)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+/// Finds a memzone by name in any memseg of the process group.
+pub type ZoneFinder<'a> = &'a dyn Fn(&str) -> Option<Memzone>;
+
+impl Port {
+    /// Probes a port (primary): creates its memzone in `seg` and whatever its driver needs.
+    ///
+    /// # Errors
+    /// [`PortError::Config`] for bad devargs values, unusable files or no room.
+    pub fn create(
+        seg: &Memseg,
+        devargs: &DevArgs,
+        setup: &PortSetup,
+        find: ZoneFinder<'_>,
+    ) -> Result<Port, PortError> {
+        let cfg = |why: String| PortError::Config(format!("{}: {why}", devargs.name));
+        let (nb_rx, nb_tx) = match devargs.driver {
+            Driver::Ring => {
+                let q = devargs
+                    .number("queues", 1, 1..=u32::from(MAX_QUEUES))
+                    .map_err(PortError::Config)?;
+                let named = devargs.get("rx_ring").is_some() || devargs.get("tx_ring").is_some();
+                if named && q != 1 {
+                    return Err(cfg(
+                        "rx_ring=/tx_ring= ports have one queue; drop queues=".into()
+                    ));
+                }
+                if named {
+                    (
+                        u16::from(devargs.get("rx_ring").is_some()),
+                        u16::from(devargs.get("tx_ring").is_some()),
+                    )
+                } else {
+                    (q as u16, q as u16)
+                }
+            }
+            Driver::Pcap => {
+                if devargs.get("rx_pcap").is_none() && devargs.get("tx_pcap").is_none() {
+                    return Err(cfg("give rx_pcap=FILE and/or tx_pcap=FILE".into()));
+                }
+                (
+                    u16::from(devargs.get("rx_pcap").is_some()),
+                    u16::from(devargs.get("tx_pcap").is_some()),
+                )
+            }
+        };
+        let nb_desc = devargs
+            .number("nb_desc", setup.nb_desc, 1..=1 << 20)
+            .map_err(PortError::Config)?;
+        // Driver resources first: a bad file is an error before anything is reserved.
+        match devargs.driver {
+            Driver::Ring => {
+                if devargs.get("rx_ring").is_none() && devargs.get("tx_ring").is_none() {
+                    for q in 0..nb_rx {
+                        Ring::<u64>::create(
+                            seg,
+                            &ring_name(&devargs.name, q),
+                            nb_desc,
+                            SyncMode::SP_SC,
+                        )
+                        .map_err(|e| cfg(e.to_string()))?;
+                    }
+                }
+            }
+            Driver::Pcap => {
+                if let Some(rx) = devargs.get("rx_pcap") {
+                    let data = std::fs::read(rx).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
+                    pcap_file::open(&data).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
+                }
+                if let Some(tx) = devargs.get("tx_pcap") {
+                    std::fs::write(tx, pcap_file::file_header())
+                        .map_err(|e| cfg(format!("tx_pcap {tx}: {e}")))?;
+                }
+            }
+        }
+        let pool = setup.rx_pool.mempool();
+        let mut info = PortInfo {
+            magic: PORT_MAGIC,
+            layout_major: PORT_LAYOUT_MAJOR,
+            layout_minor: PORT_LAYOUT_MINOR,
+            info_size: PORT_INFO_SIZE as u32,
+            port_id: setup.port_id,
+            driver: devargs.driver as u16,
+            nb_rx_queues: nb_rx,
+            nb_tx_queues: nb_tx,
+            nb_desc,
+            rx_pool_id: pool.id(),
+            mac: setup
+                .mac
+                .unwrap_or([0x02, 0x53, 0x48, 0x4d, 0x00, setup.port_id as u8]),
+            reserved0: [0; 2],
+            devargs_len: devargs.text.len() as u32,
+            name: shm::layout::encode_name(&devargs.name).ok_or_else(|| cfg("bad name".into()))?,
+            rx_pool: shm::layout::encode_name(pool.name())
+                .ok_or_else(|| cfg("bad pool name".into()))?,
+            devargs: [0; DEVARGS_LEN],
+            reserved: [0; 84],
+        };
+        info.devargs[..devargs.text.len()].copy_from_slice(devargs.text.as_bytes());
+        let zone = seg
+            .reserve(&devargs.name, PORT_BYTES, 64, MemzoneKind::Port)
+            .map_err(|e| cfg(e.to_string()))?;
+        let r = zone.region();
+        r.fill(zone.offset, PORT_BYTES, 0)
+            .map_err(|e| cfg(e.to_string()))?;
+        r.write(zone.offset, &info)
+            .map_err(|e| cfg(e.to_string()))?;
+        let port = Port::open(&zone, find)?;
+        port.ctrl().link_up.store(1, Ordering::Relaxed);
+        Ok(port)
+    }
+
+    /// Opens the port in `zone` (any process), validating it and finding its driver's
+    /// resources.
+    ///
+    /// # Errors
+    /// [`PortError::BadPort`] naming what is wrong.
+    pub fn open(zone: &Memzone, find: ZoneFinder<'_>) -> Result<Port, PortError> {
+        let bad = |why: String| PortError::BadPort(format!("{}: {why}", zone.name));
+        if zone.kind != MemzoneKind::Port || zone.len_bytes < PORT_BYTES {
+            return Err(bad("not a port memzone".into()));
+        }
+        let r = zone.region();
+        let info: PortInfo = r.read_copy(zone.offset).map_err(|e| bad(e.to_string()))?;
+        if info.magic != PORT_MAGIC {
+            return Err(bad("bad magic".into()));
+        }
+        if info.layout_major != PORT_LAYOUT_MAJOR || u64::from(info.info_size) != PORT_INFO_SIZE {
+            return Err(bad(format!(
+                "layout version {} (this build reads {PORT_LAYOUT_MAJOR}); run primary and secondary from the same shmdp release",
+                info.layout_major
+            )));
+        }
+        let driver = Driver::from_u16(info.driver).ok_or_else(|| bad("unknown driver".into()))?;
+        if info.nb_rx_queues > MAX_QUEUES || info.nb_tx_queues > MAX_QUEUES {
+            return Err(bad("impossible queue counts".into()));
+        }
+        let text = info
+            .devargs
+            .get(..info.devargs_len as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| bad("bad devargs text".into()))?;
+        let devargs = DevArgs::parse(text).map_err(bad)?;
+        if devargs.driver != driver {
+            return Err(bad("devargs and driver disagree".into()));
+        }
+        let name = devargs.name.clone();
+        let ring = |n: &str| -> Result<Ring<u64>, PortError> {
+            let z = find(n).ok_or_else(|| bad(format!("ring {n} not found")))?;
+            Ring::from_memzone(&z).map_err(|e| bad(format!("ring {n}: {e}")))
+        };
+        let res = match driver {
+            Driver::Ring => match (devargs.get("rx_ring"), devargs.get("tx_ring")) {
+                // Loopback: queue q's rx and tx are the same ring.
+                (None, None) => DriverRes::Ring {
+                    rx: (0..info.nb_rx_queues)
+                        .map(|q| ring(&ring_name(&name, q)))
+                        .collect::<Result<_, _>>()?,
+                    tx: (0..info.nb_tx_queues)
+                        .map(|q| ring(&ring_name(&name, q)))
+                        .collect::<Result<_, _>>()?,
+                },
+                (rx, tx) => DriverRes::Ring {
+                    rx: rx.map(ring).transpose()?.into_iter().collect(),
+                    tx: tx.map(ring).transpose()?.into_iter().collect(),
+                },
+            },
+            Driver::Pcap => DriverRes::Pcap {
+                rx: devargs.get("rx_pcap").map(PathBuf::from),
+                tx: devargs.get("tx_pcap").map(PathBuf::from),
+            },
+        };
+        let oob = |e: shm::OutOfBounds| bad(e.to_string());
+        let ctrl = r
+            .span_of::<PortCtrl>(zone.offset + PORT_CTRL_OFF, 1)
+            .map_err(oob)?;
+        let queues = r
+            .span_of::<QueueBlock>(zone.offset + QUEUES_OFF, 2 * u64::from(MAX_QUEUES))
+            .map_err(oob)?;
+        Ok(Port {
+            shared: Arc::new(PortShared {
+                _region: r.clone(),
+                info,
+                name,
+                devargs,
+                ctrl,
+                queues,
+                res,
+            }),
+        })
+    }
+
+    fn ctrl(&self) -> &PortCtrl {
+        // SAFETY: bounds- and alignment-checked at open; kept mapped; atomics only.
+        unsafe { self.shared.ctrl.as_ref() }
+    }
+
+    /// Queue block `i` (rx queues 0..MAX_QUEUES, tx queues after).
+    fn block(&self, i: usize) -> &QueueBlock {
+        assert!(i < 2 * MAX_QUEUES as usize);
+        // SAFETY: `i < 2 * MAX_QUEUES` blocks, checked at open; atomics only.
+        unsafe { &*self.shared.queues.as_ptr().wrapping_add(i) }
+    }
+
+    /// Port id.
+    pub fn id(&self) -> u16 {
+        self.shared.info.port_id
+    }
+
+    /// Port name (e.g. `net_pcap0`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Driver.
+    pub fn driver(&self) -> Driver {
+        self.shared.devargs.driver
+    }
+
+    /// The devargs it was probed with.
+    pub fn devargs(&self) -> &str {
+        &self.shared.devargs.text
+    }
+
+    /// Rx queue count.
+    pub fn nb_rx_queues(&self) -> u16 {
+        self.shared.info.nb_rx_queues
+    }
+
+    /// Tx queue count.
+    pub fn nb_tx_queues(&self) -> u16 {
+        self.shared.info.nb_tx_queues
+    }
+
+    /// MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.shared.info.mac
+    }
+
+    /// Id of the pool rx queues allocate from.
+    pub fn rx_pool_id(&self) -> u32 {
+        self.shared.info.rx_pool_id
+    }
+
+    /// Name of the pool rx queues allocate from.
+    pub fn rx_pool_name(&self) -> String {
+        shm::layout::decode_name(&self.shared.info.rx_pool)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Starts the port: queues deliver and accept packets.
+    pub fn start(&self) {
+        self.ctrl().started.store(1, Ordering::Release);
+    }
+
+    /// Stops the port: rx returns nothing, tx sends nothing.
+    pub fn stop(&self) {
+        self.ctrl().started.store(0, Ordering::Release);
+    }
+
+    /// True while started.
+    pub fn is_started(&self) -> bool {
+        self.ctrl().started.load(Ordering::Acquire) != 0
+    }
+
+    /// True while the link is up (virtual ports: always, once probed).
+    pub fn link_up(&self) -> bool {
+        self.ctrl().link_up.load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets promiscuous mode (recorded; virtual ports deliver everything anyway).
+    pub fn set_promiscuous(&self, on: bool) {
+        self.ctrl()
+            .promiscuous
+            .store(u32::from(on), Ordering::Relaxed);
+    }
+
+    /// Promiscuous mode.
+    pub fn promiscuous(&self) -> bool {
+        self.ctrl().promiscuous.load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets all-multicast mode (recorded).
+    pub fn set_all_multicast(&self, on: bool) {
+        self.ctrl()
+            .all_multicast
+            .store(u32::from(on), Ordering::Relaxed);
+    }
+
+    /// All-multicast mode.
+    pub fn all_multicast(&self) -> bool {
+        self.ctrl().all_multicast.load(Ordering::Relaxed) != 0
+    }
+
+    /// Port statistics (sums) with per-queue figures.
+    pub fn stats(&self) -> PortStats {
+        let q = |i: usize| {
+            let b = self.block(i);
+            QueueStats {
+                packets: b.packets.load(Ordering::Relaxed),
+                bytes: b.bytes.load(Ordering::Relaxed),
+                dropped: b.dropped.load(Ordering::Relaxed),
+                errors: b.errors.load(Ordering::Relaxed),
+            }
+        };
+        let rx: Vec<QueueStats> = (0..self.nb_rx_queues() as usize).map(q).collect();
+        let tx: Vec<QueueStats> = (0..self.nb_tx_queues() as usize)
+            .map(|i| q(MAX_QUEUES as usize + i))
+            .collect();
+        PortStats {
+            id: self.id(),
+            name: self.name().to_string(),
+            rx_packets: rx.iter().map(|s| s.packets).sum(),
+            tx_packets: tx.iter().map(|s| s.packets).sum(),
+            rx_bytes: rx.iter().map(|s| s.bytes).sum(),
+            tx_bytes: tx.iter().map(|s| s.bytes).sum(),
+            rx_dropped: rx.iter().map(|s| s.dropped).sum(),
+            tx_dropped: tx.iter().map(|s| s.dropped).sum(),
+            errors: rx.iter().chain(&tx).map(|s| s.errors).sum(),
+            rx_queues: rx,
+            tx_queues: tx,
+        }
+    }
+
+    /// Zeroes every counter.
+    pub fn reset_stats(&self) {
+        for i in 0..2 * MAX_QUEUES as usize {
+            let b = self.block(i);
+            for c in [&b.packets, &b.bytes, &b.dropped, &b.errors] {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Pid polling each rx queue, then each tx queue (0 = none).
+    pub fn pollers(&self) -> (Vec<u32>, Vec<u32>) {
+        let pid = |i: usize| self.block(i).owner_pid.load(Ordering::Relaxed);
+        (
+            (0..self.nb_rx_queues() as usize).map(pid).collect(),
+            (0..self.nb_tx_queues() as usize)
+                .map(|i| pid(MAX_QUEUES as usize + i))
+                .collect(),
+        )
+    }
+
+    fn claim(&self, dir: &'static str, queue: u16) -> Result<QueueClaim, PortError> {
+        let (have, base) = if dir == "rx" {
+            (self.nb_rx_queues(), 0)
+        } else {
+            (self.nb_tx_queues(), MAX_QUEUES as usize)
+        };
+        if queue >= have {
+            return Err(PortError::NoQueue {
+                port: self.name().to_string(),
+                dir,
+                queue,
+                have,
+            });
+        }
+        let index = base + queue as usize;
+        let block = self.block(index);
+        let me = std::process::id();
+        let my_start = shm_mempool::process_start_time(me).unwrap_or(0);
+        loop {
+            let cur = block.owner_pid.load(Ordering::Acquire);
+            if cur != 0 {
+                let recorded = block.owner_start.load(Ordering::Acquire);
+                let dead = shm_mempool::process_gone(cur)
+                    || (recorded != 0
+                        && shm_mempool::process_start_time(cur).is_some_and(|t| t != recorded));
+                if !dead {
+                    return Err(PortError::QueueTaken {
+                        port: self.name().to_string(),
+                        dir,
+                        queue,
+                        pid: cur,
+                    });
+                }
+            }
+            // AcqRel: the new poller sees the old one's position and counters.
+            if block
+                .owner_pid
+                .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                block.owner_start.store(my_start, Ordering::Release);
+                return Ok(QueueClaim {
+                    port: self.clone(),
+                    index,
+                    pid: me,
+                });
+            }
+        }
+    }
+
+    /// Claims rx queue `queue` for this thread; received mbufs come from (pcap) or are
+    /// adopted into (ring) `cache`, which must belong to the port's rx pool for pcap.
+    ///
+    /// # Errors
+    /// [`PortError::NoQueue`], [`PortError::QueueTaken`], [`PortError::Config`] for a
+    /// cache of the wrong pool, [`PortError::Io`] when the pcap file cannot be mapped.
+    pub fn rx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<RxQueue<'c>, PortError> {
+        let claim = self.claim("rx", queue)?;
+        let kind = match &self.shared.res {
+            DriverRes::Ring { rx, .. } => {
+                let ring = &rx[queue as usize];
+                RxKind::Ring(if ring.mode().single_consumer {
+                    RingRx::Sc(ring.sc_consumer().map_err(|e| self.cfg(e))?)
+                } else {
+                    RingRx::Mc(ring.mc_consumer().map_err(|e| self.cfg(e))?)
+                })
+            }
+            DriverRes::Pcap { rx, .. } => {
+                if cache.pool().mempool().id() != self.rx_pool_id() {
+                    return Err(PortError::Config(format!(
+                        "{}: rx queue needs a cache of pool {}",
+                        self.name(),
+                        self.rx_pool_name()
+                    )));
+                }
+                let path = rx.as_ref().expect("pcap rx queue exists only with rx_pcap");
+                let file = File::open(path).map_err(|source| self.io("open rx_pcap", source))?;
+                // SAFETY: the mapping is read-only and private to this queue; a capture file
+                // changed underneath would give odd bytes, which the parser bounds-checks.
+                let map = unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(|source| self.io("map rx_pcap", source))?;
+                let (format, first) = pcap_file::open(&map).map_err(|e| {
+                    PortError::Config(format!("{}: rx_pcap {}: {e}", self.name(), path.display()))
+                })?;
+                let block = self.block(claim.index);
+                let pos = block.position.load(Ordering::Acquire).max(first);
+                RxKind::Pcap(PcapRx {
+                    map,
+                    format,
+                    pos,
+                    done: false,
+                })
+            }
+        };
+        Ok(RxQueue {
+            port: self.clone(),
+            claim,
+            cache,
+            kind,
+        })
+    }
+
+    /// Claims tx queue `queue` for this thread; `cache` is where mbufs that come back
+    /// unsent are adopted again.
+    ///
+    /// # Errors
+    /// As [`Port::rx_queue`].
+    pub fn tx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<TxQueue<'c>, PortError> {
+        let claim = self.claim("tx", queue)?;
+        let kind = match &self.shared.res {
+            DriverRes::Ring { tx, .. } => {
+                let ring = &tx[queue as usize];
+                TxKind::Ring(if ring.mode().single_producer {
+                    RingTx::Sp(ring.sp_producer().map_err(|e| self.cfg(e))?)
+                } else {
+                    RingTx::Mp(ring.mp_producer().map_err(|e| self.cfg(e))?)
+                })
+            }
+            DriverRes::Pcap { tx, .. } => {
+                let path = tx.as_ref().expect("pcap tx queue exists only with tx_pcap");
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| self.io("open tx_pcap", source))?;
+                TxKind::Pcap(PcapWriter::append(BufWriter::with_capacity(1 << 18, file)))
+            }
+        };
+        Ok(TxQueue {
+            port: self.clone(),
+            claim,
+            cache,
+            kind,
+        })
+    }
+
+    fn cfg(&self, e: impl std::fmt::Display) -> PortError {
+        PortError::Config(format!("{}: {e}", self.name()))
+    }
+
+    fn io(&self, what: &str, source: std::io::Error) -> PortError {
+        PortError::Io {
+            port: self.name().to_string(),
+            what: what.to_string(),
+            source,
+        }
+    }
+}
+
+/// Name of the ring behind queue `q` of a `net_ring` port made without named rings.
+pub fn ring_name(port: &str, q: u16) -> String {
+    format!("{port}_q{q}")
+}
+
+/// A claimed queue; released on drop.
+struct QueueClaim {
+    port: Port,
+    index: usize,
+    pid: u32,
+}
+
+impl QueueClaim {
+    fn block(&self) -> &QueueBlock {
+        self.port.block(self.index)
+    }
+
+    #[inline(always)]
+    fn count(&self, packets: u64, bytes: u64) {
+        if packets > 0 {
+            let b = self.block();
+            b.packets.fetch_add(packets, Ordering::Relaxed);
+            b.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    #[cold]
+    fn bump(&self, counter: fn(&QueueBlock) -> &AtomicU64, n: u64) {
+        counter(self.block()).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for QueueClaim {
+    fn drop(&mut self) {
+        let b = self.block();
+        b.owner_start.store(0, Ordering::Relaxed);
+        // Release: the next poller sees our position and counters.
+        let _ = b
+            .owner_pid
+            .compare_exchange(self.pid, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+enum RingRx {
+    Sc(shm_ring::ScConsumer<u64>),
+    Mc(shm_ring::McConsumer<u64>),
+}
+
+enum RingTx {
+    Sp(shm_ring::SpProducer<u64>),
+    Mp(shm_ring::MpProducer<u64>),
+}
+
+struct PcapRx {
+    map: memmap2::Mmap,
+    format: Format,
+    pos: u64,
+    done: bool,
+}
+
+enum RxKind {
+    Ring(RingRx),
+    Pcap(PcapRx),
+}
+
+enum TxKind {
+    Ring(RingTx),
+    Pcap(PcapWriter<BufWriter<File>>),
+}
+
+/// Most packets one burst moves.
+pub const MAX_BURST: usize = 512;
+
+impl std::fmt::Debug for RxQueue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RxQueue({} rx {})", self.port.name(), self.claim.index)
+    }
+}
+
+impl std::fmt::Debug for TxQueue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.claim.index - MAX_QUEUES as usize;
+        write!(f, "TxQueue({} tx {q})", self.port.name())
+    }
+}
+
+/// A claimed rx queue.
+pub struct RxQueue<'c> {
+    port: Port,
+    claim: QueueClaim,
+    cache: &'c MbufCache,
+    kind: RxKind,
+}
+
+impl<'c> RxQueue<'c> {
+    /// The port.
+    pub fn port(&self) -> &Port {
+        &self.port
+    }
+
+    /// Receives up to `max` packets (at most [`MAX_BURST`]) into `out`; returns how many.
+    pub fn rx_burst(&mut self, out: &mut Vec<Mbuf<'c>>, max: usize) -> usize {
+        if !self.port.is_started() {
+            return 0;
+        }
+        let max = max.min(MAX_BURST);
+        let port_id = self.port.id();
+        let mut bytes = 0u64;
+        let start = out.len();
+        match &mut self.kind {
+            RxKind::Ring(ring) => {
+                let mut handles = [0u64; MAX_BURST];
+                let got = match ring {
+                    RingRx::Sc(c) => c.dequeue_burst(&mut handles[..max]),
+                    RingRx::Mc(c) => c.dequeue_burst(&mut handles[..max]),
+                }
+                .unwrap_or_else(|_| {
+                    self.claim.bump(|b| &b.errors, 1);
+                    0
+                });
+                let mut refused = 0;
+                for &h in &handles[..got] {
+                    match self.cache.adopt(MbufHandle(h)) {
+                        Ok(mut m) => {
+                            m.set_port(port_id);
+                            bytes += u64::from(m.pkt_len());
+                            out.push(m);
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                if refused > 0 {
+                    self.claim.bump(|b| &b.errors, refused);
+                }
+            }
+            RxKind::Pcap(p) => {
+                let mut nombuf = 0;
+                while out.len() - start < max && !p.done {
+                    match pcap_file::next_record(&p.map, p.pos, &mut p.format) {
+                        Ok(Some((rec, next))) => match self.cache.alloc_from(rec.data) {
+                            Ok(mut m) => {
+                                m.set_port(port_id);
+                                bytes += rec.data.len() as u64;
+                                out.push(m);
+                                p.pos = next;
+                            }
+                            Err(_) => {
+                                // Retry this record on the next burst.
+                                nombuf += 1;
+                                break;
+                            }
+                        },
+                        Ok(None) => p.done = true,
+                        Err(e) => {
+                            tracing::warn!(
+                                "{}: rx_pcap: {e}; the packets before it were delivered",
+                                self.port.name()
+                            );
+                            self.claim.bump(|b| &b.errors, 1);
+                            p.done = true;
+                        }
+                    }
+                }
+                if nombuf > 0 {
+                    self.claim.bump(|b| &b.dropped, nombuf);
+                }
+                self.claim.block().position.store(p.pos, Ordering::Release);
+            }
+        }
+        let n = out.len() - start;
+        self.claim.count(n as u64, bytes);
+        n
+    }
+
+    /// True when the queue will never deliver more (a pcap file read to its end).
+    pub fn exhausted(&self) -> bool {
+        matches!(&self.kind, RxKind::Pcap(p) if p.done)
+    }
+}
+
+/// A claimed tx queue.
+pub struct TxQueue<'c> {
+    port: Port,
+    claim: QueueClaim,
+    cache: &'c MbufCache,
+    kind: TxKind,
+}
+
+impl<'c> TxQueue<'c> {
+    /// The port.
+    pub fn port(&self) -> &Port {
+        &self.port
+    }
+
+    /// Sends packets from the front of `pkts` and removes the ones sent (they belong to the
+    /// port now); returns how many. What is not sent stays in `pkts`, the caller's.
+    pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf<'c>>) -> usize {
+        if !self.port.is_started() || pkts.is_empty() {
+            return 0;
+        }
+        let mut bytes = 0u64;
+        let sent = match &mut self.kind {
+            TxKind::Ring(ring) => {
+                // Shared mbufs cannot cross processes: the first one ends the burst.
+                let k = pkts
+                    .iter()
+                    .take(MAX_BURST)
+                    .take_while(|m| !m.is_shared())
+                    .count();
+                let mut handles = [0u64; MAX_BURST];
+                for (slot, m) in handles.iter_mut().zip(pkts.drain(..k)) {
+                    bytes += u64::from(m.pkt_len());
+                    *slot = m.into_transit().expect("checked unshared").0;
+                }
+                let pushed = match ring {
+                    RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
+                }
+                .unwrap_or(0);
+                // Not enqueued: take them back (still ours, in transit) in order, in front.
+                let back: Vec<Mbuf<'c>> = handles[pushed..k]
+                    .iter()
+                    .filter_map(|&h| self.cache.adopt(MbufHandle(h)).ok())
+                    .collect();
+                if !back.is_empty() {
+                    bytes -= back.iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
+                    pkts.splice(0..0, back);
+                }
+                pushed
+            }
+            TxKind::Pcap(w) => {
+                let ts = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let mut k = 0;
+                for m in pkts.iter() {
+                    if w.write(ts, m.pkt_len() as usize, m.segments()).is_err() {
+                        self.claim.bump(|b| &b.errors, 1);
+                        break;
+                    }
+                    bytes += u64::from(m.pkt_len());
+                    k += 1;
+                }
+                pkts.drain(..k);
+                k
+            }
+        };
+        self.claim.count(sent as u64, bytes);
+        sent
+    }
+
+    /// Flushes buffered output (pcap) so readers see every packet sent so far.
+    pub fn flush(&mut self) {
+        if let TxKind::Pcap(w) = &mut self.kind {
+            if w.flush().is_err() {
+                self.claim.bump(|b| &b.errors, 1);
+            }
+        }
+    }
+}
+
+impl Drop for TxQueue<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+#[path = "ethdev_tests.rs"]
+mod tests;

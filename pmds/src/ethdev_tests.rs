@@ -1,0 +1,231 @@
+//! Ports in one process: ring loopback and cross-connected rings, queue claims, tx on a
+//! full ring, pcap round trips (chained packets included), truncated captures, stats.
+
+use super::*;
+use crate::pcap_file::PcapWriter;
+use shm::Region;
+use shm_mempool::{MbufPoolParams, OwnerTag};
+
+struct Env {
+    seg: Memseg,
+    pool: MbufPool,
+}
+
+fn env(count: u32) -> Env {
+    let seg = Memseg::create_in_region(Region::heap(32 << 20), "ports", 1).unwrap();
+    seg.mark_ready();
+    let mut p = MbufPoolParams::new(count, 32, 1);
+    p.data_room = 512;
+    let pool = MbufPool::create(&seg, "mbufs", &p).unwrap();
+    Env { seg, pool }
+}
+
+impl Env {
+    fn port(&self, id: u16, devargs: &str, nb_desc: u32) -> Result<Port, PortError> {
+        let d = DevArgs::parse(devargs).map_err(PortError::Config)?;
+        let setup = PortSetup {
+            port_id: id,
+            nb_desc,
+            rx_pool: self.pool.clone(),
+            mac: None,
+        };
+        let seg = &self.seg;
+        let port = Port::create(seg, &d, &setup, &|n| seg.lookup(n).ok())?;
+        port.start();
+        Ok(port)
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("shmdp-pmds-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn ring_loopback_moves_packets_and_counts_them() {
+    let e = env(256);
+    let port = e.port(0, "net_ring0", 64).unwrap();
+    assert_eq!((port.nb_rx_queues(), port.nb_tx_queues()), (1, 1));
+    assert_eq!(port.mac(), [0x02, 0x53, 0x48, 0x4d, 0, 0]);
+    assert!(port.link_up());
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let mut rx = port.rx_queue(0, &cache).unwrap();
+    let mut tx = port.tx_queue(0, &cache).unwrap();
+    let mut pkts = Vec::with_capacity(64);
+    for i in 0..10u8 {
+        pkts.push(cache.alloc_from(&[i; 60]).unwrap());
+    }
+    assert_eq!(tx.tx_burst(&mut pkts), 10);
+    assert!(pkts.is_empty());
+    let mut got = Vec::with_capacity(64);
+    assert_eq!(rx.rx_burst(&mut got, 32), 10);
+    assert_eq!(got[3].data(), &[3u8; 60]);
+    assert_eq!(got[3].port(), 0);
+    let s = port.stats();
+    assert_eq!(
+        (s.rx_packets, s.tx_packets, s.rx_bytes, s.tx_bytes),
+        (10, 10, 600, 600)
+    );
+    port.reset_stats();
+    assert_eq!(port.stats().rx_packets, 0);
+    // Stopped: nothing moves.
+    port.stop();
+    let mut again: Vec<Mbuf> = std::mem::take(&mut got);
+    assert_eq!(tx.tx_burst(&mut again), 0);
+    assert_eq!(again.len(), 10, "unsent packets stay the caller's");
+    drop((again, got, pkts, rx, tx));
+    drop(cache);
+    assert_eq!(e.pool.mempool().stats().available, 256);
+}
+
+#[test]
+fn a_full_ring_keeps_the_rest_with_the_caller() {
+    let e = env(64);
+    let port = e.port(0, "net_ring0", 4).unwrap();
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let mut tx = port.tx_queue(0, &cache).unwrap();
+    let mut pkts = Vec::with_capacity(16);
+    cache.alloc_bulk(&mut pkts, 10).unwrap();
+    let first = pkts[0].index();
+    let fifth = pkts[4].index();
+    assert_eq!(tx.tx_burst(&mut pkts), 4);
+    assert_eq!(pkts.len(), 6);
+    assert_eq!(pkts[0].index(), fifth, "the unsent ones, in order");
+    let mut rx = port.rx_queue(0, &cache).unwrap();
+    let mut got = Vec::with_capacity(16);
+    assert_eq!(rx.rx_burst(&mut got, 16), 4);
+    assert_eq!(got[0].index(), first);
+    // A shared mbuf stops the burst.
+    let clone = pkts[0].clone_ref();
+    assert_eq!(tx.tx_burst(&mut pkts), 0);
+    drop(clone);
+    assert_eq!(tx.tx_burst(&mut pkts), 4);
+    drop((got, pkts, rx, tx));
+    drop(cache);
+    assert_eq!(
+        e.pool.mempool().stats().available,
+        64 - 4,
+        "four still in the ring"
+    );
+}
+
+#[test]
+fn cross_connected_named_rings_and_queue_claims() {
+    let e = env(64);
+    Ring::<u64>::create(&e.seg, "a2b", 64, SyncMode::SP_SC).unwrap();
+    Ring::<u64>::create(&e.seg, "b2a", 64, SyncMode::SP_SC).unwrap();
+    let a = e.port(0, "net_ring0,rx_ring=b2a,tx_ring=a2b", 64).unwrap();
+    let b = e.port(1, "net_ring1,rx_ring=a2b,tx_ring=b2a", 64).unwrap();
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let mut atx = a.tx_queue(0, &cache).unwrap();
+    let mut brx = b.rx_queue(0, &cache).unwrap();
+    let mut p = vec![cache.alloc_from(b"ping").unwrap()];
+    assert_eq!(atx.tx_burst(&mut p), 1);
+    let mut got = Vec::with_capacity(4);
+    assert_eq!(brx.rx_burst(&mut got, 4), 1);
+    assert_eq!(got[0].data(), b"ping");
+    assert_eq!(got[0].port(), 1);
+    // One poller per queue.
+    let err = b.rx_queue(0, &cache).unwrap_err().to_string();
+    assert!(err.contains("is polled by pid"), "{err}");
+    assert!(matches!(
+        b.rx_queue(1, &cache),
+        Err(PortError::NoQueue { .. })
+    ));
+    assert_eq!(b.pollers().0, vec![std::process::id()]);
+    drop(brx);
+    assert_eq!(b.pollers().0, vec![0], "released on drop");
+    assert!(b.rx_queue(0, &cache).is_ok());
+    drop((got, atx));
+    assert!(e.port(2, "net_ring2,rx_ring=nope", 64).is_err());
+}
+
+#[test]
+fn pcap_round_trip_is_byte_identical_with_chains() {
+    let e = env(512);
+    let input = tmp("in.pcap");
+    let output = tmp("out.pcap");
+    let mut w = PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
+    let frames: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| (0..(60 + (i * 37) % 1400)).map(|b| (b ^ i) as u8).collect())
+        .collect();
+    for (i, f) in frames.iter().enumerate() {
+        w.write(i as u64 * 1000, f.len(), [&f[..]]).unwrap();
+    }
+    drop(w);
+    let devargs = format!(
+        "net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    let port = e.port(0, &devargs, 64).unwrap();
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let mut rx = port.rx_queue(0, &cache).unwrap();
+    let mut tx = port.tx_queue(0, &cache).unwrap();
+    let mut burst = Vec::with_capacity(32);
+    let mut total = 0;
+    loop {
+        let n = rx.rx_burst(&mut burst, 32);
+        if n == 0 && rx.exhausted() {
+            break;
+        }
+        total += tx.tx_burst(&mut burst);
+        assert!(burst.is_empty());
+    }
+    assert_eq!(total, 200);
+    tx.flush();
+    let data = std::fs::read(&output).unwrap();
+    let (mut fmt, mut pos) = pcap_file::open(&data).unwrap();
+    let mut back = Vec::new();
+    while let Some((r, next)) = pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
+        back.push(r.data.to_vec());
+        pos = next;
+    }
+    assert_eq!(back, frames);
+    let s = port.stats();
+    assert_eq!((s.rx_packets, s.tx_packets), (200, 200));
+    assert_eq!(
+        s.rx_bytes,
+        frames.iter().map(|f| f.len() as u64).sum::<u64>()
+    );
+    drop((burst, rx, tx));
+    drop(cache);
+    assert_eq!(e.pool.mempool().stats().available, 512);
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+}
+
+#[test]
+fn truncated_pcap_delivers_the_good_packets_and_counts_an_error() {
+    let e = env(64);
+    let input = tmp("trunc.pcap");
+    let mut w = PcapWriter::new(Vec::new()).unwrap();
+    for i in 0..5u8 {
+        w.write(0, 64, [&[i; 64][..]]).unwrap();
+    }
+    let mut bytes = w.into_inner();
+    bytes.truncate(bytes.len() - 20);
+    std::fs::write(&input, &bytes).unwrap();
+    let port = e
+        .port(0, &format!("net_pcap0,rx_pcap={}", input.display()), 64)
+        .unwrap();
+    assert_eq!(port.nb_tx_queues(), 0);
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let mut rx = port.rx_queue(0, &cache).unwrap();
+    let mut got = Vec::with_capacity(16);
+    assert_eq!(rx.rx_burst(&mut got, 16), 4);
+    assert!(rx.exhausted());
+    assert_eq!(port.stats().errors, 1);
+    // A new poller continues where the old one stopped (nothing left here).
+    drop(rx);
+    let mut rx = port.rx_queue(0, &cache).unwrap();
+    let mut more = Vec::with_capacity(16);
+    assert_eq!(rx.rx_burst(&mut more, 16), 0);
+    // Not a capture at all: refused at probe.
+    std::fs::write(&input, b"hello, not a pcap").unwrap();
+    let err = e
+        .port(1, &format!("net_pcap1,rx_pcap={}", input.display()), 64)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a pcap or pcapng file"), "{err}");
+    let _ = std::fs::remove_file(&input);
+}
