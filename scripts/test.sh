@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins --examples
 cargo test --workspace
-cargo test -p shm-ring --benches
+cargo test -p shm-ring -p shm-mempool --benches
 
 echo "== loom: ring protocols"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

@@ -87,45 +87,7 @@ pub struct PortSetup {
     pub mac: Option<[u8; 6]>,
 }
 
-/// Statistics of one queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct QueueStats {
-    /// Packets.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-    /// Rx: no mbuf; tx: not sent by the driver.
-    pub dropped: u64,
-    /// Bad input.
-    pub errors: u64,
-}
-
-/// Statistics of a port (sums over its queues), as DPDK's `rte_eth_stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PortStats {
-    /// Port id.
-    pub id: u16,
-    /// Port name.
-    pub name: String,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Packets dropped on receive for want of an mbuf (`rx_nombuf`).
-    pub rx_dropped: u64,
-    /// Packets the driver failed to send.
-    pub tx_dropped: u64,
-    /// Malformed input and refused handles.
-    pub errors: u64,
-    /// Per rx queue.
-    pub rx_queues: Vec<QueueStats>,
-    /// Per tx queue.
-    pub tx_queues: Vec<QueueStats>,
-}
+pub use shm::stats::{PortStats, QueueStats};
 
 /// What a process needs to find the driver's resources.
 enum DriverRes {

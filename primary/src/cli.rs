@@ -40,6 +40,20 @@ pub struct PrimaryCli {
     /// 256) and DATAROOM bytes (default 2048), e.g. --mempool mbufs=8191:256:2048.
     #[arg(long = "mempool", value_name = "NAME=COUNT[:CACHE[:DATAROOM]][@MEMSEG]", value_parser = parse_mempool)]
     pub mempools: Vec<MempoolRequest>,
+    /// A port to probe (repeatable; ids in order), DPDK style: net_ring0,
+    /// net_ring1,rx_ring=A,tx_ring=B, net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap.
+    #[arg(long = "vdev", value_name = "DEVARGS", value_parser = pmds::DevArgs::parse)]
+    pub vdevs: Vec<pmds::DevArgs>,
+    /// Descriptors per port queue (ring capacity of net_ring queues).
+    #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    pub nb_desc: u32,
+    /// Forward between the ports in the primary itself: io, mac, macswap, rxonly, txonly
+    /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
+    #[arg(long = "fwd", value_name = "MODE")]
+    pub fwd: Option<fwd::Mode>,
+    /// Forwarding options (with --fwd).
+    #[command(flatten)]
+    pub fwd_args: secondary::fwdcmd::FwdArgs,
 }
 
 fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {
@@ -197,6 +211,8 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         memzones: cli.memzones.clone(),
         rings: cli.rings.clone(),
         mempools: cli.mempools.clone(),
+        vdevs: cli.vdevs.clone(),
+        nb_desc: cli.nb_desc,
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,
@@ -244,6 +260,47 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
                 Err(e) => tracing::error!("fill stopped: {e}"),
             }
         });
+    }
+    for p in primary.ports() {
+        println!(
+            "shmdp-primary: port {} {}: {} rx / {} tx queues, MAC {}",
+            p.id(),
+            p.devargs(),
+            p.nb_rx_queues(),
+            p.nb_tx_queues(),
+            p.mac()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+    }
+    if let Some(mode) = cli.fwd {
+        let ports = primary.ports();
+        let Some(pool) = primary.pools().first() else {
+            eprintln!("shmdp-primary: error: --fwd needs ports; add --vdev");
+            drop(primary);
+            return ExitCode::from(2);
+        };
+        let lcores = cli
+            .eal
+            .lcores
+            .as_ref()
+            .map(|l| l.0.iter().map(|&c| c as usize).collect())
+            .unwrap_or_default();
+        let cfg = cli.fwd_args.config(mode, lcores);
+        let code = secondary::fwdcmd::run(
+            "shmdp-primary",
+            &ports,
+            &pool,
+            shm_mempool::OwnerTag::PRIMARY,
+            &cfg,
+            cli.fwd_args.stats_json.as_ref(),
+        );
+        drop((ports, pool));
+        let removed = primary.shutdown();
+        println!("shmdp-primary: stopped: removed {removed} memseg files");
+        return code;
     }
     loop {
         if let Some(sig) = signals.pending().next() {

@@ -24,6 +24,8 @@ pub trait ControlHooks: Send + Sync + std::fmt::Debug {
     fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>);
     /// Statistics of every mempool.
     fn pool_stats(&self) -> Vec<shm::stats::PoolStats>;
+    /// Statistics of every port.
+    fn port_stats(&self) -> Vec<shm::stats::PortStats>;
 }
 
 /// Most secondaries attached at once.
@@ -186,6 +188,10 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
             control::send(&mut conn, &Reply::PoolStats(shared.hooks.pool_stats()))?;
             return Ok(());
         }
+        Some(Request::PortStats) => {
+            control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?;
+            return Ok(());
+        }
         _ => {
             let reason = "expected Hello as the first control message".to_string();
             control::send(&mut conn, &Reply::Refused { reason })?;
@@ -227,6 +233,9 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
                 }
                 Some(Request::PoolStats) => {
                     control::send(&mut conn, &Reply::PoolStats(shared.hooks.pool_stats()))?
+                }
+                Some(Request::PortStats) => {
+                    control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?
                 }
                 Some(Request::Bye) => return Ok(false),
                 Some(Request::Hello { .. }) => {

@@ -92,7 +92,14 @@ pub struct PrimaryConfig {
     pub rings: Vec<RingRequest>,
     /// Mbuf pools to create.
     pub mempools: Vec<MempoolRequest>,
+    /// Ports to probe, in port-id order.
+    pub vdevs: Vec<pmds::DevArgs>,
+    /// Descriptors per port queue (ring capacity of `net_ring` queues).
+    pub nb_desc: u32,
 }
+
+/// Name of the pool made for ports when no `--mempool` is given (as testpmd's).
+pub const DEFAULT_POOL: &str = "mbuf_pool";
 
 /// Errors of the primary. Each is one line saying what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +133,7 @@ pub struct Primary {
     control: Option<ControlServer>,
     fallback_warning: Option<String>,
     pools: Arc<PoolRegistry>,
+    ports: Arc<std::sync::Mutex<Vec<pmds::Port>>>,
 }
 
 impl Primary {
@@ -185,6 +193,7 @@ impl Primary {
             control: None,
             fallback_warning: None,
             pools: Arc::new(PoolRegistry::default()),
+            ports: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
         // Size every memseg for the largest page size we might get, then pick the store.
         let max_page = backing::huge_mounts()
@@ -270,6 +279,42 @@ impl Primary {
                 .create(seg, p)
                 .map_err(|e| PrimaryError::Config(e.to_string()))?;
         }
+        if !config.vdevs.is_empty() {
+            if primary.pools.stats().is_empty() {
+                let req = MempoolRequest {
+                    name: DEFAULT_POOL.into(),
+                    count: 8191,
+                    cache_size: 256,
+                    data_room: shm_mempool::DEFAULT_DATA_ROOM,
+                    memseg: MAIN_MEMSEG.into(),
+                };
+                primary
+                    .pools
+                    .create(&primary.memsegs[0], &req)
+                    .map_err(|e| {
+                        PrimaryError::Config(format!("default mbuf pool: {e} (raise -m)"))
+                    })?;
+            }
+            let pool = primary.pools.first().expect("created above");
+            for (i, d) in config.vdevs.iter().enumerate() {
+                let setup = pmds::PortSetup {
+                    port_id: i as u16,
+                    nb_desc: config.nb_desc,
+                    rx_pool: pool.clone(),
+                    mac: None,
+                };
+                let segs = primary.memsegs.clone();
+                let find = move |name: &str| segs.iter().find_map(|s| s.lookup(name).ok());
+                let port = pmds::Port::create(&primary.memsegs[0], d, &setup, &find)
+                    .map_err(|e| PrimaryError::Config(e.to_string()))?;
+                port.start();
+                primary
+                    .ports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(port);
+            }
+        }
         for seg in &primary.memsegs {
             seg.mark_ready();
         }
@@ -278,7 +323,10 @@ impl Primary {
             &dir.socket_path(),
             records,
             generation,
-            primary.pools.clone(),
+            Arc::new(pools::Hooks {
+                pools: primary.pools.clone(),
+                ports: primary.ports.clone(),
+            }),
         )?);
         Ok(primary)
     }
@@ -329,6 +377,11 @@ impl Primary {
     /// The mbuf pool named `name`.
     pub fn mbuf_pool(&self, name: &str) -> Option<shm_mempool::MbufPool> {
         self.pools.get(name)
+    }
+
+    /// The ports, by id.
+    pub fn ports(&self) -> Vec<pmds::Port> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The pools this primary created (and reclaims for).

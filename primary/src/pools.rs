@@ -46,6 +46,11 @@ impl PoolRegistry {
         Ok(pool)
     }
 
+    /// The first pool created (the one ports allocate from).
+    pub fn first(&self) -> Option<MbufPool> {
+        self.lock().first().cloned()
+    }
+
     /// The pool named `name`.
     pub fn get(&self, name: &str) -> Option<MbufPool> {
         self.lock()
@@ -100,13 +105,32 @@ impl PoolRegistry {
     }
 }
 
-impl ControlHooks for PoolRegistry {
+/// What the control server calls back into: the pools (reclaim, statistics) and the
+/// ports (statistics).
+#[derive(Debug)]
+pub struct Hooks {
+    /// The pools.
+    pub pools: std::sync::Arc<PoolRegistry>,
+    /// The ports.
+    pub ports: std::sync::Arc<Mutex<Vec<pmds::Port>>>,
+}
+
+impl ControlHooks for Hooks {
     fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>) {
-        self.reclaim_process(slot, pid, start_time);
+        self.pools.reclaim_process(slot, pid, start_time);
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        self.stats()
+        self.pools.stats()
+    }
+
+    fn port_stats(&self) -> Vec<shm::stats::PortStats> {
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(pmds::Port::stats)
+            .collect()
     }
 }
 

@@ -71,7 +71,16 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Print every mempool's statistics (as the primary reports them), then detach.
+    /// Forward packets between ports (testpmd style) until SIGINT/SIGTERM or --idle-exit.
+    Fwd {
+        /// Mode: io, mac, macswap, rxonly, txonly.
+        #[arg(long = "fwd", default_value = "io")]
+        mode: fwd::Mode,
+        /// Engine options.
+        #[command(flatten)]
+        args: crate::fwdcmd::FwdArgs,
+    },
+    /// Print every port's and mempool's statistics (as the primary reports them).
     Stats {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -172,6 +181,7 @@ pub fn main() -> ExitCode {
             )
         }),
         Command::Stats { json } => stats(&cli.eal, json),
+        Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
         Command::MbufHold { pool, count } => mbuf_hold(&cli.eal, &pool, count),
         Command::MbufSend {
             pool,
@@ -324,13 +334,69 @@ fn mbuf_ring_cmd(
     })
 }
 
+fn fwd_cmd(eal: &EalArgs, mode: fwd::Mode, args: &crate::fwdcmd::FwdArgs) -> ExitCode {
+    let program = "shmdp-secondary";
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let ports = match sec.ports() {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => {
+            eprintln!("{program}: error: the primary has no ports; start it with --vdev, e.g. --vdev net_ring0");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pool_name = ports[0].rx_pool_name();
+    let pool = match sec.mbuf_pool(&pool_name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{program}: error: mempool {pool_name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lcores = eal
+        .lcores
+        .as_ref()
+        .map(|l| l.0.iter().map(|&c| c as usize).collect())
+        .unwrap_or_default();
+    let cfg = args.config(mode, lcores);
+    let code = crate::fwdcmd::run(
+        program,
+        &ports,
+        &pool,
+        sec.owner_tag(),
+        &cfg,
+        args.stats_json.as_ref(),
+    );
+    drop(pool);
+    sec.detach();
+    code
+}
+
+/// Everything `stats` prints.
+#[derive(Debug, serde::Serialize)]
+struct AllStats {
+    ports: Vec<shm::stats::PortStats>,
+    pools: Vec<shm::stats::PoolStats>,
+}
+
 fn stats(eal: &EalArgs, json: bool) -> ExitCode {
     let program = "shmdp-secondary";
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let result = sec.pool_stats();
+    let result = sec.port_stats().and_then(|ports| {
+        Ok(AllStats {
+            ports,
+            pools: sec.pool_stats()?,
+        })
+    });
     sec.detach();
     match result {
         Ok(stats) if json => {
@@ -341,7 +407,8 @@ fn stats(eal: &EalArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(stats) => {
-            crate::pooltool::print_stats(&stats);
+            crate::pooltool::print_port_stats(&stats.ports);
+            crate::pooltool::print_stats(&stats.pools);
             ExitCode::SUCCESS
         }
         Err(e) => {

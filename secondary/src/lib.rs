@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod fwdcmd;
 pub mod pooltool;
 pub mod ringtool;
 
@@ -235,6 +236,40 @@ impl Secondary {
             .lookup(name)
             .map_err(|e| shm_mempool::PoolError::BadPool(e.to_string()))?;
         shm_mempool::MbufPool::from_mempool(shm_mempool::Mempool::from_memzone(&zone)?)
+    }
+
+    /// Every port of the process group, by id.
+    ///
+    /// # Errors
+    /// [`pmds::PortError::BadPort`] when a port's memzone is invalid.
+    pub fn ports(&self) -> Result<Vec<pmds::Port>, pmds::PortError> {
+        let find = |name: &str| self.lookup(name).ok();
+        let mut ports = Vec::new();
+        for seg in &self.memsegs {
+            let zones = seg
+                .memzones()
+                .map_err(|e| pmds::PortError::BadPort(e.to_string()))?;
+            for z in zones.iter().filter(|z| z.kind == shm::MemzoneKind::Port) {
+                ports.push(pmds::Port::open(z, &find)?);
+            }
+        }
+        ports.sort_by_key(pmds::Port::id);
+        Ok(ports)
+    }
+
+    /// Statistics of every port, as the primary reports them.
+    ///
+    /// # Errors
+    /// If the primary cannot be reached or answers something else.
+    pub fn port_stats(&self) -> std::io::Result<Vec<shm::stats::PortStats>> {
+        let path = shm::runtime::RuntimeDir::for_prefix(&self.prefix).socket_path();
+        match control::query(&path, &Request::PortStats)? {
+            Reply::PortStats(stats) => Ok(stats),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unexpected answer to PortStats",
+            )),
+        }
     }
 
     /// Statistics of every mempool, as the primary reports them.

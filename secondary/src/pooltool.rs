@@ -169,6 +169,16 @@ pub fn stress(
     Ok(done)
 }
 
+/// Prints port statistics as text.
+pub fn print_port_stats(stats: &[shm::stats::PortStats]) {
+    for p in stats {
+        println!(
+            "port {} ({}): rx {} pkts {} B  tx {} pkts {} B  rx_nombuf {}  tx_dropped {}  errors {}",
+            p.id, p.name, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.rx_dropped, p.tx_dropped, p.errors
+        );
+    }
+}
+
 /// Prints pool statistics as text.
 pub fn print_stats(stats: &[PoolStats]) {
     if stats.is_empty() {

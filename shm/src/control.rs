@@ -36,6 +36,8 @@ pub enum Request {
     /// Statistics of every mempool. Allowed as the first message of a connection (a query
     /// connection: no Hello, no process slot, closed after the reply) or on an attached one.
     PoolStats,
+    /// Statistics of every port; allowed on a query connection like `PoolStats`.
+    PortStats,
 }
 
 /// What the primary answers (or announces).
@@ -54,6 +56,8 @@ pub enum Reply {
     Closing,
     /// Answer to `PoolStats`.
     PoolStats(Vec<crate::stats::PoolStats>),
+    /// Answer to `PortStats`.
+    PortStats(Vec<crate::stats::PortStats>),
 }
 
 /// The primary's greeting.

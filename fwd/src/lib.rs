@@ -1,0 +1,778 @@
+//! `fwd`: a testpmd-style forwarding engine over shmdp ports, used by the primary
+//! (`shmdp-primary --fwd`) and by secondaries (`shmdp-secondary fwd`) alike.
+//!
+//! Where it sits: above `pmds`. It pairs ports into streams (port 0 → 1 and 1 → 0, 2 → 3
+//! and 3 → 2, ...; an odd last port forwards to itself), spreads the streams over one
+//! thread per lcore (each pinned, each with its own mbuf cache and its own queue claims),
+//! and runs them until a stop flag, an idle timeout or a packet budget ends the run. Then
+//! it drains what is in flight and frees every mbuf.
+//!
+//! Modes: `io` (forward as is), `mac` (source = the output port's MAC, destination = the
+//! peer address 02:00:00:00:00:<port>), `macswap` (swap the two), `rxonly` (receive and
+//! free), `txonly` (send generated UDP frames of `--txpkts` bytes).
+//!
+//! Accounting, per port and in total: every packet received on a port is forwarded or
+//! dropped with a reason (`tx_full`: the output queue took fewer than offered; `filtered`:
+//! the mode consumed it, as rxonly does), so `rx_packets = forwarded + tx_full + filtered`
+//! for every port. `tx_packets` counts what was sent on a port. Packets a driver could not
+//! allocate an mbuf for are never received; they are `no_mbuf`.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pmds::{Port, PortError, RxQueue, TxQueue};
+use shm_mempool::{Mbuf, MbufCache, MbufPool, OwnerTag};
+
+/// Forwarding mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward unchanged.
+    Io,
+    /// Rewrite source and destination MAC.
+    Mac,
+    /// Swap source and destination MAC.
+    MacSwap,
+    /// Receive and free.
+    RxOnly,
+    /// Send generated frames.
+    TxOnly,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Ok(match s {
+            "io" => Mode::Io,
+            "mac" => Mode::Mac,
+            "macswap" => Mode::MacSwap,
+            "rxonly" => Mode::RxOnly,
+            "txonly" => Mode::TxOnly,
+            other => {
+                return Err(format!(
+                    "--fwd {other:?}: unknown mode (io, mac, macswap, rxonly, txonly)"
+                ))
+            }
+        })
+    }
+}
+
+impl Mode {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Io => "io",
+            Mode::Mac => "mac",
+            Mode::MacSwap => "macswap",
+            Mode::RxOnly => "rxonly",
+            Mode::TxOnly => "txonly",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FwdConfig {
+    /// Mode.
+    pub mode: Mode,
+    /// Port ids to use, paired in this order (empty: every port, by id).
+    pub portlist: Vec<u16>,
+    /// Packets per burst (1..=512).
+    pub burst: usize,
+    /// CPUs to run forwarding threads on (one thread each; empty: one unpinned thread).
+    pub lcores: Vec<usize>,
+    /// Print statistics this often.
+    pub stats_period: Option<Duration>,
+    /// Stop once nothing has been received for this long (after at least one packet, or
+    /// from the start if nothing ever comes).
+    pub idle_exit: Option<Duration>,
+    /// txonly: frame length in bytes (64..=1518).
+    pub txpkt_len: usize,
+    /// txonly: stop after this many packets per port.
+    pub tx_count: Option<u64>,
+}
+
+impl Default for FwdConfig {
+    fn default() -> Self {
+        FwdConfig {
+            mode: Mode::Io,
+            portlist: Vec::new(),
+            burst: 32,
+            lcores: Vec::new(),
+            stats_period: None,
+            idle_exit: None,
+            txpkt_len: 64,
+            tx_count: None,
+        }
+    }
+}
+
+/// Parses a port list like `0,1` or `0-3`.
+///
+/// # Errors
+/// One line saying what is wrong.
+pub fn parse_portlist(s: &str) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("--portlist {s:?}: expected port ids like 0,1 or 0-3");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u16, u16) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum FwdError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A port or queue could not be used.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// One direction of forwarding: from port index `rx` (into the engine's port list) to
+/// port index `tx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    /// Input port (index in the run's port list), if the mode receives.
+    pub rx: Option<usize>,
+    /// Output port, if the mode sends.
+    pub tx: Option<usize>,
+}
+
+/// The streams a mode makes of `n` ports (testpmd's paired topology).
+pub fn streams(mode: Mode, n: usize) -> Vec<Stream> {
+    (0..n)
+        .map(|i| match mode {
+            Mode::RxOnly => Stream {
+                rx: Some(i),
+                tx: None,
+            },
+            Mode::TxOnly => Stream {
+                rx: None,
+                tx: Some(i),
+            },
+            _ => {
+                let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
+                Stream {
+                    rx: Some(i),
+                    tx: Some(if peer < n { peer } else { i }),
+                }
+            }
+        })
+        .collect()
+}
+
+/// Per-port counters, shared by the forwarding threads (each counter of a port is only
+/// added to by the one thread that polls that port's queue).
+#[derive(Debug, Default)]
+struct Counters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    forwarded: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    tx_full: AtomicU64,
+    tx_dropped: AtomicU64,
+    filtered: AtomicU64,
+    no_mbuf: AtomicU64,
+}
+
+/// One port's figures at the end of (or during) a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortReport {
+    /// Port id.
+    pub id: u16,
+    /// Port name.
+    pub name: String,
+    /// Packets received on this port.
+    pub rx_packets: u64,
+    /// Packets sent on this port.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Received here and sent on (some port).
+    pub forwarded: u64,
+    /// Received here and dropped (`tx_full + filtered`).
+    pub rx_dropped: u64,
+    /// Offered to this port's tx queue and not taken.
+    pub tx_dropped: u64,
+    /// Driver errors (malformed input, refused handles).
+    pub errors: u64,
+    /// Drop reasons of packets received here.
+    pub drops: DropReasons,
+}
+
+/// Why packets were dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DropReasons {
+    /// The driver had no mbuf (never received).
+    pub no_mbuf: u64,
+    /// The output queue was full.
+    pub tx_full: u64,
+    /// The mode consumed the packet (rxonly).
+    pub filtered: u64,
+}
+
+/// A run's figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Mode.
+    pub mode: String,
+    /// Seconds from the first packet moved to the last (idle time before and after is
+    /// not counted).
+    pub seconds: f64,
+    /// Per port.
+    pub ports: Vec<PortReport>,
+    /// Sums over the ports.
+    pub total: PortReport,
+}
+
+impl Report {
+    /// True when every packet is accounted for, per port and in total.
+    pub fn balanced(&self) -> bool {
+        self.ports
+            .iter()
+            .chain(std::iter::once(&self.total))
+            .all(|p| p.rx_packets == p.forwarded + p.rx_dropped)
+    }
+
+    /// A testpmd-like table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        for p in self.ports.iter().chain(std::iter::once(&self.total)) {
+            let title = if p.name == "total" {
+                "Accumulated forward statistics for all ports".to_string()
+            } else {
+                format!("Forward statistics for port {} ({})", p.id, p.name)
+            };
+            s += &format!("  ---------------------- {title} ----------------------\n");
+            s += &format!(
+                "  RX-packets: {:<14} RX-dropped: {:<14} RX-total: {}\n",
+                p.rx_packets, p.rx_dropped, p.rx_packets
+            );
+            s += &format!(
+                "  TX-packets: {:<14} TX-dropped: {:<14} TX-total: {}\n",
+                p.tx_packets,
+                p.tx_dropped,
+                p.tx_packets + p.tx_dropped
+            );
+            s += &format!(
+                "  forwarded: {}  drops: no_mbuf {} tx_full {} filtered {}  errors: {}\n",
+                p.forwarded, p.drops.no_mbuf, p.drops.tx_full, p.drops.filtered, p.errors
+            );
+        }
+        let moved = self.total.rx_packets.max(self.total.tx_packets);
+        s += &format!(
+            "  {moved} packets in {:.3} s ({:.2} Mpps)\n",
+            self.seconds,
+            moved as f64 / self.seconds.max(1e-9) / 1e6
+        );
+        s
+    }
+}
+
+/// First and last time (ns since the run's start) any thread moved packets.
+#[derive(Debug)]
+struct Activity {
+    first: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn seconds(&self) -> f64 {
+        let (f, l) = (
+            self.first.load(Ordering::Relaxed),
+            self.last.load(Ordering::Relaxed),
+        );
+        if l > f {
+            (l - f) as f64 / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+fn report(
+    mode: Mode,
+    ports: &[Port],
+    counters: &[Counters],
+    base: &[pmds::PortStats],
+    activity: &Activity,
+) -> Report {
+    let mut out = Report {
+        mode: mode.name().to_string(),
+        seconds: activity.seconds(),
+        ..Report::default()
+    };
+    let mut total = PortReport {
+        name: "total".into(),
+        ..PortReport::default()
+    };
+    for ((port, c), b) in ports.iter().zip(counters).zip(base) {
+        let st = port.stats();
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let p = PortReport {
+            id: port.id(),
+            name: port.name().to_string(),
+            rx_packets: g(&c.rx_packets),
+            tx_packets: g(&c.tx_packets),
+            rx_bytes: g(&c.rx_bytes),
+            tx_bytes: g(&c.tx_bytes),
+            forwarded: g(&c.forwarded),
+            rx_dropped: g(&c.tx_full) + g(&c.filtered),
+            tx_dropped: g(&c.tx_dropped),
+            errors: st.errors.saturating_sub(b.errors),
+            drops: DropReasons {
+                no_mbuf: g(&c.no_mbuf) + st.rx_dropped.saturating_sub(b.rx_dropped),
+                tx_full: g(&c.tx_full),
+                filtered: g(&c.filtered),
+            },
+        };
+        total.rx_packets += p.rx_packets;
+        total.tx_packets += p.tx_packets;
+        total.rx_bytes += p.rx_bytes;
+        total.tx_bytes += p.tx_bytes;
+        total.forwarded += p.forwarded;
+        total.rx_dropped += p.rx_dropped;
+        total.tx_dropped += p.tx_dropped;
+        total.errors += p.errors;
+        total.drops.no_mbuf += p.drops.no_mbuf;
+        total.drops.tx_full += p.drops.tx_full;
+        total.drops.filtered += p.drops.filtered;
+        out.ports.push(p);
+    }
+    out.total = total;
+    out
+}
+
+/// The peer MAC address testpmd uses for port `id` in mac mode.
+pub fn peer_mac(id: u16) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, id as u8]
+}
+
+/// A UDP/IPv4 frame of `len` bytes (at least 64) from `src` to `dst`, as txonly sends.
+pub fn txonly_frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
+    let len = len.clamp(64, 1518);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
+    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+/// Runs the engine on `ports` (all opened in this process) until `stop` is set, the idle
+/// timeout passes, or txonly has sent its budget; returns the figures. Mbufs come from
+/// `pool`'s caches, claimed with `owner`.
+///
+/// # Errors
+/// [`FwdError`] when the configuration is bad or a queue cannot be claimed.
+pub fn run(
+    ports: &[Port],
+    pool: &MbufPool,
+    owner: OwnerTag,
+    cfg: &FwdConfig,
+    stop: &AtomicBool,
+) -> Result<Report, FwdError> {
+    if !(1..=pmds::ethdev::MAX_BURST).contains(&cfg.burst) {
+        return Err(FwdError::Config(format!(
+            "--burst {} must be 1..={}",
+            cfg.burst,
+            pmds::ethdev::MAX_BURST
+        )));
+    }
+    let chosen: Vec<Port> = if cfg.portlist.is_empty() {
+        ports.to_vec()
+    } else {
+        cfg.portlist
+            .iter()
+            .map(|id| {
+                ports
+                    .iter()
+                    .find(|p| p.id() == *id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        FwdError::Config(format!(
+                            "--portlist: no port {id} (ports: {})",
+                            ports
+                                .iter()
+                                .map(|p| p.id().to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if chosen.is_empty() {
+        return Err(FwdError::Config(
+            "no ports to forward between; probe some with --vdev".into(),
+        ));
+    }
+    let all = streams(cfg.mode, chosen.len());
+    // Keep the streams a port cannot serve (no rx or no tx queue) out.
+    let usable: Vec<Stream> = all
+        .into_iter()
+        .filter(|s| {
+            s.rx.is_none_or(|i| chosen[i].nb_rx_queues() > 0)
+                && s.tx.is_none_or(|i| chosen[i].nb_tx_queues() > 0)
+        })
+        .collect();
+    let counters: Vec<Counters> = chosen.iter().map(|_| Counters::default()).collect();
+    let base: Vec<pmds::PortStats> = chosen.iter().map(Port::stats).collect();
+    let threads = cfg.lcores.len().max(1);
+    let t0 = Instant::now();
+    let activity = Activity {
+        first: AtomicU64::new(u64::MAX),
+        last: AtomicU64::new(0),
+    };
+    let done = AtomicBool::new(false);
+    let mut first_error: Option<FwdError> = None;
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let mine: Vec<Stream> = usable
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % threads == t)
+                .map(|(_, s)| *s)
+                .collect();
+            let (chosen, counters, done, activity) = (&chosen, &counters, &done, &activity);
+            let lcore = cfg.lcores.get(t).copied();
+            handles.push(s.spawn(move || {
+                if let Some(cpu) = lcore {
+                    pin(cpu);
+                }
+                let r = lcore_loop(
+                    chosen,
+                    pool,
+                    owner,
+                    cfg,
+                    &mine,
+                    (counters, activity, t0),
+                    stop,
+                    done,
+                );
+                done.store(true, Ordering::Relaxed);
+                r
+            }));
+        }
+        if let Some(period) = cfg.stats_period {
+            let mut next = Instant::now() + period;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                if Instant::now() >= next {
+                    next += period;
+                    print!(
+                        "{}",
+                        report(cfg.mode, &chosen, &counters, &base, &activity).table()
+                    );
+                }
+            }
+        }
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error
+                        .get_or_insert(FwdError::Config("a forwarding thread panicked".into()));
+                }
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(report(cfg.mode, &chosen, &counters, &base, &activity))
+}
+
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Queues one thread polls.
+struct Lanes<'c> {
+    rx: BTreeMap<usize, RxQueue<'c>>,
+    tx: BTreeMap<usize, TxQueue<'c>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lcore_loop(
+    ports: &[Port],
+    pool: &MbufPool,
+    owner: OwnerTag,
+    cfg: &FwdConfig,
+    streams: &[Stream],
+    shared: (&[Counters], &Activity, Instant),
+    stop: &AtomicBool,
+    done: &AtomicBool,
+) -> Result<(), FwdError> {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let cache: MbufCache = pool
+        .cache(owner)
+        .map_err(|e| FwdError::Config(e.to_string()))?;
+    let result = poll(ports, &cache, cfg, streams, shared, stop, done);
+    drop(cache);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn poll(
+    ports: &[Port],
+    cache: &MbufCache,
+    cfg: &FwdConfig,
+    streams: &[Stream],
+    (counters, activity, t0): (&[Counters], &Activity, Instant),
+    stop: &AtomicBool,
+    done: &AtomicBool,
+) -> Result<(), FwdError> {
+    let mut lanes = Lanes {
+        rx: BTreeMap::new(),
+        tx: BTreeMap::new(),
+    };
+    for s in streams {
+        if let Some(i) = s.rx {
+            lanes.rx.insert(i, ports[i].rx_queue(0, cache)?);
+        }
+        if let Some(i) = s.tx {
+            if let std::collections::btree_map::Entry::Vacant(e) = lanes.tx.entry(i) {
+                e.insert(ports[i].tx_queue(0, cache)?);
+            }
+        }
+    }
+    let templates: Vec<Vec<u8>> = ports
+        .iter()
+        .map(|p| txonly_frame(p.mac(), peer_mac(p.id()), cfg.txpkt_len))
+        .collect();
+    let mut buf: Vec<Mbuf<'_>> = Vec::with_capacity(cfg.burst);
+    let mut sent_by_stream = vec![0u64; streams.len()];
+    let mut last_rx = Instant::now();
+    let mut flushed = false;
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        let mut moved = 0usize;
+        for (k, s) in streams.iter().enumerate() {
+            match (s.rx, s.tx) {
+                (Some(r), tx) => {
+                    let q = lanes.rx.get_mut(&r).expect("claimed above");
+                    let n = q.rx_burst(&mut buf, cfg.burst);
+                    if n == 0 {
+                        continue;
+                    }
+                    moved += n;
+                    let c = &counters[r];
+                    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+                    c.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+                    c.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    match tx {
+                        None => {
+                            c.filtered.fetch_add(n as u64, Ordering::Relaxed);
+                            buf.clear();
+                        }
+                        Some(t) => {
+                            rewrite(cfg.mode, &mut buf, &ports[t]);
+                            let sent = lanes
+                                .tx
+                                .get_mut(&t)
+                                .expect("claimed above")
+                                .tx_burst(&mut buf);
+                            let sent_bytes =
+                                bytes - buf.iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
+                            let left = buf.len() as u64;
+                            c.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
+                            c.tx_full.fetch_add(left, Ordering::Relaxed);
+                            let ct = &counters[t];
+                            ct.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+                            ct.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
+                            ct.tx_dropped.fetch_add(left, Ordering::Relaxed);
+                            buf.clear();
+                        }
+                    }
+                }
+                (None, Some(t)) => {
+                    if cfg.tx_count.is_some_and(|limit| sent_by_stream[k] >= limit)
+                        || stop.load(Ordering::Relaxed)
+                    {
+                        continue;
+                    }
+                    let want = cfg.tx_count.map_or(cfg.burst, |l| {
+                        (l - sent_by_stream[k]).min(cfg.burst as u64) as usize
+                    });
+                    for _ in 0..want {
+                        match cache.alloc_from(&templates[t]) {
+                            Ok(m) => buf.push(m),
+                            Err(_) => {
+                                counters[t].no_mbuf.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+                    let offered = buf.len();
+                    let sent = lanes
+                        .tx
+                        .get_mut(&t)
+                        .expect("claimed above")
+                        .tx_burst(&mut buf);
+                    moved += sent;
+                    sent_by_stream[k] += offered as u64;
+                    let ct = &counters[t];
+                    ct.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+                    ct.tx_bytes.fetch_add(
+                        bytes * sent as u64 / offered.max(1) as u64,
+                        Ordering::Relaxed,
+                    );
+                    ct.tx_dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    buf.clear();
+                }
+                (None, None) => {}
+            }
+        }
+        if moved > 0 {
+            last_rx = Instant::now();
+            let ns = last_rx.duration_since(t0).as_nanos() as u64;
+            activity.first.fetch_min(ns, Ordering::Relaxed);
+            activity.last.fetch_max(ns, Ordering::Relaxed);
+            flushed = false;
+            continue;
+        }
+        // Idle: make pcap output visible, then decide whether to stop.
+        if !flushed {
+            for q in lanes.tx.values_mut() {
+                q.flush();
+            }
+            flushed = true;
+        }
+        let txonly_done = cfg.mode == Mode::TxOnly
+            && cfg
+                .tx_count
+                .is_some_and(|l| sent_by_stream.iter().all(|&s| s >= l));
+        if txonly_done {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) && cfg.idle_exit.is_some() {
+            // Drain: one idle round is enough (nothing came in this round).
+            let since = *draining_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_millis(10) {
+                break;
+            }
+        }
+        if cfg.idle_exit.is_some_and(|d| last_rx.elapsed() > d) {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    for q in lanes.tx.values_mut() {
+        q.flush();
+    }
+    Ok(())
+}
+
+/// Applies the mode's header rewrite to a burst about to go out on `out`.
+fn rewrite(mode: Mode, burst: &mut [Mbuf<'_>], out: &Port) {
+    match mode {
+        Mode::Mac => {
+            let (src, dst) = (out.mac(), peer_mac(out.id()));
+            for m in burst {
+                if let Some(d) = m.data_mut().filter(|d| d.len() >= 12) {
+                    d[0..6].copy_from_slice(&dst);
+                    d[6..12].copy_from_slice(&src);
+                }
+            }
+        }
+        Mode::MacSwap => {
+            for m in burst {
+                if let Some(d) = m.data_mut().filter(|d| d.len() >= 12) {
+                    let (a, b) = d.split_at_mut(6);
+                    a.swap_with_slice(&mut b[..6]);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_portlists_and_streams() {
+        assert_eq!("macswap".parse::<Mode>(), Ok(Mode::MacSwap));
+        assert!("bogus"
+            .parse::<Mode>()
+            .unwrap_err()
+            .contains("unknown mode"));
+        assert_eq!(parse_portlist("0,1"), Ok(vec![0, 1]));
+        assert_eq!(parse_portlist("0-3"), Ok(vec![0, 1, 2, 3]));
+        assert!(parse_portlist("x").is_err() && parse_portlist("3-1").is_err());
+        let s = streams(Mode::Io, 3);
+        assert_eq!(
+            s.iter().map(|s| (s.rx, s.tx)).collect::<Vec<_>>(),
+            vec![(Some(0), Some(1)), (Some(1), Some(0)), (Some(2), Some(2))]
+        );
+        assert!(streams(Mode::RxOnly, 2).iter().all(|s| s.tx.is_none()));
+        assert!(streams(Mode::TxOnly, 2).iter().all(|s| s.rx.is_none()));
+    }
+
+    #[test]
+    fn txonly_frames_are_valid_ipv4_udp() {
+        let f = txonly_frame([2, 0, 0, 0, 0, 1], peer_mac(0), 100);
+        assert_eq!(f.len(), 100);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        // The IPv4 header checksums to 0xffff.
+        let mut sum: u32 = f[14..34]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        assert_eq!(txonly_frame([0; 6], [0; 6], 10).len(), 64);
+    }
+}
