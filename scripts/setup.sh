@@ -5,7 +5,7 @@
 set -euo pipefail
 HUGEPAGES=${SHMDP_HUGEPAGES:-512}
 # DPDK (dpdk-dev) is installed by the bench scripts that compare against it.
-APT_PACKAGES=(build-essential pkg-config)
+APT_PACKAGES=(build-essential pkg-config tshark)
 
 say() { printf 'setup: %s\n' "$*"; }
 

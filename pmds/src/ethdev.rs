@@ -281,7 +281,11 @@ impl Port {
         }
         let name = devargs.name.clone();
         let ring = |n: &str| -> Result<Ring<u64>, PortError> {
-            let z = find(n).ok_or_else(|| bad(format!("ring {n} not found")))?;
+            let z = find(n).ok_or_else(|| {
+                bad(format!(
+                    "ring {n} not found; create it on the primary with --ring {n}=1024"
+                ))
+            })?;
             Ring::from_memzone(&z).map_err(|e| bad(format!("ring {n}: {e}")))
         };
         let res = match driver {

@@ -50,6 +50,9 @@ pub enum PcapError {
     /// Not a pcap or pcapng file.
     #[error("not a pcap or pcapng file (magic {0:#010x})")]
     BadMagic(u32),
+    /// Shorter than any capture file header.
+    #[error("not a pcap or pcapng file (only {0} bytes)")]
+    TooShort(usize),
     /// The file ends inside a header or record.
     #[error("truncated at byte {0}")]
     Truncated(u64),
@@ -81,6 +84,9 @@ fn u32_at(d: &[u8], off: usize, be: bool) -> Option<u32> {
 /// # Errors
 /// [`PcapError`] for an unknown magic or a short header.
 pub fn open(data: &[u8]) -> Result<(Format, u64), PcapError> {
+    if data.len() < 24 {
+        return Err(PcapError::TooShort(data.len()));
+    }
     let magic = u32_at(data, 0, false).ok_or(PcapError::Truncated(0))?;
     let pcap = |nanos, big_endian| -> Result<(Format, u64), PcapError> {
         let snaplen = u32_at(data, 16, big_endian).ok_or(PcapError::Truncated(0))?;
@@ -407,8 +413,11 @@ mod tests {
         bad[24 + 8..24 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
         let (recs, err) = records(&bad);
         assert!(recs.is_empty() && matches!(err, Some(PcapError::Malformed(24, _))));
-        assert_eq!(open(b"GIF89a..."), Err(PcapError::BadMagic(0x3846_4947)));
-        assert_eq!(open(b"ab"), Err(PcapError::Truncated(0)));
+        assert_eq!(
+            open(b"GIF89a, and then enough bytes to be long"),
+            Err(PcapError::BadMagic(0x3846_4947))
+        );
+        assert_eq!(open(b"ab"), Err(PcapError::TooShort(2)));
     }
 
     #[test]

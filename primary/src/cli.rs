@@ -205,6 +205,10 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.fwd.is_some() && cli.vdevs.is_empty() {
+        eprintln!("shmdp-primary: error: --fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1");
+        return ExitCode::from(2);
+    }
     let config = PrimaryConfig {
         eal: cli.eal.clone(),
         memsegs: cli.memsegs.clone(),

@@ -157,6 +157,14 @@ impl Primary {
             }
             requests.push(m.clone());
         }
+        for (i, d) in config.vdevs.iter().enumerate() {
+            if config.vdevs[..i].iter().any(|e| e.name == d.name) {
+                return Err(PrimaryError::Config(format!(
+                    "--vdev {}: port name {} is given twice; number the instances (net_ring0, net_ring1, ...)",
+                    d.text, d.name
+                )));
+            }
+        }
         for z in &config.memzones {
             if !requests.iter().any(|r| r.name == z.memseg) {
                 return Err(PrimaryError::Config(format!(

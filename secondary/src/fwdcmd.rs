@@ -11,12 +11,20 @@ use fwd::{FwdConfig, Mode};
 use pmds::Port;
 use shm_mempool::{MbufPool, OwnerTag};
 
+/// Port ids given with `--portlist`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn parse_portlist(s: &str) -> Result<PortList, String> {
+    fwd::parse_portlist(s).map(PortList)
+}
+
 /// Forwarding options (testpmd's names where it has one).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FwdArgs {
     /// Ports to forward between, paired in order, e.g. 0,1 or 0-3 (default: all).
-    #[arg(long, value_name = "LIST", value_parser = fwd::parse_portlist)]
-    pub portlist: Option<Vec<u16>>,
+    #[arg(long, value_name = "LIST", value_parser = parse_portlist)]
+    pub portlist: Option<PortList>,
     /// Packets per burst (1..=512).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
     pub burst: u16,
@@ -42,7 +50,7 @@ impl FwdArgs {
     pub fn config(&self, mode: Mode, lcores: Vec<usize>) -> FwdConfig {
         FwdConfig {
             mode,
-            portlist: self.portlist.clone().unwrap_or_default(),
+            portlist: self.portlist.clone().map(|p| p.0).unwrap_or_default(),
             burst: usize::from(self.burst),
             lcores,
             stats_period: self.stats_period.map(Duration::from_secs),

@@ -131,6 +131,80 @@ fn primary_rejects_bad_options_with_one_line_and_no_files() {
             ],
             "raise -m",
         ),
+        (
+            &["--file-prefix", pp, "--vdev", "net_bogus0"],
+            "unknown driver",
+        ),
+        (
+            &["--file-prefix", pp, "--vdev", "net_ring"],
+            "instance number",
+        ),
+        (
+            &["--file-prefix", pp, "--no-huge", "--vdev", "net_pcap0"],
+            "rx_pcap=FILE",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "--vdev",
+                "net_pcap0,rx_pcap=/nonexistent.pcap",
+            ],
+            "No such file",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "--vdev",
+                "net_pcap0,rx_pcap=/etc/os-release",
+            ],
+            "not a pcap or pcapng file",
+        ),
+        (
+            &["--file-prefix", pp, "--vdev", "net_ring0,queues=99"],
+            "1..=16",
+        ),
+        (
+            &["--file-prefix", pp, "--vdev", "net_ring0,iface=x"],
+            "does not take",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "--vdev",
+                "net_ring0,rx_ring=nope",
+            ],
+            "--ring nope=1024",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--vdev",
+                "net_ring0",
+                "--vdev",
+                "net_ring0",
+            ],
+            "given twice",
+        ),
+        (&["--file-prefix", pp, "--fwd", "io"], "add --vdev"),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--vdev",
+                "net_ring0",
+                "--fwd",
+                "sideways",
+            ],
+            "unknown mode",
+        ),
+        (&["--file-prefix", pp, "--portlist", "x"], "--portlist"),
     ];
     for (args, expect) in cases {
         refused("shmdp-primary", pp, args, expect);
