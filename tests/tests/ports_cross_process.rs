@@ -51,7 +51,7 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("stats json")).expect("valid json")
 }
 
-fn port<'a>(report: &'a Value, id: u64) -> &'a Value {
+fn port(report: &Value, id: u64) -> &Value {
     report["ports"]
         .as_array()
         .expect("ports")
