@@ -80,7 +80,7 @@ pub fn run(
         }
     }
     println!(
-        "{program}: forwarding: mode {} ports {} burst {} lcores {:?}",
+        "{program}: forwarding: mode {} ports {} burst {} lcores {}",
         cfg.mode.name(),
         ports
             .iter()
@@ -89,7 +89,11 @@ pub fn run(
             .collect::<Vec<_>>()
             .join(","),
         cfg.burst,
-        cfg.lcores
+        if cfg.lcores.is_empty() {
+            "any".to_string()
+        } else {
+            format!("{:?}", cfg.lcores)
+        }
     );
     let report = match fwd::run(ports, pool, owner, cfg, &stop) {
         Ok(r) => r,
