@@ -9,11 +9,13 @@
 //!
 //! Modes: `io` (forward as is), `mac` (source = the output port's MAC, destination = the
 //! peer address 02:00:00:00:00:<port>), `macswap` (swap the two), `rxonly` (receive and
-//! free), `txonly` (send generated UDP frames of `--txpkts` bytes).
+//! free), `txonly` (send generated UDP frames of `--txpkts` bytes), `l2switch` (a learning,
+//! VLAN-aware switch between all the ports, see [`switch`]).
 //!
 //! Accounting, per port and in total: every packet received on a port is forwarded or
 //! dropped with a reason (`tx_full`: the output queue took fewer than offered; `filtered`:
-//! the mode consumed it, as rxonly does), so `rx_packets = forwarded + tx_full + filtered`
+//! the mode consumed it: rxonly, or a switch destination behind the input port), so
+//! `rx_packets = forwarded + tx_full + filtered`
 //! for every port. `tx_packets` counts what was sent on a port. Packets a driver could not
 //! allocate an mbuf for are never received; they are `no_mbuf`.
 #![deny(missing_docs)]
@@ -40,6 +42,8 @@ pub enum Mode {
     RxOnly,
     /// Send generated frames.
     TxOnly,
+    /// Learning L2 switch between all the ports (VLAN aware).
+    L2Switch,
 }
 
 impl FromStr for Mode {
@@ -51,9 +55,10 @@ impl FromStr for Mode {
             "macswap" => Mode::MacSwap,
             "rxonly" => Mode::RxOnly,
             "txonly" => Mode::TxOnly,
+            "l2switch" => Mode::L2Switch,
             other => {
                 return Err(format!(
-                    "--fwd {other:?}: unknown mode (io, mac, macswap, rxonly, txonly)"
+                    "--fwd {other:?}: unknown mode (io, mac, macswap, rxonly, txonly, l2switch)"
                 ))
             }
         })
@@ -69,6 +74,7 @@ impl Mode {
             Mode::MacSwap => "macswap",
             Mode::RxOnly => "rxonly",
             Mode::TxOnly => "txonly",
+            Mode::L2Switch => "l2switch",
         }
     }
 }
@@ -166,6 +172,11 @@ pub fn streams(mode: Mode, n: usize) -> Vec<Stream> {
                 rx: None,
                 tx: Some(i),
             },
+            // The switch decides the output per packet; every port's tx queue is used.
+            Mode::L2Switch => Stream {
+                rx: Some(i),
+                tx: None,
+            },
             _ => {
                 let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
                 Stream {
@@ -180,16 +191,16 @@ pub fn streams(mode: Mode, n: usize) -> Vec<Stream> {
 /// Per-port counters, shared by the forwarding threads (each counter of a port is only
 /// added to by the one thread that polls that port's queue).
 #[derive(Debug, Default)]
-struct Counters {
-    rx_packets: AtomicU64,
-    rx_bytes: AtomicU64,
-    forwarded: AtomicU64,
-    tx_packets: AtomicU64,
-    tx_bytes: AtomicU64,
-    tx_full: AtomicU64,
-    tx_dropped: AtomicU64,
-    filtered: AtomicU64,
-    no_mbuf: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) tx_packets: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+    pub(crate) tx_full: AtomicU64,
+    pub(crate) tx_dropped: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) no_mbuf: AtomicU64,
 }
 
 /// One port's figures at the end of (or during) a run.
@@ -290,9 +301,9 @@ impl Report {
 
 /// First and last time (ns since the run's start) any thread moved packets.
 #[derive(Debug)]
-struct Activity {
-    first: AtomicU64,
-    last: AtomicU64,
+pub(crate) struct Activity {
+    pub(crate) first: AtomicU64,
+    pub(crate) last: AtomicU64,
 }
 
 impl Activity {
@@ -456,7 +467,13 @@ pub fn run(
         .collect();
     let counters: Vec<Counters> = chosen.iter().map(|_| Counters::default()).collect();
     let base: Vec<pmds::PortStats> = chosen.iter().map(Port::stats).collect();
-    let threads = cfg.lcores.len().max(1);
+    // The switch sends to any port, so one thread polls them all (tx queues have one
+    // poller each).
+    let threads = if cfg.mode == Mode::L2Switch {
+        1
+    } else {
+        cfg.lcores.len().max(1)
+    };
     let t0 = Instant::now();
     let activity = Activity {
         first: AtomicU64::new(u64::MAX),
@@ -555,7 +572,11 @@ fn lcore_loop(
     let cache: MbufCache = pool
         .cache(owner)
         .map_err(|e| FwdError::Config(e.to_string()))?;
-    let result = poll(ports, &cache, cfg, streams, shared, stop, done);
+    let result = if cfg.mode == Mode::L2Switch {
+        switch::poll(ports, &cache, cfg, streams, shared, stop)
+    } else {
+        poll(ports, &cache, cfg, streams, shared, stop, done)
+    };
     drop(cache);
     result
 }
@@ -735,6 +756,8 @@ fn rewrite(mode: Mode, burst: &mut [Mbuf<'_>], out: &Port) {
         _ => {}
     }
 }
+
+pub mod switch;
 
 #[cfg(test)]
 mod tests {

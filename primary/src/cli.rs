@@ -47,7 +47,7 @@ pub struct PrimaryCli {
     /// Descriptors per port queue (ring capacity of net_ring queues).
     #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
     pub nb_desc: u32,
-    /// Forward between the ports in the primary itself: io, mac, macswap, rxonly, txonly
+    /// Forward between the ports in the primary itself: io, mac, macswap, rxonly, txonly, l2switch
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
     #[arg(long = "fwd", value_name = "MODE")]
     pub fwd: Option<fwd::Mode>,

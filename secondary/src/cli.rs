@@ -73,7 +73,7 @@ pub enum Command {
     },
     /// Forward packets between ports (testpmd style) until SIGINT/SIGTERM or --idle-exit.
     Fwd {
-        /// Mode: io, mac, macswap, rxonly, txonly.
+        /// Mode: io, mac, macswap, rxonly, txonly, l2switch.
         #[arg(long = "fwd", default_value = "io")]
         mode: fwd::Mode,
         /// Engine options.

@@ -1,0 +1,166 @@
+//! The engine in one process over pcap ports: io forwarding with exact accounting, and the
+//! L2 switch learning, flooding (with copies) and forwarding.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fwd::{FwdConfig, Mode};
+use pmds::pcap_file::{self, PcapWriter};
+use pmds::{DevArgs, Port, PortSetup};
+use shm::{Memseg, Region};
+use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag};
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("shmdp-fwd-{}-{name}", std::process::id()))
+}
+
+fn write_pcap(path: &PathBuf, frames: &[Vec<u8>]) {
+    let mut w = PcapWriter::new(std::fs::File::create(path).unwrap()).unwrap();
+    for f in frames {
+        w.write(0, f.len(), [&f[..]]).unwrap();
+    }
+}
+
+fn read_pcap(path: &PathBuf) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap();
+    let (mut fmt, mut pos) = pcap_file::open(&data).unwrap();
+    let mut out = Vec::new();
+    while let Some((r, next)) = pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
+        out.push(r.data.to_vec());
+        pos = next;
+    }
+    out
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], n: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(dst);
+    f.extend(src);
+    f.extend([0x08, 0x00]);
+    f.extend([n; 50]);
+    f
+}
+
+fn setup(devargs: &[String]) -> (Memseg, MbufPool, Vec<Port>) {
+    let seg = Memseg::create_in_region(Region::heap(32 << 20), "fwd", 1).unwrap();
+    seg.mark_ready();
+    let pool = MbufPool::create(&seg, "mbufs", &MbufPoolParams::new(2047, 64, 1)).unwrap();
+    let ports = devargs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let setup = PortSetup {
+                port_id: i as u16,
+                nb_desc: 256,
+                rx_pool: pool.clone(),
+                mac: None,
+            };
+            let p = Port::create(&seg, &DevArgs::parse(d).unwrap(), &setup, &|n| {
+                seg.lookup(n).ok()
+            })
+            .unwrap();
+            p.start();
+            p
+        })
+        .collect();
+    (seg, pool, ports)
+}
+
+const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+#[test]
+fn l2switch_learns_floods_with_copies_and_forwards() {
+    let (in0, in1) = (tmp("sw-in0.pcap"), tmp("sw-in1.pcap"));
+    let (out0, out1, out2) = (
+        tmp("sw-out0.pcap"),
+        tmp("sw-out1.pcap"),
+        tmp("sw-out2.pcap"),
+    );
+    // Port 0: 100 frames from A to B. Port 1: one frame from B to A.
+    let from_a: Vec<Vec<u8>> = (0..100).map(|i| frame(B, A, i)).collect();
+    write_pcap(&in0, &from_a);
+    write_pcap(&in1, &[frame(A, B, 200)]);
+    let (_seg, pool, ports) = setup(&[
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            in0.display(),
+            out0.display()
+        ),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            in1.display(),
+            out1.display()
+        ),
+        format!("net_pcap2,tx_pcap={}", out2.display()),
+    ]);
+    let cfg = FwdConfig {
+        mode: Mode::L2Switch,
+        burst: 32,
+        idle_exit: Some(Duration::from_millis(200)),
+        ..FwdConfig::default()
+    };
+    let r = fwd::run(&ports, &pool, OwnerTag(2), &cfg, &AtomicBool::new(false)).unwrap();
+    assert!(r.balanced(), "{r:?}");
+    // The first burst from A floods to ports 1 and 2 (B unknown); then B speaks from port 1
+    // and the rest go to port 1 only. B's frame goes to A's port 0.
+    assert_eq!(read_pcap(&out1), from_a);
+    assert_eq!(read_pcap(&out2), from_a[..32].to_vec());
+    assert_eq!(read_pcap(&out0), vec![frame(A, B, 200)]);
+    assert_eq!(r.ports[0].rx_packets, 100);
+    assert_eq!(r.ports[0].forwarded, 100);
+    assert_eq!(r.total.tx_packets, 100 + 32 + 1);
+    assert_eq!(pool.mempool().stats().available, 2047);
+    for f in [in0, in1, out0, out1, out2] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn io_mode_accounts_for_every_packet_and_mac_modes_rewrite() {
+    let input = tmp("io-in.pcap");
+    let output = tmp("io-out.pcap");
+    let frames: Vec<Vec<u8>> = (0..500u32).map(|i| frame(B, A, i as u8)).collect();
+    write_pcap(&input, &frames);
+    for (mode, expect_dst, expect_src) in [
+        (Mode::Io, B, A),
+        (Mode::MacSwap, A, B),
+        (Mode::Mac, fwd::peer_mac(1), [0x02, 0x53, 0x48, 0x4d, 0, 1]),
+    ] {
+        let (_seg, pool, ports) = setup(&[
+            format!("net_pcap0,rx_pcap={}", input.display()),
+            format!("net_pcap1,tx_pcap={}", output.display()),
+        ]);
+        let cfg = FwdConfig {
+            mode,
+            idle_exit: Some(Duration::from_millis(200)),
+            ..FwdConfig::default()
+        };
+        let r = fwd::run(&ports, &pool, OwnerTag(2), &cfg, &AtomicBool::new(false)).unwrap();
+        assert!(r.balanced());
+        assert_eq!((r.ports[0].rx_packets, r.ports[1].tx_packets), (500, 500));
+        let out = read_pcap(&output);
+        assert_eq!(out.len(), 500);
+        assert_eq!(&out[7][0..6], &expect_dst, "{mode:?}");
+        assert_eq!(&out[7][6..12], &expect_src, "{mode:?}");
+        assert_eq!(
+            &out[7][12..],
+            &frames[7][12..],
+            "{mode:?}: payload untouched"
+        );
+        assert_eq!(pool.mempool().stats().available, 2047);
+    }
+    // rxonly consumes, counted as filtered.
+    let (_seg, pool, ports) = setup(&[format!("net_pcap0,rx_pcap={}", input.display())]);
+    let cfg = FwdConfig {
+        mode: Mode::RxOnly,
+        idle_exit: Some(Duration::from_millis(200)),
+        ..FwdConfig::default()
+    };
+    let r = fwd::run(&ports, &pool, OwnerTag(2), &cfg, &AtomicBool::new(false)).unwrap();
+    assert!(r.balanced());
+    assert_eq!((r.total.rx_packets, r.total.drops.filtered), (500, 500));
+    let _ = std::fs::remove_file(input);
+    let _ = std::fs::remove_file(output);
+}
