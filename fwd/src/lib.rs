@@ -99,6 +99,11 @@ pub struct FwdConfig {
     pub txpkt_len: usize,
     /// txonly: stop after this many packets per port.
     pub tx_count: Option<u64>,
+    /// Send one burst of generated frames on every output port before forwarding
+    /// (testpmd's `--tx-first`: gives loopback topologies something to move).
+    pub tx_first: bool,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
 }
 
 impl Default for FwdConfig {
@@ -112,6 +117,8 @@ impl Default for FwdConfig {
             idle_exit: None,
             txpkt_len: 64,
             tx_count: None,
+            tx_first: false,
+            duration: None,
         }
     }
 }
@@ -610,6 +617,25 @@ fn poll(
         .map(|p| txonly_frame(p.mac(), peer_mac(p.id()), cfg.txpkt_len))
         .collect();
     let mut buf: Vec<Mbuf<'_>> = Vec::with_capacity(cfg.burst);
+    if cfg.tx_first {
+        for (&t, q) in lanes.tx.iter_mut() {
+            for _ in 0..cfg.burst {
+                match cache.alloc_from(&templates[t]) {
+                    Ok(m) => buf.push(m),
+                    Err(_) => break,
+                }
+            }
+            let sent = q.tx_burst(&mut buf);
+            counters[t]
+                .tx_packets
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            counters[t]
+                .tx_bytes
+                .fetch_add((sent * templates[t].len()) as u64, Ordering::Relaxed);
+            buf.clear();
+        }
+    }
+    let started = Instant::now();
     let mut sent_by_stream = vec![0u64; streams.len()];
     let mut last_rx = Instant::now();
     let mut flushed = false;
@@ -699,7 +725,13 @@ fn poll(
             activity.first.fetch_min(ns, Ordering::Relaxed);
             activity.last.fetch_max(ns, Ordering::Relaxed);
             flushed = false;
+            if cfg.duration.is_some_and(|d| started.elapsed() > d) {
+                break;
+            }
             continue;
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() > d) {
+            break;
         }
         // Idle: make pcap output visible, then decide whether to stop.
         if !flushed {

@@ -43,6 +43,12 @@ pub struct FwdArgs {
     /// txonly: stop after N packets per port.
     #[arg(long, value_name = "N")]
     pub tx_count: Option<u64>,
+    /// Send one burst on every output port first (loopback topologies need it).
+    #[arg(long)]
+    pub tx_first: bool,
+    /// Stop after SECS seconds of forwarding.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
 }
 
 impl FwdArgs {
@@ -57,6 +63,8 @@ impl FwdArgs {
             idle_exit: self.idle_exit.map(Duration::from_secs_f64),
             txpkt_len: usize::from(self.txpkts),
             tx_count: self.tx_count,
+            tx_first: self.tx_first,
+            duration: self.duration.map(Duration::from_secs_f64),
         }
     }
 }
