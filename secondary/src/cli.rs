@@ -80,6 +80,22 @@ pub enum Command {
         #[command(flatten)]
         args: crate::fwdcmd::FwdArgs,
     },
+    /// Receive and print the first COUNT packets of a port's rx queue (like testpmd's
+    /// verbose mode; the packets are consumed), then exit.
+    Dump {
+        /// Port id.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Rx queue.
+        #[arg(long, default_value_t = 0)]
+        queue: u16,
+        /// Packets to print.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// Give up after this many seconds without a packet.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Print every port's and mempool's statistics (as the primary reports them).
     Stats {
         /// Print JSON instead of text.
@@ -182,6 +198,12 @@ pub fn main() -> ExitCode {
         }),
         Command::Stats { json } => stats(&cli.eal, json),
         Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
+        Command::Dump {
+            port,
+            queue,
+            count,
+            timeout,
+        } => dump_cmd(&cli.eal, port, queue, count, Duration::from_secs(timeout)),
         Command::MbufHold { pool, count } => mbuf_hold(&cli.eal, &pool, count),
         Command::MbufSend {
             pool,
@@ -376,6 +398,56 @@ fn fwd_cmd(eal: &EalArgs, mode: fwd::Mode, args: &crate::fwdcmd::FwdArgs) -> Exi
     drop(pool);
     sec.detach();
     code
+}
+
+fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Duration) -> ExitCode {
+    let program = "shmdp-secondary";
+    let sec = match attach_or_report(program, eal) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = (|| -> Result<u64, String> {
+        let ports = sec.ports().map_err(|e| e.to_string())?;
+        let port = ports
+            .iter()
+            .find(|p| p.id() == port_id)
+            .ok_or_else(|| format!("no port {port_id} ({} ports)", ports.len()))?;
+        let pool = sec
+            .mbuf_pool(&port.rx_pool_name())
+            .map_err(|e| e.to_string())?;
+        let cache = pool.cache(sec.owner_tag()).map_err(|e| e.to_string())?;
+        let mut rx = port.rx_queue(queue, &cache).map_err(|e| e.to_string())?;
+        let mut burst = Vec::with_capacity(32);
+        let mut seen = 0u64;
+        let mut last = std::time::Instant::now();
+        while seen < count {
+            let want = (count - seen).min(32) as usize;
+            if rx.rx_burst(&mut burst, want) == 0 {
+                if last.elapsed() > timeout || rx.exhausted() {
+                    break;
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            last = std::time::Instant::now();
+            for m in burst.drain(..) {
+                println!("{}", crate::pooltool::describe(port_id, queue, seen, &m));
+                seen += 1;
+            }
+        }
+        Ok(seen)
+    })();
+    sec.detach();
+    match result {
+        Ok(n) => {
+            println!("{program}: dumped {n} packets");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Everything `stats` prints.

@@ -169,6 +169,37 @@ pub fn stress(
     Ok(done)
 }
 
+/// One line describing packet `n` seen on `port`/`queue`: MACs, EtherType (and VLAN),
+/// lengths, segments, and the first bytes after the Ethernet header.
+pub fn describe(port: u16, queue: u16, n: u64, m: &shm_mempool::Mbuf<'_>) -> String {
+    let d = m.data();
+    let mac = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut line = format!("port {port}/{queue} #{n}: ");
+    if d.len() >= 14 {
+        let (mut et, mut off) = (u16::from_be_bytes([d[12], d[13]]), 14);
+        line += &format!("src={} dst={}", mac(&d[6..12]), mac(&d[0..6]));
+        if et == 0x8100 && d.len() >= 18 {
+            line += &format!(" vlan={}", u16::from_be_bytes([d[14], d[15]]) & 0xfff);
+            et = u16::from_be_bytes([d[16], d[17]]);
+            off = 18;
+        }
+        line += &format!(" type=0x{et:04x}");
+        let head: String = d[off..d.len().min(off + 16)]
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        line += &format!(" length={} segs={} data={head}", m.pkt_len(), m.nb_segs());
+    } else {
+        line += &format!("runt length={}", m.pkt_len());
+    }
+    line
+}
+
 /// Prints port statistics as text.
 pub fn print_port_stats(stats: &[shm::stats::PortStats]) {
     for p in stats {

@@ -327,3 +327,50 @@ fn a_queue_has_one_poller_and_a_killed_forwarder_is_replaced() {
     p.signal(Signal::SIGINT);
     p.wait_exit(Duration::from_secs(10));
 }
+
+#[test]
+fn dump_prints_the_first_packets_of_a_queue() {
+    let prefix = unique_prefix("dump");
+    let input = tmp(&prefix, "dump.pcap");
+    let mut w = PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
+    for i in 0..5u8 {
+        let mut f = vec![
+            2, 0, 0, 0, 0, 0xb, 2, 0, 0, 0, 0, 0xa, 0x81, 0, 0, 7, 0x08, 0,
+        ];
+        f.extend([i; 46]);
+        w.write(0, f.len(), [&f[..]]).unwrap();
+    }
+    drop(w);
+    let rx = format!("net_pcap0,rx_pcap={}", input.display());
+    let mut p = primary(&prefix, &["--vdev", &rx]);
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &[
+            "--file-prefix",
+            &prefix,
+            "dump",
+            "--port",
+            "0",
+            "--count",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("port 0/0 #"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[2]
+            .contains("src=02:00:00:00:00:0a dst=02:00:00:00:00:0b vlan=7 type=0x0800 length=64"),
+        "{out}"
+    );
+    assert!(
+        lines[2].ends_with("data=02020202020202020202020202020202"),
+        "{out}"
+    );
+    p.signal(Signal::SIGINT);
+    p.wait_exit(Duration::from_secs(10));
+    let _ = std::fs::remove_file(input);
+}
