@@ -8,7 +8,7 @@
 pub enum Driver {
     /// `net_ring`: queues are shm rings of mbuf handles.
     Ring = 1,
-    /// `net_pcap`: rx from a pcap file, tx to one.
+    /// `net_pcap`: rx from a pcap file or a live interface, tx to a pcap file or one.
     Pcap = 2,
 }
 
@@ -48,7 +48,7 @@ pub struct DevArgs {
 fn known_keys(driver: Driver) -> &'static [&'static str] {
     match driver {
         Driver::Ring => &["rx_ring", "tx_ring", "queues", "nb_desc"],
-        Driver::Pcap => &["rx_pcap", "tx_pcap"],
+        Driver::Pcap => &["rx_pcap", "tx_pcap", "rx_iface", "tx_iface", "iface"],
     }
 }
 

@@ -96,11 +96,42 @@ enum DriverRes {
         rx: Vec<Ring<u64>>,
         tx: Vec<Ring<u64>>,
     },
-    /// Files.
+    /// Files or interfaces.
     Pcap {
-        rx: Option<PathBuf>,
-        tx: Option<PathBuf>,
+        rx: Option<PcapEnd>,
+        tx: Option<PcapEnd>,
     },
+}
+
+/// Where a pcap port's rx or tx side goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PcapEnd {
+    File(PathBuf),
+    Iface(String),
+}
+
+/// Both sides of a pcap port, from its devargs.
+struct PcapEnds {
+    rx: Option<PcapEnd>,
+    tx: Option<PcapEnd>,
+}
+
+impl PcapEnds {
+    fn of(d: &DevArgs) -> Result<PcapEnds, String> {
+        let iface = d.get("iface");
+        let pick = |file: &str, ifc: &str| -> Result<Option<PcapEnd>, String> {
+            let f = d.get(file).map(|p| PcapEnd::File(PathBuf::from(p)));
+            let i = d.get(ifc).or(iface).map(|n| PcapEnd::Iface(n.to_string()));
+            match (f, i) {
+                (Some(_), Some(_)) => Err(format!("give {file}= or {ifc}=/iface=, not both")),
+                (f, i) => Ok(f.or(i)),
+            }
+        };
+        Ok(PcapEnds {
+            rx: pick("rx_pcap", "rx_iface")?,
+            tx: pick("tx_pcap", "tx_iface")?,
+        })
+    }
 }
 
 struct PortShared {
@@ -170,13 +201,14 @@ impl Port {
                 }
             }
             Driver::Pcap => {
-                if devargs.get("rx_pcap").is_none() && devargs.get("tx_pcap").is_none() {
-                    return Err(cfg("give rx_pcap=FILE and/or tx_pcap=FILE".into()));
+                let p = PcapEnds::of(devargs).map_err(cfg)?;
+                if p.rx.is_none() && p.tx.is_none() {
+                    return Err(cfg(
+                        "give rx_pcap=FILE and/or tx_pcap=FILE, or iface=/rx_iface=/tx_iface=IFACE"
+                            .into(),
+                    ));
                 }
-                (
-                    u16::from(devargs.get("rx_pcap").is_some()),
-                    u16::from(devargs.get("tx_pcap").is_some()),
-                )
+                (u16::from(p.rx.is_some()), u16::from(p.tx.is_some()))
             }
         };
         let nb_desc = devargs
@@ -198,6 +230,12 @@ impl Port {
                 }
             }
             Driver::Pcap => {
+                for key in ["iface", "rx_iface", "tx_iface"] {
+                    if let Some(name) = devargs.get(key) {
+                        crate::af_packet::ifindex(name)
+                            .map_err(|e| cfg(format!("{key}={name}: {e}")))?;
+                    }
+                }
                 if let Some(rx) = devargs.get("rx_pcap") {
                     let data = std::fs::read(rx).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
                     pcap_file::open(&data).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
@@ -304,10 +342,10 @@ impl Port {
                     tx: tx.map(ring).transpose()?.into_iter().collect(),
                 },
             },
-            Driver::Pcap => DriverRes::Pcap {
-                rx: devargs.get("rx_pcap").map(PathBuf::from),
-                tx: devargs.get("tx_pcap").map(PathBuf::from),
-            },
+            Driver::Pcap => {
+                let p = PcapEnds::of(&devargs).map_err(bad)?;
+                DriverRes::Pcap { rx: p.rx, tx: p.tx }
+            }
         };
         let oob = |e: shm::OutOfBounds| bad(e.to_string());
         let ctrl = r
@@ -550,6 +588,15 @@ impl Port {
                     RingRx::Mc(ring.mc_consumer().map_err(|e| self.cfg(e))?)
                 })
             }
+            DriverRes::Pcap {
+                rx: Some(PcapEnd::Iface(name)),
+                ..
+            } => {
+                self.check_pool(cache)?;
+                let sock = crate::af_packet::PacketSocket::open(name, true, false)
+                    .map_err(|source| self.io(&format!("open interface {name}"), source))?;
+                RxKind::Iface(sock)
+            }
             DriverRes::Pcap { rx, .. } => {
                 if cache.pool().mempool().id() != self.rx_pool_id() {
                     return Err(PortError::Config(format!(
@@ -558,7 +605,9 @@ impl Port {
                         self.rx_pool_name()
                     )));
                 }
-                let path = rx.as_ref().expect("pcap rx queue exists only with rx_pcap");
+                let Some(PcapEnd::File(path)) = rx.as_ref() else {
+                    unreachable!("pcap rx queue exists only with rx_pcap or an interface")
+                };
                 let file = File::open(path).map_err(|source| self.io("open rx_pcap", source))?;
                 // SAFETY: the mapping is read-only and private to this queue; a capture file
                 // changed underneath would give odd bytes, which the parser bounds-checks.
@@ -601,8 +650,18 @@ impl Port {
                     RingTx::Mp(ring.mp_producer().map_err(|e| self.cfg(e))?)
                 })
             }
+            DriverRes::Pcap {
+                tx: Some(PcapEnd::Iface(name)),
+                ..
+            } => {
+                let sock = crate::af_packet::PacketSocket::open(name, false, true)
+                    .map_err(|source| self.io(&format!("open interface {name}"), source))?;
+                TxKind::Iface(sock)
+            }
             DriverRes::Pcap { tx, .. } => {
-                let path = tx.as_ref().expect("pcap tx queue exists only with tx_pcap");
+                let Some(PcapEnd::File(path)) = tx.as_ref() else {
+                    unreachable!("pcap tx queue exists only with tx_pcap or an interface")
+                };
                 let file = std::fs::OpenOptions::new()
                     .append(true)
                     .open(path)
@@ -616,6 +675,17 @@ impl Port {
             cache,
             kind,
         })
+    }
+
+    fn check_pool(&self, cache: &MbufCache) -> Result<(), PortError> {
+        if cache.pool().mempool().id() != self.rx_pool_id() {
+            return Err(PortError::Config(format!(
+                "{}: rx queue needs a cache of pool {}",
+                self.name(),
+                self.rx_pool_name()
+            )));
+        }
+        Ok(())
     }
 
     fn cfg(&self, e: impl std::fmt::Display) -> PortError {
@@ -694,11 +764,13 @@ struct PcapRx {
 enum RxKind {
     Ring(RingRx),
     Pcap(PcapRx),
+    Iface(crate::af_packet::PacketSocket),
 }
 
 enum TxKind {
     Ring(RingTx),
     Pcap(PcapWriter<BufWriter<File>>),
+    Iface(crate::af_packet::PacketSocket),
 }
 
 /// Most packets one burst moves.
@@ -799,6 +871,25 @@ impl<'c> RxQueue<'c> {
                 }
                 self.claim.block().position.store(p.pos, Ordering::Release);
             }
+            RxKind::Iface(sock) => {
+                let mut nombuf = 0;
+                let cache = self.cache;
+                sock.recv_burst(max, |frame| match cache.alloc_from(frame) {
+                    Ok(mut m) => {
+                        m.set_port(port_id);
+                        bytes += frame.len() as u64;
+                        out.push(m);
+                        true
+                    }
+                    Err(_) => {
+                        nombuf += 1;
+                        false
+                    }
+                });
+                if nombuf > 0 {
+                    self.claim.bump(|b| &b.dropped, nombuf);
+                }
+            }
         }
         let n = out.len() - start;
         self.claim.count(n as u64, bytes);
@@ -874,6 +965,16 @@ impl<'c> TxQueue<'c> {
                     bytes += u64::from(m.pkt_len());
                     k += 1;
                 }
+                pkts.drain(..k);
+                k
+            }
+            TxKind::Iface(sock) => {
+                let k = sock.send_burst(
+                    pkts.iter()
+                        .take(MAX_BURST)
+                        .map(|m| (m.pkt_len() as usize, m.segments())),
+                );
+                bytes = pkts[..k].iter().map(|m| u64::from(m.pkt_len())).sum();
                 pkts.drain(..k);
                 k
             }

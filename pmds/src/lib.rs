@@ -9,10 +9,12 @@
 //! - [`layout`]: the port's fixed layout in shared memory.
 //! - [`ethdev`]: [`Port`], claims, `rx_burst`/`tx_burst`, statistics; the ring driver
 //!   (queues are rings: loopback, cross-connected pairs, or any named rings) and the pcap
-//!   driver (rx from a mapped pcap/pcapng file, tx to a pcap file).
+//!   driver (rx from a mapped pcap/pcapng file, tx to a pcap file, or either side on a
+//!   live interface through AF_PACKET with mapped TPACKET_V2 rings).
 //! - [`pcap_file`]: the capture file formats.
 #![deny(missing_docs)]
 
+mod af_packet;
 pub mod devargs;
 pub mod ethdev;
 pub mod layout;

@@ -180,8 +180,24 @@ pub struct Proc {
 impl Proc {
     /// Spawns `bin(program)` with `args`. `prefix`, if given, is cleaned up on drop.
     pub fn spawn(program: &str, args: &[&str], prefix: Option<&str>) -> Proc {
-        let mut child = Command::new(bin(program))
-            .args(args)
+        let mut cmd = Command::new(bin(program));
+        cmd.args(args);
+        Proc::spawn_command(cmd, program, prefix)
+    }
+
+    /// Spawns `bin(program)` with `args` inside network namespace `netns` (through
+    /// `ip netns exec`, which execs the program: the pid is the program's).
+    pub fn spawn_in_netns(netns: &str, program: &str, args: &[&str], prefix: Option<&str>) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(bin(program))
+            .args(args);
+        Proc::spawn_command(cmd, program, prefix)
+    }
+
+    /// Spawns a prepared command with captured output.
+    pub fn spawn_command(mut cmd: Command, program: &str, prefix: Option<&str>) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
