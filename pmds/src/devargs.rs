@@ -118,6 +118,15 @@ impl DevArgs {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `key`, in order (a key may repeat: one ring per queue).
+    pub fn get_all(&self, key: &str) -> Vec<&str> {
+        self.args
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// A numeric argument in `range`, or `default`.
     ///
     /// # Errors
@@ -167,7 +176,7 @@ mod tests {
             ("net_ring", "instance number"),
             ("net_bogus0", "unknown driver"),
             ("net_pcap0,rx_pcap", "not key=value"),
-            ("net_pcap0,iface=eth0", "does not take"),
+            ("net_pcap0,rx_ring=x", "does not take"),
             ("net_pcap0,rx_pcap=", "needs a value"),
         ] {
             let e = DevArgs::parse(bad).unwrap_err();

@@ -169,6 +169,37 @@ impl std::fmt::Debug for Port {
 pub type ZoneFinder<'a> = &'a dyn Fn(&str) -> Option<Memzone>;
 
 impl Port {
+    /// A `net_ring` port over existing rings (DPDK's `rte_eth_from_rings`): rx queue `i`
+    /// dequeues from ring `rx[i]`, tx queue `i` enqueues into `tx[i]`. The same ring as rx
+    /// and tx makes a loopback; two ports with their rings swapped make a cross-connected
+    /// pair, usable from any processes.
+    ///
+    /// # Errors
+    /// As [`Port::create`].
+    pub fn from_rings(
+        seg: &Memseg,
+        name: &str,
+        rx: &[&str],
+        tx: &[&str],
+        setup: &PortSetup,
+        find: ZoneFinder<'_>,
+    ) -> Result<Port, PortError> {
+        let mut text = name.to_string();
+        for r in rx {
+            text += &format!(",rx_ring={r}");
+        }
+        for t in tx {
+            text += &format!(",tx_ring={t}");
+        }
+        let devargs = DevArgs::parse(&text).map_err(PortError::Config)?;
+        if devargs.driver != Driver::Ring {
+            return Err(PortError::Config(format!(
+                "{name}: from_rings makes net_ring ports (name it net_ringN)"
+            )));
+        }
+        Port::create(seg, &devargs, setup, find)
+    }
+
     /// Probes a port (primary): creates its memzone in `seg` and whatever its driver needs.
     ///
     /// # Errors
@@ -185,17 +216,18 @@ impl Port {
                 let q = devargs
                     .number("queues", 1, 1..=u32::from(MAX_QUEUES))
                     .map_err(PortError::Config)?;
-                let named = devargs.get("rx_ring").is_some() || devargs.get("tx_ring").is_some();
-                if named && q != 1 {
+                let (rx_rings, tx_rings) = (devargs.get_all("rx_ring"), devargs.get_all("tx_ring"));
+                let named = !rx_rings.is_empty() || !tx_rings.is_empty();
+                if named && devargs.get("queues").is_some() {
                     return Err(cfg(
-                        "rx_ring=/tx_ring= ports have one queue; drop queues=".into()
+                        "with rx_ring=/tx_ring= there is one queue per ring; drop queues=".into(),
                     ));
                 }
+                if rx_rings.len() > MAX_QUEUES as usize || tx_rings.len() > MAX_QUEUES as usize {
+                    return Err(cfg(format!("at most {MAX_QUEUES} rings per direction")));
+                }
                 if named {
-                    (
-                        u16::from(devargs.get("rx_ring").is_some()),
-                        u16::from(devargs.get("tx_ring").is_some()),
-                    )
+                    (rx_rings.len() as u16, tx_rings.len() as u16)
                 } else {
                     (q as u16, q as u16)
                 }
@@ -328,6 +360,19 @@ impl Port {
         };
         let res = match driver {
             Driver::Ring => match (devargs.get("rx_ring"), devargs.get("tx_ring")) {
+                // Named rings: one queue per ring, in order (from_rings).
+                (Some(_), _) | (_, Some(_)) => DriverRes::Ring {
+                    rx: devargs
+                        .get_all("rx_ring")
+                        .into_iter()
+                        .map(ring)
+                        .collect::<Result<_, _>>()?,
+                    tx: devargs
+                        .get_all("tx_ring")
+                        .into_iter()
+                        .map(ring)
+                        .collect::<Result<_, _>>()?,
+                },
                 // Loopback: queue q's rx and tx are the same ring.
                 (None, None) => DriverRes::Ring {
                     rx: (0..info.nb_rx_queues)
@@ -337,16 +382,17 @@ impl Port {
                         .map(|q| ring(&ring_name(&name, q)))
                         .collect::<Result<_, _>>()?,
                 },
-                (rx, tx) => DriverRes::Ring {
-                    rx: rx.map(ring).transpose()?.into_iter().collect(),
-                    tx: tx.map(ring).transpose()?.into_iter().collect(),
-                },
             },
             Driver::Pcap => {
                 let p = PcapEnds::of(&devargs).map_err(bad)?;
                 DriverRes::Pcap { rx: p.rx, tx: p.tx }
             }
         };
+        if let DriverRes::Ring { rx, tx } = &res {
+            if rx.len() != usize::from(info.nb_rx_queues) || tx.len() != usize::from(info.nb_tx_queues) {
+                return Err(bad("queue counts do not match the devargs".into()));
+            }
+        }
         let oob = |e: shm::OutOfBounds| bad(e.to_string());
         let ctrl = r
             .span_of::<PortCtrl>(zone.offset + PORT_CTRL_OFF, 1)

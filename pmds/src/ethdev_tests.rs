@@ -229,3 +229,39 @@ fn truncated_pcap_delivers_the_good_packets_and_counts_an_error() {
     assert!(err.contains("not a pcap or pcapng file"), "{err}");
     let _ = std::fs::remove_file(&input);
 }
+
+#[test]
+fn from_rings_makes_one_queue_per_ring() {
+    let e = env(64);
+    for r in ["r0", "r1"] {
+        Ring::<u64>::create(&e.seg, r, 64, SyncMode::MP_MC).unwrap();
+    }
+    let setup = PortSetup {
+        port_id: 0,
+        nb_desc: 64,
+        rx_pool: e.pool.clone(),
+        mac: None,
+    };
+    let seg = &e.seg;
+    let port = Port::from_rings(seg, "net_ring0", &["r0", "r1"], &["r1", "r0"], &setup, &|n| {
+        seg.lookup(n).ok()
+    })
+    .unwrap();
+    port.start();
+    assert_eq!((port.nb_rx_queues(), port.nb_tx_queues()), (2, 2));
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    // tx queue 0 feeds ring r1, which rx queue 1 reads.
+    let mut tx0 = port.tx_queue(0, &cache).unwrap();
+    let mut rx1 = port.rx_queue(1, &cache).unwrap();
+    let mut p = vec![cache.alloc_from(b"hop").unwrap()];
+    assert_eq!(tx0.tx_burst(&mut p), 1);
+    let mut got = Vec::with_capacity(4);
+    assert_eq!(rx1.rx_burst(&mut got, 4), 1);
+    assert_eq!(got[0].data(), b"hop");
+    let err = Port::from_rings(seg, "net_pcap9", &["r0"], &[], &setup, &|n| seg.lookup(n).ok())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("net_ringN") || err.contains("does not take"), "{err}");
+    drop((got, p, tx0, rx1));
+    drop(cache);
+}
