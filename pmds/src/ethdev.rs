@@ -389,7 +389,9 @@ impl Port {
             }
         };
         if let DriverRes::Ring { rx, tx } = &res {
-            if rx.len() != usize::from(info.nb_rx_queues) || tx.len() != usize::from(info.nb_tx_queues) {
+            if rx.len() != usize::from(info.nb_rx_queues)
+                || tx.len() != usize::from(info.nb_tx_queues)
+            {
                 return Err(bad("queue counts do not match the devargs".into()));
             }
         }

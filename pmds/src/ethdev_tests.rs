@@ -243,9 +243,14 @@ fn from_rings_makes_one_queue_per_ring() {
         mac: None,
     };
     let seg = &e.seg;
-    let port = Port::from_rings(seg, "net_ring0", &["r0", "r1"], &["r1", "r0"], &setup, &|n| {
-        seg.lookup(n).ok()
-    })
+    let port = Port::from_rings(
+        seg,
+        "net_ring0",
+        &["r0", "r1"],
+        &["r1", "r0"],
+        &setup,
+        &|n| seg.lookup(n).ok(),
+    )
     .unwrap();
     port.start();
     assert_eq!((port.nb_rx_queues(), port.nb_tx_queues()), (2, 2));
@@ -258,10 +263,15 @@ fn from_rings_makes_one_queue_per_ring() {
     let mut got = Vec::with_capacity(4);
     assert_eq!(rx1.rx_burst(&mut got, 4), 1);
     assert_eq!(got[0].data(), b"hop");
-    let err = Port::from_rings(seg, "net_pcap9", &["r0"], &[], &setup, &|n| seg.lookup(n).ok())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("net_ringN") || err.contains("does not take"), "{err}");
+    let err = Port::from_rings(seg, "net_pcap9", &["r0"], &[], &setup, &|n| {
+        seg.lookup(n).ok()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("net_ringN") || err.contains("does not take"),
+        "{err}"
+    );
     drop((got, p, tx0, rx1));
     drop(cache);
 }

@@ -47,7 +47,8 @@ pub struct PrimaryCli {
     /// Descriptors per port queue (ring capacity of net_ring queues).
     #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
     pub nb_desc: u32,
-    /// Forward between the ports in the primary itself: io, mac, macswap, rxonly, txonly, l2switch
+    /// Forward between the ports in the primary itself (also with --config): io, mac,
+    /// macswap, rxonly, txonly, l2switch
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
     #[arg(long = "fwd", value_name = "MODE")]
     pub fwd: Option<fwd::Mode>,
@@ -205,7 +206,21 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if cli.fwd.is_some() && cli.vdevs.is_empty() {
+    let forwarding = cli.fwd.is_some() || cli.fwd_args.config.is_some();
+    let lcores = cli
+        .eal
+        .lcores
+        .as_ref()
+        .map(|l| l.0.iter().map(|&c| c as usize).collect())
+        .unwrap_or_default();
+    let resolved = match cli.fwd_args.resolve(cli.fwd, lcores) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shmdp-primary: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if forwarding && cli.vdevs.is_empty() {
         eprintln!("shmdp-primary: error: --fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1");
         return ExitCode::from(2);
     }
@@ -279,27 +294,20 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
                 .join(":")
         );
     }
-    if let Some(mode) = cli.fwd {
+    if forwarding {
         let ports = primary.ports();
         let Some(pool) = primary.pools().first() else {
             eprintln!("shmdp-primary: error: --fwd needs ports; add --vdev");
             drop(primary);
             return ExitCode::from(2);
         };
-        let lcores = cli
-            .eal
-            .lcores
-            .as_ref()
-            .map(|l| l.0.iter().map(|&c| c as usize).collect())
-            .unwrap_or_default();
-        let cfg = cli.fwd_args.config(mode, lcores);
         let code = secondary::fwdcmd::run(
             "shmdp-primary",
             &ports,
             &pool,
             shm_mempool::OwnerTag::PRIMARY,
-            &cfg,
-            cli.fwd_args.stats_json.as_ref(),
+            &resolved.cfg,
+            resolved.stats_json.as_ref(),
         );
         drop((ports, pool));
         let removed = primary.shutdown();

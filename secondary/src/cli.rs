@@ -73,9 +73,9 @@ pub enum Command {
     },
     /// Forward packets between ports (testpmd style) until SIGINT/SIGTERM or --idle-exit.
     Fwd {
-        /// Mode: io, mac, macswap, rxonly, txonly, l2switch.
-        #[arg(long = "fwd", default_value = "io")]
-        mode: fwd::Mode,
+        /// Mode: io (default), mac, macswap, rxonly, txonly, l2switch.
+        #[arg(long = "fwd")]
+        mode: Option<fwd::Mode>,
         /// Engine options.
         #[command(flatten)]
         args: crate::fwdcmd::FwdArgs,
@@ -356,8 +356,20 @@ fn mbuf_ring_cmd(
     })
 }
 
-fn fwd_cmd(eal: &EalArgs, mode: fwd::Mode, args: &crate::fwdcmd::FwdArgs) -> ExitCode {
+fn fwd_cmd(eal: &EalArgs, mode: Option<fwd::Mode>, args: &crate::fwdcmd::FwdArgs) -> ExitCode {
     let program = "shmdp-secondary";
+    let lcores = eal
+        .lcores
+        .as_ref()
+        .map(|l| l.0.iter().map(|&c| c as usize).collect())
+        .unwrap_or_default();
+    let resolved = match args.resolve(mode, lcores) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
         Err(code) => return code,
@@ -381,19 +393,13 @@ fn fwd_cmd(eal: &EalArgs, mode: fwd::Mode, args: &crate::fwdcmd::FwdArgs) -> Exi
             return ExitCode::from(2);
         }
     };
-    let lcores = eal
-        .lcores
-        .as_ref()
-        .map(|l| l.0.iter().map(|&c| c as usize).collect())
-        .unwrap_or_default();
-    let cfg = args.config(mode, lcores);
     let code = crate::fwdcmd::run(
         program,
         &ports,
         &pool,
         sec.owner_tag(),
-        &cfg,
-        args.stats_json.as_ref(),
+        &resolved.cfg,
+        resolved.stats_json.as_ref(),
     );
     drop(pool);
     sec.detach();

@@ -25,9 +25,9 @@ pub struct FwdArgs {
     /// Ports to forward between, paired in order, e.g. 0,1 or 0-3 (default: all).
     #[arg(long, value_name = "LIST", value_parser = parse_portlist)]
     pub portlist: Option<PortList>,
-    /// Packets per burst (1..=512).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
-    pub burst: u16,
+    /// Packets per burst (1..=512; default 32).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub burst: Option<u16>,
     /// Print statistics every SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub stats_period: Option<u64>,
@@ -37,9 +37,9 @@ pub struct FwdArgs {
     /// Stop after SECS seconds without a packet received (default: run until a signal).
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<f64>,
-    /// txonly: frame length in bytes (64..=1518).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1518))]
-    pub txpkts: u16,
+    /// txonly: frame length in bytes (64..=1518; default 64).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(64..=1518))]
+    pub txpkts: Option<u16>,
     /// txonly: stop after N packets per port.
     #[arg(long, value_name = "N")]
     pub tx_count: Option<u64>,
@@ -49,23 +49,119 @@ pub struct FwdArgs {
     /// Stop after SECS seconds of forwarding.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Read forwarding options from the `[fwd]` table of a TOML file (options given on
+    /// the command line win): mode, portlist, burst, lcores, stats_period, stats_json,
+    /// idle_exit, duration, txpkts, tx_count, tx_first.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The `[fwd]` table of a configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FwdFile {
+    mode: Option<String>,
+    portlist: Option<Vec<u16>>,
+    burst: Option<u16>,
+    lcores: Option<Vec<usize>>,
+    stats_period: Option<u64>,
+    stats_json: Option<PathBuf>,
+    idle_exit: Option<f64>,
+    duration: Option<f64>,
+    txpkts: Option<u16>,
+    tx_count: Option<u64>,
+    tx_first: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    fwd: Option<FwdFile>,
+}
+
+/// Forwarding options resolved from the command line, the config file and the defaults.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The engine configuration.
+    pub cfg: FwdConfig,
+    /// Where to write the final JSON report.
+    pub stats_json: Option<PathBuf>,
 }
 
 impl FwdArgs {
-    /// The engine configuration for `mode` on `lcores`.
-    pub fn config(&self, mode: Mode, lcores: Vec<usize>) -> FwdConfig {
-        FwdConfig {
-            mode,
-            portlist: self.portlist.clone().map(|p| p.0).unwrap_or_default(),
-            burst: usize::from(self.burst),
-            lcores,
-            stats_period: self.stats_period.map(Duration::from_secs),
-            idle_exit: self.idle_exit.map(Duration::from_secs_f64),
-            txpkt_len: usize::from(self.txpkts),
-            tx_count: self.tx_count,
-            tx_first: self.tx_first,
-            duration: self.duration.map(Duration::from_secs_f64),
+    /// Resolves the options: the command line (`mode`, `lcores` and these flags) wins over
+    /// the config file, which wins over the defaults.
+    ///
+    /// # Errors
+    /// One line naming the file and what is wrong in it.
+    pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, String> {
+        let file = match &self.config {
+            None => FwdFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--config {}: {e}", path.display()))?;
+                let parsed: ConfigFile = toml::from_str(&text).map_err(|e| {
+                    format!(
+                        "--config {}: {}",
+                        path.display(),
+                        e.to_string().lines().collect::<Vec<_>>().join(" ")
+                    )
+                })?;
+                parsed.fwd.unwrap_or_default()
+            }
+        };
+        let bad = |what: String| {
+            format!(
+                "--config {}: {what}",
+                self.config
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        };
+        let mode = match (mode, &file.mode) {
+            (Some(m), _) => m,
+            (None, Some(m)) => m.parse().map_err(|e: String| bad(e))?,
+            (None, None) => Mode::Io,
+        };
+        let burst = self.burst.or(file.burst).unwrap_or(32);
+        if !(1..=512).contains(&burst) {
+            return Err(bad(format!("burst {burst} must be 1..=512")));
         }
+        let txpkts = self.txpkts.or(file.txpkts).unwrap_or(64);
+        if !(64..=1518).contains(&txpkts) {
+            return Err(bad(format!("txpkts {txpkts} must be 64..=1518")));
+        }
+        Ok(Resolved {
+            cfg: FwdConfig {
+                mode,
+                portlist: self
+                    .portlist
+                    .clone()
+                    .map(|p| p.0)
+                    .or(file.portlist)
+                    .unwrap_or_default(),
+                burst: usize::from(burst),
+                lcores: if lcores.is_empty() {
+                    file.lcores.unwrap_or_default()
+                } else {
+                    lcores
+                },
+                stats_period: self
+                    .stats_period
+                    .or(file.stats_period)
+                    .map(Duration::from_secs),
+                idle_exit: self
+                    .idle_exit
+                    .or(file.idle_exit)
+                    .map(Duration::from_secs_f64),
+                txpkt_len: usize::from(txpkts),
+                tx_count: self.tx_count.or(file.tx_count),
+                tx_first: self.tx_first || file.tx_first.unwrap_or(false),
+                duration: self.duration.or(file.duration).map(Duration::from_secs_f64),
+            },
+            stats_json: self.stats_json.clone().or(file.stats_json),
+        })
     }
 }
 
@@ -124,5 +220,54 @@ pub fn run(
     } else {
         eprintln!("{program}: error: packet accounting does not balance");
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fwd: FwdArgs,
+    }
+
+    #[test]
+    fn command_line_wins_over_the_config_file() {
+        let path = std::env::temp_dir().join(format!("shmdp-fwd-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[fwd]\nmode = \"macswap\"\nportlist = [2, 3]\nburst = 64\nidle_exit = 1.5\nstats_json = \"/tmp/x.json\"\n",
+        )
+        .unwrap();
+        let p = path.display().to_string();
+        let cli = Cli::parse_from(["x", "--config", &p, "--burst", "16"]);
+        let r = cli.fwd.resolve(None, vec![]).unwrap();
+        assert_eq!(r.cfg.mode, Mode::MacSwap);
+        assert_eq!(r.cfg.portlist, vec![2, 3]);
+        assert_eq!(r.cfg.burst, 16, "the command line wins");
+        assert_eq!(r.cfg.idle_exit, Some(Duration::from_millis(1500)));
+        assert_eq!(r.stats_json, Some(PathBuf::from("/tmp/x.json")));
+        let r = cli.fwd.resolve(Some(Mode::Io), vec![1]).unwrap();
+        assert_eq!((r.cfg.mode, r.cfg.lcores.clone()), (Mode::Io, vec![1]));
+        std::fs::write(&path, "[fwd]\nburts = 3\n").unwrap();
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        assert!(e.contains("unknown field") && e.contains("burts"), "{e}");
+        std::fs::write(&path, "[fwd]\nburst = 9999\n").unwrap();
+        let cli = Cli::parse_from(["x", "--config", &p]);
+        assert!(cli
+            .fwd
+            .resolve(None, vec![])
+            .unwrap_err()
+            .contains("1..=512"));
+        std::fs::write(&path, "[fwd]\nmode = \"sideways\"\n").unwrap();
+        assert!(cli
+            .fwd
+            .resolve(None, vec![])
+            .unwrap_err()
+            .contains("unknown mode"));
+        let _ = std::fs::remove_file(path);
     }
 }

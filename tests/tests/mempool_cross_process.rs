@@ -43,7 +43,8 @@ fn pool_stats(prefix: &str, pool: &str) -> Value {
     );
     assert_eq!(code, 0, "stats: {out} {err}");
     let all: Value = serde_json::from_str(&out).expect("stats JSON");
-    all.as_array()
+    all["pools"]
+        .as_array()
         .expect("a list of pools")
         .iter()
         .find(|p| p["name"] == pool)
