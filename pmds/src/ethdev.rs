@@ -679,6 +679,7 @@ impl Port {
             claim,
             cache,
             kind,
+            handles: vec![0; MAX_BURST].into_boxed_slice(),
         })
     }
 
@@ -722,6 +723,7 @@ impl Port {
             claim,
             cache,
             kind,
+            handles: vec![0; MAX_BURST].into_boxed_slice(),
         })
     }
 
@@ -843,6 +845,8 @@ pub struct RxQueue<'c> {
     claim: QueueClaim,
     cache: &'c MbufCache,
     kind: RxKind,
+    /// Scratch space for one burst of handles (allocated once, at claim time).
+    handles: Box<[u64]>,
 }
 
 impl<'c> RxQueue<'c> {
@@ -862,7 +866,7 @@ impl<'c> RxQueue<'c> {
         let start = out.len();
         match &mut self.kind {
             RxKind::Ring(ring) => {
-                let mut handles = [0u64; MAX_BURST];
+                let handles = &mut self.handles;
                 let got = match ring {
                     RingRx::Sc(c) => c.dequeue_burst(&mut handles[..max]),
                     RingRx::Mc(c) => c.dequeue_burst(&mut handles[..max]),
@@ -956,6 +960,8 @@ pub struct TxQueue<'c> {
     claim: QueueClaim,
     cache: &'c MbufCache,
     kind: TxKind,
+    /// Scratch space for one burst of handles (allocated once, at claim time).
+    handles: Box<[u64]>,
 }
 
 impl<'c> TxQueue<'c> {
@@ -979,7 +985,7 @@ impl<'c> TxQueue<'c> {
                     .take(MAX_BURST)
                     .take_while(|m| !m.is_shared())
                     .count();
-                let mut handles = [0u64; MAX_BURST];
+                let handles = &mut self.handles;
                 for (slot, m) in handles.iter_mut().zip(pkts.drain(..k)) {
                     bytes += u64::from(m.pkt_len());
                     *slot = m.into_transit().expect("checked unshared").0;

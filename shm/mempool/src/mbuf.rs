@@ -535,6 +535,21 @@ impl MbufCache {
             wanted: 1,
         };
         let room = (self.buf_len - u32::from(self.headroom)) as usize;
+        if bytes.len() <= room {
+            // One segment: write the data and lengths directly.
+            let index = self.cache().get().ok_or_else(exhausted)?;
+            self.reset(index);
+            let h = self.header_mut(index);
+            h.data_len = bytes.len() as u16;
+            h.pkt_len = bytes.len() as u32;
+            let data = header_ptr(self.objs, self.obj_size, index)
+                .cast::<u8>()
+                .wrapping_add(MBUF_HEADER_SIZE as usize + usize::from(self.headroom));
+            // SAFETY: `index < n` (from the pool); `[headroom, headroom + len)` with `len <=
+            // room` lies in this buffer, which is ours alone (just allocated).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+            return Ok(Mbuf::from_index(self, index));
+        }
         let mut chunks = bytes.chunks(room);
         let first = chunks.next().unwrap_or(&[]);
         let mut head = self.alloc().ok_or_else(exhausted)?;
@@ -560,6 +575,20 @@ impl MbufCache {
     /// returned to the pool, a handle that is not ours or not in transit is left alone.
     pub fn adopt(&self, handle: MbufHandle) -> Result<Mbuf<'_>, MbufError> {
         let head = self.claim_transit(handle)?;
+        {
+            // One segment (nearly every packet): the same checks without the chain walk.
+            let h = self.header(head);
+            if h.nb_segs == 1
+                && h.next == 0
+                && h.index == head
+                && h.pool_id == self.pool_id
+                && h.refcnt.load(Ordering::Relaxed) == 1
+                && u32::from(h.data_off) + u32::from(h.data_len) <= self.buf_len
+                && h.pkt_len == u32::from(h.data_len)
+            {
+                return Ok(Mbuf::from_index(self, head));
+            }
+        }
         let mut segs: u32 = 1;
         let mut total: u64 = 0;
         let mut cur = head;
@@ -1071,6 +1100,14 @@ impl<'c> Mbuf<'c> {
         if self.is_shared() {
             return Err(self);
         }
+        let h = self.hdr();
+        if h.nb_segs == 1 && h.next == 0 {
+            // Release: the receiver's Acquire CAS in `adopt` sees our header and data writes.
+            h.owner.store(OwnerTag::TRANSIT.0, Ordering::Release);
+            let handle = self.handle();
+            std::mem::forget(self);
+            return Ok(handle);
+        }
         for i in self.seg_indices() {
             // Release: the receiver's Acquire CAS in `adopt` sees our header and data writes.
             self.cache
@@ -1136,6 +1173,11 @@ impl<'c> Mbuf<'c> {
 
 impl Drop for Mbuf<'_> {
     fn drop(&mut self) {
+        let h = self.hdr();
+        if h.nb_segs == 1 && h.next == 0 {
+            self.cache.release_segment(self.index);
+            return;
+        }
         // `rte_pktmbuf_free`: `seg_indices` reads each segment's `next` before yielding it,
         // so a segment is released only after the walk has left it. The walk is bounded by
         // nb_segs and validated; a cycle is stopped by the owner check in
