@@ -635,11 +635,8 @@ fn poll(
             buf.clear();
         }
     }
-    let started = Instant::now();
+    let mut pacer = Pacer::new(cfg, activity, t0, stop);
     let mut sent_by_stream = vec![0u64; streams.len()];
-    let mut last_rx = Instant::now();
-    let mut flushed = false;
-    let mut draining_since: Option<Instant> = None;
     loop {
         let mut moved = 0usize;
         for (k, s) in streams.iter().enumerate() {
@@ -719,50 +716,116 @@ fn poll(
                 (None, None) => {}
             }
         }
-        if moved > 0 {
-            last_rx = Instant::now();
-            let ns = last_rx.duration_since(t0).as_nanos() as u64;
-            activity.first.fetch_min(ns, Ordering::Relaxed);
-            activity.last.fetch_max(ns, Ordering::Relaxed);
-            flushed = false;
-            if cfg.duration.is_some_and(|d| started.elapsed() > d) {
-                break;
-            }
-            continue;
-        }
-        if cfg.duration.is_some_and(|d| started.elapsed() > d) {
-            break;
-        }
-        // Idle: make pcap output visible, then decide whether to stop.
-        if !flushed {
-            for q in lanes.tx.values_mut() {
-                q.flush();
-            }
-            flushed = true;
-        }
         let txonly_done = cfg.mode == Mode::TxOnly
             && cfg
                 .tx_count
                 .is_some_and(|l| sent_by_stream.iter().all(|&s| s >= l));
-        if txonly_done {
-            break;
-        }
-        if stop.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) && cfg.idle_exit.is_some() {
-            // Drain: one idle round is enough (nothing came in this round).
-            let since = *draining_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_millis(10) {
-                break;
+        // A finished peer thread ends an idle-bounded run too.
+        let ending = txonly_done || done.load(Ordering::Relaxed) && cfg.idle_exit.is_some();
+        match pacer.after_round(moved, ending) {
+            Step::Busy => {}
+            Step::Idle { flush } => {
+                if flush {
+                    for q in lanes.tx.values_mut() {
+                        q.flush();
+                    }
+                }
             }
+            Step::Stop => break,
         }
-        if cfg.idle_exit.is_some_and(|d| last_rx.elapsed() > d) {
-            break;
-        }
-        std::hint::spin_loop();
     }
     for q in lanes.tx.values_mut() {
         q.flush();
     }
     Ok(())
+}
+
+/// What a polling loop does after a round.
+pub(crate) enum Step {
+    /// Packets moved: go on.
+    Busy,
+    /// Nothing moved: flush buffered output if `flush` (first idle round), then go on.
+    Idle {
+        /// Flush tx queues now.
+        flush: bool,
+    },
+    /// Stop polling.
+    Stop,
+}
+
+/// The stop rules every polling loop shares: `--duration`, `--idle-exit`, a stop signal
+/// (after one more idle round, so what is in flight is drained) and activity times for
+/// the report.
+pub(crate) struct Pacer<'a> {
+    cfg: &'a FwdConfig,
+    activity: &'a Activity,
+    t0: Instant,
+    stop: &'a AtomicBool,
+    started: Instant,
+    last_rx: Instant,
+    flushed: bool,
+    draining_since: Option<Instant>,
+}
+
+impl<'a> Pacer<'a> {
+    pub(crate) fn new(
+        cfg: &'a FwdConfig,
+        activity: &'a Activity,
+        t0: Instant,
+        stop: &'a AtomicBool,
+    ) -> Pacer<'a> {
+        let now = Instant::now();
+        Pacer {
+            cfg,
+            activity,
+            t0,
+            stop,
+            started: now,
+            last_rx: now,
+            flushed: false,
+            draining_since: None,
+        }
+    }
+
+    /// Decides what to do after a round that moved `moved` packets; `ending` asks to stop
+    /// once idle (a txonly budget reached, a peer thread finished).
+    pub(crate) fn after_round(&mut self, moved: usize, ending: bool) -> Step {
+        let over = self
+            .cfg
+            .duration
+            .is_some_and(|d| self.started.elapsed() > d);
+        if moved > 0 {
+            self.last_rx = Instant::now();
+            let ns = self.last_rx.duration_since(self.t0).as_nanos() as u64;
+            self.activity.first.fetch_min(ns, Ordering::Relaxed);
+            self.activity.last.fetch_max(ns, Ordering::Relaxed);
+            self.flushed = false;
+            return if over { Step::Stop } else { Step::Busy };
+        }
+        if over {
+            return Step::Stop;
+        }
+        let flush = !std::mem::replace(&mut self.flushed, true);
+        if ending && !flush {
+            return Step::Stop;
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            // Drain: keep polling briefly; one idle round after the signal is enough.
+            let since = *self.draining_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_millis(10) {
+                return Step::Stop;
+            }
+        }
+        if self
+            .cfg
+            .idle_exit
+            .is_some_and(|d| self.last_rx.elapsed() > d)
+        {
+            return Step::Stop;
+        }
+        std::hint::spin_loop();
+        Step::Idle { flush }
+    }
 }
 
 /// Applies the mode's header rewrite to a burst about to go out on `out`.

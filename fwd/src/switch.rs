@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pmds::{Port, RxQueue, TxQueue};
 use shm_mempool::{Mbuf, MbufCache};
 
-use crate::{Activity, Counters, FwdConfig, FwdError, Stream};
+use crate::{Activity, Counters, FwdConfig, FwdError, Pacer, Step, Stream};
 
 /// Entries the MAC table holds.
 pub const TABLE_SIZE: usize = 4096;
@@ -134,9 +134,7 @@ pub(crate) fn poll(
     // The input port of each queued original, or None for a flood copy.
     let mut origin: Vec<Vec<Option<usize>>> =
         ports.iter().map(|_| Vec::with_capacity(room)).collect();
-    let mut last_rx = Instant::now();
-    let mut flushed = false;
-    let mut draining_since: Option<Instant> = None;
+    let mut pacer = Pacer::new(cfg, activity, t0, stop);
     loop {
         let mut moved = 0usize;
         let now = Instant::now();
@@ -212,30 +210,17 @@ pub(crate) fn poll(
             origin[p].clear();
             out[p].clear();
         }
-        if moved > 0 {
-            last_rx = Instant::now();
-            let ns = last_rx.duration_since(t0).as_nanos() as u64;
-            activity.first.fetch_min(ns, Ordering::Relaxed);
-            activity.last.fetch_max(ns, Ordering::Relaxed);
-            flushed = false;
-            continue;
-        }
-        if !flushed {
-            for q in tx.iter_mut().flatten() {
-                q.flush();
+        match pacer.after_round(moved, false) {
+            Step::Busy => {}
+            Step::Idle { flush } => {
+                if flush {
+                    for q in tx.iter_mut().flatten() {
+                        q.flush();
+                    }
+                }
             }
-            flushed = true;
+            Step::Stop => break,
         }
-        if stop.load(Ordering::Relaxed) {
-            let since = *draining_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_millis(10) {
-                break;
-            }
-        }
-        if cfg.idle_exit.is_some_and(|d| last_rx.elapsed() > d) {
-            break;
-        }
-        std::hint::spin_loop();
     }
     for q in tx.iter_mut().flatten() {
         q.flush();

@@ -112,37 +112,9 @@ pub enum Command {
         count: u32,
     },
     /// Send COUNT packets of SIZE bytes (sequence number + pattern) from POOL through RING.
-    MbufSend {
-        /// Pool name.
-        pool: String,
-        /// Ring name.
-        ring: String,
-        /// Packets to send.
-        #[arg(long)]
-        count: u64,
-        /// Bytes per packet (8..; packets above the data room are chained).
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
-        size: u64,
-        /// Give up after this many seconds without progress.
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-    },
+    MbufSend(MbufRingArgs),
     /// Receive COUNT packets from RING, check each payload as `mbuf-send` wrote it, free them.
-    MbufRecv {
-        /// Pool name.
-        pool: String,
-        /// Ring name.
-        ring: String,
-        /// Packets to receive.
-        #[arg(long)]
-        count: u64,
-        /// Bytes per packet.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
-        size: u64,
-        /// Give up after this many seconds without a packet.
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-    },
+    MbufRecv(MbufRingArgs),
     /// Run OPS get/put operations of random bulk sizes on POOL's objects.
     PoolStress {
         /// Pool name.
@@ -160,6 +132,24 @@ pub enum Command {
         /// Pool name.
         pool: String,
     },
+}
+
+/// Arguments of `mbuf-send` and `mbuf-recv`.
+#[derive(Debug, clap::Args)]
+pub struct MbufRingArgs {
+    /// Pool name.
+    pool: String,
+    /// Ring name.
+    ring: String,
+    /// Packets.
+    #[arg(long)]
+    count: u64,
+    /// Bytes per packet (8..; packets above the data room are chained).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    size: u64,
+    /// Give up after this many seconds without progress.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
 }
 
 /// Exit code when a pool operation or check failed.
@@ -205,38 +195,29 @@ pub fn main() -> ExitCode {
             timeout,
         } => dump_cmd(&cli.eal, port, queue, count, Duration::from_secs(timeout)),
         Command::MbufHold { pool, count } => mbuf_hold(&cli.eal, &pool, count),
-        Command::MbufSend {
-            pool,
-            ring,
-            count,
-            size,
-            timeout,
-        } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
+        Command::MbufSend(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
             let t0 = std::time::Instant::now();
-            crate::pooltool::send(cache, r, count, size as usize, Duration::from_secs(timeout)).map(
-                |n| {
-                    format!(
-                        "sent {n} packets of {size} B from {pool} into {ring} ({:.2} Mpps)",
-                        n as f64 / t0.elapsed().as_secs_f64() / 1e6
-                    )
-                },
-            )
+            let timeout = Duration::from_secs(a.timeout);
+            crate::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
+                format!(
+                    "sent {n} packets of {} B from {} into {} ({:.2} Mpps)",
+                    a.size,
+                    a.pool,
+                    a.ring,
+                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                )
+            })
         }),
-        Command::MbufRecv {
-            pool,
-            ring,
-            count,
-            size,
-            timeout,
-        } => mbuf_ring_cmd(&cli.eal, &pool, &ring, |cache, r| {
+        Command::MbufRecv(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
             let t0 = std::time::Instant::now();
-            crate::pooltool::receive(cache, r, count, size as usize, Duration::from_secs(timeout))
-                .map(|n| {
-                    format!(
-                        "received {n} packets from {ring}, payloads ok ({:.2} Mpps)",
-                        n as f64 / t0.elapsed().as_secs_f64() / 1e6
-                    )
-                })
+            let timeout = Duration::from_secs(a.timeout);
+            crate::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
+                format!(
+                    "received {n} packets from {}, payloads ok ({:.2} Mpps)",
+                    a.ring,
+                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                )
+            })
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             crate::pooltool::stress(p.mempool(), sec.owner_tag(), ops, seed)

@@ -319,6 +319,28 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `shmdp-secondary --file-prefix PREFIX ARGS...`.
+pub fn secondary(prefix: &str, args: &[&str]) -> Proc {
+    let mut a = vec!["--file-prefix", prefix];
+    a.extend_from_slice(args);
+    Proc::spawn("shmdp-secondary", &a, None)
+}
+
+/// Waits up to `secs` for `p` to exit and returns (exit code, stdout, stderr).
+///
+/// # Panics
+/// If it does not exit in time (with what it printed).
+pub fn finish(p: &mut Proc, secs: u64) -> (i32, String, String) {
+    let st = p
+        .wait_exit(Duration::from_secs(secs))
+        .unwrap_or_else(|| panic!("did not finish: {:?} {:?}", p.stdout(), p.stderr()));
+    (
+        st.code().unwrap_or(-1),
+        p.stdout().join("\n"),
+        p.stderr().join("\n"),
+    )
+}
+
 /// Runs a program to completion (10 s at most) and returns (exit code, stdout, stderr).
 pub fn run(program: &str, args: &[&str]) -> (i32, String, String) {
     let mut p = Proc::spawn(program, args, None);

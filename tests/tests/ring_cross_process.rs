@@ -9,23 +9,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tests::*;
 
-fn secondary(prefix: &str, args: &[&str]) -> Proc {
-    let mut a = vec!["--file-prefix", prefix];
-    a.extend_from_slice(args);
-    Proc::spawn("shmdp-secondary", &a, None)
-}
-
-fn finish(p: &mut Proc, secs: u64) -> (i32, String, String) {
-    let st = p
-        .wait_exit(Duration::from_secs(secs))
-        .unwrap_or_else(|| panic!("did not finish: {:?} {:?}", p.stdout(), p.stderr()));
-    (
-        st.code().unwrap_or(-1),
-        p.stdout().join("\n"),
-        p.stderr().join("\n"),
-    )
-}
-
 #[test]
 fn secondary_drains_what_the_primary_fills() {
     let prefix = unique_prefix("ringfill");
