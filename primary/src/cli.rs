@@ -47,6 +47,12 @@ pub struct PrimaryCli {
     /// Descriptors per port queue (ring capacity of net_ring queues).
     #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
     pub nb_desc: u32,
+    /// Export a memseg to a QEMU guest as an IVSHMEM device (repeatable):
+    /// GROUP:KIND=NAME,... with KIND ring, pool or memzone; GROUP is a memseg of its own
+    /// holding those objects, e.g. --memseg vm1=16 --ring vm1_rx=1024@vm1
+    /// --ivshmem vm1:ring=vm1_rx. `shmdp-qemu-cmdgen` prints the QEMU arguments.
+    #[arg(long = "ivshmem", value_name = "GROUP:KIND=NAME,...", value_parser = parse_export)]
+    pub exports: Vec<crate::ExportRequest>,
     /// Forward between the ports in the primary itself (also with --config): io, mac,
     /// macswap, rxonly, txonly, l2switch
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
@@ -55,6 +61,49 @@ pub struct PrimaryCli {
     /// Forwarding options (with --fwd).
     #[command(flatten)]
     pub fwd_args: secondary::fwdcmd::FwdArgs,
+}
+
+fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
+    let usage = || {
+        format!("--ivshmem {s:?}: expected GROUP:KIND=NAME,..., e.g. vm1:ring=vm1_rx,pool=vm1_pool")
+    };
+    let (group, rest) = s.split_once(':').ok_or_else(usage)?;
+    shm::runtime::check_memseg_name(group)?;
+    let mut items = Vec::new();
+    for item in rest.split(',') {
+        let (kind, name) = item.split_once('=').ok_or_else(usage)?;
+        let kind = match kind {
+            "ring" => ivshmem_meta::Kind::Ring,
+            "pool" | "mempool" => ivshmem_meta::Kind::Mempool,
+            "memzone" => ivshmem_meta::Kind::Memzone,
+            "port" => {
+                return Err(format!(
+                    "--ivshmem {s:?}: exporting ports is not supported yet; export the port's rings (ring=NAME) instead"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "--ivshmem {s:?}: unknown kind {other:?} (ring, pool, memzone)"
+                ))
+            }
+        };
+        if shm::layout::encode_name(name).is_none() {
+            return Err(format!(
+                "--ivshmem {s:?}: name {name:?} must be 1..31 bytes"
+            ));
+        }
+        items.push((kind, name.to_string()));
+    }
+    if items.len() > ivshmem_meta::MAX_ENTRIES {
+        return Err(format!(
+            "--ivshmem {s:?}: at most {} objects per group",
+            ivshmem_meta::MAX_ENTRIES
+        ));
+    }
+    Ok(crate::ExportRequest {
+        group: group.to_string(),
+        items,
+    })
 }
 
 fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {
@@ -232,6 +281,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         mempools: cli.mempools.clone(),
         vdevs: cli.vdevs.clone(),
         nb_desc: cli.nb_desc,
+        exports: cli.exports.clone(),
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,

@@ -96,7 +96,23 @@ pub struct PrimaryConfig {
     pub vdevs: Vec<pmds::DevArgs>,
     /// Descriptors per port queue (ring capacity of `net_ring` queues).
     pub nb_desc: u32,
+    /// IVSHMEM export groups.
+    pub exports: Vec<ExportRequest>,
 }
+
+/// An IVSHMEM export group: the memseg named `group` becomes one guest's segment, and its
+/// metadata block names `items` (each must live in that memseg).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequest {
+    /// The group (and its memseg's) name.
+    pub group: String,
+    /// What is exported: kind and object name.
+    pub items: Vec<(ivshmem_meta::Kind, String)>,
+}
+
+/// Name of the memzone holding an export segment's metadata block (the first memzone of
+/// the segment, at [`ivshmem_meta::META_OFFSET`]).
+pub const EXPORT_META_ZONE: &str = "shmdp_ivshmem";
 
 /// Name of the pool made for ports when no `--mempool` is given (as testpmd's).
 pub const DEFAULT_POOL: &str = "mbuf_pool";
@@ -156,6 +172,26 @@ impl Primary {
                 )));
             }
             requests.push(m.clone());
+        }
+        for (i, e) in config.exports.iter().enumerate() {
+            if e.group == MAIN_MEMSEG {
+                return Err(PrimaryError::Config(format!(
+                    "--ivshmem {}: the main memseg holds everything and cannot be exported; export a memseg of its own (--memseg vm1=16)",
+                    e.group
+                )));
+            }
+            if !requests.iter().any(|r| r.name == e.group) {
+                return Err(PrimaryError::Config(format!(
+                    "--ivshmem {0}: no memseg named {0}; add --memseg {0}=16 and create the exported objects in it (e.g. --ring {0}_rx=1024@{0})",
+                    e.group
+                )));
+            }
+            if config.exports[..i].iter().any(|o| o.group == e.group) {
+                return Err(PrimaryError::Config(format!(
+                    "--ivshmem {}: the group is given twice",
+                    e.group
+                )));
+            }
         }
         for (i, d) in config.vdevs.iter().enumerate() {
             if config.vdevs[..i].iter().any(|e| e.name == d.name) {
@@ -249,6 +285,25 @@ impl Primary {
             let seg = Memseg::create(&spec)?;
             primary.memsegs.push(Arc::new(seg));
         }
+        // Export segments get their metadata block first, so it sits at the documented offset.
+        for e in &config.exports {
+            let seg = primary
+                .memsegs
+                .iter()
+                .find(|s| s.name() == e.group)
+                .expect("checked above");
+            let zone = seg.reserve(
+                EXPORT_META_ZONE,
+                ivshmem_meta::BLOCK_SIZE as u64,
+                4096,
+                MemzoneKind::Raw,
+            )?;
+            assert_eq!(
+                zone.offset,
+                ivshmem_meta::META_OFFSET,
+                "first memzone of the segment"
+            );
+        }
         let run = primary.memsegs[0].reserve(RUN_INFO_ZONE, 64, 64, MemzoneKind::Raw)?;
         let info = [std::process::id() as u64, generation];
         run.region()
@@ -323,6 +378,9 @@ impl Primary {
                     .push(port);
             }
         }
+        for e in &config.exports {
+            primary.write_export(e)?;
+        }
         for seg in &primary.memsegs {
             seg.mark_ready();
         }
@@ -385,6 +443,76 @@ impl Primary {
     /// The mbuf pool named `name`.
     pub fn mbuf_pool(&self, name: &str) -> Option<shm_mempool::MbufPool> {
         self.pools.get(name)
+    }
+
+    /// Writes the metadata block of export group `e` (its objects must already exist).
+    fn write_export(&self, e: &ExportRequest) -> Result<()> {
+        let seg = self
+            .memsegs
+            .iter()
+            .find(|s| s.name() == e.group)
+            .expect("checked at start");
+        let mut entries = Vec::new();
+        for (kind, name) in &e.items {
+            let zone = seg.lookup(name).map_err(|_| {
+                PrimaryError::Config(format!(
+                    "--ivshmem {}: {} {name} is not in memseg {}; create it there ({name}=...@{})",
+                    e.group,
+                    kind.name(),
+                    e.group,
+                    e.group
+                ))
+            })?;
+            let (want, elem_size, flags) = match kind {
+                ivshmem_meta::Kind::Ring => (MemzoneKind::Ring, 8, 0),
+                ivshmem_meta::Kind::Mempool => {
+                    let pool = shm_mempool::Mempool::from_memzone(&zone)
+                        .map_err(|err| PrimaryError::Config(err.to_string()))?;
+                    (
+                        MemzoneKind::Mempool,
+                        pool.obj_size(),
+                        u32::from(pool.is_mbuf_pool()),
+                    )
+                }
+                ivshmem_meta::Kind::Memzone => (MemzoneKind::Raw, 0, 0),
+                ivshmem_meta::Kind::Port => (MemzoneKind::Port, 0, 0),
+            };
+            if zone.kind != want {
+                return Err(PrimaryError::Config(format!(
+                    "--ivshmem {}: {name} is a {:?}, not a {}",
+                    e.group,
+                    zone.kind,
+                    kind.name()
+                )));
+            }
+            entries.push(ivshmem_meta::Entry {
+                name: name.clone(),
+                kind: *kind,
+                flags,
+                offset: zone.offset,
+                length: zone.len_bytes,
+                elem_size,
+            });
+        }
+        let meta = ivshmem_meta::Meta {
+            group: e.group.clone(),
+            segment_size: seg.size_bytes(),
+            entries,
+        };
+        let block = ivshmem_meta::encode(&meta)
+            .map_err(|err| PrimaryError::Config(format!("--ivshmem {}: {err}", e.group)))?;
+        seg.region()
+            .write(ivshmem_meta::META_OFFSET, &block)
+            .map_err(shm::Error::from)?;
+        tracing::info!(
+            "export group {}: {} objects in {}",
+            e.group,
+            meta.entries.len(),
+            seg.path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        Ok(())
     }
 
     /// The ports, by id.

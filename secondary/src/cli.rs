@@ -96,6 +96,17 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Work on an IVSHMEM export segment, as a guest does (no primary connection needed):
+    /// inside a QEMU guest with --dev auto, on the host with the segment file.
+    Ivshmem {
+        /// `auto`, `auto:GROUP`, a PCI address (0000:00:10.0), or a path (resource2 or the
+        /// segment file).
+        #[arg(long, default_value = "auto")]
+        dev: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: IvshmemCommand,
+    },
     /// Print every port's and mempool's statistics (as the primary reports them).
     Stats {
         /// Print JSON instead of text.
@@ -131,6 +142,50 @@ pub enum Command {
     PoolAudit {
         /// Pool name.
         pool: String,
+    },
+}
+
+/// What `ivshmem` does.
+#[derive(Debug, Subcommand)]
+pub enum IvshmemCommand {
+    /// Print the export group's metadata (objects, offsets, sizes).
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive COUNT packets on ring RX and send each back on ring TX.
+    Echo {
+        /// Pool the packets belong to.
+        #[arg(long)]
+        pool: String,
+        /// Ring to receive from.
+        #[arg(long)]
+        rx: String,
+        /// Ring to send on.
+        #[arg(long)]
+        tx: String,
+        /// Packets.
+        #[arg(long)]
+        count: u64,
+        /// Give up after this many seconds without a packet.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Send COUNT numbered packets (as `mbuf-send` writes them) on ring TX.
+    Gen {
+        /// Pool to allocate from.
+        #[arg(long)]
+        pool: String,
+        /// Ring to send on.
+        #[arg(long)]
+        tx: String,
+        /// Packets.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per packet.
+        #[arg(long, default_value_t = 64)]
+        size: u64,
     },
 }
 
@@ -188,6 +243,7 @@ pub fn main() -> ExitCode {
         }),
         Command::Stats { json } => stats(&cli.eal, json),
         Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
+        Command::Ivshmem { dev, command } => ivshmem_cmd(&dev, command),
         Command::Dump {
             port,
             queue,
@@ -428,6 +484,111 @@ fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Durati
     match result {
         Ok(n) => {
             println!("{program}: dumped {n} packets");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
+    let program = "shmdp-secondary";
+    let seg = match crate::ivshmem::ExportSegment::open(dev) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = (|| -> Result<String, String> {
+        match command {
+            IvshmemCommand::Info { json } => {
+                let m = seg.meta();
+                if json {
+                    let entries: Vec<serde_json::Value> = m
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({"name": e.name, "kind": e.kind.name(), "offset": e.offset,
+                                "length": e.length, "elem_size": e.elem_size, "flags": e.flags})
+                        })
+                        .collect();
+                    let v = serde_json::json!({"group": m.group, "segment_size": m.segment_size,
+                        "path": seg.path().display().to_string(), "entries": entries});
+                    return Ok(serde_json::to_string_pretty(&v).expect("serialisable"));
+                }
+                let mut out = format!(
+                    "export group {} ({} bytes) at {}",
+                    m.group,
+                    m.segment_size,
+                    seg.path().display()
+                );
+                for e in &m.entries {
+                    out += &format!(
+                        "\n  {:<8} {:<31} offset {:#010x} len {:>10} elem {}",
+                        e.kind.name(),
+                        e.name,
+                        e.offset,
+                        e.length,
+                        e.elem_size
+                    );
+                }
+                Ok(out)
+            }
+            IvshmemCommand::Echo {
+                pool,
+                rx,
+                tx,
+                count,
+                timeout,
+            } => {
+                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
+                let cache = pool
+                    .uncached(shm_mempool::OwnerTag::GUEST)
+                    .map_err(|e| e.to_string())?;
+                let (rx, tx) = (
+                    seg.ring(&rx).map_err(|e| e.to_string())?,
+                    seg.ring(&tx).map_err(|e| e.to_string())?,
+                );
+                let t0 = std::time::Instant::now();
+                let n =
+                    crate::pooltool::echo(&cache, &rx, &tx, count, Duration::from_secs(timeout))
+                        .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "echoed {n} packets from {} to {} ({:.3} Mpps)",
+                    rx.name(),
+                    tx.name(),
+                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                ))
+            }
+            IvshmemCommand::Gen {
+                pool,
+                tx,
+                count,
+                size,
+            } => {
+                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
+                let cache = pool
+                    .uncached(shm_mempool::OwnerTag::GUEST)
+                    .map_err(|e| e.to_string())?;
+                let tx = seg.ring(&tx).map_err(|e| e.to_string())?;
+                let n = crate::pooltool::send(
+                    &cache,
+                    &tx,
+                    count,
+                    size as usize,
+                    Duration::from_secs(30),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(format!("sent {n} packets on {}", tx.name()))
+            }
+        }
+    })();
+    match result {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod fwdcmd;
+pub mod ivshmem;
 pub mod pooltool;
 pub mod ringtool;
 

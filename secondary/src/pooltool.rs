@@ -135,6 +135,58 @@ pub fn receive(
     Ok(got)
 }
 
+/// Receives `count` packets from `rx` and sends each back, unchanged, on `tx` (the guest
+/// side of an echo test); returns how many went back.
+///
+/// # Errors
+/// A refused handle, ring errors, or no packet for `timeout`.
+pub fn echo(
+    cache: &MbufCache,
+    rx: &Ring<u64>,
+    tx: &Ring<u64>,
+    count: u64,
+    timeout: Duration,
+) -> Result<u64, PoolToolError> {
+    let err = |ring: &Ring<u64>| {
+        let name = ring.name().to_string();
+        move |source| PoolToolError::Ring {
+            ring: name.clone(),
+            source,
+        }
+    };
+    let mut deq = RingSide::consumer(rx).map_err(err(rx))?;
+    let mut enq = RingSide::producer(tx).map_err(err(tx))?;
+    let mut done = 0;
+    let mut last = Instant::now();
+    while done < count {
+        let Some(raw) = deq.take().map_err(err(rx))? else {
+            if last.elapsed() > timeout {
+                return Err(PoolToolError::Timeout(format!(
+                    "echoed {done} of {count} packets; nothing for {timeout:?}"
+                )));
+            }
+            std::thread::yield_now();
+            continue;
+        };
+        last = Instant::now();
+        let m = cache
+            .adopt(MbufHandle(raw))
+            .map_err(|e| PoolToolError::Check(format!("packet {done}: {e}")))?;
+        let handle = m.into_transit().expect("an adopted mbuf is not shared");
+        while !enq.put(handle.0).map_err(err(tx))? {
+            if last.elapsed() > timeout {
+                return Err(PoolToolError::Timeout(format!(
+                    "ring {} stayed full for {timeout:?}",
+                    tx.name()
+                )));
+            }
+            std::thread::yield_now();
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
 /// Runs `ops` get/put operations of varying bulk sizes (1..=48) through a cached handle:
 /// the pool's objects must all be back and distinct afterwards ([`Mempool::audit`]).
 pub fn stress(

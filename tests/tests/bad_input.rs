@@ -205,6 +205,40 @@ fn primary_rejects_bad_options_with_one_line_and_no_files() {
             "unknown mode",
         ),
         (&["--file-prefix", pp, "--portlist", "x"], "--portlist"),
+        (
+            &["--file-prefix", pp, "--ivshmem", "vm1"],
+            "GROUP:KIND=NAME",
+        ),
+        (
+            &["--file-prefix", pp, "--ivshmem", "vm1:bogus=x"],
+            "unknown kind",
+        ),
+        (
+            &["--file-prefix", pp, "--ivshmem", "vm1:port=net_ring0"],
+            "export the port's rings",
+        ),
+        (
+            &["--file-prefix", pp, "--ivshmem", "main:ring=r"],
+            "cannot be exported",
+        ),
+        (
+            &["--file-prefix", pp, "--ivshmem", "vm1:ring=r"],
+            "--memseg vm1=16",
+        ),
+        (
+            &[
+                "--file-prefix",
+                pp,
+                "--no-huge",
+                "--memseg",
+                "vm1=4",
+                "--ring",
+                "r=64",
+                "--ivshmem",
+                "vm1:ring=r",
+            ],
+            "is not in memseg vm1",
+        ),
     ];
     for (args, expect) in cases {
         refused("shmdp-primary", pp, args, expect);

@@ -331,6 +331,33 @@ impl MbufPool {
         })
     }
 
+    /// A per-thread allocator without a cache slot: every get and put goes to the free
+    /// ring. For processes whose pid means nothing to the host (a guest), which must not
+    /// hold a cache slot that host processes judge by pid.
+    ///
+    /// # Errors
+    /// [`PoolError::Create`] for a tag that is not a process tag.
+    pub fn uncached(&self, owner: OwnerTag) -> Result<MbufCache, PoolError> {
+        if !owner.is_process() {
+            return Err(PoolError::Create(format!(
+                "owner tag {} is not a process tag",
+                owner.0
+            )));
+        }
+        let sh = &self.pool.shared;
+        Ok(MbufCache {
+            cache: UnsafeCell::new(self.pool.uncached()),
+            pool: self.clone(),
+            owner: owner.0,
+            pool_id: sh.info.pool_id,
+            n: sh.info.obj_count,
+            obj_size: sh.info.obj_size,
+            objs: sh.objs,
+            headroom: sh.info.headroom as u16,
+            buf_len: sh.info.headroom + sh.info.data_room,
+        })
+    }
+
     /// Buffers whose header says `owner` holds them.
     pub fn owned_by(&self, owner: OwnerTag) -> u64 {
         let sh = &self.pool.shared;

@@ -17,6 +17,8 @@ impl OwnerTag {
     pub const TRANSIT: OwnerTag = OwnerTag(u32::MAX);
     /// The primary (process slot 0).
     pub const PRIMARY: OwnerTag = OwnerTag(1);
+    /// A QEMU guest attached through IVSHMEM (no process slot on the host).
+    pub const GUEST: OwnerTag = OwnerTag(0x4000_0000);
 
     /// The tag of process slot `slot` (0 = primary).
     pub fn process(slot: u32) -> OwnerTag {

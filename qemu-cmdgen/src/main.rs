@@ -1,0 +1,39 @@
+//! `shmdp-qemu-cmdgen`: prints the QEMU arguments for a running primary's export groups.
+//!
+//! usage: shmdp-qemu-cmdgen --file-prefix P [--group G]... [--format shell|json|libvirt]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use qemu_cmdgen::Format;
+use shm::runtime::FilePrefix;
+
+/// Prints the QEMU arguments (memory-backend-file + ivshmem-plain) that give a guest the
+/// export groups of a running shmdp primary.
+#[derive(Debug, Parser)]
+#[command(name = "shmdp-qemu-cmdgen", version, about)]
+struct Cli {
+    /// The primary's --file-prefix.
+    #[arg(long, default_value = "shmdp")]
+    file_prefix: FilePrefix,
+    /// Only this group (repeatable; default: every exported group).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    /// shell (default), json or libvirt.
+    #[arg(long, default_value = "shell")]
+    format: Format,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = shm::eal::parse_args_or_exit("shmdp-qemu-cmdgen");
+    match qemu_cmdgen::discover(&cli.file_prefix, &cli.groups) {
+        Ok(exports) => {
+            print!("{}", qemu_cmdgen::render(&exports, cli.format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shmdp-qemu-cmdgen: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

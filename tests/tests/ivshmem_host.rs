@@ -1,0 +1,138 @@
+//! IVSHMEM export segments without a VM: the primary exports a group, `shmdp-qemu-cmdgen`
+//! prints the QEMU arguments for its file, and a host process that maps the same file the
+//! way a guest maps BAR2 (`shmdp-secondary ivshmem --dev FILE`) echoes 10^5 numbered packets
+//! that a normal secondary sends and checks. A corrupted metadata block is refused clearly.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tests::*;
+
+fn export_primary(prefix: &str) -> Proc {
+    let mut args = vec![
+        "-m",
+        "32",
+        "--memseg",
+        "vm1=8",
+        "--ring",
+        "vm1_rx=1024@vm1",
+        "--ring",
+        "vm1_tx=1024@vm1",
+        "--mempool",
+        "vm1_pool=2047:0@vm1",
+        "--ivshmem",
+        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    Proc::primary(prefix, &args)
+}
+
+fn segment(prefix: &str) -> PathBuf {
+    std::fs::read_link(runtime_dir(prefix).join("vm1.seg")).expect("segment link")
+}
+
+#[test]
+fn cmdgen_prints_the_devices_and_refuses_clearly() {
+    let prefix = unique_prefix("cmdgen");
+    let (code, _, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no primary is running"), "{err}");
+    let _p = export_primary(&prefix);
+    let file = segment(&prefix);
+    let (code, out, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "-object memory-backend-file,id=shmdp-vm1,mem-path={},size=8388608,share=on -device ivshmem-plain,memdev=shmdp-vm1,addr=0x10",
+            file.display()
+        )
+    );
+    let (code, out, _) = run(
+        "shmdp-qemu-cmdgen",
+        &["--file-prefix", &prefix, "--format", "json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(4));
+    let (code, _, err) = run(
+        "shmdp-qemu-cmdgen",
+        &["--file-prefix", &prefix, "--group", "vm9"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("\"vm9\" is not exported") && err.contains("vm1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_host_process_mapping_the_segment_echoes_1e5_packets() {
+    let prefix = unique_prefix("ivecho");
+    let _p = export_primary(&prefix);
+    let file = segment(&prefix).display().to_string();
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["ivshmem", "--dev", &file, "info", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let info: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["group"], "vm1");
+    assert_eq!(info["entries"].as_array().map(Vec::len), Some(3));
+    let mut guest = Proc::spawn(
+        "shmdp-secondary",
+        &[
+            "ivshmem", "--dev", &file, "echo", "--pool", "vm1_pool", "--rx", "vm1_rx", "--tx",
+            "vm1_tx", "--count", "100000",
+        ],
+        None,
+    );
+    let mut recv = secondary(
+        &prefix,
+        &["mbuf-recv", "vm1_pool", "vm1_tx", "--count", "100000"],
+    );
+    let mut send = secondary(
+        &prefix,
+        &["mbuf-send", "vm1_pool", "vm1_rx", "--count", "100000"],
+    );
+    for p in [&mut send, &mut guest, &mut recv] {
+        let (code, out, err) = finish(p, 120);
+        assert_eq!(code, 0, "{out} {err}");
+    }
+    assert!(recv
+        .stdout()
+        .join("\n")
+        .contains("received 100000 packets from vm1_tx, payloads ok"));
+    let (code, out, _) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pools"][0]["available"], 2047, "{v}");
+}
+
+#[test]
+fn a_segment_with_corrupt_metadata_is_refused() {
+    let prefix = unique_prefix("ivbad");
+    let _p = export_primary(&prefix);
+    let file = segment(&prefix);
+    // Map it as any process of the group can (hugetlbfs has no write(2)) and flip a byte
+    // inside the first entry's name: the checksum no longer matches.
+    let seg = shm::Memseg::attach(&file).unwrap();
+    let at = ivshmem_meta::META_OFFSET + 64 + 2;
+    let b: u8 = seg.region().read_copy(at).unwrap();
+    seg.region().write(at, &(b ^ 0x20)).unwrap();
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["ivshmem", "--dev", &file.display().to_string(), "info"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("checksum") && err.contains("corrupt"), "{err}");
+    // qemu-cmdgen no longer sees an export there.
+    let (code, _, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exports no group"), "{err}");
+}
