@@ -5,7 +5,9 @@
 set -euo pipefail
 HUGEPAGES=${SHMDP_HUGEPAGES:-512}
 # DPDK (dpdk-dev) is installed by the bench scripts that compare against it.
-APT_PACKAGES=(build-essential pkg-config tshark)
+APT_PACKAGES=(build-essential pkg-config tshark busybox-static cpio iproute2 python3)
+# QEMU 10.x (the guests' emulated devices we target) comes from bookworm-backports.
+QEMU_PACKAGE=qemu-system-x86
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -23,6 +25,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; then
+  say "installing $QEMU_PACKAGE from bookworm-backports"
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      > /etc/apt/sources.list.d/bookworm-backports.sources
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends -t bookworm-backports "$QEMU_PACKAGE" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
