@@ -346,7 +346,10 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
     }
     if forwarding {
         let ports = primary.ports();
-        let Some(pool) = primary.pools().first() else {
+        let Some(pool) = ports
+            .first()
+            .and_then(|p| primary.mbuf_pool(&p.rx_pool_name()))
+        else {
             eprintln!("shmdp-primary: error: --fwd needs ports; add --vdev");
             drop(primary);
             return ExitCode::from(2);

@@ -150,6 +150,8 @@ pub struct Primary {
     fallback_warning: Option<String>,
     pools: Arc<PoolRegistry>,
     ports: Arc<std::sync::Mutex<Vec<pmds::Port>>>,
+    /// Names of the memsegs exported to guests.
+    exported: Vec<String>,
 }
 
 impl Primary {
@@ -238,6 +240,7 @@ impl Primary {
             fallback_warning: None,
             pools: Arc::new(PoolRegistry::default()),
             ports: Arc::new(std::sync::Mutex::new(Vec::new())),
+            exported: config.exports.iter().map(|e| e.group.clone()).collect(),
         };
         // Size every memseg for the largest page size we might get, then pick the store.
         let max_page = backing::huge_mounts()
@@ -343,22 +346,31 @@ impl Primary {
                 .map_err(|e| PrimaryError::Config(e.to_string()))?;
         }
         if !config.vdevs.is_empty() {
-            if primary.pools.stats().is_empty() {
-                let req = MempoolRequest {
-                    name: DEFAULT_POOL.into(),
-                    count: 8191,
-                    cache_size: 256,
-                    data_room: shm_mempool::DEFAULT_DATA_ROOM,
-                    memseg: MAIN_MEMSEG.into(),
-                };
-                primary
-                    .pools
-                    .create(&primary.memsegs[0], &req)
-                    .map_err(|e| {
-                        PrimaryError::Config(format!("default mbuf pool: {e} (raise -m)"))
-                    })?;
-            }
-            let pool = primary.pools.first().expect("created above");
+            // Ports allocate from the first pool outside any export segment: a pool a guest
+            // can write to is no place for host packets.
+            let host_pool = config
+                .mempools
+                .iter()
+                .find(|m| !config.exports.iter().any(|e| e.group == m.memseg))
+                .and_then(|m| primary.pools.get(&m.name));
+            let pool = match host_pool {
+                Some(p) => p,
+                None => {
+                    let req = MempoolRequest {
+                        name: DEFAULT_POOL.into(),
+                        count: 8191,
+                        cache_size: 256,
+                        data_room: shm_mempool::DEFAULT_DATA_ROOM,
+                        memseg: MAIN_MEMSEG.into(),
+                    };
+                    primary
+                        .pools
+                        .create(&primary.memsegs[0], &req)
+                        .map_err(|e| {
+                            PrimaryError::Config(format!("default mbuf pool: {e} (raise -m)"))
+                        })?
+                }
+            };
             for (i, d) in config.vdevs.iter().enumerate() {
                 let setup = pmds::PortSetup {
                     port_id: i as u16,
@@ -568,6 +580,7 @@ impl Primary {
                     .unwrap_or_default(),
                 size_bytes: s.size_bytes(),
                 hugetlb: s.is_hugetlb(),
+                exported: self.exported.iter().any(|g| g == s.name()),
             })
             .collect()
     }

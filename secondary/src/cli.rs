@@ -172,6 +172,16 @@ pub enum IvshmemCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Overwrite the whole segment with random bytes ROUNDS times (a hostile guest, for
+    /// robustness tests: the host must survive it). Does not read the metadata.
+    Scribble {
+        /// Passes over the segment.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Send COUNT numbered packets (as `mbuf-send` writes them) on ring TX.
     Gen {
         /// Pool to allocate from.
@@ -495,6 +505,27 @@ fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Durati
 
 fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
     let program = "shmdp-secondary";
+    if let IvshmemCommand::Scribble { rounds, seed } = command {
+        let path = if dev.starts_with("auto") {
+            crate::ivshmem::find_devices().into_iter().next()
+        } else {
+            Some(std::path::PathBuf::from(dev))
+        };
+        let Some(path) = path else {
+            eprintln!("{program}: error: no ivshmem device found");
+            return ExitCode::from(2);
+        };
+        return match crate::ivshmem::scribble(&path, rounds, seed) {
+            Ok(n) => {
+                println!("scribbled {n} bytes over {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{program}: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let seg = match crate::ivshmem::ExportSegment::open(dev) {
         Ok(s) => s,
         Err(e) => {
@@ -563,6 +594,7 @@ fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                     n as f64 / t0.elapsed().as_secs_f64() / 1e6
                 ))
             }
+            IvshmemCommand::Scribble { .. } => unreachable!("handled above"),
             IvshmemCommand::Gen {
                 pool,
                 tx,

@@ -204,6 +204,45 @@ impl ExportSegment {
     }
 }
 
+/// Overwrites the whole segment at `path` with pseudo-random bytes `rounds` times: what a
+/// hostile or broken guest can do, for robustness tests (the host must survive it).
+///
+/// # Errors
+/// When the segment cannot be mapped.
+pub fn scribble(path: &Path, rounds: u32, seed: u64) -> Result<u64, IvshmemError> {
+    let io = |source| IvshmemError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let region = Region::from_mmap(memmap2::MmapOptions::new().map_raw(&file).map_err(io)?);
+    let mut x = seed | 1;
+    let mut chunk = [0u8; 4096];
+    let mut written = 0u64;
+    for _ in 0..rounds {
+        let mut off = 0;
+        while off < region.len() {
+            for w in chunk.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            // Segments are powers of two of at least 2 MiB: whole 4 KiB chunks.
+            region
+                .write(off, &chunk)
+                .map_err(|e| IvshmemError::Object(e.to_string()))?;
+            off += chunk.len() as u64;
+            written += chunk.len() as u64;
+        }
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,8 @@ pub struct Secondary {
     conn: UnixStream,
     welcome: Welcome,
     memsegs: Vec<Memseg>,
+    /// Per memseg: an IVSHMEM export segment (guest-writable, never trusted to be intact).
+    exported: Vec<bool>,
 }
 
 impl Secondary {
@@ -151,8 +153,31 @@ impl Secondary {
             };
         conn.set_read_timeout(None).map_err(proto)?;
         let mut memsegs = Vec::with_capacity(welcome.memsegs.len());
+        let mut exported = Vec::with_capacity(welcome.memsegs.len());
         for rec in &welcome.memsegs {
-            let seg = Memseg::attach(std::path::Path::new(&rec.path))?;
+            let seg = match Memseg::attach(std::path::Path::new(&rec.path)) {
+                Ok(seg) => seg,
+                // A guest can write anything into its export segment, its memseg header
+                // included: a ruined export costs this process that segment, nothing more.
+                Err(e) if rec.exported => {
+                    tracing::warn!(
+                        "export segment {} is unusable ({e}); continuing without it",
+                        rec.name
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if rec.exported
+                && (seg.header().generation != welcome.generation
+                    || seg.size_bytes() != rec.size_bytes)
+            {
+                tracing::warn!(
+                    "export segment {} has a scribbled header; continuing without it",
+                    rec.name
+                );
+                continue;
+            }
             if seg.header().generation != welcome.generation || seg.size_bytes() != rec.size_bytes {
                 return Err(AttachError::Memseg(shm::Error::BadMemseg(format!(
                     "{} belongs to generation {} but the primary runs generation {}",
@@ -162,12 +187,14 @@ impl Secondary {
                 ))));
             }
             memsegs.push(seg);
+            exported.push(rec.exported);
         }
         Ok(Secondary {
             prefix: prefix.clone(),
             conn,
             welcome,
             memsegs,
+            exported,
         })
     }
 
@@ -202,9 +229,12 @@ impl Secondary {
     /// [`shm::Error::NotFound`] if no memseg has it; [`shm::Error::BadMemseg`] if a table
     /// is corrupt.
     pub fn lookup(&self, name: &str) -> Result<Memzone, shm::Error> {
-        for seg in &self.memsegs {
+        for (seg, &exported) in self.memsegs.iter().zip(&self.exported) {
             match seg.lookup(name) {
                 Err(shm::Error::NotFound(_)) => continue,
+                // A guest may have scribbled over its export segment's memzone table: that
+                // hides what is in it, never what is in the other memsegs.
+                Err(_) if exported => continue,
                 other => return other,
             }
         }
@@ -246,7 +276,13 @@ impl Secondary {
     pub fn ports(&self) -> Result<Vec<pmds::Port>, pmds::PortError> {
         let find = |name: &str| self.lookup(name).ok();
         let mut ports = Vec::new();
-        for seg in &self.memsegs {
+        // Ports are never exported to guests: export segments are not searched.
+        for (seg, _) in self
+            .memsegs
+            .iter()
+            .zip(&self.exported)
+            .filter(|(_, &exported)| !exported)
+        {
             let zones = seg
                 .memzones()
                 .map_err(|e| pmds::PortError::BadPort(e.to_string()))?;

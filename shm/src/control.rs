@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -86,6 +86,9 @@ pub struct MemsegRecord {
     pub size_bytes: u64,
     /// True when on hugetlbfs.
     pub hugetlb: bool,
+    /// True for an IVSHMEM export segment: a guest may write anything into it, so a
+    /// secondary that finds it unusable continues without it.
+    pub exported: bool,
 }
 
 /// Writes one framed message.

@@ -143,3 +143,191 @@ fn a_guest_refuses_a_segment_with_corrupt_metadata() {
         boot.serial
     );
 }
+
+#[test]
+fn two_guests_each_see_only_their_own_group() {
+    let Some(lab) = lab() else { return };
+    let guest_bin = release_bin("secondary", "shmdp-secondary");
+    let prefix = unique_prefix("vmtwo");
+    let mut args = vec!["-m", "32"];
+    for g in ["vm1", "vm2"] {
+        args.extend(["--memseg", if g == "vm1" { "vm1=4" } else { "vm2=4" }]);
+    }
+    args.extend([
+        "--ring",
+        "a_rx=256@vm1",
+        "--ring",
+        "b_rx=256@vm2",
+        "--mempool",
+        "a_pool=511:0@vm1",
+        "--mempool",
+        "b_pool=511:0@vm2",
+        "--ivshmem",
+        "vm1:ring=a_rx,pool=a_pool",
+        "--ivshmem",
+        "vm2:ring=b_rx,pool=b_pool",
+    ]);
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let _p = Proc::primary(&prefix, &args);
+    let mut boots = Vec::new();
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (group, mine, theirs) in [("vm1", "a_rx", "b_rx"), ("vm2", "b_rx", "a_rx")] {
+            let (code, out, err) = run(
+                "shmdp-qemu-cmdgen",
+                &[
+                    "--file-prefix",
+                    &prefix,
+                    "--group",
+                    group,
+                    "--format",
+                    "json",
+                ],
+            );
+            assert_eq!(code, 0, "{err}");
+            let qargs: Vec<String> = serde_json::from_str::<Value>(&out)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            // One ivshmem device, its own group, its own ring, not the other's.
+            let script = format!(
+                "n=$(grep -l 0x1110 /sys/bus/pci/devices/*/device | wc -l); [ $n -eq 1 ] || exit 1\nout=$(shmdp-secondary ivshmem --dev auto info) || exit 1\necho \"$out\"\necho \"$out\" | grep -q 'export group {group} ' && echo \"$out\" | grep -q ' {mine} ' && ! echo \"$out\" | grep -q ' {theirs} '\n"
+            );
+            let initrd = lab.initramfs(group, &[&guest_bin], &script).unwrap();
+            handles.push(
+                s.spawn(move || lab.boot(&initrd, &qargs, Duration::from_secs(120)).unwrap()),
+            );
+        }
+        for h in handles {
+            boots.push(h.join().unwrap());
+        }
+    });
+    for b in &boots {
+        assert!(b.passed, "guest failed:\n{}", b.serial);
+    }
+}
+
+#[test]
+fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
+    let Some(lab) = lab() else { return };
+    let guest_bin = release_bin("secondary", "shmdp-secondary");
+    let prefix = unique_prefix("vmscrib");
+    let mut args = vec![
+        "-m",
+        "32",
+        "--memseg",
+        "vm1=4",
+        "--ring",
+        "vm1_rx=256@vm1",
+        "--mempool",
+        "vm1_pool=511:0@vm1",
+        "--ivshmem",
+        "vm1:ring=vm1_rx,pool=vm1_pool",
+        "--ring",
+        "in=1024",
+        "--ring",
+        "out=1024",
+        "--vdev",
+        "net_ring0,rx_ring=in",
+        "--vdev",
+        "net_ring1,tx_ring=out",
+        "--vdev",
+        "net_ring2,tx_ring=in",
+        "--vdev",
+        "net_ring3,rx_ring=out",
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let mut p = Proc::primary(&prefix, &args);
+    // The guest fills BAR2 (all of its segment) with random bytes, over and over.
+    let script = "shmdp-secondary ivshmem --dev auto scribble --rounds 3\n";
+    let initrd = lab.initramfs("scribble", &[&guest_bin], script).unwrap();
+    let (code, out, err) = run(
+        "shmdp-qemu-cmdgen",
+        &["--file-prefix", &prefix, "--format", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let qargs: Vec<String> = serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    // Host traffic on other memory keeps flowing while the guest scribbles.
+    let mut sink = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "rxonly",
+            "--portlist",
+            "3",
+            "--idle-exit",
+            "3",
+        ],
+    );
+    let mut mid = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "io",
+            "--portlist",
+            "0,1",
+            "--idle-exit",
+            "3",
+        ],
+    );
+    let mut src = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "txonly",
+            "--portlist",
+            "2",
+            "--tx-count",
+            "200000",
+        ],
+    );
+    let boot = lab.boot(&initrd, &qargs, Duration::from_secs(120)).unwrap();
+    assert!(boot.passed, "guest failed:\n{}", boot.serial);
+    for q in [&mut src, &mut mid, &mut sink] {
+        let (code, out, err) = finish(q, 120);
+        assert_eq!(code, 0, "{out} {err}");
+    }
+    // The primary is alive, answers, and reports the ruined export without crashing.
+    assert!(p.try_status().is_none(), "primary died: {:?}", p.stderr());
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["ports"][3]["rx_packets"], v["ports"][1]["tx_packets"],
+        "{v}"
+    );
+    // Its own pool (main memseg) is whole again; the export is refused by a new reader.
+    let file = std::fs::read_link(runtime_dir(&prefix).join("vm1.seg")).unwrap();
+    let (code, _, err) = run(
+        "shmdp-secondary",
+        &["ivshmem", "--dev", &file.display().to_string(), "info"],
+    );
+    assert_eq!(code, 2, "{err}");
+    let main_pool = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mbuf_pool")
+        .unwrap()
+        .clone();
+    assert_eq!(main_pool["available"], 8191, "{main_pool}");
+}
