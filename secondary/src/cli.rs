@@ -126,6 +126,22 @@ pub enum Command {
     MbufSend(MbufRingArgs),
     /// Receive COUNT packets from RING, check each payload as `mbuf-send` wrote it, free them.
     MbufRecv(MbufRingArgs),
+    /// Receive COUNT packets on ring RX and send each back on ring TX (as `ivshmem echo`
+    /// does in a guest).
+    MbufEcho {
+        /// Pool the packets belong to.
+        pool: String,
+        /// Ring to receive from.
+        rx: String,
+        /// Ring to send on.
+        tx: String,
+        /// Packets.
+        #[arg(long)]
+        count: u64,
+        /// Give up after this many seconds without a packet.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Run OPS get/put operations of random bulk sizes on POOL's objects.
     PoolStress {
         /// Pool name.
@@ -284,6 +300,31 @@ pub fn main() -> ExitCode {
                     n as f64 / t0.elapsed().as_secs_f64() / 1e6
                 )
             })
+        }),
+        Command::MbufEcho {
+            pool,
+            rx,
+            tx,
+            count,
+            timeout,
+        } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            let ring = |name: &str| {
+                sec.ring(name)
+                    .map_err(|source| crate::pooltool::PoolToolError::Ring {
+                        ring: name.to_string(),
+                        source,
+                    })
+            };
+            let (rx, tx) = (ring(&rx)?, ring(&tx)?);
+            let cache = p.cache(sec.owner_tag())?;
+            let t0 = std::time::Instant::now();
+            let n = crate::pooltool::echo(&cache, &rx, &tx, count, Duration::from_secs(timeout))?;
+            Ok(format!(
+                "echoed {n} packets from {} to {} ({:.3} Mpps)",
+                rx.name(),
+                tx.name(),
+                n as f64 / t0.elapsed().as_secs_f64() / 1e6
+            ))
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             crate::pooltool::stress(p.mempool(), sec.owner_tag(), ops, seed)
