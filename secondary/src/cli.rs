@@ -188,6 +188,27 @@ pub enum IvshmemCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Print the statistics of every pool in the segment.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive and print the first COUNT packets of ring RX (consumed and freed).
+    Dump {
+        /// Pool the packets belong to.
+        #[arg(long)]
+        pool: String,
+        /// Ring to read.
+        #[arg(long)]
+        rx: String,
+        /// Packets to print.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// Give up after this many seconds without a packet.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Overwrite the whole segment with random bytes ROUNDS times (a hostile guest, for
     /// robustness tests: the host must survive it). Does not read the metadata.
     Scribble {
@@ -525,7 +546,10 @@ fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Durati
             }
             last = std::time::Instant::now();
             for m in burst.drain(..) {
-                println!("{}", crate::pooltool::describe(port_id, queue, seen, &m));
+                println!(
+                    "{}",
+                    crate::pooltool::describe(&format!("port {port_id}/{queue}"), seen, &m)
+                );
                 seen += 1;
             }
         }
@@ -636,6 +660,43 @@ fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                 ))
             }
             IvshmemCommand::Scribble { .. } => unreachable!("handled above"),
+            IvshmemCommand::Stats { json } => {
+                let mut stats = Vec::new();
+                for e in seg
+                    .meta()
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == ivshmem_meta::Kind::Mempool)
+                {
+                    stats.push(
+                        seg.mbuf_pool(&e.name)
+                            .map_err(|e| e.to_string())?
+                            .mempool()
+                            .stats(),
+                    );
+                }
+                if json {
+                    return Ok(serde_json::to_string_pretty(&stats).expect("serialisable"));
+                }
+                crate::pooltool::print_stats(&stats);
+                Ok(String::new())
+            }
+            IvshmemCommand::Dump {
+                pool,
+                rx,
+                count,
+                timeout,
+            } => {
+                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
+                let cache = pool
+                    .uncached(shm_mempool::OwnerTag::GUEST)
+                    .map_err(|e| e.to_string())?;
+                let ring = seg.ring(&rx).map_err(|e| e.to_string())?;
+                let lines =
+                    crate::pooltool::dump_ring(&cache, &ring, count, Duration::from_secs(timeout))
+                        .map_err(|e| e.to_string())?;
+                Ok(lines.join("\n"))
+            }
             IvshmemCommand::Gen {
                 pool,
                 tx,

@@ -221,9 +221,9 @@ pub fn stress(
     Ok(done)
 }
 
-/// One line describing packet `n` seen on `port`/`queue`: MACs, EtherType (and VLAN),
-/// lengths, segments, and the first bytes after the Ethernet header.
-pub fn describe(port: u16, queue: u16, n: u64, m: &shm_mempool::Mbuf<'_>) -> String {
+/// One line describing packet `n` seen at `place` (e.g. `port 0/1`): MACs, EtherType (and
+/// VLAN), lengths, segments, and the first bytes after the Ethernet header.
+pub fn describe(place: &str, n: u64, m: &shm_mempool::Mbuf<'_>) -> String {
     let d = m.data();
     let mac = |b: &[u8]| {
         b.iter()
@@ -231,7 +231,7 @@ pub fn describe(port: u16, queue: u16, n: u64, m: &shm_mempool::Mbuf<'_>) -> Str
             .collect::<Vec<_>>()
             .join(":")
     };
-    let mut line = format!("port {port}/{queue} #{n}: ");
+    let mut line = format!("{place} #{n}: ");
     if d.len() >= 14 {
         let (mut et, mut off) = (u16::from_be_bytes([d[12], d[13]]), 14);
         line += &format!("src={} dst={}", mac(&d[6..12]), mac(&d[0..6]));
@@ -250,6 +250,42 @@ pub fn describe(port: u16, queue: u16, n: u64, m: &shm_mempool::Mbuf<'_>) -> Str
         line += &format!("runt length={}", m.pkt_len());
     }
     line
+}
+
+/// Takes up to `count` packets from `ring` (waiting up to `timeout` for each), describes
+/// each one and frees it.
+///
+/// # Errors
+/// A refused handle or a ring error.
+pub fn dump_ring(
+    cache: &MbufCache,
+    ring: &Ring<u64>,
+    count: u64,
+    timeout: Duration,
+) -> Result<Vec<String>, PoolToolError> {
+    let err = |source| PoolToolError::Ring {
+        ring: ring.name().to_string(),
+        source,
+    };
+    let mut deq = RingSide::consumer(ring).map_err(err)?;
+    let mut lines = Vec::new();
+    let mut last = Instant::now();
+    while (lines.len() as u64) < count && last.elapsed() < timeout {
+        let Some(raw) = deq.take().map_err(err)? else {
+            std::thread::yield_now();
+            continue;
+        };
+        last = Instant::now();
+        let m = cache
+            .adopt(MbufHandle(raw))
+            .map_err(|e| PoolToolError::Check(e.to_string()))?;
+        lines.push(describe(
+            &format!("ring {}", ring.name()),
+            lines.len() as u64,
+            &m,
+        ));
+    }
+    Ok(lines)
 }
 
 /// Prints port statistics as text.

@@ -136,3 +136,34 @@ fn a_segment_with_corrupt_metadata_is_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("exports no group"), "{err}");
 }
+
+#[test]
+fn guest_side_gen_dump_and_stats_work_on_the_segment_alone() {
+    let prefix = unique_prefix("ivtools");
+    let _p = export_primary(&prefix);
+    let file = segment(&prefix).display().to_string();
+    let iv = |args: &[&str]| {
+        let mut a = vec!["ivshmem", "--dev", file.as_str()];
+        a.extend_from_slice(args);
+        run("shmdp-secondary", &a)
+    };
+    let (code, out, err) = iv(&[
+        "gen", "--pool", "vm1_pool", "--tx", "vm1_rx", "--count", "5", "--size", "60",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = iv(&[
+        "dump", "--pool", "vm1_pool", "--rx", "vm1_rx", "--count", "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("ring vm1_rx #"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[4].contains("length=60"), "{out}");
+    let (code, out, err) = iv(&["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "vm1_pool");
+    assert_eq!(v[0]["available"], 2047, "{v}");
+}
