@@ -58,7 +58,8 @@ pub struct PrimaryCli {
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
     #[arg(long = "fwd", value_name = "MODE")]
     pub fwd: Option<fwd::Mode>,
-    /// Forwarding options (with --fwd).
+    /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
+    /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
     #[command(flatten)]
     pub fwd_args: secondary::fwdcmd::FwdArgs,
 }
@@ -255,7 +256,6 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let forwarding = cli.fwd.is_some() || cli.fwd_args.config.is_some();
     let lcores = cli
         .eal
         .lcores
@@ -269,6 +269,36 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let forwarding = cli.fwd.is_some() || resolved.file_has_fwd;
+    let mut exports = cli.exports.clone();
+    match secondary::fwdcmd::ivshmem_exports(&cli.fwd_args) {
+        Ok(groups) => {
+            for g in groups {
+                let text = g
+                    .ring
+                    .iter()
+                    .map(|n| format!("ring={n}"))
+                    .chain(g.pool.iter().map(|n| format!("pool={n}")))
+                    .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                match parse_export(&format!("{}:{text}", g.group)) {
+                    Ok(e) => exports.push(e),
+                    Err(e) => {
+                        eprintln!(
+                            "shmdp-primary: error: --config [[ivshmem]] {}: {e}",
+                            g.group
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("shmdp-primary: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if forwarding && cli.vdevs.is_empty() {
         eprintln!("shmdp-primary: error: --fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1");
         return ExitCode::from(2);
@@ -281,7 +311,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         mempools: cli.mempools.clone(),
         vdevs: cli.vdevs.clone(),
         nb_desc: cli.nb_desc,
-        exports: cli.exports.clone(),
+        exports,
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,

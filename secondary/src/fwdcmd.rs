@@ -77,6 +77,49 @@ struct FwdFile {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     fwd: Option<FwdFile>,
+    /// Export groups: read by the primary (`ivshmem_exports`), ignored here.
+    #[allow(dead_code)]
+    ivshmem: Option<Vec<ExportFile>>,
+}
+
+/// One `[[ivshmem]]` table: an export group and what it exports.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    /// Group (and memseg) name.
+    pub group: String,
+    /// Rings to export.
+    #[serde(default)]
+    pub ring: Vec<String>,
+    /// Pools to export.
+    #[serde(default)]
+    pub pool: Vec<String>,
+    /// Memzones to export.
+    #[serde(default)]
+    pub memzone: Vec<String>,
+}
+
+fn read_config(path: &std::path::Path) -> Result<ConfigFile, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "--config {}: {}",
+            path.display(),
+            e.to_string().lines().collect::<Vec<_>>().join(" ")
+        )
+    })
+}
+
+/// The `[[ivshmem]]` export groups of the config file, if one is given.
+///
+/// # Errors
+/// One line naming the file and the problem.
+pub fn ivshmem_exports(args: &FwdArgs) -> Result<Vec<ExportFile>, String> {
+    match &args.config {
+        None => Ok(Vec::new()),
+        Some(path) => Ok(read_config(path)?.ivshmem.unwrap_or_default()),
+    }
 }
 
 /// Forwarding options resolved from the command line, the config file and the defaults.
@@ -86,6 +129,8 @@ pub struct Resolved {
     pub cfg: FwdConfig,
     /// Where to write the final JSON report.
     pub stats_json: Option<PathBuf>,
+    /// True when the config file has a `[fwd]` table (asks the primary to forward).
+    pub file_has_fwd: bool,
 }
 
 impl FwdArgs {
@@ -95,19 +140,12 @@ impl FwdArgs {
     /// # Errors
     /// One line naming the file and what is wrong in it.
     pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, String> {
-        let file = match &self.config {
-            None => FwdFile::default(),
+        let (file, file_has_fwd) = match &self.config {
+            None => (FwdFile::default(), false),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--config {}: {e}", path.display()))?;
-                let parsed: ConfigFile = toml::from_str(&text).map_err(|e| {
-                    format!(
-                        "--config {}: {}",
-                        path.display(),
-                        e.to_string().lines().collect::<Vec<_>>().join(" ")
-                    )
-                })?;
-                parsed.fwd.unwrap_or_default()
+                let parsed = read_config(path)?;
+                let has = parsed.fwd.is_some();
+                (parsed.fwd.unwrap_or_default(), has)
             }
         };
         let bad = |what: String| {
@@ -161,6 +199,7 @@ impl FwdArgs {
                 duration: self.duration.or(file.duration).map(Duration::from_secs_f64),
             },
             stats_json: self.stats_json.clone().or(file.stats_json),
+            file_has_fwd,
         })
     }
 }

@@ -167,3 +167,56 @@ fn guest_side_gen_dump_and_stats_work_on_the_segment_alone() {
     assert_eq!(v[0]["name"], "vm1_pool");
     assert_eq!(v[0]["available"], 2047, "{v}");
 }
+
+#[test]
+fn export_groups_can_come_from_the_toml_config() {
+    let prefix = unique_prefix("ivtoml");
+    let cfg = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(
+        &cfg,
+        "[[ivshmem]]\ngroup = \"vm1\"\nring = [\"vm1_rx\", \"vm1_tx\"]\npool = [\"vm1_pool\"]\n",
+    )
+    .unwrap();
+    let c = cfg.display().to_string();
+    let mut args = vec![
+        "-m",
+        "32",
+        "--memseg",
+        "vm1=8",
+        "--ring",
+        "vm1_rx=1024@vm1",
+        "--ring",
+        "vm1_tx=1024@vm1",
+        "--mempool",
+        "vm1_pool=2047:0@vm1",
+        "--config",
+        &c,
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let _p = Proc::primary(&prefix, &args);
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &[
+            "ivshmem",
+            "--dev",
+            &segment(&prefix).display().to_string(),
+            "info",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(3), "{v}");
+    // A bad group in the file is one clear line at start.
+    std::fs::write(&cfg, "[[ivshmem]]\ngroup = \"vm9\"\nring = [\"x\"]\n").unwrap();
+    let p2 = unique_prefix("ivtoml2");
+    let (code, _, err) = run(
+        "shmdp-primary",
+        &["--file-prefix", &p2, "--no-huge", "--config", &c],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no memseg named vm9"), "{err}");
+    let _ = std::fs::remove_file(cfg);
+}
