@@ -47,7 +47,7 @@ pub struct DevArgs {
 /// Keys each driver accepts.
 fn known_keys(driver: Driver) -> &'static [&'static str] {
     match driver {
-        Driver::Ring => &["rx_ring", "tx_ring", "queues", "nb_desc"],
+        Driver::Ring => &["rx_ring", "tx_ring", "queues", "nb_desc", "guest_pool"],
         Driver::Pcap => &["rx_pcap", "tx_pcap", "rx_iface", "tx_iface", "iface"],
     }
 }

@@ -95,6 +95,9 @@ enum DriverRes {
     Ring {
         rx: Vec<Ring<u64>>,
         tx: Vec<Ring<u64>>,
+        /// Guest-facing port (`guest_pool=`): its rings are in an IVSHMEM export segment
+        /// and packets are copied between this pool and the host's at the boundary.
+        guest_pool: Option<MbufPool>,
     },
     /// Files or interfaces.
     Pcap {
@@ -359,36 +362,57 @@ impl Port {
             Ring::from_memzone(&z).map_err(|e| bad(format!("ring {n}: {e}")))
         };
         let res = match driver {
-            Driver::Ring => match (devargs.get("rx_ring"), devargs.get("tx_ring")) {
-                // Named rings: one queue per ring, in order (from_rings).
-                (Some(_), _) | (_, Some(_)) => DriverRes::Ring {
-                    rx: devargs
-                        .get_all("rx_ring")
-                        .into_iter()
-                        .map(ring)
-                        .collect::<Result<_, _>>()?,
-                    tx: devargs
-                        .get_all("tx_ring")
-                        .into_iter()
-                        .map(ring)
-                        .collect::<Result<_, _>>()?,
-                },
-                // Loopback: queue q's rx and tx are the same ring.
-                (None, None) => DriverRes::Ring {
-                    rx: (0..info.nb_rx_queues)
-                        .map(|q| ring(&ring_name(&name, q)))
-                        .collect::<Result<_, _>>()?,
-                    tx: (0..info.nb_tx_queues)
-                        .map(|q| ring(&ring_name(&name, q)))
-                        .collect::<Result<_, _>>()?,
-                },
-            },
+            Driver::Ring => {
+                match (devargs.get("rx_ring"), devargs.get("tx_ring")) {
+                    _ if devargs.get("guest_pool").is_some()
+                        && devargs.get("rx_ring").is_none()
+                        && devargs.get("tx_ring").is_none() =>
+                    {
+                        return Err(bad("guest_pool= needs rx_ring=/tx_ring= rings in the guest's export segment".into()));
+                    }
+                    // Named rings: one queue per ring, in order (from_rings).
+                    (Some(_), _) | (_, Some(_)) => DriverRes::Ring {
+                        rx: devargs
+                            .get_all("rx_ring")
+                            .into_iter()
+                            .map(ring)
+                            .collect::<Result<_, _>>()?,
+                        tx: devargs
+                            .get_all("tx_ring")
+                            .into_iter()
+                            .map(ring)
+                            .collect::<Result<_, _>>()?,
+                        guest_pool: match devargs.get("guest_pool") {
+                            None => None,
+                            Some(n) => {
+                                let z = find(n)
+                                    .ok_or_else(|| bad(format!("guest pool {n} not found")))?;
+                                Some(
+                                    shm_mempool::Mempool::from_memzone(&z)
+                                        .and_then(MbufPool::from_mempool)
+                                        .map_err(|e| bad(format!("guest pool {n}: {e}")))?,
+                                )
+                            }
+                        },
+                    },
+                    // Loopback: queue q's rx and tx are the same ring.
+                    (None, None) => DriverRes::Ring {
+                        guest_pool: None,
+                        rx: (0..info.nb_rx_queues)
+                            .map(|q| ring(&ring_name(&name, q)))
+                            .collect::<Result<_, _>>()?,
+                        tx: (0..info.nb_tx_queues)
+                            .map(|q| ring(&ring_name(&name, q)))
+                            .collect::<Result<_, _>>()?,
+                    },
+                }
+            }
             Driver::Pcap => {
                 let p = PcapEnds::of(&devargs).map_err(bad)?;
                 DriverRes::Pcap { rx: p.rx, tx: p.tx }
             }
         };
-        if let DriverRes::Ring { rx, tx } = &res {
+        if let DriverRes::Ring { rx, tx, .. } = &res {
             if rx.len() != usize::from(info.nb_rx_queues)
                 || tx.len() != usize::from(info.nb_tx_queues)
             {
@@ -675,6 +699,7 @@ impl Port {
             }
         };
         Ok(RxQueue {
+            guest: self.guest_cache(cache)?,
             port: self.clone(),
             claim,
             cache,
@@ -719,12 +744,28 @@ impl Port {
             }
         };
         Ok(TxQueue {
+            guest: self.guest_cache(cache)?,
             port: self.clone(),
             claim,
             cache,
             kind,
             handles: vec![0; MAX_BURST].into_boxed_slice(),
         })
+    }
+
+    /// For a guest-facing ring port, a cacheless handle on the guest's pool (its cache
+    /// slots live in guest-writable memory: never claimed by a host process).
+    fn guest_cache(&self, host: &MbufCache) -> Result<Option<MbufCache>, PortError> {
+        match &self.shared.res {
+            DriverRes::Ring {
+                guest_pool: Some(pool),
+                ..
+            } => pool
+                .uncached(host.owner())
+                .map(Some)
+                .map_err(|e| self.cfg(e)),
+            _ => Ok(None),
+        }
     }
 
     fn check_pool(&self, cache: &MbufCache) -> Result<(), PortError> {
@@ -847,6 +888,8 @@ pub struct RxQueue<'c> {
     kind: RxKind,
     /// Scratch space for one burst of handles (allocated once, at claim time).
     handles: Box<[u64]>,
+    /// Guest-facing ports: the guest pool's allocator (packets are copied out of it).
+    guest: Option<MbufCache>,
 }
 
 impl<'c> RxQueue<'c> {
@@ -877,7 +920,30 @@ impl<'c> RxQueue<'c> {
                 });
                 let mut refused = 0;
                 for &h in &handles[..got] {
-                    match self.cache.adopt(MbufHandle(h)) {
+                    let adopted = match &self.guest {
+                        // Guest-facing: the packet lives in guest-writable memory; copy it
+                        // into a host mbuf (no later change by the guest can reach it) and
+                        // give the guest's buffer back.
+                        Some(g) => match g.adopt(MbufHandle(h)) {
+                            Ok(gm) => {
+                                let copy = if gm.nb_segs() == 1 {
+                                    self.cache.alloc_from(gm.data())
+                                } else {
+                                    self.cache.alloc_from(&gm.to_vec())
+                                };
+                                match copy {
+                                    Ok(m) => Ok(m),
+                                    Err(_) => {
+                                        self.claim.bump(|b| &b.dropped, 1);
+                                        continue;
+                                    }
+                                }
+                            }
+                            Err(e) => Err(e),
+                        },
+                        None => self.cache.adopt(MbufHandle(h)),
+                    };
+                    match adopted {
                         Ok(mut m) => {
                             m.set_port(port_id);
                             bytes += u64::from(m.pkt_len());
@@ -962,6 +1028,8 @@ pub struct TxQueue<'c> {
     kind: TxKind,
     /// Scratch space for one burst of handles (allocated once, at claim time).
     handles: Box<[u64]>,
+    /// Guest-facing ports: the guest pool's allocator (packets are copied into it).
+    guest: Option<MbufCache>,
 }
 
 impl<'c> TxQueue<'c> {
@@ -978,6 +1046,35 @@ impl<'c> TxQueue<'c> {
         }
         let mut bytes = 0u64;
         let sent = match &mut self.kind {
+            TxKind::Ring(ring) if self.guest.is_some() => {
+                let g = self.guest.as_ref().expect("checked");
+                let handles = &mut self.handles;
+                // Copy into the guest's pool: the guest can only reach its own segment.
+                let mut k = 0;
+                for m in pkts.iter().take(MAX_BURST) {
+                    let copy = if m.nb_segs() == 1 {
+                        g.alloc_from(m.data())
+                    } else {
+                        g.alloc_from(&m.to_vec())
+                    };
+                    let Ok(copy) = copy else { break };
+                    handles[k] = copy.into_transit().expect("a fresh mbuf is not shared").0;
+                    k += 1;
+                }
+                let pushed = match ring {
+                    RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
+                }
+                .unwrap_or(0);
+                // Copies that did not fit go back to the guest pool; their originals stay
+                // the caller's.
+                for &h in &handles[pushed..k] {
+                    drop(g.adopt(MbufHandle(h)));
+                }
+                bytes = pkts[..pushed].iter().map(|m| u64::from(m.pkt_len())).sum();
+                pkts.drain(..pushed);
+                pushed
+            }
             TxKind::Ring(ring) => {
                 // Shared mbufs cannot cross processes: the first one ends the burst.
                 let k = pkts

@@ -224,10 +224,12 @@ fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
         "vm1=4",
         "--ring",
         "vm1_rx=256@vm1",
+        "--ring",
+        "vm1_tx=256@vm1",
         "--mempool",
         "vm1_pool=511:0@vm1",
         "--ivshmem",
-        "vm1:ring=vm1_rx,pool=vm1_pool",
+        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
         "--ring",
         "in=1024",
         "--ring",
@@ -240,6 +242,8 @@ fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
         "net_ring2,tx_ring=in",
         "--vdev",
         "net_ring3,rx_ring=out",
+        "--vdev",
+        "net_ring4,rx_ring=vm1_tx,tx_ring=vm1_rx,guest_pool=vm1_pool",
     ];
     if !require_hugepages() {
         args.push("--no-huge");
@@ -273,6 +277,23 @@ fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
             "3",
         ],
     );
+    // A host forwarder polls the guest-facing port while the guest scribbles over its rings.
+    let json = std::env::temp_dir().join(format!("{prefix}-guestport.json"));
+    let json_s = json.display().to_string();
+    let mut guest_rx = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "rxonly",
+            "--portlist",
+            "4",
+            "--duration",
+            "25",
+            "--stats-json",
+            &json_s,
+        ],
+    );
     let mut mid = secondary(
         &prefix,
         &[
@@ -299,10 +320,16 @@ fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
     );
     let boot = lab.boot(&initrd, &qargs, Duration::from_secs(120)).unwrap();
     assert!(boot.passed, "guest failed:\n{}", boot.serial);
-    for q in [&mut src, &mut mid, &mut sink] {
+    for q in [&mut src, &mut mid, &mut sink, &mut guest_rx] {
         let (code, out, err) = finish(q, 120);
         assert_eq!(code, 0, "{out} {err}");
     }
+    // What the guest wrote was refused and counted, not obeyed.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let errors = report["ports"][0]["errors"].as_u64().unwrap();
+    println!("guest-facing port: {errors} errors counted while the guest scribbled");
+    assert!(errors > 0, "{report}");
+    let _ = std::fs::remove_file(json);
     // The primary is alive, answers, and reports the ruined export without crashing.
     assert!(p.try_status().is_none(), "primary died: {:?}", p.stderr());
     let (code, out, err) = run(

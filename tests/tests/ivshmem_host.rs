@@ -220,3 +220,98 @@ fn export_groups_can_come_from_the_toml_config() {
     assert!(err.contains("no memseg named vm9"), "{err}");
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn a_guest_facing_port_copies_packets_across_the_boundary() {
+    let prefix = unique_prefix("ivport");
+    let input = std::env::temp_dir().join(format!("{prefix}-in.pcap"));
+    let output = std::env::temp_dir().join(format!("{prefix}-out.pcap"));
+    let frames: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            (0..(60 + i as usize % 1400))
+                .map(|b| (b as u32 ^ i) as u8)
+                .collect()
+        })
+        .collect();
+    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
+    for f in &frames {
+        w.write(0, f.len(), [&f[..]]).unwrap();
+    }
+    drop(w);
+    let pcap = format!(
+        "net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    let mut args = vec![
+        "-m",
+        "64",
+        "--memseg",
+        "vm1=8",
+        "--ring",
+        "vm1_rx=1024@vm1",
+        "--ring",
+        "vm1_tx=1024@vm1",
+        "--mempool",
+        "vm1_pool=2047:0@vm1",
+        "--ivshmem",
+        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
+        "--vdev",
+        &pcap,
+        "--vdev",
+        "net_ring1,rx_ring=vm1_tx,tx_ring=vm1_rx,guest_pool=vm1_pool",
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let _p = Proc::primary(&prefix, &args);
+    let file = segment(&prefix).display().to_string();
+    // The "guest" echoes whatever the host port sends it.
+    let mut guest = Proc::spawn(
+        "shmdp-secondary",
+        &[
+            "ivshmem", "--dev", &file, "echo", "--pool", "vm1_pool", "--rx", "vm1_rx", "--tx",
+            "vm1_tx", "--count", "2000",
+        ],
+        None,
+    );
+    let mut fwd = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "io",
+            "--portlist",
+            "0,1",
+            "--idle-exit",
+            "1",
+        ],
+    );
+    let (code, out, err) = finish(&mut guest, 60);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = finish(&mut fwd, 60);
+    assert_eq!(code, 0, "{out} {err}");
+    let data = std::fs::read(&output).unwrap();
+    let (mut fmt, mut pos) = pmds::pcap_file::open(&data).unwrap();
+    let mut back = Vec::new();
+    while let Some((r, next)) = pmds::pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
+        back.push(r.data.to_vec());
+        pos = next;
+    }
+    assert_eq!(
+        back, frames,
+        "every frame went to the guest and back, in order"
+    );
+    let (code, out, _) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    for p in v["pools"].as_array().unwrap() {
+        assert_eq!(p["available"], p["count"], "{p}");
+    }
+    assert_eq!(v["ports"][1]["errors"], 0, "{v}");
+    let _ = std::fs::remove_file(input);
+    let _ = std::fs::remove_file(output);
+}
