@@ -321,6 +321,31 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a primary on `prefix` that exports group `vm1` (its own 8 MiB memseg) holding
+/// rings `vm1_rx`, `vm1_tx` and a 2047-mbuf cacheless pool `vm1_pool`, plus `extra`
+/// arguments; the IVSHMEM tests' common setup.
+pub fn export_primary(prefix: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "-m",
+        "32",
+        "--memseg",
+        "vm1=8",
+        "--ring",
+        "vm1_rx=1024@vm1",
+        "--ring",
+        "vm1_tx=1024@vm1",
+        "--mempool",
+        "vm1_pool=2047:0@vm1",
+        "--ivshmem",
+        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
+    ];
+    args.extend_from_slice(extra);
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    Proc::primary(prefix, &args)
+}
+
 /// Starts `shmdp-secondary --file-prefix PREFIX ARGS...`.
 pub fn secondary(prefix: &str, args: &[&str]) -> Proc {
     let mut a = vec!["--file-prefix", prefix];

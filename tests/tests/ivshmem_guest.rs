@@ -12,27 +12,6 @@ use tests::*;
 
 const COUNT: &str = "100000";
 
-fn export_primary(prefix: &str) -> Proc {
-    let mut args = vec![
-        "-m",
-        "32",
-        "--memseg",
-        "vm1=8",
-        "--ring",
-        "vm1_rx=1024@vm1",
-        "--ring",
-        "vm1_tx=1024@vm1",
-        "--mempool",
-        "vm1_pool=2047:0@vm1",
-        "--ivshmem",
-        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
-    ];
-    if !require_hugepages() {
-        args.push("--no-huge");
-    }
-    Proc::primary(prefix, &args)
-}
-
 fn lab() -> Option<&'static VmLab> {
     match VmLab::get() {
         Ok(l) => Some(l),
@@ -66,7 +45,7 @@ fn a_guest_echoes_1e5_packets_through_its_ivshmem_segment() {
     );
     let initrd = lab.initramfs("echo", &[&guest_bin], &script).unwrap();
     let prefix = unique_prefix("vmecho");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let args = qemu_args(&prefix);
     let mut recv = secondary(
         &prefix,
@@ -129,7 +108,7 @@ fn a_guest_refuses_a_segment_with_corrupt_metadata() {
     let script = "out=$(shmdp-secondary ivshmem --dev auto info 2>&1); code=$?; echo \"$out\"; [ $code -eq 2 ] && echo \"$out\" | grep -q 'checksum'\n";
     let initrd = lab.initramfs("badmeta", &[&guest_bin], script).unwrap();
     let prefix = unique_prefix("vmbad");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let args = qemu_args(&prefix);
     let file = std::fs::read_link(runtime_dir(&prefix).join("vm1.seg")).unwrap();
     let seg = shm::Memseg::attach(&file).unwrap();

@@ -8,27 +8,6 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tests::*;
 
-fn export_primary(prefix: &str) -> Proc {
-    let mut args = vec![
-        "-m",
-        "32",
-        "--memseg",
-        "vm1=8",
-        "--ring",
-        "vm1_rx=1024@vm1",
-        "--ring",
-        "vm1_tx=1024@vm1",
-        "--mempool",
-        "vm1_pool=2047:0@vm1",
-        "--ivshmem",
-        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
-    ];
-    if !require_hugepages() {
-        args.push("--no-huge");
-    }
-    Proc::primary(prefix, &args)
-}
-
 fn segment(prefix: &str) -> PathBuf {
     std::fs::read_link(runtime_dir(prefix).join("vm1.seg")).expect("segment link")
 }
@@ -39,7 +18,7 @@ fn cmdgen_prints_the_devices_and_refuses_clearly() {
     let (code, _, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
     assert_eq!(code, 2);
     assert!(err.contains("no primary is running"), "{err}");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let file = segment(&prefix);
     let (code, out, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
     assert_eq!(code, 0, "{err}");
@@ -71,7 +50,7 @@ fn cmdgen_prints_the_devices_and_refuses_clearly() {
 #[test]
 fn a_host_process_mapping_the_segment_echoes_1e5_packets() {
     let prefix = unique_prefix("ivecho");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let file = segment(&prefix).display().to_string();
     let (code, out, err) = run(
         "shmdp-secondary",
@@ -117,7 +96,7 @@ fn a_host_process_mapping_the_segment_echoes_1e5_packets() {
 #[test]
 fn a_segment_with_corrupt_metadata_is_refused() {
     let prefix = unique_prefix("ivbad");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let file = segment(&prefix);
     // Map it as any process of the group can (hugetlbfs has no write(2)) and flip a byte
     // inside the first entry's name: the checksum no longer matches.
@@ -140,7 +119,7 @@ fn a_segment_with_corrupt_metadata_is_refused() {
 #[test]
 fn guest_side_gen_dump_and_stats_work_on_the_segment_alone() {
     let prefix = unique_prefix("ivtools");
-    let _p = export_primary(&prefix);
+    let _p = export_primary(&prefix, &[]);
     let file = segment(&prefix).display().to_string();
     let iv = |args: &[&str]| {
         let mut a = vec!["ivshmem", "--dev", file.as_str()];
