@@ -196,7 +196,9 @@ pub fn streams(mode: Mode, n: usize) -> Vec<Stream> {
 }
 
 /// Per-port counters, shared by the forwarding threads (each counter of a port is only
-/// added to by the one thread that polls that port's queue).
+/// added to by the one thread that polls that port's queue). All their operations are
+/// Relaxed: they publish no data, only numbers that reports read after the threads joined
+/// (join orders them) or, while running, as approximate progress.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) rx_packets: AtomicU64,

@@ -670,13 +670,7 @@ impl Port {
                 RxKind::Iface(sock)
             }
             DriverRes::Pcap { rx, .. } => {
-                if cache.pool().mempool().id() != self.rx_pool_id() {
-                    return Err(PortError::Config(format!(
-                        "{}: rx queue needs a cache of pool {}",
-                        self.name(),
-                        self.rx_pool_name()
-                    )));
-                }
+                self.check_pool(cache)?;
                 let Some(PcapEnd::File(path)) = rx.as_ref() else {
                     unreachable!("pcap rx queue exists only with rx_pcap or an interface")
                 };
@@ -809,6 +803,8 @@ impl QueueClaim {
         self.port.block(self.index)
     }
 
+    /// Adds to the queue's counters. Relaxed: counters publish no data, they are numbers
+    /// read for reports; atomic adds so a reset from another process is never lost.
     #[inline(always)]
     fn count(&self, packets: u64, bytes: u64) {
         if packets > 0 {
