@@ -7,7 +7,8 @@
 //! (DPDK's equivalent is a compile-time-constant sync type behind its test macros).
 //! One criterion iteration = what DPDK reports per loop: one-core figures are
 //! "enqueue n + dequeue n" (`bench/ring-vs-dpdk.sh` divides by n for ns/element);
-//! two-core figures are one bulk of n moved from one core to the other.
+//! two-core figures are one bulk of n moved from one core to the other, timed on both
+//! cores and summed (DPDK prints enqueue-side plus dequeue-side cycles per element).
 //! IDs: `ring/<mode>/<op>/<n>`, `ring16/...` for 16-byte elements.
 
 use std::hint::black_box;
@@ -152,7 +153,10 @@ fn pin(core: usize) {
     }
 }
 
-/// Two-core figures: the producer on CPU 0, the consumer (timed) on CPU 1.
+/// Two-core figures: the producer on CPU 0, the consumer on CPU 1, each timed; the figure
+/// is the sum of both sides' times, as DPDK's `run_on_core_pair` prints it (enqueue
+/// cycles per element plus dequeue cycles per element), so it is about twice the wall time
+/// per element.
 fn two_cores<T: Element, P: Produce<T>, C: Consume<T>>(
     c: &mut Criterion,
     name: &str,
@@ -174,11 +178,13 @@ fn two_cores<T: Element, P: Produce<T>, C: Consume<T>>(
                     pin(0);
                     let src = vec![T::new_zeroed(); n];
                     bp.wait();
+                    let t0 = Instant::now();
                     for _ in 0..iters {
                         while p.bulk(&src) == 0 {
                             std::hint::spin_loop();
                         }
                     }
+                    t0.elapsed()
                 });
                 pin(1);
                 let mut dst = vec![T::new_zeroed(); n];
@@ -190,9 +196,10 @@ fn two_cores<T: Element, P: Produce<T>, C: Consume<T>>(
                     }
                 }
                 let dt = t0.elapsed();
-                producer.join().unwrap();
+                let dt_producer = producer.join().unwrap();
                 pin(0);
-                dt
+                // As DPDK's run_on_core_pair: the producer's time plus the consumer's.
+                dt + dt_producer
             })
         });
     }

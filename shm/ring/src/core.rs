@@ -165,6 +165,15 @@ impl<T: Element> RingCore<T> {
     /// As [`RingCore::slots_mut`] for `items.len()` slots.
     #[inline(always)]
     pub(crate) unsafe fn write_slots(&self, start: u32, items: &[T]) {
+        let idx = start & self.mask;
+        if idx as usize + items.len() <= self.mask as usize + 1 {
+            // Common case, no wrap: one run.
+            // SAFETY: `items.len()` slots from `idx` end at or before the last slot; the
+            // caller owns them (contract above).
+            let a = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(start), items.len()) };
+            copy_small(a, items);
+            return;
+        }
         // SAFETY: forwarded contract.
         let (a, b) = unsafe { self.slots_mut(start, items.len() as u32) };
         let (x, y) = items.split_at(a.len());
@@ -178,6 +187,15 @@ impl<T: Element> RingCore<T> {
     /// As [`RingCore::slots_mut`] for `out.len()` slots.
     #[inline(always)]
     pub(crate) unsafe fn read_slots(&self, start: u32, out: &mut [T]) {
+        let idx = start & self.mask;
+        if idx as usize + out.len() <= self.mask as usize + 1 {
+            // Common case, no wrap: one run.
+            // SAFETY: `out.len()` slots from `idx` end at or before the last slot; the
+            // caller owns them (contract above).
+            let a = unsafe { std::slice::from_raw_parts(self.slot_ptr(start), out.len()) };
+            copy_small(out, a);
+            return;
+        }
         // SAFETY: forwarded contract (read-only use).
         let (a, b) = unsafe { self.slots_mut(start, out.len() as u32) };
         let (x, y) = out.split_at_mut(a.len());
@@ -372,9 +390,9 @@ impl<T: Element> RingCore<T> {
 /// this beats a `memcpy` call.
 #[inline(always)]
 fn copy_small<T: Copy>(dst: &mut [T], src: &[T]) {
-    let (d4, d1) = dst.as_chunks_mut::<4>();
-    let (s4, s1) = src.as_chunks::<4>();
-    for (d, s) in d4.iter_mut().zip(s4) {
+    let (d8, d1) = dst.as_chunks_mut::<8>();
+    let (s8, s1) = src.as_chunks::<8>();
+    for (d, s) in d8.iter_mut().zip(s8) {
         *d = *s;
     }
     for (d, s) in d1.iter_mut().zip(s1) {
