@@ -48,9 +48,11 @@ pub struct PrimaryCli {
     #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
     pub nb_desc: u32,
     /// Export a memseg to a QEMU guest as an IVSHMEM device (repeatable):
-    /// GROUP:KIND=NAME,... with KIND ring, pool or memzone; GROUP is a memseg of its own
-    /// holding those objects, e.g. --memseg vm1=16 --ring vm1_rx=1024@vm1
-    /// --ivshmem vm1:ring=vm1_rx. `shmdp-qemu-cmdgen` prints the QEMU arguments.
+    /// GROUP:KIND=NAME,... with KIND ring, pool, memzone or port; GROUP is a memseg of its
+    /// own holding those objects, e.g. --memseg vm1=16 --ring vm1_rx=1024@vm1
+    /// --ivshmem vm1:ring=vm1_rx. port=net_ringN exports a net_ring port: its rings and a
+    /// pool for the guest are made in GROUP and the guest opens the other end as a port.
+    /// `shmdp-qemu-cmdgen` prints the QEMU arguments.
     #[arg(long = "ivshmem", value_name = "GROUP:KIND=NAME,...", value_parser = parse_export)]
     pub exports: Vec<crate::ExportRequest>,
     /// Forward between the ports in the primary itself (also with --config): io, mac,
@@ -77,14 +79,10 @@ fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
             "ring" => ivshmem_meta::Kind::Ring,
             "pool" | "mempool" => ivshmem_meta::Kind::Mempool,
             "memzone" => ivshmem_meta::Kind::Memzone,
-            "port" => {
-                return Err(format!(
-                    "--ivshmem {s:?}: exporting ports is not supported yet; export the port's rings (ring=NAME) instead"
-                ))
-            }
+            "port" => ivshmem_meta::Kind::Port,
             other => {
                 return Err(format!(
-                    "--ivshmem {s:?}: unknown kind {other:?} (ring, pool, memzone)"
+                    "--ivshmem {s:?}: unknown kind {other:?} (ring, pool, memzone, port)"
                 ))
             }
         };
@@ -280,6 +278,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
                     .map(|n| format!("ring={n}"))
                     .chain(g.pool.iter().map(|n| format!("pool={n}")))
                     .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
+                    .chain(g.port.iter().map(|n| format!("port={n}")))
                     .collect::<Vec<_>>()
                     .join(",");
                 match parse_export(&format!("{}:{text}", g.group)) {

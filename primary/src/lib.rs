@@ -110,6 +110,25 @@ pub struct ExportRequest {
     pub items: Vec<(ivshmem_meta::Kind, String)>,
 }
 
+/// A port exported to a guest, as the primary set it up.
+struct ExportedPort {
+    name: String,
+    port_id: u16,
+    seg: Arc<Memseg>,
+    /// The host port's rx rings (the guest's tx) and tx rings (the guest's rx).
+    host_rx: Vec<String>,
+    host_tx: Vec<String>,
+    pool: String,
+}
+
+/// What `make_port_objects` made for a plain exported port.
+struct MadePortObjects {
+    devargs: pmds::DevArgs,
+    rx: Vec<String>,
+    tx: Vec<String>,
+    pool: String,
+}
+
 /// Name of the memzone holding an export segment's metadata block (the first memzone of
 /// the segment, at [`ivshmem_meta::META_OFFSET`]).
 pub const EXPORT_META_ZONE: &str = "shmdp_ivshmem";
@@ -345,7 +364,10 @@ impl Primary {
                 .create(seg, p)
                 .map_err(|e| PrimaryError::Config(e.to_string()))?;
         }
-        if !config.vdevs.is_empty() {
+        let mut exports = config.exports.clone();
+        let mut vdevs = config.vdevs.clone();
+        let exported_ports = primary.prepare_exported_ports(config, &mut exports, &mut vdevs)?;
+        if !vdevs.is_empty() {
             // Ports allocate from the first pool outside any export segment: a pool a guest
             // can write to is no place for host packets.
             let host_pool = config
@@ -371,7 +393,7 @@ impl Primary {
                         })?
                 }
             };
-            for (i, d) in config.vdevs.iter().enumerate() {
+            for (i, d) in vdevs.iter().enumerate() {
                 let setup = pmds::PortSetup {
                     port_id: i as u16,
                     nb_desc: config.nb_desc,
@@ -390,7 +412,10 @@ impl Primary {
                     .push(port);
             }
         }
-        for e in &config.exports {
+        for p in &exported_ports {
+            primary.create_guest_view(p, config.nb_desc)?;
+        }
+        for e in &exports {
             primary.write_export(e)?;
         }
         for seg in &primary.memsegs {
@@ -455,6 +480,198 @@ impl Primary {
     /// The mbuf pool named `name`.
     pub fn mbuf_pool(&self, name: &str) -> Option<shm_mempool::MbufPool> {
         self.pools.get(name)
+    }
+
+    /// For every `port=` item of an export group: checks the port is a `net_ring` port
+    /// probed with `--vdev`, and for a plain one (no rings named) makes its rings and a
+    /// pool for the guest in the group's memseg and rewrites its devargs to use them as a
+    /// guest-facing port. Adds the port's rings and pool to the group's items, so the
+    /// guest finds them.
+    fn prepare_exported_ports(
+        &self,
+        config: &PrimaryConfig,
+        exports: &mut [ExportRequest],
+        vdevs: &mut [pmds::DevArgs],
+    ) -> Result<Vec<ExportedPort>> {
+        let mut out: Vec<ExportedPort> = Vec::new();
+        for e in exports.iter_mut() {
+            let bad = |why: String| PrimaryError::Config(format!("--ivshmem {}: {why}", e.group));
+            let seg = self
+                .memsegs
+                .iter()
+                .find(|s| s.name() == e.group)
+                .expect("checked at start")
+                .clone();
+            let ports: Vec<String> = e
+                .items
+                .iter()
+                .filter(|(k, _)| *k == ivshmem_meta::Kind::Port)
+                .map(|(_, n)| n.clone())
+                .collect();
+            for name in ports {
+                let Some(port_id) = vdevs.iter().position(|d| d.name == name) else {
+                    return Err(bad(format!(
+                        "port {name} is not probed; add --vdev {name} (a net_ring port)"
+                    )));
+                };
+                if out.iter().any(|p| p.name == name) {
+                    return Err(bad(format!("port {name} is exported twice")));
+                }
+                let d = &vdevs[port_id];
+                if d.driver != pmds::Driver::Ring {
+                    return Err(bad(format!(
+                        "only net_ring ports can be exported, and {name} is not one; export a net_ring port and forward {name} to it"
+                    )));
+                }
+                let (rx, tx, pool) = match d.get("guest_pool") {
+                    Some(pool) => (
+                        d.get_all("rx_ring").iter().map(|s| s.to_string()).collect(),
+                        d.get_all("tx_ring").iter().map(|s| s.to_string()).collect(),
+                        pool.to_string(),
+                    ),
+                    None if d.get("rx_ring").is_some() || d.get("tx_ring").is_some() => {
+                        return Err(bad(format!(
+                            "port {name} names its rings but not guest_pool=; add guest_pool=POOL (in memseg {0}), or drop rx_ring=/tx_ring= and the export makes them",
+                            e.group
+                        )));
+                    }
+                    None => {
+                        let made = self
+                            .make_port_objects(&seg, d, config.nb_desc)
+                            .map_err(bad)?;
+                        vdevs[port_id] = made.devargs;
+                        (made.rx, made.tx, made.pool)
+                    }
+                };
+                for object in rx.iter().chain(&tx).chain(std::iter::once(&pool)) {
+                    if seg.lookup(object).is_err() {
+                        return Err(bad(format!(
+                            "{object} (used by port {name}) is not in memseg {0}; create it there ({object}=...@{0})",
+                            e.group
+                        )));
+                    }
+                }
+                for r in rx.iter().chain(&tx) {
+                    if !e.items.contains(&(ivshmem_meta::Kind::Ring, r.clone())) {
+                        e.items.push((ivshmem_meta::Kind::Ring, r.clone()));
+                    }
+                }
+                if !e
+                    .items
+                    .contains(&(ivshmem_meta::Kind::Mempool, pool.clone()))
+                {
+                    e.items.push((ivshmem_meta::Kind::Mempool, pool.clone()));
+                }
+                out.push(ExportedPort {
+                    name,
+                    port_id: port_id as u16,
+                    seg: seg.clone(),
+                    host_rx: rx,
+                    host_tx: tx,
+                    pool,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the rings (`<port>_g2h<q>`: guest to host, `<port>_h2g<q>`: host to guest)
+    /// and the guest pool (`<port>_pool`) of an exported plain `net_ring` port in `seg`.
+    fn make_port_objects(
+        &self,
+        seg: &Memseg,
+        d: &pmds::DevArgs,
+        nb_desc: u32,
+    ) -> std::result::Result<MadePortObjects, String> {
+        let queues = d.number("queues", 1, 1..=u32::from(pmds::layout::MAX_QUEUES))?;
+        let nb_desc = d.number("nb_desc", nb_desc, 1..=1 << 20)?;
+        let named = |suffix: String| -> std::result::Result<String, String> {
+            let n = format!("{}_{suffix}", d.name);
+            shm::layout::encode_name(&n)
+                .map(|_| n.clone())
+                .ok_or_else(|| format!("port name {} is too long to name its rings ({n})", d.name))
+        };
+        let mut made = MadePortObjects {
+            devargs: d.clone(),
+            rx: Vec::new(),
+            tx: Vec::new(),
+            pool: named("pool".into())?,
+        };
+        for q in 0..queues {
+            let (g2h, h2g) = (named(format!("g2h{q}"))?, named(format!("h2g{q}"))?);
+            for r in [&g2h, &h2g] {
+                shm_ring::Ring::<u64>::create(seg, r, nb_desc, shm_ring::SyncMode::SP_SC)
+                    .map_err(|e| format!("ring {r}: {e}"))?;
+            }
+            made.rx.push(g2h);
+            made.tx.push(h2g);
+        }
+        // Enough buffers for every ring full in both directions, plus what the two ends
+        // hold in flight.
+        let count = (2 * queues * nb_desc + 1024).next_power_of_two() - 1;
+        let req = MempoolRequest {
+            name: made.pool.clone(),
+            count,
+            cache_size: 0,
+            data_room: shm_mempool::DEFAULT_DATA_ROOM,
+            memseg: seg.name().to_string(),
+        };
+        self.pools
+            .create(seg, &req)
+            .map_err(|e| format!("guest pool {}: {e}", req.name))?;
+        let mut text = d.name.clone();
+        for (k, v) in d.args.iter().filter(|(k, _)| k != "queues") {
+            text += &format!(",{k}={v}");
+        }
+        for r in &made.rx {
+            text += &format!(",rx_ring={r}");
+        }
+        for t in &made.tx {
+            text += &format!(",tx_ring={t}");
+        }
+        text += &format!(",guest_pool={}", made.pool);
+        made.devargs = pmds::DevArgs::parse(&text)?;
+        Ok(made)
+    }
+
+    /// Creates the guest's end of an exported port in the group's memseg: a `net_ring`
+    /// port over the same rings, swapped (what the host sends, the guest receives), that
+    /// allocates from the guest pool. The host never opens it again: it is guest-writable.
+    fn create_guest_view(&self, p: &ExportedPort, nb_desc: u32) -> Result<()> {
+        let pool = self.pools.get(&p.pool).map_or_else(
+            || {
+                p.seg
+                    .lookup(&p.pool)
+                    .map_err(|e| e.to_string())
+                    .and_then(|z| {
+                        shm_mempool::Mempool::from_memzone(&z)
+                            .and_then(shm_mempool::MbufPool::from_mempool)
+                            .map_err(|e| e.to_string())
+                    })
+            },
+            Ok,
+        );
+        let pool = pool.map_err(|e| {
+            PrimaryError::Config(format!(
+                "--ivshmem {}: guest pool {}: {e}",
+                p.seg.name(),
+                p.pool
+            ))
+        })?;
+        let setup = pmds::PortSetup {
+            port_id: p.port_id,
+            nb_desc,
+            rx_pool: pool,
+            mac: Some([0x02, 0x53, 0x48, 0x4d, 0x47, p.port_id as u8]),
+        };
+        let seg = p.seg.clone();
+        let find = move |name: &str| seg.lookup(name).ok();
+        let host_tx: Vec<&str> = p.host_tx.iter().map(String::as_str).collect();
+        let host_rx: Vec<&str> = p.host_rx.iter().map(String::as_str).collect();
+        pmds::Port::from_rings(&p.seg, &p.name, &host_tx, &host_rx, &setup, &find)
+            .map_err(|e| PrimaryError::Config(format!("--ivshmem {}: {e}", p.seg.name())))?
+            .start();
+        Ok(())
     }
 
     /// Writes the metadata block of export group `e` (its objects must already exist).

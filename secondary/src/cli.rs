@@ -164,6 +164,19 @@ pub enum Command {
 /// What `ivshmem` does.
 #[derive(Debug, Subcommand)]
 pub enum IvshmemCommand {
+    /// Forward between the exported ports (`--ivshmem GROUP:port=...` on the primary), as
+    /// `shmdp-secondary fwd` does on the host: same modes, options and report.
+    Fwd {
+        /// Mode: io (default), mac, macswap, rxonly, txonly, l2switch.
+        #[arg(long = "fwd")]
+        mode: Option<fwd::Mode>,
+        /// Pin forwarding threads to these CPUs (as -l on the host), e.g. 0-1.
+        #[arg(short = 'l', long = "lcores", value_name = "LIST")]
+        lcores: Option<shm::eal::LcoreList>,
+        /// Engine options.
+        #[command(flatten)]
+        args: crate::fwdcmd::FwdArgs,
+    },
     /// Print the export group's metadata (objects, offsets, sizes).
     Info {
         /// Print JSON instead of text.
@@ -483,10 +496,25 @@ fn fwd_cmd(eal: &EalArgs, mode: Option<fwd::Mode>, args: &crate::fwdcmd::FwdArgs
         Ok(s) => s,
         Err(code) => return code,
     };
-    let ports = match sec.ports() {
+    let code = fwd_on(program, &sec, &resolved);
+    sec.detach();
+    code
+}
+
+/// The forwarding engine on every port of `dp`, allocating from the first port's pool:
+/// the same code on the host (`fwd`) and in a guest (`ivshmem fwd`).
+fn fwd_on(
+    program: &str,
+    dp: &impl crate::Dataplane,
+    resolved: &crate::fwdcmd::Resolved,
+) -> ExitCode {
+    let ports = match dp.ports() {
         Ok(p) if !p.is_empty() => p,
         Ok(_) => {
-            eprintln!("{program}: error: the primary has no ports; start it with --vdev, e.g. --vdev net_ring0");
+            eprintln!(
+                "{program}: error: {} has no ports; probe some on the primary with --vdev (e.g. --vdev net_ring0), or export one with --ivshmem GROUP:port=net_ring0",
+                dp.describe()
+            );
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -494,25 +522,21 @@ fn fwd_cmd(eal: &EalArgs, mode: Option<fwd::Mode>, args: &crate::fwdcmd::FwdArgs
             return ExitCode::from(2);
         }
     };
-    let pool_name = ports[0].rx_pool_name();
-    let pool = match sec.mbuf_pool(&pool_name) {
+    let pool = match dp.mbuf_pool(&ports[0].rx_pool_name()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{program}: error: mempool {pool_name}: {e}");
+            eprintln!("{program}: error: {e}");
             return ExitCode::from(2);
         }
     };
-    let code = crate::fwdcmd::run(
+    crate::fwdcmd::run(
         program,
         &ports,
         &pool,
-        sec.owner_tag(),
+        dp.owner_tag(),
         &resolved.cfg,
         resolved.stats_json.as_ref(),
-    );
-    drop(pool);
-    sec.detach();
-    code
+    )
 }
 
 fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Duration) -> ExitCode {
@@ -598,8 +622,22 @@ fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let IvshmemCommand::Fwd { mode, lcores, args } = &command {
+        let lcores = lcores
+            .as_ref()
+            .map(|l| l.0.iter().map(|&c| c as usize).collect())
+            .unwrap_or_default();
+        return match args.resolve(*mode, lcores) {
+            Ok(resolved) => fwd_on(program, &seg, &resolved),
+            Err(e) => {
+                eprintln!("{program}: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = (|| -> Result<String, String> {
         match command {
+            IvshmemCommand::Fwd { .. } => unreachable!("handled above"),
             IvshmemCommand::Info { json } => {
                 let m = seg.meta();
                 if json {
@@ -675,9 +713,20 @@ fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                             .stats(),
                     );
                 }
+                let ports: Vec<shm::stats::PortStats> = seg
+                    .ports()
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(pmds::Port::stats)
+                    .collect();
                 if json {
-                    return Ok(serde_json::to_string_pretty(&stats).expect("serialisable"));
+                    let all = AllStats {
+                        ports,
+                        pools: stats,
+                    };
+                    return Ok(serde_json::to_string_pretty(&all).expect("serialisable"));
                 }
+                crate::pooltool::print_port_stats(&ports);
                 crate::pooltool::print_stats(&stats);
                 Ok(String::new())
             }

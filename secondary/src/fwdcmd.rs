@@ -97,6 +97,9 @@ pub struct ExportFile {
     /// Memzones to export.
     #[serde(default)]
     pub memzone: Vec<String>,
+    /// Ports to export (`net_ring` ports: the guest opens the other end).
+    #[serde(default)]
+    pub port: Vec<String>,
 }
 
 fn read_config(path: &std::path::Path) -> Result<ConfigFile, String> {

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use ivshmem_meta::{Kind, Meta, META_OFFSET};
-use shm::Region;
+use pmds::Port;
+use shm::{Memzone, MemzoneKind, Region};
 use shm_mempool::{MbufPool, Mempool};
 use shm_ring::Ring;
 
@@ -180,6 +181,55 @@ impl ExportSegment {
                     .join(", ")
             ))
         })
+    }
+
+    /// The memzone an entry describes, in this mapping.
+    fn zone(&self, e: &ivshmem_meta::Entry) -> Result<Memzone, IvshmemError> {
+        let kind = match e.kind {
+            Kind::Ring => MemzoneKind::Ring,
+            Kind::Mempool => MemzoneKind::Mempool,
+            Kind::Memzone => MemzoneKind::Raw,
+            Kind::Port => MemzoneKind::Port,
+        };
+        Memzone::described(&self.region, &e.name, e.offset, e.length, kind)
+            .map_err(|err| IvshmemError::Object(err.to_string()))
+    }
+
+    /// Finds an exported ring or pool by name (what a port's devargs name).
+    fn find(&self, name: &str) -> Option<Memzone> {
+        self.meta
+            .entries
+            .iter()
+            .find(|e| e.name == name && matches!(e.kind, Kind::Ring | Kind::Mempool))
+            .and_then(|e| self.zone(e).ok())
+    }
+
+    /// Opens the exported port `name`: the guest's end of a host `net_ring` port (what
+    /// the host sends on it arrives on this port's rx queues).
+    ///
+    /// # Errors
+    /// [`IvshmemError::Object`] when absent or invalid.
+    pub fn port(&self, name: &str) -> Result<Port, IvshmemError> {
+        let e = self.entry(Kind::Port, name)?;
+        let zone = self.zone(e)?;
+        Port::open(&zone, &|n: &str| self.find(n))
+            .map_err(|err| IvshmemError::Object(format!("port {name}: {err}")))
+    }
+
+    /// Every exported port, by id.
+    ///
+    /// # Errors
+    /// As [`ExportSegment::port`].
+    pub fn ports(&self) -> Result<Vec<Port>, IvshmemError> {
+        let mut ports = self
+            .meta
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::Port)
+            .map(|e| self.port(&e.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        ports.sort_by_key(Port::id);
+        Ok(ports)
     }
 
     /// Opens the exported ring `name`.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod dataplane;
 pub mod fwdcmd;
 pub mod ivshmem;
 pub mod pooltool;
@@ -23,6 +24,8 @@ use std::time::Duration;
 use shm::control::{self, Reply, Request, Welcome, PROTOCOL_VERSION};
 use shm::runtime::{FilePrefix, Liveness, RuntimeDir};
 use shm::{Memseg, Memzone};
+
+pub use dataplane::{Dataplane, ObjectError};
 
 /// Why attaching failed. Each message is one line with the fix.
 #[derive(Debug, thiserror::Error)]

@@ -61,6 +61,37 @@ impl Memzone {
     pub fn region(&self) -> &Region {
         &self.region
     }
+
+    /// A memzone described by another table than a memseg's (an IVSHMEM export's metadata
+    /// block, which a guest reads instead of the memseg header): `offset`/`len_bytes` must
+    /// lie inside `region` and be 64-byte aligned.
+    ///
+    /// # Errors
+    /// [`Error::BadMemseg`] when the span is outside the region or misaligned.
+    pub fn described(
+        region: &Region,
+        name: &str,
+        offset: u64,
+        len_bytes: u64,
+        kind: MemzoneKind,
+    ) -> Result<Memzone> {
+        let inside = offset
+            .checked_add(len_bytes)
+            .is_some_and(|end| end <= region.len());
+        if !inside || len_bytes == 0 || !offset.is_multiple_of(CACHE_LINE) {
+            return Err(Error::BadMemseg(format!(
+                "{name}: span {offset:#x}+{len_bytes:#x} is outside the mapping or misaligned"
+            )));
+        }
+        Ok(Memzone {
+            name: name.to_string(),
+            offset,
+            len_bytes,
+            align: CACHE_LINE,
+            kind,
+            region: region.clone(),
+        })
+    }
 }
 
 /// Where the next memzone goes, as only the creating process knows it.
@@ -361,8 +392,14 @@ impl Memseg {
             .checked_next_multiple_of(align)
             .filter(|o| o.checked_add(len_bytes).is_some_and(|e| e <= self.size_bytes()))
             .ok_or_else(|| {
+                // The main memseg is sized by -m; the others by --memseg NAME=MiB.
+                let grow = if self.name() == "main" {
+                    "raise -m".to_string()
+                } else {
+                    format!("grow it (--memseg {}=MiB)", self.name())
+                };
                 Error::NoSpace(format!(
-                    "memzone {name} ({len_bytes} bytes) does not fit in memseg {} ({} of {} bytes used); raise -m",
+                    "memzone {name} ({len_bytes} bytes) does not fit in memseg {} ({} of {} bytes used); {grow}",
                     self.name(),
                     cursor,
                     self.size_bytes()

@@ -21,7 +21,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Path of a workspace binary (`shmdp-primary`, `shmdp-secondary`, or an example as
-/// `examples/NAME`), building them once if the test run has not (e.g. `cargo test -p tests`).
+/// `examples/NAME`), brought up to date once per test process: `cargo test -p tests` does
+/// not rebuild other packages' binaries, and a stale one would test old code.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test exe path");
@@ -32,7 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
         .expect("target dir")
         .to_path_buf();
     let path = dir.join(name);
-    if !path.exists() {
+    {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
@@ -40,10 +41,13 @@ pub fn bin(name: &str) -> PathBuf {
                 "build",
                 "--bins",
                 "--examples",
+                "-q",
                 "-p",
                 "primary",
                 "-p",
                 "secondary",
+                "-p",
+                "qemu-cmdgen",
             ]);
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");

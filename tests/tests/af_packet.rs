@@ -101,8 +101,9 @@ fn frames_cross_a_veth_pair_in_a_netns_through_af_packet() {
         "io",
         "--portlist",
         "0,1",
+        // Generous: under a loaded test run the generator can take seconds to start.
         "--idle-exit",
-        "2",
+        "5",
     ]);
     assert!(fwd.wait_stdout("forwarding:", Duration::from_secs(10)));
     let mut gen = sec(&[

@@ -214,8 +214,15 @@ fn primary_rejects_bad_options_with_one_line_and_no_files() {
             "unknown kind",
         ),
         (
-            &["--file-prefix", pp, "--ivshmem", "vm1:port=net_ring0"],
-            "export the port's rings",
+            &[
+                "--file-prefix",
+                pp,
+                "--memseg",
+                "vm1=16",
+                "--ivshmem",
+                "vm1:port=net_ring0",
+            ],
+            "port net_ring0 is not probed; add --vdev net_ring0",
         ),
         (
             &["--file-prefix", pp, "--ivshmem", "main:ring=r"],

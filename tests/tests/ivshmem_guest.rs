@@ -337,3 +337,99 @@ fn a_guest_scribbling_over_its_segment_cannot_hurt_the_host() {
         .clone();
     assert_eq!(main_pool["available"], 8191, "{main_pool}");
 }
+
+/// Frames through the exported port in `a_guest_forwards_on_an_exported_port`.
+const PORT_FRAMES: usize = 1000;
+
+#[test]
+fn a_guest_forwards_on_an_exported_port() {
+    let Some(lab) = lab() else { return };
+    let guest_bin = release_bin("secondary", "shmdp-secondary");
+    // In the guest: the exported port is an ordinary port, and the same forwarding engine
+    // as on the host runs on it (macswap: each frame back where it came from).
+    let script = format!(
+        "out=$(shmdp-secondary ivshmem --dev auto fwd --fwd macswap --idle-exit 3 2>&1); code=$?; echo \"$out\"; [ $code -eq 0 ] && echo \"$out\" | grep -q 'RX-packets: {PORT_FRAMES} '\n"
+    );
+    let initrd = lab.initramfs("portfwd", &[&guest_bin], &script).unwrap();
+    let prefix = unique_prefix("vmport");
+    let input = std::env::temp_dir().join(format!("{prefix}-in.pcap"));
+    let output = std::env::temp_dir().join(format!("{prefix}-out.pcap"));
+    let frames: Vec<Vec<u8>> = (0..PORT_FRAMES as u32)
+        .map(|i| {
+            (0..(60 + i as usize % 1400))
+                .map(|b| (b as u32 ^ i.wrapping_mul(7)) as u8)
+                .collect()
+        })
+        .collect();
+    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
+    for f in &frames {
+        w.write(0, f.len(), [&f[..]]).unwrap();
+    }
+    drop(w);
+    let pcap = format!(
+        "net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    // The primary forwards between the pcap port and the exported port itself.
+    let mut args = vec![
+        "-m",
+        "64",
+        "--memseg",
+        "vm1=16",
+        "--ivshmem",
+        "vm1:port=net_ring1",
+        "--vdev",
+        &pcap,
+        "--vdev",
+        "net_ring1",
+        "--fwd",
+        "io",
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let _p = Proc::primary(&prefix, &args);
+    let qemu = qemu_args(&prefix);
+    let boot = lab.boot(&initrd, &qemu, Duration::from_secs(240)).unwrap();
+    println!("guest serial:\n{}", boot.serial);
+    assert!(boot.passed, "guest failed:\n{}", boot.serial);
+    let records = |data: &[u8]| -> Vec<Vec<u8>> {
+        let Ok((mut fmt, mut pos)) = pmds::pcap_file::open(data) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Ok(Some((r, next))) = pmds::pcap_file::next_record(data, pos, &mut fmt) {
+            out.push(r.data.to_vec());
+            pos = next;
+        }
+        out
+    };
+    let mut back = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            back = records(&std::fs::read(&output).unwrap_or_default());
+            back.len() == PORT_FRAMES
+        }),
+        "{} of {PORT_FRAMES} frames came back",
+        back.len()
+    );
+    for (got, sent) in back.iter().zip(&frames) {
+        assert_eq!(&got[..6], &sent[6..12], "the guest swapped the addresses");
+        assert_eq!(&got[6..12], &sent[..6]);
+        assert_eq!(&got[12..], &sent[12..], "payload intact");
+    }
+    let (code, out, _) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ports"][1]["errors"], 0, "{v}");
+    for p in v["pools"].as_array().unwrap() {
+        assert_eq!(p["available"], p["count"], "every buffer home: {p}");
+    }
+    println!("VM: qemu start to poweroff {:.1} s", boot.seconds);
+    let _ = std::fs::remove_file(input);
+    let _ = std::fs::remove_file(output);
+}

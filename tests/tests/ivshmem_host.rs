@@ -143,8 +143,9 @@ fn guest_side_gen_dump_and_stats_work_on_the_segment_alone() {
     let (code, out, err) = iv(&["stats", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["name"], "vm1_pool");
-    assert_eq!(v[0]["available"], 2047, "{v}");
+    assert_eq!(v["pools"][0]["name"], "vm1_pool");
+    assert_eq!(v["pools"][0]["available"], 2047, "{v}");
+    assert_eq!(v["ports"].as_array().map(Vec::len), Some(0), "{v}");
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn export_groups_can_come_from_the_toml_config() {
     let cfg = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(
         &cfg,
-        "[[ivshmem]]\ngroup = \"vm1\"\nring = [\"vm1_rx\", \"vm1_tx\"]\npool = [\"vm1_pool\"]\n",
+        "[[ivshmem]]\ngroup = \"vm1\"\nring = [\"vm1_rx\", \"vm1_tx\"]\npool = [\"vm1_pool\"]\nport = [\"net_ring0\"]\n",
     )
     .unwrap();
     let c = cfg.display().to_string();
@@ -161,7 +162,9 @@ fn export_groups_can_come_from_the_toml_config() {
         "-m",
         "32",
         "--memseg",
-        "vm1=8",
+        "vm1=16",
+        "--vdev",
+        "net_ring0,nb_desc=256",
         "--ring",
         "vm1_rx=1024@vm1",
         "--ring",
@@ -187,7 +190,9 @@ fn export_groups_can_come_from_the_toml_config() {
     );
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["entries"].as_array().map(Vec::len), Some(3), "{v}");
+    // Three named objects, the port, and the port's two rings and pool.
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(7), "{v}");
+    assert_eq!(v["entries"][3]["kind"], "port", "{v}");
     // A bad group in the file is one clear line at start.
     std::fs::write(&cfg, "[[ivshmem]]\ngroup = \"vm9\"\nring = [\"x\"]\n").unwrap();
     let p2 = unique_prefix("ivtoml2");
@@ -293,4 +298,186 @@ fn a_guest_facing_port_copies_packets_across_the_boundary() {
     assert_eq!(v["ports"][1]["errors"], 0, "{v}");
     let _ = std::fs::remove_file(input);
     let _ = std::fs::remove_file(output);
+}
+
+#[test]
+fn an_exported_port_is_a_port_in_the_guest_and_fwd_runs_there() {
+    let prefix = unique_prefix("ivxport");
+    let input = std::env::temp_dir().join(format!("{prefix}-in.pcap"));
+    let output = std::env::temp_dir().join(format!("{prefix}-out.pcap"));
+    // Fewer frames than the port's rings hold: the host forwarder drops nothing even
+    // when the guest is slow to start.
+    let frames: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| {
+            (0..(60 + i as usize % 1000))
+                .map(|b| (b as u32 ^ i) as u8)
+                .collect()
+        })
+        .collect();
+    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
+    for f in &frames {
+        w.write(0, f.len(), [&f[..]]).unwrap();
+    }
+    drop(w);
+    let pcap = format!(
+        "net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    // Only the port is named: the export makes its rings and the guest's pool.
+    let mut args = vec![
+        "-m",
+        "64",
+        "--memseg",
+        "vm1=16",
+        "--ivshmem",
+        "vm1:port=net_ring1",
+        "--vdev",
+        &pcap,
+        "--vdev",
+        "net_ring1",
+    ];
+    if !require_hugepages() {
+        args.push("--no-huge");
+    }
+    let _p = Proc::primary(&prefix, &args);
+    let file = segment(&prefix).display().to_string();
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["ivshmem", "--dev", &file, "info", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let info: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<(&str, &str)> = info["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("port", "net_ring1"),
+            ("ring", "net_ring1_g2h0"),
+            ("ring", "net_ring1_h2g0"),
+            ("mempool", "net_ring1_pool")
+        ]
+    );
+    // The "guest" forwards on its end of the port with the ordinary engine (macswap on
+    // one port: back where it came from); the host forwards pcap <-> port 1.
+    let mut guest = Proc::spawn(
+        "shmdp-secondary",
+        &[
+            "ivshmem",
+            "--dev",
+            &file,
+            "fwd",
+            "--fwd",
+            "macswap",
+            "--idle-exit",
+            "3",
+        ],
+        None,
+    );
+    let mut host = secondary(
+        &prefix,
+        &[
+            "fwd",
+            "--fwd",
+            "io",
+            "--portlist",
+            "0,1",
+            "--idle-exit",
+            "3",
+        ],
+    );
+    let (code, hout, err) = finish(&mut host, 60);
+    assert_eq!(code, 0, "{hout} {err}");
+    let (code, gout, err) = finish(&mut guest, 60);
+    assert_eq!(code, 0, "{gout} {err}");
+    assert!(gout.contains("mode macswap ports 1=net_ring1"), "{gout}");
+    assert!(gout.contains("every packet accounted for"), "{gout}");
+    let data = std::fs::read(&output).unwrap();
+    let (mut fmt, mut pos) = pmds::pcap_file::open(&data).unwrap();
+    let mut back = Vec::new();
+    while let Some((r, next)) = pmds::pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
+        back.push(r.data.to_vec());
+        pos = next;
+    }
+    assert_eq!(back.len(), frames.len(), "every frame came back");
+    for (got, sent) in back.iter().zip(&frames) {
+        assert_eq!(&got[..6], &sent[6..12], "macswap swapped the addresses");
+        assert_eq!(&got[6..12], &sent[..6]);
+        assert_eq!(&got[12..], &sent[12..], "payload intact");
+    }
+    // Host and guest each account for their own end; every buffer is home.
+    let (code, out, _) = run(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["ports"].as_array().map(Vec::len),
+        Some(2),
+        "host sees host ports only"
+    );
+    assert_eq!(v["ports"][1]["tx_packets"], 1000, "{v}");
+    assert_eq!(v["ports"][1]["rx_packets"], 1000, "{v}");
+    for p in v["pools"].as_array().unwrap() {
+        assert_eq!(p["available"], p["count"], "{p}");
+    }
+    let (code, out, err) = run(
+        "shmdp-secondary",
+        &["ivshmem", "--dev", &file, "stats", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let g: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(g["ports"][0]["name"], "net_ring1");
+    assert_eq!(g["ports"][0]["rx_packets"], 1000, "{g}");
+    assert_eq!(g["ports"][0]["tx_packets"], 1000, "{g}");
+    let _ = std::fs::remove_file(input);
+    let _ = std::fs::remove_file(output);
+}
+
+#[test]
+fn exporting_a_port_refuses_what_cannot_be_exported() {
+    let prefix = unique_prefix("ivxbad");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--memseg", "vm1=16", "--ivshmem", "vm1:port=net_ring1"],
+            "port net_ring1 is not probed; add --vdev net_ring1",
+        ),
+        (
+            &[
+                "--memseg",
+                "vm1=16",
+                "--ivshmem",
+                "vm1:port=net_pcap0",
+                "--vdev",
+                "net_pcap0,rx_pcap=/dev/null",
+            ],
+            "only net_ring ports can be exported",
+        ),
+        (
+            &[
+                "--memseg",
+                "vm1=2",
+                "--ivshmem",
+                "vm1:port=net_ring0",
+                "--vdev",
+                "net_ring0",
+            ],
+            "grow it (--memseg vm1=MiB)",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--file-prefix", &prefix, "-m", "64", "--no-huge"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run("shmdp-primary", &args);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!runtime_dir(&prefix).exists(), "nothing left behind");
+    }
 }

@@ -306,11 +306,17 @@ impl MbufPool {
         self.pool.info().headroom
     }
 
-    /// A per-thread allocator for a process whose owner tag is `owner`.
+    /// A per-thread allocator for a process whose owner tag is `owner`. The guest's tag
+    /// ([`OwnerTag::GUEST`]) gets an allocator without a cache slot, as
+    /// [`MbufPool::uncached`]: a guest's pid means nothing to the host processes that judge
+    /// slot holders by pid.
     ///
     /// # Errors
     /// As [`Mempool::cache`].
     pub fn cache(&self, owner: OwnerTag) -> Result<MbufCache, PoolError> {
+        if owner == OwnerTag::GUEST {
+            return self.uncached(owner);
+        }
         if !owner.is_process() {
             return Err(PoolError::Create(format!(
                 "owner tag {} is not a process tag",
