@@ -21,6 +21,11 @@ pub struct SecondaryCli {
     /// Process options.
     #[command(flatten)]
     pub eal: EalArgs,
+    /// Attach to an IVSHMEM export instead of a primary (what a guest does): `auto`,
+    /// `auto:GROUP`, a PCI address or a segment file. `info`, `stats`, `fwd` and
+    /// `mbuf-echo` then work on the exported objects (as `ivshmem --dev DEV ...`).
+    #[arg(long = "ivshmem", value_name = "DEV")]
+    pub ivshmem: Option<String>,
     /// What to do once attached.
     #[command(subcommand)]
     pub command: Command,
@@ -280,6 +285,9 @@ pub fn main() -> ExitCode {
     if cli.eal.proc_type == Some(ProcType::Primary) {
         eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
         return ExitCode::from(2);
+    }
+    if let Some(dev) = &cli.ivshmem {
+        return on_ivshmem(dev, cli.command, cli.eal.lcores.clone());
     }
     match cli.command {
         Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
@@ -590,6 +598,47 @@ fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Durati
             ExitCode::from(1)
         }
     }
+}
+
+/// `--ivshmem DEV COMMAND`: the commands that make sense on an export segment, mapped to
+/// their `ivshmem` forms.
+fn on_ivshmem(dev: &str, command: Command, lcores: Option<shm::eal::LcoreList>) -> ExitCode {
+    let command = match command {
+        Command::Info { json } => IvshmemCommand::Info { json },
+        Command::Stats { json } => IvshmemCommand::Stats { json },
+        Command::Fwd { mode, args } => IvshmemCommand::Fwd { mode, lcores, args },
+        Command::MbufEcho {
+            pool,
+            rx,
+            tx,
+            count,
+            timeout,
+        } => IvshmemCommand::Echo {
+            pool,
+            rx,
+            tx,
+            count,
+            timeout,
+        },
+        Command::Ivshmem { command, .. } => command,
+        other => {
+            let debug = format!("{other:?}");
+            let variant = debug.split([' ', '(', '{']).next().unwrap_or_default();
+            // RingFill -> ring-fill, as on the command line.
+            let mut name = String::new();
+            for (i, c) in variant.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    name.push('-');
+                }
+                name.push(c.to_ascii_lowercase());
+            }
+            eprintln!(
+                "shmdp-secondary: error: --ivshmem: {name} needs a primary; on an export segment use info, stats, fwd, mbuf-echo or the ivshmem subcommands"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    ivshmem_cmd(dev, command)
 }
 
 fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {

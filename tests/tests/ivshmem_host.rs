@@ -365,11 +365,11 @@ fn an_exported_port_is_a_port_in_the_guest_and_fwd_runs_there() {
     );
     // The "guest" forwards on its end of the port with the ordinary engine (macswap on
     // one port: back where it came from); the host forwards pcap <-> port 1.
+    // (`--ivshmem DEV fwd` is `ivshmem --dev DEV fwd`: the host command, on the segment.)
     let mut guest = Proc::spawn(
         "shmdp-secondary",
         &[
-            "ivshmem",
-            "--dev",
+            "--ivshmem",
             &file,
             "fwd",
             "--fwd",
@@ -434,6 +434,12 @@ fn an_exported_port_is_a_port_in_the_guest_and_fwd_runs_there() {
     assert_eq!(code, 0, "{err}");
     let g: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(g["ports"][0]["name"], "net_ring1");
+    let (code, _, err) = run(
+        "shmdp-secondary",
+        &["--ivshmem", &file, "ring-fill", "x", "--count", "1"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("ring-fill needs a primary"), "{err}");
     assert_eq!(g["ports"][0]["rx_packets"], 1000, "{g}");
     assert_eq!(g["ports"][0]["tx_packets"], 1000, "{g}");
     let _ = std::fs::remove_file(input);
