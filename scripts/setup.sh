@@ -4,8 +4,9 @@
 # Usage: scripts/setup.sh            (as root; without root it only checks)
 set -euo pipefail
 HUGEPAGES=${SHMDP_HUGEPAGES:-512}
-# DPDK (dpdk-dev) is installed by the bench scripts that compare against it.
-APT_PACKAGES=(build-essential pkg-config tshark busybox-static cpio iproute2 python3)
+# dpdk: dpdk-testpmd is the vhost-user/virtio-user peer of the interop tests (the bench
+# scripts add dpdk-dev for their C harnesses).
+APT_PACKAGES=(build-essential pkg-config tshark busybox-static cpio iproute2 python3 dpdk)
 # QEMU 10.x (the guests' emulated devices we target) comes from bookworm-backports.
 QEMU_PACKAGE=qemu-system-x86
 

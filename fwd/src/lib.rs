@@ -102,6 +102,9 @@ pub struct FwdConfig {
     /// Send one burst of generated frames on every output port before forwarding
     /// (testpmd's `--tx-first`: gives loopback topologies something to move).
     pub tx_first: bool,
+    /// txonly: offer again what a port could not take (a lossless generator: the run
+    /// ends after `tx_count` packets really sent), instead of counting it as dropped.
+    pub tx_retry: bool,
     /// Stop after this long.
     pub duration: Option<Duration>,
 }
@@ -118,6 +121,7 @@ impl Default for FwdConfig {
             txpkt_len: 64,
             tx_count: None,
             tx_first: false,
+            tx_retry: false,
             duration: None,
         }
     }
@@ -417,6 +421,12 @@ pub fn txonly_frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
     f
 }
 
+/// How long [`run`] waits for every port's link before it starts (testpmd waits 9 s).
+pub const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long [`run`] lets a link that came up during its wait settle.
+pub const LINK_SETTLE: Duration = Duration::from_millis(500);
+
 /// Runs the engine on `ports` (all opened in this process) until `stop` is set, the idle
 /// timeout passes, or txonly has sent its budget; returns the figures. Mbufs come from
 /// `pool`'s caches, claimed with `owner`.
@@ -483,6 +493,29 @@ pub fn run(
     } else {
         cfg.lcores.len().max(1)
     };
+    // As testpmd's link check: give ports whose peer is still connecting (vhost-user)
+    // time to come up, so a txonly run does not count its first packets as drops.
+    let link_wait = Instant::now();
+    let was_down = !chosen.iter().all(Port::link_up);
+    while !stop.load(Ordering::Relaxed)
+        && !chosen.iter().all(Port::link_up)
+        && link_wait.elapsed() < LINK_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if was_down {
+        // A link that just came up is a driver finishing its start: a virtio driver
+        // (DPDK's among them) flushes its receive queue right after it starts the
+        // device, which would discard what we send in that moment.
+        std::thread::sleep(LINK_SETTLE);
+    }
+    for p in chosen.iter().filter(|p| !p.link_up()) {
+        tracing::warn!(
+            "port {} ({}): link down; forwarding anyway",
+            p.id(),
+            p.name()
+        );
+    }
     let t0 = Instant::now();
     let activity = Activity {
         first: AtomicU64::new(u64::MAX),
@@ -705,14 +738,19 @@ fn poll(
                         .expect("claimed above")
                         .tx_burst(&mut buf);
                     moved += sent;
-                    sent_by_stream[k] += offered as u64;
                     let ct = &counters[t];
                     ct.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
                     ct.tx_bytes.fetch_add(
                         bytes * sent as u64 / offered.max(1) as u64,
                         Ordering::Relaxed,
                     );
-                    ct.tx_dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    if cfg.tx_retry {
+                        // Not sent is not generated: the same frames are offered again.
+                        sent_by_stream[k] += sent as u64;
+                    } else {
+                        sent_by_stream[k] += offered as u64;
+                        ct.tx_dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    }
                     buf.clear();
                 }
                 (None, None) => {}
@@ -722,8 +760,11 @@ fn poll(
             && cfg
                 .tx_count
                 .is_some_and(|l| sent_by_stream.iter().all(|&s| s >= l));
-        // A finished peer thread ends an idle-bounded run too.
-        let ending = txonly_done || done.load(Ordering::Relaxed) && cfg.idle_exit.is_some();
+        // A finished peer thread ends an idle-bounded run too. With --duration the run
+        // lasts that long even once txonly has sent its budget (the ports stay served:
+        // a vhost-user peer may still be taking the last packets).
+        let ending = txonly_done && cfg.duration.is_none()
+            || done.load(Ordering::Relaxed) && cfg.idle_exit.is_some();
         match pacer.after_round(moved, ending) {
             Step::Busy => {}
             Step::Idle { flush } => {

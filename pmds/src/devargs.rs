@@ -10,6 +10,8 @@ pub enum Driver {
     Ring = 1,
     /// `net_pcap`: rx from a pcap file or a live interface, tx to a pcap file or one.
     Pcap = 2,
+    /// vhost-user backend (`net_vhost`): the peer is a QEMU guest or a virtio-user process.
+    Vhost = 3,
 }
 
 impl Driver {
@@ -18,6 +20,7 @@ impl Driver {
         match n {
             1 => Some(Driver::Ring),
             2 => Some(Driver::Pcap),
+            3 => Some(Driver::Vhost),
             _ => None,
         }
     }
@@ -27,6 +30,7 @@ impl Driver {
         match self {
             Driver::Ring => "net_ring",
             Driver::Pcap => "net_pcap",
+            Driver::Vhost => "net_vhost",
         }
     }
 }
@@ -49,6 +53,7 @@ fn known_keys(driver: Driver) -> &'static [&'static str] {
     match driver {
         Driver::Ring => &["rx_ring", "tx_ring", "queues", "nb_desc", "guest_pool"],
         Driver::Pcap => &["rx_pcap", "tx_pcap", "rx_iface", "tx_iface", "iface"],
+        Driver::Vhost => &["iface", "client", "queues"],
     }
 }
 
@@ -69,10 +74,11 @@ impl DevArgs {
         let driver = match base {
             "net_ring" => Driver::Ring,
             "net_pcap" => Driver::Pcap,
+            "net_vhost" => Driver::Vhost,
             other => {
                 return Err(format!(
-                    "--vdev {text:?}: unknown driver {other:?} (known: net_ring, net_pcap)"
-                ))
+                "--vdev {text:?}: unknown driver {other:?} (known: net_ring, net_pcap, net_vhost)"
+            ))
             }
         };
         if shm::layout::encode_name(name).is_none() {

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -103,6 +103,10 @@ enum DriverRes {
     Pcap {
         rx: Option<PcapEnd>,
         tx: Option<PcapEnd>,
+    },
+    /// The vhost-user backend, when it runs in this process (the primary's).
+    Vhost {
+        dev: Option<Arc<crate::vhost::VhostDevice>>,
     },
 }
 
@@ -245,6 +249,16 @@ impl Port {
                 }
                 (u16::from(p.rx.is_some()), u16::from(p.tx.is_some()))
             }
+            Driver::Vhost => {
+                let q = devargs
+                    .number(
+                        "queues",
+                        1,
+                        1..=u32::from(crate::vhost::backend::MAX_QUEUE_PAIRS),
+                    )
+                    .map_err(PortError::Config)?;
+                (q as u16, q as u16)
+            }
         };
         let nb_desc = devargs
             .number("nb_desc", setup.nb_desc, 1..=1 << 20)
@@ -280,6 +294,20 @@ impl Port {
                         .map_err(|e| cfg(format!("tx_pcap {tx}: {e}")))?;
                 }
             }
+            Driver::Vhost => {
+                let path = devargs.get("iface").ok_or_else(|| {
+                    cfg("give iface=/path/to/socket (the vhost-user socket)".into())
+                })?;
+                let client = match devargs.get("client") {
+                    None | Some("0") => false,
+                    Some("1") => true,
+                    Some(v) => return Err(cfg(format!("client={v}: expected 0 or 1"))),
+                };
+                if crate::vhost::backend::find(Path::new(path)).is_some() {
+                    return Err(cfg(format!("iface {path} is served by another port")));
+                }
+                let _ = client;
+            }
         }
         let pool = setup.rx_pool.mempool();
         let mut info = PortInfo {
@@ -313,7 +341,20 @@ impl Port {
             .map_err(|e| cfg(e.to_string()))?;
         r.write(zone.offset, &info)
             .map_err(|e| cfg(e.to_string()))?;
-        let port = Port::open(&zone, find)?;
+        // The vhost backend starts last: nothing can fail after it but opening the port.
+        let vhost = match devargs.driver {
+            Driver::Vhost => {
+                let path = Path::new(devargs.get("iface").expect("checked above"));
+                let client = devargs.get("client") == Some("1");
+                Some(crate::vhost::VhostDevice::start(path, nb_rx, client).map_err(cfg)?)
+            }
+            _ => None,
+        };
+        let port = Port::open(&zone, find).inspect_err(|_| {
+            if let Some(d) = &vhost {
+                crate::vhost::backend::stop(d);
+            }
+        })?;
         port.ctrl().link_up.store(1, Ordering::Relaxed);
         Ok(port)
     }
@@ -410,6 +451,16 @@ impl Port {
             Driver::Pcap => {
                 let p = PcapEnds::of(&devargs).map_err(bad)?;
                 DriverRes::Pcap { rx: p.rx, tx: p.tx }
+            }
+            Driver::Vhost => {
+                let path = PathBuf::from(
+                    devargs
+                        .get("iface")
+                        .ok_or_else(|| bad("no iface=".into()))?,
+                );
+                DriverRes::Vhost {
+                    dev: crate::vhost::backend::find(&path),
+                }
             }
         };
         if let DriverRes::Ring { rx, tx, .. } = &res {
@@ -515,6 +566,10 @@ impl Port {
 
     /// True while the link is up (virtual ports: always, once probed).
     pub fn link_up(&self) -> bool {
+        if let DriverRes::Vhost { dev: Some(d) } = &self.shared.res {
+            // Up while a frontend is connected with every vring started.
+            return d.ready();
+        }
         self.ctrl().link_up.load(Ordering::Relaxed) != 0
     }
 
@@ -652,6 +707,13 @@ impl Port {
     pub fn rx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<RxQueue<'c>, PortError> {
         let claim = self.claim("rx", queue)?;
         let kind = match &self.shared.res {
+            DriverRes::Vhost { dev, .. } => {
+                self.check_pool(cache)?;
+                RxKind::Vhost(crate::vhost::VhostQueue::new(
+                    self.vhost_here(dev)?,
+                    2 * usize::from(queue) + 1,
+                ))
+            }
             DriverRes::Ring { rx, .. } => {
                 let ring = &rx[queue as usize];
                 RxKind::Ring(if ring.mode().single_consumer {
@@ -710,6 +772,10 @@ impl Port {
     pub fn tx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<TxQueue<'c>, PortError> {
         let claim = self.claim("tx", queue)?;
         let kind = match &self.shared.res {
+            DriverRes::Vhost { dev, .. } => TxKind::Vhost(crate::vhost::VhostQueue::new(
+                self.vhost_here(dev)?,
+                2 * usize::from(queue),
+            )),
             DriverRes::Ring { tx, .. } => {
                 let ring = &tx[queue as usize];
                 TxKind::Ring(if ring.mode().single_producer {
@@ -744,6 +810,28 @@ impl Port {
             cache,
             kind,
             handles: vec![0; MAX_BURST].into_boxed_slice(),
+        })
+    }
+
+    /// Stops what the driver runs in this process (a vhost-user backend's thread and
+    /// socket); the primary calls it when it stops.
+    pub fn stop_driver(&self) {
+        if let DriverRes::Vhost { dev: Some(d) } = &self.shared.res {
+            crate::vhost::backend::stop(d);
+        }
+    }
+
+    /// The vhost backend of this port, if this process runs it (the guest's memory is
+    /// mapped only there).
+    fn vhost_here(
+        &self,
+        dev: &Option<Arc<crate::vhost::VhostDevice>>,
+    ) -> Result<Arc<crate::vhost::VhostDevice>, PortError> {
+        dev.clone().ok_or_else(|| {
+            PortError::Config(format!(
+                "{}: a net_vhost port is polled in the primary, where the frontend's memory is mapped: forward with shmdp-primary --fwd",
+                self.name()
+            ))
         })
     }
 
@@ -852,12 +940,14 @@ enum RxKind {
     Ring(RingRx),
     Pcap(PcapRx),
     Iface(crate::af_packet::PacketSocket),
+    Vhost(crate::vhost::VhostQueue),
 }
 
 enum TxKind {
     Ring(RingTx),
     Pcap(PcapWriter<BufWriter<File>>),
     Iface(crate::af_packet::PacketSocket),
+    Vhost(crate::vhost::VhostQueue),
 }
 
 /// Most packets one burst moves.
@@ -950,6 +1040,20 @@ impl<'c> RxQueue<'c> {
                 }
                 if refused > 0 {
                     self.claim.bump(|b| &b.errors, refused);
+                }
+            }
+            RxKind::Vhost(q) => {
+                let o = q.receive(self.cache, out, max);
+                bytes = o.bytes;
+                if o.bad_chains > 0 || o.broken {
+                    self.claim
+                        .bump(|b| &b.errors, o.bad_chains + u64::from(o.broken));
+                }
+                if o.dropped > 0 {
+                    self.claim.bump(|b| &b.dropped, o.dropped);
+                }
+                for m in &mut out[start..] {
+                    m.set_port(port_id);
                 }
             }
             RxKind::Pcap(p) => {
@@ -1098,6 +1202,21 @@ impl<'c> TxQueue<'c> {
                     pkts.splice(0..0, back);
                 }
                 pushed
+            }
+            TxKind::Vhost(q) => {
+                let before = pkts.len();
+                let o = q.send(pkts);
+                if o.bad_chains > 0 || o.broken {
+                    self.claim
+                        .bump(|b| &b.errors, o.bad_chains + u64::from(o.broken));
+                }
+                if o.dropped > 0 {
+                    self.claim.bump(|b| &b.dropped, o.dropped);
+                }
+                bytes = o.bytes;
+                // Dropped ones (too large for the guest's buffers) left `pkts` too.
+                self.claim.count(o.packets as u64, bytes);
+                return before - pkts.len();
             }
             TxKind::Pcap(w) => {
                 let ts = std::time::SystemTime::now()

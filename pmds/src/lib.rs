@@ -19,6 +19,7 @@ pub mod devargs;
 pub mod ethdev;
 pub mod layout;
 pub mod pcap_file;
+pub mod vhost;
 
 pub use devargs::{DevArgs, Driver};
 pub use ethdev::{Port, PortError, PortSetup, PortStats, QueueStats, RxQueue, TxQueue};

@@ -815,6 +815,9 @@ impl Primary {
         if let Some(c) = self.control.take() {
             c.stop();
         }
+        for p in self.ports.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            p.stop_driver();
+        }
         let n = self.memsegs.len();
         self.memsegs.clear();
         if let Some(lock) = self.lock.take() {

@@ -46,12 +46,17 @@ pub struct FwdArgs {
     /// Send one burst on every output port first (loopback topologies need it).
     #[arg(long)]
     pub tx_first: bool,
-    /// Stop after SECS seconds of forwarding.
+    /// txonly: offer again what a port cannot take now, instead of dropping it (the run
+    /// ends after --tx-count packets really sent).
+    #[arg(long)]
+    pub tx_retry: bool,
+    /// Stop after SECS seconds of forwarding (txonly: even when --tx-count was reached
+    /// sooner, so the ports stay served that long).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
     /// Read forwarding options from the `[fwd]` table of a TOML file (options given on
     /// the command line win): mode, portlist, burst, lcores, stats_period, stats_json,
-    /// idle_exit, duration, txpkts, tx_count, tx_first.
+    /// idle_exit, duration, txpkts, tx_count, tx_first, tx_retry.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -71,6 +76,7 @@ struct FwdFile {
     txpkts: Option<u16>,
     tx_count: Option<u64>,
     tx_first: Option<bool>,
+    tx_retry: Option<bool>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -199,6 +205,7 @@ impl FwdArgs {
                 txpkt_len: usize::from(txpkts),
                 tx_count: self.tx_count.or(file.tx_count),
                 tx_first: self.tx_first || file.tx_first.unwrap_or(false),
+                tx_retry: self.tx_retry || file.tx_retry.unwrap_or(false),
                 duration: self.duration.or(file.duration).map(Duration::from_secs_f64),
             },
             stats_json: self.stats_json.clone().or(file.stats_json),

@@ -1,0 +1,402 @@
+//! virtio-net over split virtqueues, device side: packets from the guest's transmit queue
+//! become mbufs ([`NetQueue::dequeue`]), mbufs are written into the guest's receive buffers
+//! ([`NetQueue::enqueue`]). Both copy at the boundary (guest memory is the guest's, mbufs
+//! are ours) and publish used elements once per burst.
+//!
+//! Every packet starts with a `virtio_net_hdr` (virtio 1.x §5.1.6): 12 bytes with
+//! `VIRTIO_F_VERSION_1` or `VIRTIO_NET_F_MRG_RXBUF` (the last two are `num_buffers`), 10
+//! without. We offer no offloads, so received headers are ignored and sent ones are zero
+//! but for `num_buffers`.
+
+use shm_mempool::{Mbuf, MbufCache};
+
+use super::vring::{ChainError, SplitRing};
+
+/// `VIRTIO_NET_F_MRG_RXBUF`: a received packet may span several chains.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_NET_F_MQ`: several queue pairs.
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// `VIRTIO_RING_F_INDIRECT_DESC` (not offered).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// `used.flags`: the device does not need kicks (it polls).
+pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
+/// Largest frame accepted from a guest (header excluded).
+pub const MAX_FRAME: usize = 9728;
+
+/// Header length for the negotiated `features`.
+pub fn header_len(features: u64) -> usize {
+    if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+        12
+    } else {
+        10
+    }
+}
+
+/// What one burst did besides moving packets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BurstOutcome {
+    /// Packets moved.
+    pub packets: usize,
+    /// Bytes moved (frames, headers excluded).
+    pub bytes: u64,
+    /// Chains refused as malformed (returned to the guest empty).
+    pub bad_chains: u64,
+    /// Frames dropped for want of an mbuf (guest to host) or too large for the guest's
+    /// buffers without mergeable buffers (host to guest).
+    pub dropped: u64,
+    /// The driver asked to be interrupted for the used elements.
+    pub notify: bool,
+    /// The ring itself is impossible (its avail index): stop using it.
+    pub broken: bool,
+}
+
+/// One direction of one queue pair, polled by one thread.
+#[derive(Debug)]
+pub struct NetQueue {
+    ring: SplitRing,
+    hdr_len: usize,
+    mergeable: bool,
+    /// Gathers a chain's bytes when the frame spans several buffers.
+    scratch: Vec<u8>,
+}
+
+impl NetQueue {
+    /// A queue over a started ring, for the negotiated `features`.
+    pub fn new(ring: SplitRing, features: u64) -> NetQueue {
+        ring.set_used_flags(VRING_USED_F_NO_NOTIFY);
+        NetQueue {
+            ring,
+            hdr_len: header_len(features),
+            mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            scratch: Vec::with_capacity(MAX_FRAME + 64),
+        }
+    }
+
+    /// The next available index (what `GET_VRING_BASE` reports).
+    pub fn last_avail(&self) -> u16 {
+        self.ring.last_avail
+    }
+
+    /// Guest transmit queue: up to `max` frames into mbufs from `cache`, appended to `out`.
+    pub fn dequeue<'c>(
+        &mut self,
+        cache: &'c MbufCache,
+        out: &mut Vec<Mbuf<'c>>,
+        max: usize,
+    ) -> BurstOutcome {
+        let mut o = BurstOutcome::default();
+        let pending = match self.ring.pending() {
+            Ok(n) => usize::from(n).min(max),
+            Err(_) => {
+                o.broken = true;
+                return o;
+            }
+        };
+        for _ in 0..pending {
+            let head = self.ring.take_head();
+            match self.ring.walk(head, false) {
+                Ok((n, total)) => {
+                    let frame_len = (total as usize).saturating_sub(self.hdr_len);
+                    if total < self.hdr_len as u64 || frame_len > MAX_FRAME {
+                        o.bad_chains += 1;
+                    } else {
+                        match self
+                            .gather(n, frame_len)
+                            .and_then(|b| cache.alloc_from(b).ok())
+                        {
+                            Some(m) => {
+                                o.packets += 1;
+                                o.bytes += frame_len as u64;
+                                out.push(m);
+                            }
+                            None => o.dropped += 1,
+                        }
+                    }
+                    self.ring.push_used(head, 0);
+                }
+                Err(ChainError::IndexOutOfRange) => {
+                    // Not a head we can return: the guest loses that entry, not us.
+                    o.bad_chains += 1;
+                }
+                Err(_) => {
+                    o.bad_chains += 1;
+                    self.ring.push_used(head, 0);
+                }
+            }
+        }
+        o.notify = self.ring.publish();
+        o
+    }
+
+    /// The frame of the walked chain (`n` buffers), header skipped: borrowed straight from
+    /// guest memory when it sits in one buffer, else gathered into the scratch buffer.
+    fn gather(&mut self, n: usize, frame_len: usize) -> Option<&[u8]> {
+        let segs = &self.ring.segs()[..n];
+        let hdr = self.hdr_len;
+        // Header and frame in one buffer, or the header alone in the first.
+        let single = if segs[0].len as usize >= hdr + frame_len {
+            Some((segs[0], hdr))
+        } else if n == 2 && segs[0].len as usize == hdr {
+            Some((segs[1], 0))
+        } else {
+            None
+        };
+        if let Some((seg, skip)) = single {
+            // SAFETY: the walk checked `seg` is inside guest memory; `skip + frame_len <=
+            // seg.len`. The guest may change the bytes while we copy them: it can only
+            // spoil its own packet, and the copy is what we check afterwards.
+            return Some(unsafe {
+                std::slice::from_raw_parts(seg.ptr.wrapping_add(skip), frame_len)
+            });
+        }
+        self.scratch.clear();
+        let mut skip = hdr;
+        for s in segs {
+            let len = s.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            // SAFETY: as above, `skip < len` bytes of a checked buffer.
+            let bytes = unsafe { std::slice::from_raw_parts(s.ptr.wrapping_add(skip), len - skip) };
+            self.scratch.extend_from_slice(bytes);
+            skip = 0;
+        }
+        Some(&self.scratch[..frame_len.min(self.scratch.len())])
+    }
+
+    /// Guest receive queue: writes frames from the front of `pkts` into the guest's
+    /// buffers, removing the ones written (their mbufs are freed); what does not fit for
+    /// want of buffers stays in `pkts`.
+    pub fn enqueue(&mut self, pkts: &mut Vec<Mbuf<'_>>) -> BurstOutcome {
+        let mut o = BurstOutcome::default();
+        let mut avail = match self.ring.pending() {
+            Ok(n) => n,
+            Err(_) => {
+                o.broken = true;
+                return o;
+            }
+        };
+        let mut done = 0;
+        'packets: for m in pkts.iter() {
+            let need = self.hdr_len + m.pkt_len() as usize;
+            // Chains used by this packet: (head, bytes written).
+            let mut chains: [(u16, u32); 16] = [(0, 0); 16];
+            let mut nchains = 0usize;
+            let mut written = 0usize;
+            let mut first: *mut u8 = std::ptr::null_mut();
+            let mut src = PacketCursor::new(m.segments(), self.hdr_len);
+            while written < need {
+                let full = nchains == chains.len() || (nchains == 1 && !self.mergeable);
+                if full {
+                    // Does not fit what the guest may give one packet: drop it, return
+                    // its buffers empty.
+                    for &(head, _) in &chains[..nchains] {
+                        self.ring.push_used(head, 0);
+                    }
+                    o.dropped += 1;
+                    done += 1;
+                    continue 'packets;
+                }
+                if avail == 0 {
+                    // Out of buffers: give back what this packet took, keep it, stop.
+                    self.ring.untake(nchains as u16);
+                    break 'packets;
+                }
+                let head = self.ring.take_head();
+                avail -= 1;
+                let n = match self.ring.walk(head, true) {
+                    // The header must sit in the first buffer (as every driver gives it).
+                    Ok((n, _))
+                        if nchains > 0 || self.ring.segs()[0].len as usize >= self.hdr_len =>
+                    {
+                        n
+                    }
+                    other => {
+                        o.bad_chains += 1;
+                        if other != Err(ChainError::IndexOutOfRange) {
+                            self.ring.push_used(head, 0);
+                        }
+                        continue;
+                    }
+                };
+                if nchains == 0 {
+                    first = self.ring.segs()[0].ptr;
+                }
+                let mut in_chain = 0usize;
+                for s in &self.ring.segs()[..n] {
+                    // SAFETY: a checked, device-writable guest buffer of `s.len` bytes.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len as usize) };
+                    in_chain += src.fill(dst);
+                    if src.done() {
+                        break;
+                    }
+                }
+                written += in_chain;
+                chains[nchains] = (head, in_chain as u32);
+                nchains += 1;
+            }
+            if self.hdr_len == 12 {
+                // SAFETY: `first` is the first buffer of a checked writable chain, at least
+                // `hdr_len` = 12 bytes long; num_buffers is its last two bytes.
+                unsafe {
+                    std::ptr::write_unaligned(
+                        first.wrapping_add(10).cast::<u16>(),
+                        (nchains as u16).to_le(),
+                    );
+                }
+            }
+            for &(head, len) in &chains[..nchains] {
+                self.ring.push_used(head, len);
+            }
+            o.packets += 1;
+            o.bytes += u64::from(m.pkt_len());
+            done += 1;
+        }
+        pkts.drain(..done);
+        o.notify = self.ring.publish();
+        o
+    }
+}
+
+/// Reads a virtio-net header (zeros) followed by a packet's bytes, in pieces.
+struct PacketCursor<'a, I: Iterator<Item = &'a [u8]>> {
+    hdr_left: usize,
+    segs: I,
+    cur: &'a [u8],
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
+    fn new(segs: I, hdr_len: usize) -> PacketCursor<'a, I> {
+        let mut c = PacketCursor {
+            hdr_left: hdr_len,
+            segs,
+            cur: &[],
+        };
+        c.advance();
+        c
+    }
+
+    /// Moves to the next non-empty segment once the current one is used up.
+    fn advance(&mut self) {
+        while self.cur.is_empty() {
+            match self.segs.next() {
+                Some(s) => self.cur = s,
+                None => return,
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.hdr_left == 0 && self.cur.is_empty()
+    }
+
+    /// Copies as much as fits into `dst`; returns how many bytes.
+    fn fill(&mut self, dst: &mut [u8]) -> usize {
+        let mut k = 0;
+        if self.hdr_left > 0 {
+            let h = self.hdr_left.min(dst.len());
+            dst[..h].fill(0);
+            self.hdr_left -= h;
+            k = h;
+        }
+        while k < dst.len() && !self.cur.is_empty() {
+            let c = self.cur.len().min(dst.len() - k);
+            dst[k..k + c].copy_from_slice(&self.cur[..c]);
+            k += c;
+            self.cur = &self.cur[c..];
+            self.advance();
+        }
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::vring::tests::{FakeGuest, BUFS};
+    use super::super::vring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use super::*;
+    use shm::{Memseg, Region};
+    use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag};
+
+    fn pool() -> MbufPool {
+        let seg = Memseg::create_in_region(Region::heap(8 << 20), "vhost", 1).unwrap();
+        seg.mark_ready();
+        MbufPool::create(&seg, "m", &MbufPoolParams::new(255, 0, 1)).unwrap()
+    }
+
+    const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+
+    #[test]
+    fn guest_frames_become_mbufs_and_bad_chains_are_counted() {
+        let mut g = FakeGuest::new(8);
+        let ring = SplitRing::start(g.mem.clone(), &g.addrs()).unwrap();
+        let mut q = NetQueue::new(ring, FEATURES);
+        let pool = pool();
+        let cache = pool.cache(OwnerTag::PRIMARY).unwrap();
+        // Frame 1: header and 60 bytes in one buffer. Frame 2: header alone, then the
+        // frame in two buffers. Then a chain with a buffer outside guest memory.
+        let frame: Vec<u8> = (0..60u8).collect();
+        for (i, b) in frame.iter().enumerate() {
+            g.write(BUFS + 12 + i as u64, *b);
+        }
+        g.desc(0, BUFS, 72, 0, 0);
+        g.offer(0);
+        g.desc(1, BUFS + 0x1000, 12, VRING_DESC_F_NEXT, 2);
+        g.desc(2, BUFS + 12, 30, VRING_DESC_F_NEXT, 3);
+        g.desc(3, BUFS + 42, 30, 0, 0);
+        g.offer(1);
+        g.desc(4, 0x4000_0000, 100, 0, 0);
+        g.offer(4);
+        let mut out = Vec::new();
+        let o = q.dequeue(&cache, &mut out, 32);
+        assert_eq!(o.packets, 2);
+        assert_eq!(o.bad_chains, 1);
+        assert!(o.notify);
+        assert_eq!(out[0].data(), &frame[..]);
+        assert_eq!(out[1].to_vec(), frame);
+        assert_eq!(g.used_idx(), 3, "every chain went back, the bad one too");
+        drop(out);
+        assert_eq!(pool.mempool().stats().available, 255);
+    }
+
+    #[test]
+    fn mbufs_fill_guest_buffers_with_num_buffers_set() {
+        let mut g = FakeGuest::new(8);
+        let ring = SplitRing::start(g.mem.clone(), &g.addrs()).unwrap();
+        let mut q = NetQueue::new(ring, FEATURES);
+        let pool = pool();
+        let cache = pool.cache(OwnerTag::PRIMARY).unwrap();
+        // Three writable buffers of 64 bytes, one per chain: a 100-byte frame needs two.
+        for i in 0..3u16 {
+            g.desc(i, BUFS + 0x100 * u64::from(i), 64, VRING_DESC_F_WRITE, 0);
+            g.offer(i);
+        }
+        let frame: Vec<u8> = (0..100u8).collect();
+        let mut pkts = vec![
+            cache.alloc_from(&frame).unwrap(),
+            cache.alloc_from(&frame).unwrap(),
+        ];
+        let o = q.enqueue(&mut pkts);
+        assert_eq!(o.packets, 1, "the second frame waits for buffers");
+        assert_eq!(pkts.len(), 1, "and stays the caller's");
+        assert_eq!(g.used_idx(), 2);
+        assert_eq!(g.used_elem(0), (0, 64));
+        assert_eq!(g.used_elem(1), (1, 48));
+        assert_eq!(g.read::<u16>(BUFS + 10), 2, "num_buffers");
+        let mut got = Vec::new();
+        for i in 12..64 {
+            got.push(g.read::<u8>(BUFS + i));
+        }
+        for i in 0..48 {
+            got.push(g.read::<u8>(BUFS + 0x100 + i));
+        }
+        assert_eq!(got, frame);
+        drop(pkts);
+        assert_eq!(pool.mempool().stats().available, 255);
+    }
+}

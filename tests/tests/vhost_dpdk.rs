@@ -1,0 +1,214 @@
+//! The vhost-user backend (`net_vhost`) against a real frontend: DPDK's `dpdk-testpmd`
+//! with its virtio-user PMD (`--vdev net_virtio_user0,path=SOCK`). 10^6 frames from our
+//! txonly into testpmd's rxonly, and testpmd's txonly into our rxonly, with exact counts
+//! on both sides; a testpmd frame macswapped back by our forwarder.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tests::*;
+
+/// testpmd with a virtio-user port on `sock`, fed the interactive `commands` (one per
+/// line; `sleep N` lines pause); returns its output.
+fn testpmd(tag: &str, sock: &str, extra_vdev: &str, commands: &[&str]) -> Option<String> {
+    let have = Command::new("dpdk-testpmd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !require(
+        "dpdk-testpmd",
+        have,
+        "apt-get install dpdk (scripts/setup.sh does it)",
+    ) || !require_hugepages()
+    {
+        return None;
+    }
+    let mut script = String::new();
+    for c in commands {
+        match c.strip_prefix("sleep ") {
+            Some(secs) => script += &format!("sleep {secs}; "),
+            None => script += &format!("echo '{c}'; "),
+        }
+    }
+    let prefix = unique_prefix(tag);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "({script}) | timeout 120 dpdk-testpmd -l 0-1 --no-pci -m 256 --file-prefix {prefix} --single-file-segments --vdev net_virtio_user0,path={sock},queues=1{extra_vdev} -- -i --no-flush-rx --total-num-mbufs=16384 2>&1"
+        ))
+        .output()
+        .expect("run testpmd");
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first `NAME: number` after `after` in `text`.
+fn figure(text: &str, after: &str, name: &str) -> u64 {
+    let from = text
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after:?} in:\n{text}"));
+    let rest = &text[from..];
+    let at = rest
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name:?} in:\n{rest}"));
+    rest[at + name.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {name:?}"))
+}
+
+fn sock_path(tag: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("{}.sock", unique_prefix(tag)))
+        .display()
+        .to_string()
+}
+
+/// The scenarios run one after the other: each has two busy-polling processes, and this
+/// machine has two CPUs.
+#[test]
+fn testpmd_virtio_user_against_our_vhost_backend() {
+    our_txonly_reaches_testpmd_exactly();
+    testpmd_txonly_reaches_us_exactly_and_macswap_answers();
+}
+
+fn our_txonly_reaches_testpmd_exactly() {
+    let sock = sock_path("vhtx");
+    let prefix = unique_prefix("vhtx");
+    let vdev = format!("net_vhost0,iface={sock}");
+    // Lossless: what testpmd's ring cannot take now is offered again; the primary stays
+    // up (--duration) while testpmd drains its ring.
+    let mut primary = Proc::primary(
+        &prefix,
+        &[
+            "--no-huge",
+            "-m",
+            "64",
+            "--vdev",
+            &vdev,
+            "--fwd",
+            "txonly",
+            "--tx-count",
+            "1000000",
+            "--tx-retry",
+            "--duration",
+            "10",
+        ],
+    );
+    let Some(out) = testpmd(
+        "tpr",
+        &sock,
+        "",
+        &[
+            "set fwd rxonly",
+            "start",
+            "sleep 8",
+            "stop",
+            "sleep 0.3",
+            "quit",
+        ],
+    ) else {
+        return;
+    };
+    let st = primary
+        .wait_exit(Duration::from_secs(30))
+        .expect("primary ends");
+    assert!(st.success(), "{:?}", primary.stderr());
+    let ours = primary.stdout().join("\n");
+    assert!(ours.contains("TX-packets: 1000000 "), "{ours}");
+    assert_eq!(
+        figure(&out, "Forward statistics for port 0", "RX-packets:"),
+        1_000_000,
+        "{out}"
+    );
+    assert!(
+        !std::path::Path::new(&sock).exists(),
+        "socket removed at stop"
+    );
+}
+
+fn testpmd_txonly_reaches_us_exactly_and_macswap_answers() {
+    let sock = sock_path("vhrx");
+    let prefix = unique_prefix("vhrx");
+    let vdev = format!("net_vhost0,iface={sock}");
+    let mut primary = Proc::primary(
+        &prefix,
+        &[
+            "--no-huge",
+            "-m",
+            "64",
+            "--vdev",
+            &vdev,
+            "--fwd",
+            "rxonly",
+            "--duration",
+            "8",
+        ],
+    );
+    assert!(primary.wait_stdout("forwarding:", Duration::from_secs(10)));
+    let Some(out) = testpmd(
+        "tpt",
+        &sock,
+        "",
+        &[
+            "set fwd txonly",
+            "start",
+            "sleep 3",
+            "stop",
+            "sleep 0.5",
+            "quit",
+        ],
+    ) else {
+        return;
+    };
+    let sent = figure(&out, "Forward statistics for port 0", "TX-packets:");
+    assert!(sent >= 1_000_000, "testpmd sent only {sent}:\n{out}");
+    let st = primary
+        .wait_exit(Duration::from_secs(30))
+        .expect("primary ends");
+    assert!(st.success(), "{:?}", primary.stderr());
+    let ours = primary.stdout().join("\n");
+    assert_eq!(
+        figure(&ours, "Forward statistics for port 0", "RX-packets:"),
+        sent,
+        "every frame testpmd queued arrived: {ours}"
+    );
+
+    // A round trip: testpmd sends 4 bursts, our macswap sends them back.
+    let prefix = unique_prefix("vhms");
+    let mut primary = Proc::primary(
+        &prefix,
+        &["--no-huge", "-m", "64", "--vdev", &vdev, "--fwd", "macswap"],
+    );
+    assert!(primary.wait_stdout("forwarding:", Duration::from_secs(10)));
+    let Some(out) = testpmd(
+        "tpm",
+        &sock,
+        "",
+        &[
+            "set fwd rxonly",
+            "start tx_first 4",
+            "sleep 2",
+            "stop",
+            "sleep 0.3",
+            "quit",
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        figure(&out, "Forward statistics for port 0", "RX-packets:"),
+        128,
+        "{out}"
+    );
+    primary.signal(nix::sys::signal::Signal::SIGINT);
+    let st = primary
+        .wait_exit(Duration::from_secs(10))
+        .expect("primary ends");
+    assert!(st.success());
+    let ours = primary.stdout().join("\n");
+    assert!(ours.contains("every packet accounted for"), "{ours}");
+}
