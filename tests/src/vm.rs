@@ -19,6 +19,19 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Kernel modules the lab keeps from the Debian kernel package, in load order (virtio-net
+/// for vhost-user guests).
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
 /// A prepared lab.
 #[derive(Debug)]
 pub struct VmLab {
@@ -92,7 +105,8 @@ impl VmLab {
         let dir = target_dir().join("vmlab");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let vmlinux = dir.join("vmlinux");
-        if !vmlinux.exists() {
+        let modules = dir.join("modules");
+        if !vmlinux.exists() || !modules.join("virtio_net.ko").exists() {
             // The versioned image package the metapackage points at; downloaded, not installed.
             let pkg = sh("apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'")?;
             let pkg = pkg.trim();
@@ -105,6 +119,15 @@ impl VmLab {
             sh(&format!(
                 "cd {d} && rm -rf kpkg *.deb && apt-get download -q {pkg} >/dev/null 2>&1 && dpkg-deb -x {pkg}_*.deb kpkg && rm -f {pkg}_*.deb"
             ))?;
+            // The guest modules the tests load (uncompressed .ko in Debian's 6.1 kernels).
+            std::fs::create_dir_all(&modules).map_err(|e| e.to_string())?;
+            for m in GUEST_MODULES {
+                sh(&format!(
+                    "f=$(find {d}/kpkg/lib/modules -name '{m}.ko*' | head -1) && [ -n \"$f\" ] && cp \"$f\" {}/{m}.ko",
+                    modules.display()
+                ))
+                .map_err(|e| format!("kernel module {m}: {e}"))?;
+            }
             let vmlinuz = sh(&format!("ls {d}/kpkg/boot/vmlinuz-* | head -1"))?;
             // The bzImage carries an xz-compressed vmlinux: find the xz magic and unpack it.
             sh(&format!(
@@ -130,6 +153,21 @@ impl VmLab {
         programs: &[&Path],
         script: &str,
     ) -> Result<PathBuf, String> {
+        self.initramfs_with_modules(name, programs, script, &[])
+    }
+
+    /// As [`VmLab::initramfs`], with kernel `modules` (from [`GUEST_MODULES`], loaded in
+    /// that order by `/init` before the script).
+    ///
+    /// # Errors
+    /// As [`VmLab::initramfs`], or a module the lab does not keep.
+    pub fn initramfs_with_modules(
+        &self,
+        name: &str,
+        programs: &[&Path],
+        script: &str,
+        modules: &[&str],
+    ) -> Result<PathBuf, String> {
         let root = self.dir.join(format!("root-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         for d in [
@@ -138,7 +176,20 @@ impl VmLab {
             std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| e.to_string())?;
-        let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\necho SHMDP-VM-START\nif sh /test.sh; then echo 'SHMDP-VM-RESULT PASS'; else echo 'SHMDP-VM-RESULT FAIL'; fi\npoweroff -f\n";
+        std::fs::create_dir_all(root.join("lib/modules")).map_err(|e| e.to_string())?;
+        let mut load = String::new();
+        for m in modules {
+            if !GUEST_MODULES.contains(m) {
+                return Err(format!("kernel module {m} is not kept by the lab"));
+            }
+            std::fs::copy(
+                self.dir.join("modules").join(format!("{m}.ko")),
+                root.join(format!("lib/modules/{m}.ko")),
+            )
+            .map_err(|e| format!("module {m}: {e}"))?;
+            load += &format!("insmod /lib/modules/{m}.ko\n");
+        }
+        let init = format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n{load}echo SHMDP-VM-START\nif sh /test.sh; then echo 'SHMDP-VM-RESULT PASS'; else echo 'SHMDP-VM-RESULT FAIL'; fi\npoweroff -f\n");
         std::fs::write(root.join("init"), init).map_err(|e| e.to_string())?;
         std::fs::write(root.join("test.sh"), script).map_err(|e| e.to_string())?;
         for p in programs {
@@ -226,13 +277,22 @@ impl VmLab {
 
 /// A release build of a workspace binary (the guest runs it under TCG, where a debug build
 /// would be many times slower), built once per test binary.
-pub fn release_bin(package: &str, name: &str) -> PathBuf {
+pub fn release_bin(_package: &str, name: &str) -> PathBuf {
     let path = target_dir().join("release").join(name);
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "--release", "--bins", "-p", package])
+            // Every binary a guest may run, whichever was asked for first.
+            .args([
+                "build",
+                "--release",
+                "--bins",
+                "-p",
+                "primary",
+                "-p",
+                "secondary",
+            ])
             .status()
             .expect("run cargo build --release");
         assert!(st.success(), "cargo build --release failed");

@@ -25,19 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
-    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
-};
-use vhost::vhost_user::{
-    BackendReqHandler, Error as VuError, Result as VuResult, VhostUserBackendReqHandlerMut,
-};
-
-use super::mem::{GuestMemory, RegionSpec};
+use super::mem::GuestMemory;
 use super::net::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 };
+use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
 use super::vring::VringAddrs;
 
 /// Most queue pairs of one port.
@@ -292,13 +284,15 @@ impl VhostDevice {
             *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
             self.connected.store(true, Ordering::Relaxed);
             tracing::info!("{}: vhost-user frontend connected", self.path.display());
-            let handler = Arc::new(Mutex::new(Handler { dev: self.clone() }));
-            let mut req = BackendReqHandler::from_stream(stream, handler);
+            let mut handler = Handler {
+                dev: self.clone(),
+                reply_ack: false,
+            };
+            let mut sock = stream;
             loop {
-                match req.handle_request() {
-                    Ok(()) => {}
-                    Err(VuError::Disconnected | VuError::PartialMessage) => break,
-                    Err(VuError::SocketBroken(_) | VuError::SocketError(_)) => break,
+                let (h, payload, files) = match proto::recv(&mut sock) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
                     Err(e) => {
                         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -307,6 +301,40 @@ impl VhostDevice {
                         );
                         break;
                     }
+                };
+                let msg = match proto::decode(&h, &payload, files.len()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "{}: vhost-user: {e}; closing the connection",
+                            self.path.display()
+                        );
+                        break;
+                    }
+                };
+                tracing::debug!("{}: vhost-user {msg:?}", self.path.display());
+                let result = handler.handle(msg, files);
+                if let Err(e) = &result {
+                    self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{}: vhost-user request {} refused: {e}",
+                        self.path.display(),
+                        h.request
+                    );
+                }
+                let sent = match result {
+                    Ok(Some(reply)) => proto::send_reply(&mut sock, &h, &reply),
+                    Ok(None) if h.need_reply() && handler.reply_ack => {
+                        proto::send_reply(&mut sock, &h, &0u64.to_le_bytes())
+                    }
+                    Err(_) if h.need_reply() && handler.reply_ack => {
+                        proto::send_reply(&mut sock, &h, &1u64.to_le_bytes())
+                    }
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
                 }
             }
             self.connected.store(false, Ordering::Relaxed);
@@ -369,6 +397,8 @@ fn offered_features(pairs: u16) -> u64 {
 
 struct Handler {
     dev: Arc<VhostDevice>,
+    /// `REPLY_ACK` negotiated: requests flagged NEED_REPLY get an ack.
+    reply_ack: bool,
 }
 
 impl Handler {
@@ -376,239 +406,135 @@ impl Handler {
         self.dev.ctl.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn vring(c: &mut Control, index: u32) -> VuResult<&mut VringCtl> {
-        c.vrings
-            .get_mut(index as usize)
-            .ok_or(VuError::InvalidParam)
-    }
-}
-
-fn unsupported<T>(what: &'static str) -> VuResult<T> {
-    Err(VuError::InvalidOperation(what))
-}
-
-impl VhostUserBackendReqHandlerMut for Handler {
-    fn set_owner(&mut self) -> VuResult<()> {
-        Ok(())
-    }
-
-    fn reset_owner(&mut self) -> VuResult<()> {
-        Ok(())
-    }
-
-    fn reset_device(&mut self) -> VuResult<()> {
-        let mut c = self.ctl();
-        for v in &mut c.vrings {
-            *v = VringCtl::default();
-        }
-        self.dev.publish(&c);
-        Ok(())
-    }
-
-    fn get_features(&mut self) -> VuResult<u64> {
-        Ok(offered_features(self.dev.pairs))
-    }
-
-    fn set_features(&mut self, features: u64) -> VuResult<()> {
-        tracing::debug!("SET_FEATURES {features:#x}");
-        if features & !offered_features(self.dev.pairs) != 0 {
-            return Err(VuError::InvalidParam);
-        }
-        let mut c = self.ctl();
-        c.features = features;
-        // Without protocol features a ring is enabled as soon as it starts.
-        if features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
-            for v in &mut c.vrings {
-                v.enabled = true;
+    /// Carries out one request; `Ok(Some(payload))` for requests that are answered.
+    fn handle(&mut self, msg: Msg, mut files: Vec<File>) -> Result<Option<Vec<u8>>, String> {
+        let dev = self.dev.clone();
+        let vring = |c: &mut Control, index: u32| -> Result<usize, String> {
+            if (index as usize) < c.vrings.len() {
+                Ok(index as usize)
+            } else {
+                Err(format!("vring {index} (the port has {})", c.vrings.len()))
             }
-        }
-        self.dev.publish(&c);
-        Ok(())
-    }
-
-    fn set_mem_table(
-        &mut self,
-        ctx: &[VhostUserMemoryRegion],
-        files: Vec<File>,
-        _postcopy_listening: Option<bool>,
-    ) -> VuResult<Option<Vec<vhost::VhostUserMemoryRegionBase>>> {
-        let specs: Vec<RegionSpec> = ctx
-            .iter()
-            .map(|r| RegionSpec {
-                guest_phys_addr: r.guest_phys_addr,
-                size: r.memory_size,
-                user_addr: r.user_addr,
-                mmap_offset: r.mmap_offset,
-            })
-            .collect();
-        let mem = GuestMemory::map(&specs, files).map_err(|e| {
-            tracing::warn!("{}: {e}", self.dev.path.display());
-            VuError::InvalidParam
-        })?;
-        let mut c = self.ctl();
-        c.mem = Some(Arc::new(mem));
-        self.dev.publish(&c);
-        Ok(None)
-    }
-
-    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        let mut c = self.ctl();
-        let v = Self::vring(&mut c, index)?;
-        if num == 0 || num > 32768 || !num.is_power_of_two() {
-            return Err(VuError::InvalidParam);
-        }
-        v.addrs.size = num as u16;
-        Ok(())
-    }
-
-    fn set_vring_addr(
-        &mut self,
-        index: u32,
-        _flags: VhostUserVringAddrFlags,
-        descriptor: u64,
-        used: u64,
-        available: u64,
-        _log: u64,
-    ) -> VuResult<()> {
-        let mut c = self.ctl();
-        let v = Self::vring(&mut c, index)?;
-        v.addrs.desc = descriptor;
-        v.addrs.used = used;
-        v.addrs.avail = available;
-        v.has_addrs = true;
-        Ok(())
-    }
-
-    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        tracing::debug!("SET_VRING_BASE {index} {base}");
-        let mut c = self.ctl();
-        Self::vring(&mut c, index)?.addrs.base = base as u16;
-        self.dev.shared[index as usize]
-            .last_avail
-            .store(base & 0xffff, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
-        tracing::debug!("GET_VRING_BASE {index}");
-        let g = {
-            let mut c = self.ctl();
-            let v = Self::vring(&mut c, index)?;
-            v.started = false;
-            v.kick = None;
-            self.dev.publish(&c);
-            self.dev.generation.load(Ordering::Relaxed)
         };
-        self.dev.wait_for_poller(index as usize, g);
-        let last = self.dev.shared[index as usize]
-            .last_avail
-            .load(Ordering::Relaxed);
-        Ok(VhostUserVringState::new(index, last))
-    }
-
-    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        tracing::debug!("SET_VRING_KICK {index}");
-        let mut c = self.ctl();
-        let v = Self::vring(&mut c, u32::from(index))?;
-        // We poll: the kick fd is kept (the frontend expects it held) but not read.
-        v.kick = fd;
-        v.started = true;
-        self.dev.publish(&c);
-        Ok(())
-    }
-
-    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let mut c = self.ctl();
-        Self::vring(&mut c, u32::from(index))?.call = fd.map(Arc::new);
-        self.dev.publish(&c);
-        Ok(())
-    }
-
-    fn set_vring_err(&mut self, _index: u8, _fd: Option<File>) -> VuResult<()> {
-        Ok(())
-    }
-
-    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
-    }
-
-    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
-        self.ctl().protocol_features = features;
-        Ok(())
-    }
-
-    fn get_queue_num(&mut self) -> VuResult<u64> {
-        Ok(u64::from(self.dev.pairs))
-    }
-
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        tracing::debug!("SET_VRING_ENABLE {index} {enable}");
-        let mut c = self.ctl();
-        Self::vring(&mut c, index)?.enabled = enable;
-        self.dev.publish(&c);
-        Ok(())
-    }
-
-    fn get_config(&mut self, _o: u32, _s: u32, _f: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
-        unsupported("GET_CONFIG")
-    }
-
-    fn set_config(&mut self, _o: u32, _b: &[u8], _f: VhostUserConfigFlags) -> VuResult<()> {
-        unsupported("SET_CONFIG")
-    }
-
-    fn set_gpu_socket(&mut self, _g: vhost::vhost_user::GpuBackend) -> VuResult<()> {
-        unsupported("SET_GPU_SOCKET")
-    }
-
-    fn get_shared_object(&mut self, _u: VhostUserSharedMsg) -> VuResult<File> {
-        unsupported("GET_SHARED_OBJECT")
-    }
-
-    fn get_inflight_fd(&mut self, _i: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
-        unsupported("GET_INFLIGHT_FD")
-    }
-
-    fn set_inflight_fd(&mut self, _i: &VhostUserInflight, _f: File) -> VuResult<()> {
-        unsupported("SET_INFLIGHT_FD")
-    }
-
-    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
-        Ok(super::mem::MAX_REGIONS as u64)
-    }
-
-    fn add_mem_region(
-        &mut self,
-        _r: &VhostUserSingleMemoryRegion,
-        _fd: File,
-        _p: Option<bool>,
-    ) -> VuResult<Option<vhost::VhostUserMemoryRegionBase>> {
-        unsupported("ADD_MEM_REG")
-    }
-
-    fn remove_mem_region(&mut self, _r: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        unsupported("REM_MEM_REG")
-    }
-
-    fn set_device_state_fd(
-        &mut self,
-        _d: VhostTransferStateDirection,
-        _p: VhostTransferStatePhase,
-        _f: File,
-    ) -> VuResult<Option<File>> {
-        unsupported("SET_DEVICE_STATE_FD")
-    }
-
-    fn check_device_state(&mut self) -> VuResult<()> {
-        unsupported("CHECK_DEVICE_STATE")
-    }
-
-    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
-        unsupported("GET_SHMEM_CONFIG")
-    }
-
-    fn set_log_base(&mut self, _l: &VhostUserLog, _f: File) -> VuResult<()> {
-        unsupported("SET_LOG_BASE")
+        let value = |v: u64| Ok(Some(v.to_le_bytes().to_vec()));
+        match msg {
+            Msg::GetFeatures => value(offered_features(dev.pairs)),
+            Msg::SetFeatures(f) => {
+                if f & !offered_features(dev.pairs) != 0 {
+                    return Err(format!("features {f:#x} were not offered"));
+                }
+                let mut c = self.ctl();
+                c.features = f;
+                // Without protocol features a ring is enabled as soon as it starts.
+                if f & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+                    for v in &mut c.vrings {
+                        v.enabled = true;
+                    }
+                }
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::SetOwner => Ok(None),
+            Msg::ResetOwner => {
+                let mut c = self.ctl();
+                for v in &mut c.vrings {
+                    *v = VringCtl::default();
+                }
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::SetMemTable(specs) => {
+                let mem = GuestMemory::map(&specs, files)?;
+                let mut c = self.ctl();
+                c.mem = Some(Arc::new(mem));
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::SetVringNum { index, num } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                if num == 0 || num > 32768 || !num.is_power_of_two() {
+                    return Err(format!("vring size {num}"));
+                }
+                c.vrings[i].addrs.size = num as u16;
+                Ok(None)
+            }
+            Msg::SetVringAddr { index, addrs } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                let v = &mut c.vrings[i];
+                v.addrs.desc = addrs.desc;
+                v.addrs.used = addrs.used;
+                v.addrs.avail = addrs.avail;
+                v.has_addrs = true;
+                Ok(None)
+            }
+            Msg::SetVringBase { index, base } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                c.vrings[i].addrs.base = base as u16;
+                dev.shared[i]
+                    .last_avail
+                    .store(base & 0xffff, Ordering::Relaxed);
+                Ok(None)
+            }
+            Msg::GetVringBase(index) => {
+                let (i, g) = {
+                    let mut c = self.ctl();
+                    let i = vring(&mut c, index)?;
+                    c.vrings[i].started = false;
+                    c.vrings[i].kick = None;
+                    dev.publish(&c);
+                    (i, dev.generation.load(Ordering::Relaxed))
+                };
+                dev.wait_for_poller(i, g);
+                let last = dev.shared[i].last_avail.load(Ordering::Relaxed);
+                let mut reply = index.to_le_bytes().to_vec();
+                reply.extend_from_slice(&last.to_le_bytes());
+                Ok(Some(reply))
+            }
+            Msg::SetVringKick { index, has_fd } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                // We poll: the kick fd is kept (the frontend expects it held), not read.
+                c.vrings[i].kick = if has_fd { files.pop() } else { None };
+                c.vrings[i].started = true;
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::SetVringCall { index, has_fd } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                c.vrings[i].call = if has_fd {
+                    files.pop().map(Arc::new)
+                } else {
+                    None
+                };
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::SetVringErr { index, .. } => {
+                let mut c = self.ctl();
+                vring(&mut c, index)?;
+                Ok(None)
+            }
+            Msg::GetProtocolFeatures => value(PROTOCOL_F_MQ | PROTOCOL_F_REPLY_ACK),
+            Msg::SetProtocolFeatures(f) => {
+                self.reply_ack = f & PROTOCOL_F_REPLY_ACK != 0;
+                self.ctl().protocol_features = f;
+                Ok(None)
+            }
+            Msg::GetQueueNum => value(u64::from(dev.pairs)),
+            Msg::SetVringEnable { index, enable } => {
+                let mut c = self.ctl();
+                let i = vring(&mut c, index)?;
+                c.vrings[i].enabled = enable;
+                dev.publish(&c);
+                Ok(None)
+            }
+            Msg::GetMaxMemSlots => value(super::mem::MAX_REGIONS as u64),
+            Msg::Unsupported(code) => Err(format!("request {code} is not supported")),
+        }
     }
 }
 

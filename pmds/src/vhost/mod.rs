@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod mem;
 pub mod net;
+pub mod proto;
 pub mod vring;
 
 use std::fs::File;

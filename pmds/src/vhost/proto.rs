@@ -1,0 +1,441 @@
+//! The vhost-user wire protocol (QEMU's docs/interop/vhost-user.rst), backend side, for
+//! the messages a virtio-net device needs. Every message is a 12-byte header — request
+//! `u32`, flags `u32` (version 1 in bits 0-1, REPLY 0x4, NEED_REPLY 0x8), payload size
+//! `u32` — then the payload; file descriptors ride with the header (SCM_RIGHTS).
+//!
+//! [`decode`] turns header and payload into a [`Msg`] and refuses anything malformed
+//! (sizes that do not match the request, too many regions, fds that do not match) without
+//! touching a socket: it is what the fuzz target exercises. [`recv`] and [`send_reply`]
+//! do the socket part.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use super::mem::{RegionSpec, MAX_REGIONS};
+use super::vring::VringAddrs;
+
+/// Header flag: protocol version 1.
+pub const VERSION: u32 = 0x1;
+/// Header flag: this is a reply.
+pub const FLAG_REPLY: u32 = 0x4;
+/// Header flag: the frontend wants an ack (with `REPLY_ACK` negotiated).
+pub const FLAG_NEED_REPLY: u32 = 0x8;
+/// Largest payload accepted.
+pub const MAX_PAYLOAD: u32 = 4096;
+/// Most fds one message may carry.
+pub const MAX_FDS: usize = 8;
+/// Protocol feature: several queue pairs.
+pub const PROTOCOL_F_MQ: u64 = 1 << 0;
+/// Protocol feature: acks on request.
+pub const PROTOCOL_F_REPLY_ACK: u64 = 1 << 3;
+
+/// A request the backend understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// `GET_FEATURES` (1).
+    GetFeatures,
+    /// `SET_FEATURES` (2).
+    SetFeatures(u64),
+    /// `SET_OWNER` (3).
+    SetOwner,
+    /// `RESET_OWNER` (4).
+    ResetOwner,
+    /// `SET_MEM_TABLE` (5): one fd per region.
+    SetMemTable(Vec<RegionSpec>),
+    /// `SET_VRING_NUM` (8).
+    SetVringNum {
+        /// Vring.
+        index: u32,
+        /// Entries.
+        num: u32,
+    },
+    /// `SET_VRING_ADDR` (9).
+    SetVringAddr {
+        /// Vring.
+        index: u32,
+        /// Where (size and base are not set by this message).
+        addrs: VringAddrs,
+    },
+    /// `SET_VRING_BASE` (10).
+    SetVringBase {
+        /// Vring.
+        index: u32,
+        /// First available index.
+        base: u32,
+    },
+    /// `GET_VRING_BASE` (11): stops the vring.
+    GetVringBase(u32),
+    /// `SET_VRING_KICK` (12); `has_fd` false when the no-fd bit is set.
+    SetVringKick {
+        /// Vring.
+        index: u32,
+        /// An fd came with it.
+        has_fd: bool,
+    },
+    /// `SET_VRING_CALL` (13).
+    SetVringCall {
+        /// Vring.
+        index: u32,
+        /// An fd came with it.
+        has_fd: bool,
+    },
+    /// `SET_VRING_ERR` (14).
+    SetVringErr {
+        /// Vring.
+        index: u32,
+        /// An fd came with it.
+        has_fd: bool,
+    },
+    /// `GET_PROTOCOL_FEATURES` (15).
+    GetProtocolFeatures,
+    /// `SET_PROTOCOL_FEATURES` (16).
+    SetProtocolFeatures(u64),
+    /// `GET_QUEUE_NUM` (17).
+    GetQueueNum,
+    /// `SET_VRING_ENABLE` (18).
+    SetVringEnable {
+        /// Vring.
+        index: u32,
+        /// Enable or disable.
+        enable: bool,
+    },
+    /// `GET_MAX_MEM_SLOTS` (36).
+    GetMaxMemSlots,
+    /// A request we do not implement (answered with a failure when an ack is wanted).
+    Unsupported(u32),
+}
+
+/// A decoded header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Request code.
+    pub request: u32,
+    /// Flags.
+    pub flags: u32,
+    /// Payload bytes.
+    pub size: u32,
+}
+
+impl Header {
+    /// Parses the 12 header bytes.
+    ///
+    /// # Errors
+    /// A wrong version, a reply where a request belongs, or an oversized payload.
+    pub fn parse(b: &[u8; 12]) -> Result<Header, String> {
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let h = Header {
+            request: word(0),
+            flags: word(4),
+            size: word(8),
+        };
+        if h.flags & 0x3 != VERSION {
+            return Err(format!("message version {} (1 expected)", h.flags & 0x3));
+        }
+        if h.flags & FLAG_REPLY != 0 {
+            return Err("a reply where a request was expected".into());
+        }
+        if h.size > MAX_PAYLOAD {
+            return Err(format!(
+                "payload of {} bytes (at most {MAX_PAYLOAD})",
+                h.size
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The frontend wants an ack.
+    pub fn need_reply(&self) -> bool {
+        self.flags & FLAG_NEED_REPLY != 0
+    }
+}
+
+fn u32_at(p: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(p[i..i + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(p: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes request `h` with `payload`, which came with `nfds` file descriptors.
+///
+/// # Errors
+/// One line when the payload or the fd count does not fit the request.
+pub fn decode(h: &Header, payload: &[u8], nfds: usize) -> Result<Msg, String> {
+    let size = |want: usize| -> Result<(), String> {
+        if payload.len() == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "request {}: payload of {} bytes, {want} expected",
+                h.request,
+                payload.len()
+            ))
+        }
+    };
+    let fds = |want: usize| -> Result<(), String> {
+        if nfds == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "request {}: {nfds} fds, {want} expected",
+                h.request
+            ))
+        }
+    };
+    let state = || -> Result<(u32, u32), String> {
+        size(8)?;
+        fds(0)?;
+        Ok((u32_at(payload, 0), u32_at(payload, 4)))
+    };
+    // SET_VRING_KICK/CALL/ERR: index in bits 0-7, bit 8 set when no fd is sent.
+    let vring_fd = || -> Result<(u32, bool), String> {
+        size(8)?;
+        let v = u64_at(payload, 0);
+        let has_fd = v & 0x100 == 0;
+        fds(usize::from(has_fd))?;
+        Ok(((v & 0xff) as u32, has_fd))
+    };
+    let none = |m: Msg| -> Result<Msg, String> {
+        // Some frontends send an 8-byte zero payload with argument-less requests.
+        if !payload.is_empty() && payload.len() != 8 {
+            return Err(format!("request {}: unexpected payload", h.request));
+        }
+        fds(0)?;
+        Ok(m)
+    };
+    let value = || -> Result<u64, String> {
+        size(8)?;
+        fds(0)?;
+        Ok(u64_at(payload, 0))
+    };
+    Ok(match h.request {
+        1 => none(Msg::GetFeatures)?,
+        2 => Msg::SetFeatures(value()?),
+        3 => none(Msg::SetOwner)?,
+        4 => none(Msg::ResetOwner)?,
+        5 => {
+            if payload.len() < 8 {
+                return Err("SET_MEM_TABLE: short payload".into());
+            }
+            let n = u32_at(payload, 0) as usize;
+            if n == 0 || n > MAX_REGIONS {
+                return Err(format!("SET_MEM_TABLE: {n} regions (1..={MAX_REGIONS})"));
+            }
+            size(8 + 32 * n)?;
+            fds(n)?;
+            Msg::SetMemTable(
+                (0..n)
+                    .map(|i| {
+                        let o = 8 + 32 * i;
+                        RegionSpec {
+                            guest_phys_addr: u64_at(payload, o),
+                            size: u64_at(payload, o + 8),
+                            user_addr: u64_at(payload, o + 16),
+                            mmap_offset: u64_at(payload, o + 24),
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        8 => {
+            let (index, num) = state()?;
+            Msg::SetVringNum { index, num }
+        }
+        9 => {
+            size(40)?;
+            fds(0)?;
+            Msg::SetVringAddr {
+                index: u32_at(payload, 0),
+                addrs: VringAddrs {
+                    size: 0,
+                    desc: u64_at(payload, 8),
+                    used: u64_at(payload, 16),
+                    avail: u64_at(payload, 24),
+                    base: 0,
+                },
+            }
+        }
+        10 => {
+            let (index, base) = state()?;
+            Msg::SetVringBase { index, base }
+        }
+        11 => Msg::GetVringBase(state()?.0),
+        12 => {
+            let (index, has_fd) = vring_fd()?;
+            Msg::SetVringKick { index, has_fd }
+        }
+        13 => {
+            let (index, has_fd) = vring_fd()?;
+            Msg::SetVringCall { index, has_fd }
+        }
+        14 => {
+            let (index, has_fd) = vring_fd()?;
+            Msg::SetVringErr { index, has_fd }
+        }
+        15 => none(Msg::GetProtocolFeatures)?,
+        16 => Msg::SetProtocolFeatures(value()?),
+        17 => none(Msg::GetQueueNum)?,
+        18 => {
+            let (index, num) = state()?;
+            Msg::SetVringEnable {
+                index,
+                enable: num != 0,
+            }
+        }
+        36 => none(Msg::GetMaxMemSlots)?,
+        other => Msg::Unsupported(other),
+    })
+}
+
+/// One request as received: header, payload, and the fds that came with it.
+pub type Received = (Header, Vec<u8>, Vec<File>);
+
+/// Receives one request: header (with any fds), then its payload.
+///
+/// # Errors
+/// `Ok(None)` when the frontend closed the connection; `Err` for a socket error or a
+/// malformed header.
+pub fn recv(sock: &mut UnixStream) -> Result<Option<Received>, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let mut hdr = [0u8; 12];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, mut files) = {
+        let mut iov = [IoSliceMut::new(&mut hdr)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("recvmsg: {e}"))?;
+        let mut files = Vec::new();
+        for c in msg.cmsgs().map_err(|e| format!("recvmsg: {e}"))? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for fd in fds {
+                    // SAFETY: the kernel just installed `fd` in this process for us; we are
+                    // its only owner.
+                    files.push(unsafe { File::from_raw_fd(fd) });
+                }
+            }
+        }
+        (msg.bytes, files)
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < hdr.len() {
+        sock.read_exact(&mut hdr[n..])
+            .map_err(|e| format!("short header: {e}"))?;
+    }
+    let h = Header::parse(&hdr)?;
+    let mut payload = vec![0u8; h.size as usize];
+    sock.read_exact(&mut payload)
+        .map_err(|e| format!("payload: {e}"))?;
+    if files.len() > MAX_FDS {
+        files.truncate(0);
+        return Err("too many fds".into());
+    }
+    Ok(Some((h, payload, files)))
+}
+
+/// Sends the reply to request `h` with `payload`.
+///
+/// # Errors
+/// A socket error.
+pub fn send_reply(sock: &mut UnixStream, h: &Header, payload: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(12 + payload.len());
+    out.extend_from_slice(&h.request.to_le_bytes());
+    out.extend_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    sock.write_all(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(request: u32, size: u32) -> Header {
+        Header {
+            request,
+            flags: VERSION,
+            size,
+        }
+    }
+
+    #[test]
+    fn decodes_the_messages_a_net_backend_needs() {
+        assert_eq!(decode(&hdr(1, 0), &[], 0), Ok(Msg::GetFeatures));
+        assert_eq!(
+            decode(&hdr(2, 8), &(1u64 << 32).to_le_bytes(), 0),
+            Ok(Msg::SetFeatures(1 << 32))
+        );
+        let mut p = 2u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&256u32.to_le_bytes());
+        assert_eq!(
+            decode(&hdr(8, 8), &p, 0),
+            Ok(Msg::SetVringNum { index: 2, num: 256 })
+        );
+        assert_eq!(
+            decode(&hdr(12, 8), &0x101u64.to_le_bytes(), 0),
+            Ok(Msg::SetVringKick {
+                index: 1,
+                has_fd: false
+            })
+        );
+        assert_eq!(
+            decode(&hdr(13, 8), &1u64.to_le_bytes(), 1),
+            Ok(Msg::SetVringCall {
+                index: 1,
+                has_fd: true
+            })
+        );
+        let mut m = 1u32.to_le_bytes().to_vec();
+        m.extend_from_slice(&[0; 4]);
+        for v in [0u64, 0x1000, 0x7f00_0000, 0] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(
+            decode(&hdr(5, 40), &m, 1),
+            Ok(Msg::SetMemTable(vec![RegionSpec {
+                guest_phys_addr: 0,
+                size: 0x1000,
+                user_addr: 0x7f00_0000,
+                mmap_offset: 0
+            }]))
+        );
+        assert_eq!(decode(&hdr(99, 0), &[], 0), Ok(Msg::Unsupported(99)));
+    }
+
+    #[test]
+    fn refuses_malformed_messages() {
+        assert!(decode(&hdr(2, 4), &[0; 4], 0).is_err(), "short value");
+        assert!(
+            decode(&hdr(13, 8), &1u64.to_le_bytes(), 0).is_err(),
+            "fd missing"
+        );
+        assert!(decode(&hdr(8, 8), &[0; 8], 3).is_err(), "stray fds");
+        let mut m = 1000u32.to_le_bytes().to_vec();
+        m.extend_from_slice(&[0; 4]);
+        assert!(decode(&hdr(5, 8), &m, 0).is_err(), "too many regions");
+        let mut m = 2u32.to_le_bytes().to_vec();
+        m.extend_from_slice(&[0; 36]);
+        assert!(
+            decode(&hdr(5, 40), &m, 2).is_err(),
+            "regions and size disagree"
+        );
+        let mut h = [0u8; 12];
+        h[4] = 2;
+        assert!(Header::parse(&h).is_err(), "version 2");
+        h[4] = 1 | 4;
+        assert!(Header::parse(&h).is_err(), "a reply");
+        h[4] = 1;
+        h[8..12].copy_from_slice(&100_000u32.to_le_bytes());
+        assert!(Header::parse(&h).is_err(), "oversized");
+    }
+}

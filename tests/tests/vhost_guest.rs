@@ -1,0 +1,105 @@
+//! The vhost-user backend with a real guest: QEMU (TCG) with its guest RAM in a shared
+//! memfd, `-netdev vhost-user` on the primary's `net_vhost0` socket and a `virtio-net-pci`
+//! device; inside, the guest kernel's own virtio-net driver carries frames that shmdp in the
+//! guest sends and receives through AF_PACKET (`net_pcap0,iface=eth0`). The host primary
+//! macswaps every frame back; the guest counts them all. When the host primary stops,
+//! the guest sees its link go down.
+
+use std::time::Duration;
+
+use tests::vm::{release_bin, VmLab, GUEST_MODULES};
+use tests::*;
+
+const FRAMES: u32 = 2000;
+
+#[test]
+fn a_guest_kernel_virtio_net_talks_to_our_vhost_backend() {
+    let lab = match VmLab::get() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = require("the VM lab", false, &e);
+            return;
+        }
+    };
+    let primary_bin = release_bin("primary", "shmdp-primary");
+    let secondary_bin = release_bin("secondary", "shmdp-secondary");
+    // In the guest: eth0 up (no IPv6 chatter, promiscuous: the frames carry shmdp's MACs),
+    // a primary owning an AF_PACKET port on it, a receiver and a sender (--tx-retry: none
+    // dropped when the kernel queue is full). Then wait for the host to go away.
+    let script = format!(
+        r#"echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+ip link set eth0 promisc on
+ip link set eth0 up
+i=0; while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done
+echo LINK-UP
+mkdir -p /dev/shm /run && mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /run
+shmdp-primary --file-prefix g --no-huge -m 32 --vdev net_pcap0,iface=eth0 > /tmp/p.log 2>&1 &
+i=0; until grep -q ready: /tmp/p.log; do i=$((i+1)); [ $i -gt 200 ] && cat /tmp/p.log && exit 1; sleep 0.1; done
+shmdp-secondary --file-prefix g fwd --fwd rxonly --idle-exit 4 > /tmp/rx.log 2>&1 &
+rx=$!
+shmdp-secondary --file-prefix g fwd --fwd txonly --tx-count {FRAMES} --tx-retry --txpkts 128 || exit 1
+wait $rx
+cat /tmp/rx.log /tmp/p.log
+grep -q 'RX-packets: {FRAMES} ' /tmp/rx.log || exit 1
+echo GUEST-GOT-ALL
+i=0; while [ "$(cat /sys/class/net/eth0/carrier)" = 1 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done
+echo LINK-DOWN-SEEN
+"#
+    );
+    let initrd = lab
+        .initramfs_with_modules(
+            "vhost",
+            &[&primary_bin, &secondary_bin],
+            &script,
+            GUEST_MODULES,
+        )
+        .unwrap();
+    let prefix = unique_prefix("vhguest");
+    let sock = std::env::temp_dir().join(format!("{prefix}.sock"));
+    let vdev = format!("net_vhost0,iface={}", sock.display());
+    // The host primary serves for a bounded time, then stops: the guest must see that.
+    let mut primary = Proc::primary(
+        &prefix,
+        &[
+            "--no-huge",
+            "-m",
+            "64",
+            "--vdev",
+            &vdev,
+            "--fwd",
+            "macswap",
+            "--duration",
+            "25",
+        ],
+    );
+    assert!(primary.wait_stdout("forwarding:", Duration::from_secs(10)));
+    let qemu: Vec<String> = [
+        "-object",
+        "memory-backend-memfd,id=ram0,size=512M,share=on",
+        "-machine",
+        "memory-backend=ram0",
+        "-chardev",
+        &format!("socket,id=chr0,path={}", sock.display()),
+        "-netdev",
+        "vhost-user,id=net0,chardev=chr0,queues=1",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=,mac=52:54:00:00:00:10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let boot = lab.boot(&initrd, &qemu, Duration::from_secs(180)).unwrap();
+    println!("guest serial:\n{}", boot.serial);
+    println!("primary stderr:\n{}", primary.stderr().join("\n"));
+    assert!(boot.serial.contains("GUEST-GOT-ALL"), "{}", boot.serial);
+    assert!(boot.serial.contains("LINK-DOWN-SEEN"), "{}", boot.serial);
+    assert!(boot.passed, "{}", boot.serial);
+    let st = primary
+        .wait_exit(Duration::from_secs(30))
+        .expect("primary ends");
+    assert!(st.success(), "{:?}", primary.stderr());
+    let ours = primary.stdout().join("\n");
+    assert!(ours.contains("every packet accounted for"), "{ours}");
+    println!("VM: qemu start to poweroff {:.1} s", boot.seconds);
+}
