@@ -12,6 +12,8 @@ pub enum Driver {
     Pcap = 2,
     /// vhost-user backend (`net_vhost`): the peer is a QEMU guest or a virtio-user process.
     Vhost = 3,
+    /// virtio-user (`net_virtio_user`): shmdp as the vhost-user frontend.
+    VirtioUser = 4,
 }
 
 impl Driver {
@@ -21,6 +23,7 @@ impl Driver {
             1 => Some(Driver::Ring),
             2 => Some(Driver::Pcap),
             3 => Some(Driver::Vhost),
+            4 => Some(Driver::VirtioUser),
             _ => None,
         }
     }
@@ -31,6 +34,7 @@ impl Driver {
             Driver::Ring => "net_ring",
             Driver::Pcap => "net_pcap",
             Driver::Vhost => "net_vhost",
+            Driver::VirtioUser => "net_virtio_user",
         }
     }
 }
@@ -54,6 +58,7 @@ fn known_keys(driver: Driver) -> &'static [&'static str] {
         Driver::Ring => &["rx_ring", "tx_ring", "queues", "nb_desc", "guest_pool"],
         Driver::Pcap => &["rx_pcap", "tx_pcap", "rx_iface", "tx_iface", "iface"],
         Driver::Vhost => &["iface", "client", "queues"],
+        Driver::VirtioUser => &["path", "queues", "queue_size"],
     }
 }
 
@@ -75,9 +80,10 @@ impl DevArgs {
             "net_ring" => Driver::Ring,
             "net_pcap" => Driver::Pcap,
             "net_vhost" => Driver::Vhost,
+            "net_virtio_user" => Driver::VirtioUser,
             other => {
                 return Err(format!(
-                "--vdev {text:?}: unknown driver {other:?} (known: net_ring, net_pcap, net_vhost)"
+                "--vdev {text:?}: unknown driver {other:?} (known: net_ring, net_pcap, net_vhost, net_virtio_user)"
             ))
             }
         };

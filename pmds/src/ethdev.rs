@@ -108,6 +108,10 @@ enum DriverRes {
     Vhost {
         dev: Option<Arc<crate::vhost::VhostDevice>>,
     },
+    /// The vhost-user frontend, when connected in this process (the primary's).
+    VirtioUser {
+        dev: Option<Arc<crate::vhost::frontend::VirtioUserDevice>>,
+    },
 }
 
 /// Where a pcap port's rx or tx side goes.
@@ -259,6 +263,16 @@ impl Port {
                     .map_err(PortError::Config)?;
                 (q as u16, q as u16)
             }
+            Driver::VirtioUser => {
+                let q = devargs
+                    .number(
+                        "queues",
+                        1,
+                        1..=u32::from(crate::vhost::backend::MAX_QUEUE_PAIRS),
+                    )
+                    .map_err(PortError::Config)?;
+                (q as u16, q as u16)
+            }
         };
         let nb_desc = devargs
             .number("nb_desc", setup.nb_desc, 1..=1 << 20)
@@ -308,6 +322,20 @@ impl Port {
                 }
                 let _ = client;
             }
+            Driver::VirtioUser => {
+                let path = devargs.get("path").ok_or_else(|| {
+                    cfg("give path=/path/to/socket (the vhost-user backend's socket)".into())
+                })?;
+                if crate::vhost::frontend::find(Path::new(path)).is_some() {
+                    return Err(cfg(format!("path {path} is used by another port")));
+                }
+                let size = devargs
+                    .number("queue_size", 256, 16..=32768)
+                    .map_err(PortError::Config)?;
+                if !size.is_power_of_two() {
+                    return Err(cfg(format!("queue_size={size} must be a power of two")));
+                }
+            }
         }
         let pool = setup.rx_pool.mempool();
         let mut info = PortInfo {
@@ -336,6 +364,26 @@ impl Port {
         let zone = seg
             .reserve(&devargs.name, PORT_BYTES, 64, MemzoneKind::Port)
             .map_err(|e| cfg(e.to_string()))?;
+        // virtio-user: the rings, in this memseg (the memory the backend is given).
+        let vq_zone = match devargs.driver {
+            Driver::VirtioUser => {
+                let size = devargs
+                    .number("queue_size", 256, 16..=32768)
+                    .map_err(PortError::Config)? as u16;
+                let bytes = 2 * u64::from(nb_rx) * crate::vhost::frontend::vring_bytes(size);
+                Some((
+                    seg.reserve(
+                        &format!("{}_vq", devargs.name),
+                        bytes,
+                        4096,
+                        MemzoneKind::Raw,
+                    )
+                    .map_err(|e| cfg(e.to_string()))?,
+                    size,
+                ))
+            }
+            _ => None,
+        };
         let r = zone.region();
         r.fill(zone.offset, PORT_BYTES, 0)
             .map_err(|e| cfg(e.to_string()))?;
@@ -350,9 +398,30 @@ impl Port {
             }
             _ => None,
         };
+        let virtio_user = match vq_zone {
+            Some((z, size)) => {
+                let path = Path::new(devargs.get("path").expect("checked above"));
+                Some(
+                    crate::vhost::frontend::VirtioUserDevice::connect(
+                        seg,
+                        z.offset,
+                        path,
+                        nb_rx,
+                        size,
+                        setup.rx_pool.clone(),
+                        std::time::Duration::from_secs(5),
+                    )
+                    .map_err(cfg)?,
+                )
+            }
+            None => None,
+        };
         let port = Port::open(&zone, find).inspect_err(|_| {
             if let Some(d) = &vhost {
                 crate::vhost::backend::stop(d);
+            }
+            if let Some(d) = &virtio_user {
+                crate::vhost::frontend::stop(d);
             }
         })?;
         port.ctrl().link_up.store(1, Ordering::Relaxed);
@@ -451,6 +520,12 @@ impl Port {
             Driver::Pcap => {
                 let p = PcapEnds::of(&devargs).map_err(bad)?;
                 DriverRes::Pcap { rx: p.rx, tx: p.tx }
+            }
+            Driver::VirtioUser => {
+                let path = devargs.get("path").ok_or_else(|| bad("no path=".into()))?;
+                DriverRes::VirtioUser {
+                    dev: crate::vhost::frontend::find(Path::new(path)),
+                }
             }
             Driver::Vhost => {
                 let path = PathBuf::from(
@@ -707,6 +782,16 @@ impl Port {
     pub fn rx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<RxQueue<'c>, PortError> {
         let claim = self.claim("rx", queue)?;
         let kind = match &self.shared.res {
+            DriverRes::VirtioUser { dev } => {
+                self.check_pool(cache)?;
+                RxKind::VirtioUser(
+                    crate::vhost::frontend::VirtioUserQueue::take(
+                        self.virtio_user_here(dev)?,
+                        2 * usize::from(queue),
+                    )
+                    .map_err(|e| self.cfg(e))?,
+                )
+            }
             DriverRes::Vhost { dev, .. } => {
                 self.check_pool(cache)?;
                 RxKind::Vhost(crate::vhost::VhostQueue::new(
@@ -772,6 +857,13 @@ impl Port {
     pub fn tx_queue<'c>(&self, queue: u16, cache: &'c MbufCache) -> Result<TxQueue<'c>, PortError> {
         let claim = self.claim("tx", queue)?;
         let kind = match &self.shared.res {
+            DriverRes::VirtioUser { dev } => TxKind::VirtioUser(
+                crate::vhost::frontend::VirtioUserQueue::take(
+                    self.virtio_user_here(dev)?,
+                    2 * usize::from(queue) + 1,
+                )
+                .map_err(|e| self.cfg(e))?,
+            ),
             DriverRes::Vhost { dev, .. } => TxKind::Vhost(crate::vhost::VhostQueue::new(
                 self.vhost_here(dev)?,
                 2 * usize::from(queue),
@@ -816,9 +908,24 @@ impl Port {
     /// Stops what the driver runs in this process (a vhost-user backend's thread and
     /// socket); the primary calls it when it stops.
     pub fn stop_driver(&self) {
-        if let DriverRes::Vhost { dev: Some(d) } = &self.shared.res {
-            crate::vhost::backend::stop(d);
+        match &self.shared.res {
+            DriverRes::Vhost { dev: Some(d) } => crate::vhost::backend::stop(d),
+            DriverRes::VirtioUser { dev: Some(d) } => crate::vhost::frontend::stop(d),
+            _ => {}
         }
+    }
+
+    /// The virtio-user device of this port, if this process connected it.
+    fn virtio_user_here(
+        &self,
+        dev: &Option<Arc<crate::vhost::frontend::VirtioUserDevice>>,
+    ) -> Result<Arc<crate::vhost::frontend::VirtioUserDevice>, PortError> {
+        dev.clone().ok_or_else(|| {
+            PortError::Config(format!(
+                "{}: a net_virtio_user port is polled in the primary, which owns its connection: forward with shmdp-primary --fwd",
+                self.name()
+            ))
+        })
     }
 
     /// The vhost backend of this port, if this process runs it (the guest's memory is
@@ -941,6 +1048,7 @@ enum RxKind {
     Pcap(PcapRx),
     Iface(crate::af_packet::PacketSocket),
     Vhost(crate::vhost::VhostQueue),
+    VirtioUser(crate::vhost::frontend::VirtioUserQueue),
 }
 
 enum TxKind {
@@ -948,6 +1056,7 @@ enum TxKind {
     Pcap(PcapWriter<BufWriter<File>>),
     Iface(crate::af_packet::PacketSocket),
     Vhost(crate::vhost::VhostQueue),
+    VirtioUser(crate::vhost::frontend::VirtioUserQueue),
 }
 
 /// Most packets one burst moves.
@@ -1051,6 +1160,19 @@ impl<'c> RxQueue<'c> {
                 }
                 if o.dropped > 0 {
                     self.claim.bump(|b| &b.dropped, o.dropped);
+                }
+                for m in &mut out[start..] {
+                    m.set_port(port_id);
+                }
+            }
+            RxKind::VirtioUser(q) => {
+                let o = q.receive(self.cache, out, max);
+                bytes = o.bytes;
+                if o.errors > 0 {
+                    self.claim.bump(|b| &b.errors, o.errors);
+                }
+                if o.no_mbuf > 0 {
+                    self.claim.bump(|b| &b.dropped, o.no_mbuf);
                 }
                 for m in &mut out[start..] {
                     m.set_port(port_id);
@@ -1216,6 +1338,18 @@ impl<'c> TxQueue<'c> {
                 bytes = o.bytes;
                 // Dropped ones (too large for the guest's buffers) left `pkts` too.
                 self.claim.count(o.packets as u64, bytes);
+                return before - pkts.len();
+            }
+            TxKind::VirtioUser(q) => {
+                let before = pkts.len();
+                let o = q.send(self.cache, pkts);
+                if o.errors > 0 {
+                    self.claim.bump(|b| &b.errors, o.errors);
+                }
+                if o.no_mbuf > 0 {
+                    self.claim.bump(|b| &b.dropped, o.no_mbuf);
+                }
+                self.claim.count(o.packets as u64, o.bytes);
                 return before - pkts.len();
             }
             TxKind::Pcap(w) => {

@@ -1,7 +1,8 @@
-//! The vhost-user backend (`net_vhost`) against a real frontend: DPDK's `dpdk-testpmd`
-//! with its virtio-user PMD (`--vdev net_virtio_user0,path=SOCK`). 10^6 frames from our
-//! txonly into testpmd's rxonly, and testpmd's txonly into our rxonly, with exact counts
-//! on both sides; a testpmd frame macswapped back by our forwarder.
+//! vhost-user with real peers. Our backend (`net_vhost`) against DPDK's `dpdk-testpmd`
+//! virtio-user PMD (`--vdev net_virtio_user0,path=SOCK`); our frontend (`net_virtio_user`)
+//! against testpmd's vhost PMD (`--vdev net_vhost0,iface=SOCK`); and ours against ours in
+//! two processes. Each direction moves 10^6 frames (or all a testpmd txonly run queued)
+//! with exact counts on both sides.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,6 +12,15 @@ use tests::*;
 /// testpmd with a virtio-user port on `sock`, fed the interactive `commands` (one per
 /// line; `sleep N` lines pause); returns its output.
 fn testpmd(tag: &str, sock: &str, extra_vdev: &str, commands: &[&str]) -> Option<String> {
+    testpmd_with(
+        tag,
+        &format!("net_virtio_user0,path={sock},queues=1{extra_vdev}"),
+        commands,
+    )
+}
+
+/// testpmd with `vdev`, fed `commands` as [`testpmd`] does.
+fn testpmd_with(tag: &str, vdev: &str, commands: &[&str]) -> Option<String> {
     let have = Command::new("dpdk-testpmd")
         .arg("--version")
         .stdout(Stdio::null())
@@ -36,7 +46,7 @@ fn testpmd(tag: &str, sock: &str, extra_vdev: &str, commands: &[&str]) -> Option
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "({script}) | timeout 120 dpdk-testpmd -l 0-1 --no-pci -m 256 --file-prefix {prefix} --single-file-segments --vdev net_virtio_user0,path={sock},queues=1{extra_vdev} -- -i --no-flush-rx --total-num-mbufs=16384 2>&1"
+            "({script}) | timeout 120 dpdk-testpmd -l 0-1 --no-pci -m 256 --file-prefix {prefix} --single-file-segments --vdev {vdev} -- -i --no-flush-rx --total-num-mbufs=16384 2>&1"
         ))
         .output()
         .expect("run testpmd");
@@ -70,9 +80,138 @@ fn sock_path(tag: &str) -> String {
 /// The scenarios run one after the other: each has two busy-polling processes, and this
 /// machine has two CPUs.
 #[test]
-fn testpmd_virtio_user_against_our_vhost_backend() {
+fn vhost_user_with_real_peers() {
     our_txonly_reaches_testpmd_exactly();
     testpmd_txonly_reaches_us_exactly_and_macswap_answers();
+    our_virtio_user_against_testpmd_vhost();
+    our_virtio_user_against_our_vhost();
+}
+
+/// A primary forwarding `mode` on one port `vdev` for at most `secs`, with `extra` options.
+fn primary_on(tag: &str, vdev: &str, mode: &str, secs: &str, extra: &[&str]) -> Proc {
+    let prefix = unique_prefix(tag);
+    let mut args = vec![
+        "--no-huge",
+        "-m",
+        "64",
+        "--vdev",
+        vdev,
+        "--fwd",
+        mode,
+        "--duration",
+        secs,
+    ];
+    args.extend_from_slice(extra);
+    Proc::primary(&prefix, &args)
+}
+
+/// The primary's final report, once it has exited successfully.
+fn report(p: &mut Proc) -> String {
+    let st = p.wait_exit(Duration::from_secs(60)).expect("primary ends");
+    assert!(st.success(), "{:?} {:?}", p.stdout(), p.stderr());
+    p.stdout().join("\n")
+}
+
+const MILLION: &[&str] = &["--tx-count", "1000000", "--tx-retry"];
+
+fn our_virtio_user_against_testpmd_vhost() {
+    // testpmd's vhost PMD listens; our virtio-user connects to it.
+    let sock = sock_path("vutp");
+    let vdev = format!("net_vhost0,iface={sock},queues=1");
+    let ours = format!("net_virtio_user0,path={sock}");
+    let s2 = ours.clone();
+    let tx = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut p = primary_on("vutx", &s2, "txonly", "8", MILLION);
+        report(&mut p)
+    });
+    let Some(out) = testpmd_with(
+        "tpv",
+        &vdev,
+        &[
+            "set fwd rxonly",
+            "start",
+            "sleep 10",
+            "stop",
+            "sleep 0.3",
+            "quit",
+        ],
+    ) else {
+        return;
+    };
+    let sent = tx.join().unwrap();
+    assert!(sent.contains("TX-packets: 1000000 "), "{sent}");
+    assert_eq!(
+        figure(&out, "Forward statistics for port 0", "RX-packets:"),
+        1_000_000,
+        "{out}"
+    );
+    // The other way: testpmd's txonly into our rxonly.
+    let sock = sock_path("vutp2");
+    let vdev = format!("net_vhost0,iface={sock},queues=1");
+    let ours = format!("net_virtio_user0,path={sock}");
+    let rx = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut p = primary_on("vurx", &ours, "rxonly", "7", &[]);
+        report(&mut p)
+    });
+    let Some(out) = testpmd_with(
+        "tpv2",
+        &vdev,
+        &[
+            "set fwd txonly",
+            "start",
+            "sleep 5",
+            "stop",
+            "sleep 0.5",
+            "show port stats all",
+            "sleep 4",
+            "quit",
+        ],
+    ) else {
+        return;
+    };
+    let got = rx.join().unwrap();
+    let sent = figure(&out, "Forward statistics for port 0", "TX-packets:");
+    assert!(sent >= 1_000_000, "testpmd sent only {sent}:\n{out}");
+    assert_eq!(
+        figure(&got, "Forward statistics for port 0", "RX-packets:"),
+        sent,
+        "{got}"
+    );
+}
+
+fn our_virtio_user_against_our_vhost() {
+    for (backend_mode, frontend_mode) in [("rxonly", "txonly"), ("txonly", "rxonly")] {
+        let sock = sock_path("vuvh");
+        let backend = format!("net_vhost0,iface={sock}");
+        let frontend = format!("net_virtio_user0,path={sock}");
+        let extra_b: &[&str] = if backend_mode == "txonly" {
+            MILLION
+        } else {
+            &[]
+        };
+        let extra_f: &[&str] = if frontend_mode == "txonly" {
+            MILLION
+        } else {
+            &[]
+        };
+        let mut b = primary_on("vhb", &backend, backend_mode, "12", extra_b);
+        assert!(b.wait_stdout("forwarding:", Duration::from_secs(10)));
+        let mut f = primary_on("vuf", &frontend, frontend_mode, "10", extra_f);
+        let (rb, rf) = (report(&mut b), report(&mut f));
+        let (sender, receiver) = if backend_mode == "txonly" {
+            (&rb, &rf)
+        } else {
+            (&rf, &rb)
+        };
+        assert!(sender.contains("TX-packets: 1000000 "), "{sender}");
+        assert_eq!(
+            figure(receiver, "Forward statistics for port 0", "RX-packets:"),
+            1_000_000,
+            "{backend_mode} -> {frontend_mode}: {receiver}"
+        );
+    }
 }
 
 fn our_txonly_reaches_testpmd_exactly() {

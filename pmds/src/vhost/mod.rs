@@ -7,6 +7,7 @@
 //! vhost ports; a secondary that tries is told so.
 
 pub mod backend;
+pub mod frontend;
 pub mod mem;
 pub mod net;
 pub mod proto;

@@ -439,3 +439,88 @@ mod tests {
         assert!(Header::parse(&h).is_err(), "oversized");
     }
 }
+
+/// Frontend side: sends request `request` with `payload` and `fds`.
+///
+/// # Errors
+/// A socket error.
+pub fn send_request(
+    sock: &UnixStream,
+    request: u32,
+    payload: &[u8],
+    fds: &[RawFd],
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut msg = Vec::with_capacity(12 + payload.len());
+    msg.extend_from_slice(&request.to_le_bytes());
+    msg.extend_from_slice(&VERSION.to_le_bytes());
+    msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    msg.extend_from_slice(payload);
+    let iov = [IoSlice::new(&msg)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
+        .map_err(std::io::Error::from)?;
+    if n != msg.len() {
+        // The rest carries no fds: a plain write finishes it.
+        (&*sock).write_all(&msg[n..])?;
+    }
+    Ok(())
+}
+
+/// Frontend side: reads the reply to `request` and returns its payload.
+///
+/// # Errors
+/// A socket error, or a reply that is not the one expected.
+pub fn recv_reply(sock: &UnixStream, request: u32) -> Result<Vec<u8>, String> {
+    let mut hdr = [0u8; 12];
+    (&*sock)
+        .read_exact(&mut hdr)
+        .map_err(|e| format!("reply to request {request}: {e}"))?;
+    let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+    let (code, flags, size) = (word(0), word(4), word(8));
+    if code != request || flags & FLAG_REPLY == 0 || size > MAX_PAYLOAD {
+        return Err(format!(
+            "reply to request {request}: got request {code}, flags {flags:#x}, {size} bytes"
+        ));
+    }
+    let mut payload = vec![0u8; size as usize];
+    (&*sock)
+        .read_exact(&mut payload)
+        .map_err(|e| format!("reply to request {request}: {e}"))?;
+    Ok(payload)
+}
+
+/// Request codes the frontend sends.
+pub mod code {
+    /// `GET_FEATURES`.
+    pub const GET_FEATURES: u32 = 1;
+    /// `SET_FEATURES`.
+    pub const SET_FEATURES: u32 = 2;
+    /// `SET_OWNER`.
+    pub const SET_OWNER: u32 = 3;
+    /// `SET_MEM_TABLE`.
+    pub const SET_MEM_TABLE: u32 = 5;
+    /// `SET_VRING_NUM`.
+    pub const SET_VRING_NUM: u32 = 8;
+    /// `SET_VRING_ADDR`.
+    pub const SET_VRING_ADDR: u32 = 9;
+    /// `SET_VRING_BASE`.
+    pub const SET_VRING_BASE: u32 = 10;
+    /// `GET_VRING_BASE`.
+    pub const GET_VRING_BASE: u32 = 11;
+    /// `SET_VRING_KICK`.
+    pub const SET_VRING_KICK: u32 = 12;
+    /// `SET_VRING_CALL`.
+    pub const SET_VRING_CALL: u32 = 13;
+    /// `GET_PROTOCOL_FEATURES`.
+    pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// `SET_PROTOCOL_FEATURES`.
+    pub const SET_PROTOCOL_FEATURES: u32 = 16;
+    /// `GET_QUEUE_NUM`.
+    pub const GET_QUEUE_NUM: u32 = 17;
+    /// `SET_VRING_ENABLE`.
+    pub const SET_VRING_ENABLE: u32 = 18;
+}
