@@ -230,14 +230,16 @@ fn a_guest_facing_port_copies_packets_across_the_boundary() {
     let mut args = vec![
         "-m",
         "64",
+        // Rings that hold every frame: the host forwarder reads the pcap faster than the
+        // "guest" echoes, and io forwarding drops what does not fit (as testpmd's).
         "--memseg",
-        "vm1=8",
+        "vm1=32",
         "--ring",
-        "vm1_rx=1024@vm1",
+        "vm1_rx=4096@vm1",
         "--ring",
-        "vm1_tx=1024@vm1",
+        "vm1_tx=4096@vm1",
         "--mempool",
-        "vm1_pool=2047:0@vm1",
+        "vm1_pool=4095:0@vm1",
         "--ivshmem",
         "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
         "--vdev",

@@ -32,7 +32,7 @@ use super::net::{
     VIRTIO_NET_F_MRG_RXBUF, VRING_USED_F_NO_NOTIFY,
 };
 use super::proto::{self, code, PROTOCOL_F_MQ};
-use super::vring::VRING_DESC_F_WRITE;
+use super::vring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -317,6 +317,10 @@ impl VirtioUserDevice {
                 &[call.as_raw_fd()],
             )?;
             calls.push(call);
+            // We poll: no interrupts (the device then never writes the call eventfd).
+            // SAFETY: avail.flags of this vring, 2-aligned, inside the zeroed ring memzone.
+            unsafe { AtomicU16::from_ptr(avail as *mut u16) }
+                .store(VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
             rings.push(Mutex::new(Some(DriverRing {
                 desc: desc as *mut Desc,
                 avail: avail as *mut u16,
