@@ -275,3 +275,121 @@ fn from_rings_makes_one_queue_per_ring() {
     drop((got, p, tx0, rx1));
     drop(cache);
 }
+
+/// A vhost backend port and a virtio-user port in one process, two queue pairs each: what
+/// virtio-user queue q sends arrives on vhost queue q only, and the other way round; every
+/// mbuf is back in the pool once both are stopped.
+#[test]
+fn virtio_user_and_vhost_move_frames_per_queue_pair() {
+    let dir = std::env::temp_dir();
+    let tag =
+        format!("{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "");
+    let file = dir.join(format!("shmdp-mq-{tag}.seg"));
+    let sock = dir.join(format!("shmdp-mq-{tag}.sock"));
+    let seg = Memseg::create(&shm::MemsegSpec {
+        name: "mq".into(),
+        id: 0,
+        size_bytes: 32 << 20,
+        path: file.clone(),
+        page_size: 4096,
+        hugetlb: false,
+        creator_pid: std::process::id(),
+        generation: 1,
+    })
+    .unwrap();
+    seg.mark_ready();
+    let pool = MbufPool::create(&seg, "m", &MbufPoolParams::new(2047, 0, 1)).unwrap();
+    let setup = |id: u16| PortSetup {
+        port_id: id,
+        nb_desc: 256,
+        rx_pool: pool.clone(),
+        mac: None,
+    };
+    let find = |n: &str| seg.lookup(n).ok();
+    let d = |t: String| DevArgs::parse(&t).unwrap();
+    let vh = Port::create(
+        &seg,
+        &d(format!("net_vhost0,iface={},queues=2", sock.display())),
+        &setup(0),
+        &find,
+    )
+    .unwrap();
+    let vu = Port::create(
+        &seg,
+        &d(format!("net_virtio_user1,path={},queues=2", sock.display())),
+        &setup(1),
+        &find,
+    )
+    .unwrap();
+    vh.start();
+    vu.start();
+    let t0 = std::time::Instant::now();
+    while !vh.link_up() {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the backend never saw every vring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let cache = pool.cache(OwnerTag::PRIMARY).unwrap();
+    for q in 0..2u16 {
+        let mut tx = vu.tx_queue(q, &cache).unwrap();
+        let mut rx = vh.rx_queue(q, &cache).unwrap();
+        let mut other = vh.rx_queue(1 - q, &cache).unwrap();
+        let mut out = Vec::with_capacity(MAX_BURST);
+        let mut got = 0;
+        for i in 0..100u8 {
+            let mut pkts = vec![cache
+                .alloc_from(&[q as u8 + 1, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0x88])
+                .unwrap()];
+            while tx.tx_burst(&mut pkts) == 0 {
+                got += rx.rx_burst(&mut out, 32);
+                for m in out.drain(..) {
+                    assert_eq!(m.data()[0], q as u8 + 1, "the queue pair it was sent on");
+                }
+            }
+        }
+        let t0 = std::time::Instant::now();
+        while got < 100 && t0.elapsed().as_secs() < 10 {
+            got += rx.rx_burst(&mut out, 32);
+            for m in out.drain(..) {
+                assert_eq!(m.data()[0], q as u8 + 1);
+            }
+        }
+        assert_eq!(got, 100, "queue {q}");
+        assert_eq!(
+            other.rx_burst(&mut out, 32),
+            0,
+            "nothing on the other queue"
+        );
+    }
+    // Backend to frontend on queue 1: the frontend's rx posts its buffers first.
+    let mut vrx = vu.rx_queue(1, &cache).unwrap();
+    let mut vtx = vh.tx_queue(1, &cache).unwrap();
+    let mut out = Vec::with_capacity(MAX_BURST);
+    assert_eq!(vrx.rx_burst(&mut out, 32), 0);
+    let mut pkts: Vec<_> = (0..50u8)
+        .map(|i| cache.alloc_from(&[i; 100]).unwrap())
+        .collect();
+    while !pkts.is_empty() {
+        vtx.tx_burst(&mut pkts);
+    }
+    let mut got = Vec::new();
+    let t0 = std::time::Instant::now();
+    while got.len() < 50 && t0.elapsed().as_secs() < 10 {
+        vrx.rx_burst(&mut out, 32);
+        got.extend(out.drain(..).map(|m| m.to_vec()));
+    }
+    assert_eq!(got.len(), 50);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f == &vec![i as u8; 100]));
+    drop((vrx, vtx, out, pkts));
+    vu.stop_driver();
+    vh.stop_driver();
+    drop(cache);
+    assert_eq!(pool.mempool().stats().available, 2047, "every mbuf back");
+    assert!(!sock.exists(), "the socket is removed");
+    let _ = std::fs::remove_file(file);
+}

@@ -384,3 +384,27 @@ pub fn run(program: &str, args: &[&str]) -> (i32, String, String) {
         p.stderr().join("\n"),
     )
 }
+
+/// Writes `frames` to a new pcap file at `path`.
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let file = std::fs::File::create(path).expect("create pcap");
+    let mut w = pmds::pcap_file::PcapWriter::new(file).expect("pcap header");
+    for f in frames {
+        w.write(0, f.len(), [&f[..]]).expect("pcap record");
+    }
+}
+
+/// The frames of the pcap file at `path` (none if it is missing or not a capture yet;
+/// reading stops at the first damaged record).
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let Ok((mut fmt, mut pos)) = pmds::pcap_file::open(&data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Ok(Some((r, next))) = pmds::pcap_file::next_record(&data, pos, &mut fmt) {
+        out.push(r.data.to_vec());
+        pos = next;
+    }
+    out
+}

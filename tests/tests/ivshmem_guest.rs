@@ -361,11 +361,7 @@ fn a_guest_forwards_on_an_exported_port() {
                 .collect()
         })
         .collect();
-    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
-    for f in &frames {
-        w.write(0, f.len(), [&f[..]]).unwrap();
-    }
-    drop(w);
+    write_pcap(&input, &frames);
     let pcap = format!(
         "net_pcap0,rx_pcap={},tx_pcap={}",
         input.display(),
@@ -394,21 +390,10 @@ fn a_guest_forwards_on_an_exported_port() {
     let boot = lab.boot(&initrd, &qemu, Duration::from_secs(240)).unwrap();
     println!("guest serial:\n{}", boot.serial);
     assert!(boot.passed, "guest failed:\n{}", boot.serial);
-    let records = |data: &[u8]| -> Vec<Vec<u8>> {
-        let Ok((mut fmt, mut pos)) = pmds::pcap_file::open(data) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        while let Ok(Some((r, next))) = pmds::pcap_file::next_record(data, pos, &mut fmt) {
-            out.push(r.data.to_vec());
-            pos = next;
-        }
-        out
-    };
     let mut back = Vec::new();
     assert!(
         wait_until(Duration::from_secs(30), || {
-            back = records(&std::fs::read(&output).unwrap_or_default());
+            back = read_pcap(&output);
             back.len() == PORT_FRAMES
         }),
         "{} of {PORT_FRAMES} frames came back",

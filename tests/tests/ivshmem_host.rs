@@ -217,11 +217,7 @@ fn a_guest_facing_port_copies_packets_across_the_boundary() {
                 .collect()
         })
         .collect();
-    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
-    for f in &frames {
-        w.write(0, f.len(), [&f[..]]).unwrap();
-    }
-    drop(w);
+    write_pcap(&input, &frames);
     let pcap = format!(
         "net_pcap0,rx_pcap={},tx_pcap={}",
         input.display(),
@@ -277,13 +273,7 @@ fn a_guest_facing_port_copies_packets_across_the_boundary() {
     assert_eq!(code, 0, "{out} {err}");
     let (code, out, err) = finish(&mut fwd, 60);
     assert_eq!(code, 0, "{out} {err}");
-    let data = std::fs::read(&output).unwrap();
-    let (mut fmt, mut pos) = pmds::pcap_file::open(&data).unwrap();
-    let mut back = Vec::new();
-    while let Some((r, next)) = pmds::pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
-        back.push(r.data.to_vec());
-        pos = next;
-    }
+    let back = read_pcap(&output);
     assert_eq!(
         back, frames,
         "every frame went to the guest and back, in order"
@@ -316,11 +306,7 @@ fn an_exported_port_is_a_port_in_the_guest_and_fwd_runs_there() {
                 .collect()
         })
         .collect();
-    let mut w = pmds::pcap_file::PcapWriter::new(std::fs::File::create(&input).unwrap()).unwrap();
-    for f in &frames {
-        w.write(0, f.len(), [&f[..]]).unwrap();
-    }
-    drop(w);
+    write_pcap(&input, &frames);
     let pcap = format!(
         "net_pcap0,rx_pcap={},tx_pcap={}",
         input.display(),
@@ -399,13 +385,7 @@ fn an_exported_port_is_a_port_in_the_guest_and_fwd_runs_there() {
     assert_eq!(code, 0, "{gout} {err}");
     assert!(gout.contains("mode macswap ports 1=net_ring1"), "{gout}");
     assert!(gout.contains("every packet accounted for"), "{gout}");
-    let data = std::fs::read(&output).unwrap();
-    let (mut fmt, mut pos) = pmds::pcap_file::open(&data).unwrap();
-    let mut back = Vec::new();
-    while let Some((r, next)) = pmds::pcap_file::next_record(&data, pos, &mut fmt).unwrap() {
-        back.push(r.data.to_vec());
-        pos = next;
-    }
+    let back = read_pcap(&output);
     assert_eq!(back.len(), frames.len(), "every frame came back");
     for (got, sent) in back.iter().zip(&frames) {
         assert_eq!(&got[..6], &sent[6..12], "macswap swapped the addresses");

@@ -38,6 +38,9 @@ shmdp-primary --file-prefix g --no-huge -m 32 --vdev net_pcap0,iface=eth0 > /tmp
 i=0; until grep -q ready: /tmp/p.log; do i=$((i+1)); [ $i -gt 200 ] && cat /tmp/p.log && exit 1; sleep 0.1; done
 shmdp-secondary --file-prefix g fwd --fwd rxonly --idle-exit 4 > /tmp/rx.log 2>&1 &
 rx=$!
+# The receiver's AF_PACKET socket must be open before the first frame comes back.
+i=0; until grep -q forwarding: /tmp/rx.log; do i=$((i+1)); [ $i -gt 200 ] && cat /tmp/rx.log && exit 1; sleep 0.1; done
+sleep 1
 shmdp-secondary --file-prefix g fwd --fwd txonly --tx-count {FRAMES} --tx-retry --txpkts 128 || exit 1
 wait $rx
 cat /tmp/rx.log /tmp/p.log

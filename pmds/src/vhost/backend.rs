@@ -234,6 +234,15 @@ impl VhostDevice {
         s.acked.store(seen, Ordering::Release);
     }
 
+    /// Where the data path stopped on `vring` (or the base the frontend set): a queue that
+    /// starts the ring again continues from here, not from the first base.
+    pub fn last_avail(&self, vring: usize) -> u16 {
+        let s = &self.shared[vring];
+        // G2: Acquire, pairs with the Release in `report`.
+        let _ = s.acked.load(Ordering::Acquire);
+        s.last_avail.load(Ordering::Relaxed) as u16
+    }
+
     /// The data path's report for a `vring` it does not run (stopped or never started).
     pub fn report_stopped(&self, vring: usize, seen: u64) {
         // G2, as in `report`.

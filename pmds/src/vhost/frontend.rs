@@ -32,7 +32,7 @@ use super::net::{
     VIRTIO_NET_F_MRG_RXBUF, VRING_USED_F_NO_NOTIFY,
 };
 use super::proto::{self, code, PROTOCOL_F_MQ};
-use super::vring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
+use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -44,15 +44,6 @@ pub fn vring_bytes(size: u16) -> u64 {
     let n = u64::from(size);
     let avail_end = (16 * n + 6 + 2 * n).next_multiple_of(64);
     (avail_end + 6 + 8 * n).next_multiple_of(4096)
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
 }
 
 /// One virtqueue's driver state, handed from queue object to queue object.
@@ -134,8 +125,15 @@ impl DriverRing {
 
     /// Takes the next used element: (descriptor id, bytes written, the mbuf handle).
     fn next_used(&mut self) -> Option<Result<(u16, u32, u64), ()>> {
-        if self.last_used == self.used_idx() {
+        let used_idx = self.used_idx();
+        if self.last_used == used_idx {
             return None;
+        }
+        if used_idx.wrapping_sub(self.last_used) > self.size {
+            // More used than ever posted: a broken device. Skip to its index (once), so
+            // a bad value costs one error, not a walk over 64K elements.
+            self.last_used = used_idx;
+            return Some(Err(()));
         }
         let (id, len) = self.used_elem(self.last_used);
         self.last_used = self.last_used.wrapping_add(1);

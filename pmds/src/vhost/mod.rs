@@ -21,7 +21,7 @@ use shm_mempool::{Mbuf, MbufCache};
 use backend::Config;
 pub use backend::VhostDevice;
 use net::{BurstOutcome, NetQueue};
-use vring::SplitRing;
+use vring::{SplitRing, VringAddrs};
 
 /// One vring of a vhost port as a polling queue sees it: restarted whenever the frontend
 /// changes its setup (checked once per burst with one atomic load).
@@ -75,7 +75,13 @@ impl VhostQueue {
         };
         if !(self.net.is_some() && same(&self.cfg)) {
             self.net = match (&ready, &cfg.mem) {
-                (Some(r), Some(mem)) => match SplitRing::start(mem.clone(), &r.addrs) {
+                (Some(r), Some(mem)) => match SplitRing::start(
+                    mem.clone(),
+                    &VringAddrs {
+                        base: self.dev.last_avail(self.vring),
+                        ..r.addrs
+                    },
+                ) {
                     Ok(ring) => Some(NetQueue::new(ring, cfg.features)),
                     Err(e) => {
                         self.setup_errors += 1;

@@ -86,14 +86,15 @@ impl Seg {
     };
 }
 
-/// A descriptor as read (one volatile copy, then plain fields).
+/// A split-ring descriptor as laid out in memory (little-endian fields); the device side
+/// reads it with one volatile copy, the driver side writes it with one.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
+pub(crate) struct Desc {
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
+    pub(crate) flags: u16,
+    pub(crate) next: u16,
 }
 
 /// A started split virtqueue, owned by the one thread that polls it.
