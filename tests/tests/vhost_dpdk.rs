@@ -85,6 +85,44 @@ fn vhost_user_with_real_peers() {
     testpmd_txonly_reaches_us_exactly_and_macswap_answers();
     our_virtio_user_against_testpmd_vhost();
     our_virtio_user_against_our_vhost();
+    our_backend_reconnects_in_client_mode();
+}
+
+fn our_backend_reconnects_in_client_mode() {
+    // testpmd's virtio-user listens (server=1); our backend connects, and connects again
+    // when a second testpmd listens after the first quit.
+    let sock = sock_path("vhcl");
+    let ours = format!("net_vhost0,iface={sock},client=1");
+    let mut p = primary_on("vhcl", &ours, "rxonly", "20", &[]);
+    let vdev = format!("net_virtio_user0,path={sock},queues=1,server=1");
+    let mut sent = 0;
+    for round in 0..2 {
+        let Some(out) = testpmd_with(
+            &format!("tpcl{round}"),
+            &vdev,
+            &[
+                "sleep 2",
+                "set fwd txonly",
+                "start",
+                "sleep 2",
+                "stop",
+                "sleep 0.5",
+                "quit",
+            ],
+        ) else {
+            return;
+        };
+        let n = figure(&out, "Forward statistics for port 0", "TX-packets:");
+        assert!(n > 0, "round {round}: testpmd sent nothing:\n{out}");
+        sent += n;
+        let _ = std::fs::remove_file(&sock);
+    }
+    let got = report(&mut p);
+    assert_eq!(
+        figure(&got, "Forward statistics for port 0", "RX-packets:"),
+        sent,
+        "both connections' frames, exactly: {got}"
+    );
 }
 
 /// A primary forwarding `mode` on one port `vdev` for at most `secs`, with `extra` options.
