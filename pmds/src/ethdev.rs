@@ -152,6 +152,8 @@ struct PortShared {
     devargs: DevArgs,
     ctrl: NonNull<PortCtrl>,
     queues: NonNull<QueueBlock>,
+    /// The queues' in-flight records (`INFLIGHT_MAX` handles per queue block).
+    inflight: NonNull<u64>,
     res: DriverRes,
 }
 
@@ -552,6 +554,12 @@ impl Port {
         let queues = r
             .span_of::<QueueBlock>(zone.offset + QUEUES_OFF, 2 * u64::from(MAX_QUEUES))
             .map_err(oob)?;
+        let inflight = r
+            .span_of::<u64>(
+                zone.offset + INFLIGHT_OFF,
+                2 * u64::from(MAX_QUEUES) * INFLIGHT_MAX as u64,
+            )
+            .map_err(oob)?;
         Ok(Port {
             shared: Arc::new(PortShared {
                 _region: r.clone(),
@@ -560,6 +568,7 @@ impl Port {
                 devargs,
                 ctrl,
                 queues,
+                inflight,
                 res,
             }),
         })
@@ -571,6 +580,39 @@ impl Port {
     }
 
     /// Queue block `i` (rx queues 0..MAX_QUEUES, tx queues after).
+    /// The in-flight record of queue block `q` (its handles, raw: the poller writes them).
+    fn inflight_slots(&self, q: usize) -> *mut u64 {
+        debug_assert!(q < 2 * MAX_QUEUES as usize);
+        self.shared
+            .inflight
+            .as_ptr()
+            .wrapping_add(q.min(2 * MAX_QUEUES as usize - 1) * INFLIGHT_MAX)
+    }
+
+    /// Frees what a poller killed inside a burst left in queue block `q`'s in-flight
+    /// record (handles in transit and in no ring); returns how many.
+    fn recover_inflight(&self, q: usize, cache: &MbufCache, guest: Option<&MbufCache>) -> u64 {
+        // Acquire: pairs with the Release that published the count, so the handles are seen.
+        let n = self.block(q).inflight.swap(0, Ordering::Acquire) as usize;
+        let mut freed = 0;
+        for i in 0..n.min(INFLIGHT_MAX) {
+            // SAFETY: inside this queue's record (bounds-checked at open); the poller that
+            // wrote it is gone and we hold the claim, so nobody writes it now.
+            let h = MbufHandle(unsafe { self.inflight_slots(q).wrapping_add(i).read_volatile() });
+            // Only handles still in transit were lost; anything else someone owns.
+            let back = guest.map_or_else(|| cache.adopt(h).is_ok(), |g| g.adopt(h).is_ok());
+            freed += u64::from(back);
+        }
+        if freed > 0 {
+            self.block(q).dropped.fetch_add(freed, Ordering::Relaxed);
+            tracing::warn!(
+                "{} rx queue {q}: freed {freed} mbufs a killed poller had taken off the ring",
+                self.name()
+            );
+        }
+        freed
+    }
+
     fn block(&self, i: usize) -> &QueueBlock {
         assert!(i < 2 * MAX_QUEUES as usize);
         // SAFETY: `i < 2 * MAX_QUEUES` blocks, checked at open; atomics only.
@@ -839,13 +881,16 @@ impl Port {
                 })
             }
         };
+        let guest = self.guest_cache(cache)?;
+        if matches!(kind, RxKind::Ring(_)) {
+            self.recover_inflight(claim.index, cache, guest.as_ref());
+        }
         Ok(RxQueue {
-            guest: self.guest_cache(cache)?,
+            guest,
             port: self.clone(),
             claim,
             cache,
             kind,
-            handles: vec![0; MAX_BURST].into_boxed_slice(),
         })
     }
 
@@ -895,6 +940,9 @@ impl Port {
                 TxKind::Pcap(PcapWriter::append(BufWriter::with_capacity(1 << 18, file)))
             }
         };
+        if matches!(kind, TxKind::Ring(_)) {
+            self.recover_inflight(claim.index, cache, None);
+        }
         Ok(TxQueue {
             guest: self.guest_cache(cache)?,
             port: self.clone(),
@@ -1081,8 +1129,6 @@ pub struct RxQueue<'c> {
     claim: QueueClaim,
     cache: &'c MbufCache,
     kind: RxKind,
-    /// Scratch space for one burst of handles (allocated once, at claim time).
-    handles: Box<[u64]>,
     /// Guest-facing ports: the guest pool's allocator (packets are copied out of it).
     guest: Option<MbufCache>,
 }
@@ -1104,7 +1150,18 @@ impl<'c> RxQueue<'c> {
         let start = out.len();
         match &mut self.kind {
             RxKind::Ring(ring) => {
-                let handles = &mut self.handles;
+                // The handles go straight into the queue's in-flight record in shared
+                // memory, so a poller killed before adopting them all loses nothing: the
+                // next one to claim the queue frees them (`recover_inflight`).
+                // SAFETY: this queue's record (bounds-checked at open); we hold the
+                // queue's claim, so only this thread writes it.
+                let handles = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.port.inflight_slots(self.claim.index),
+                        INFLIGHT_MAX,
+                    )
+                };
+                let max = max.min(INFLIGHT_MAX);
                 let got = match ring {
                     RingRx::Sc(c) => c.dequeue_burst(&mut handles[..max]),
                     RingRx::Mc(c) => c.dequeue_burst(&mut handles[..max]),
@@ -1113,6 +1170,9 @@ impl<'c> RxQueue<'c> {
                     self.claim.bump(|b| &b.errors, 1);
                     0
                 });
+                // Release: the handles above before the count that lists them.
+                let inflight = &self.claim.block().inflight;
+                inflight.store(got as u32, Ordering::Release);
                 let mut refused = 0;
                 for &h in &handles[..got] {
                     let adopted = match &self.guest {
@@ -1150,6 +1210,8 @@ impl<'c> RxQueue<'c> {
                 if refused > 0 {
                     self.claim.bump(|b| &b.errors, refused);
                 }
+                // Every listed handle is adopted (or refused): the record is empty again.
+                inflight.store(0, Ordering::Release);
             }
             RxKind::Vhost(q) => {
                 let o = q.receive(self.cache, out, max);
@@ -1304,21 +1366,40 @@ impl<'c> TxQueue<'c> {
                     .take(MAX_BURST)
                     .take_while(|m| !m.is_shared())
                     .count();
-                let handles = &mut self.handles;
-                for (slot, m) in handles.iter_mut().zip(pkts.drain(..k)) {
+                let k = k.min(INFLIGHT_MAX);
+                // The handles are listed in the queue's in-flight record as they go into
+                // transit, so a poller killed before the enqueue loses nothing: the next
+                // one to claim the queue frees them (`recover_inflight`).
+                // SAFETY: this queue's record (bounds-checked at open); we hold the
+                // queue's claim, so only this thread writes it.
+                let handles = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.port.inflight_slots(self.claim.index),
+                        INFLIGHT_MAX,
+                    )
+                };
+                let inflight = &self.claim.block().inflight;
+                for (i, (slot, m)) in handles.iter_mut().zip(pkts.drain(..k)).enumerate() {
                     bytes += u64::from(m.pkt_len());
                     *slot = m.into_transit().expect("checked unshared").0;
+                    // Release: the handle above before the count that lists it.
+                    inflight.store(i as u32 + 1, Ordering::Release);
                 }
                 let pushed = match ring {
                     RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
                     RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
                 }
                 .unwrap_or(0);
+                // Enqueued handles belong to the ring now: only the rest stay listed while
+                // they are adopted back.
+                handles.copy_within(pushed..k, 0);
+                inflight.store((k - pushed) as u32, Ordering::Release);
                 // Not enqueued: take them back (still ours, in transit) in order, in front.
-                let back: Vec<Mbuf<'c>> = handles[pushed..k]
+                let back: Vec<Mbuf<'c>> = handles[..k - pushed]
                     .iter()
                     .filter_map(|&h| self.cache.adopt(MbufHandle(h)).ok())
                     .collect();
+                inflight.store(0, Ordering::Release);
                 if !back.is_empty() {
                     bytes -= back.iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
                     pkts.splice(0..0, back);

@@ -7,6 +7,8 @@
 //! 512    64    PortCtrl     started, link up, promiscuous, all-multicast (atomics)
 //! 576    64    (guard)
 //! 640    QUEUE_BLOCK x MAX_QUEUES   rx queue blocks, then tx queue blocks
+//! 4736   INFLIGHT_MAX x 8 x 2 x MAX_QUEUES   per queue (rx, then tx): the mbuf handles
+//!                                     of the burst being moved (see [`QueueBlock::inflight`])
 //! ```
 //!
 //! A queue block is two cache lines: line 0 is the claim (poller pid and start time, so a
@@ -26,7 +28,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First bytes of every port.
 pub const PORT_MAGIC: [u8; 8] = *b"SHMDPPRT";
 /// Layout major version.
-pub const PORT_LAYOUT_MAJOR: u16 = 1;
+pub const PORT_LAYOUT_MAJOR: u16 = 2;
 /// Layout minor version.
 pub const PORT_LAYOUT_MINOR: u16 = 0;
 /// Bytes of [`PortInfo`].
@@ -39,8 +41,13 @@ pub const QUEUES_OFF: u64 = 640;
 pub const MAX_QUEUES: u16 = 16;
 /// Bytes per queue block.
 pub const QUEUE_BLOCK: u64 = 128;
+/// Most handles one ring-port receive burst takes (its in-flight record's size).
+pub const INFLIGHT_MAX: usize = 64;
+/// Offset of the queues' in-flight records (`INFLIGHT_MAX` handles each, one per queue
+/// block, in block order).
+pub const INFLIGHT_OFF: u64 = QUEUES_OFF + 2 * MAX_QUEUES as u64 * QUEUE_BLOCK;
 /// Bytes of a port's memzone.
-pub const PORT_BYTES: u64 = QUEUES_OFF + 2 * MAX_QUEUES as u64 * QUEUE_BLOCK;
+pub const PORT_BYTES: u64 = INFLIGHT_OFF + 2 * MAX_QUEUES as u64 * INFLIGHT_MAX as u64 * 8;
 /// Longest devargs text.
 pub const DEVARGS_LEN: usize = 320;
 
@@ -106,8 +113,11 @@ pub struct PortCtrl {
 pub struct QueueBlock {
     /// Pid of the polling process (0 = unclaimed).
     pub owner_pid: AtomicU32,
-    /// Zero.
-    pub reserved0: u32,
+    /// Ring ports: how many handles of the queue's in-flight record are in transit and
+    /// in no ring — rx: taken off the ring, not yet adopted; tx: put in transit, not yet
+    /// enqueued (0 between bursts). A poller killed inside a burst leaves them listed
+    /// here; whoever claims the queue next frees them.
+    pub inflight: AtomicU32,
     /// Start time of the polling process (/proc start time; 0 while being claimed).
     pub owner_start: AtomicU64,
     /// Driver state kept across pollers (pcap rx: offset of the next record).
