@@ -16,6 +16,11 @@
 //! queue publishes its next available index after every burst and acknowledges each
 //! generation it has seen (**Release, G2**), so `GET_VRING_BASE` (the frontend stopping a
 //! ring) can wait for the poller to let go (**Acquire, G2**) and report where it stopped.
+//!
+//! Every other atomic here is Relaxed and publishes no data: `stop`, `connected`, `ready`
+//! and `polled` are flags read for decisions that tolerate a stale value for a moment (a
+//! loop that runs once more, a link reported up one poll late), and `protocol_errors`
+//! is a counter. `last_avail` is ordered by G2 where it matters (see `report`).
 
 use std::fs::File;
 use std::io::Write;
@@ -229,6 +234,7 @@ impl VhostDevice {
     #[inline]
     pub fn report(&self, vring: usize, last_avail: u16, seen: u64) {
         let s = &self.shared[vring];
+        // Relaxed: published by the Release store of `acked` just below (G2).
         s.last_avail.store(u32::from(last_avail), Ordering::Relaxed);
         // G2: Release, so the control thread that sees `seen` also sees `last_avail`.
         s.acked.store(seen, Ordering::Release);
@@ -482,6 +488,8 @@ impl Handler {
                 let mut c = self.ctl();
                 let i = vring(&mut c, index)?;
                 c.vrings[i].addrs.base = base as u16;
+                // Relaxed: read by a poller only after it sees the generation that a later
+                // SET_VRING_KICK/ENABLE publishes (G1), which orders this store too.
                 dev.shared[i]
                     .last_avail
                     .store(base & 0xffff, Ordering::Relaxed);
@@ -494,9 +502,11 @@ impl Handler {
                     c.vrings[i].started = false;
                     c.vrings[i].kick = None;
                     dev.publish(&c);
+                    // Relaxed: our own bump above, read under the same lock.
                     (i, dev.generation.load(Ordering::Relaxed))
                 };
                 dev.wait_for_poller(i, g);
+                // Relaxed: after the Acquire of `acked` in `wait_for_poller` (G2).
                 let last = dev.shared[i].last_avail.load(Ordering::Relaxed);
                 let mut reply = index.to_le_bytes().to_vec();
                 reply.extend_from_slice(&last.to_le_bytes());
