@@ -96,6 +96,7 @@ impl NetQueue {
                 return o;
             }
         };
+        self.ring.prefetch_pending(pending as u16, false);
         for _ in 0..pending {
             let head = self.ring.take_head();
             match self.ring.walk(head, false) {
@@ -181,6 +182,10 @@ impl NetQueue {
                 return o;
             }
         };
+        self.ring.prefetch_pending(
+            avail.min(u16::try_from(pkts.len()).unwrap_or(u16::MAX)),
+            true,
+        );
         let mut done = 0;
         'packets: for m in pkts.iter() {
             let need = self.hdr_len + m.pkt_len() as usize;

@@ -372,6 +372,28 @@ fn refcount_clones_share_read_only_and_free_once() {
 }
 
 #[test]
+fn reclaim_takes_back_a_private_transit_handle_with_the_same_checks() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 32, 4);
+    let a = pool.cache(OwnerTag(2)).unwrap();
+    let h = a.alloc_from(&[7u8; 700]).unwrap().into_transit().unwrap();
+    let back = a.reclaim(h).unwrap();
+    assert_eq!(back.to_vec(), vec![7u8; 700], "the whole chain comes back");
+    assert_eq!(pool.owned_by(OwnerTag(2)), 3);
+    assert!(
+        matches!(a.reclaim(h), Err(MbufError::NotInTransit(_))),
+        "a handle already taken back is refused"
+    );
+    assert!(matches!(
+        a.reclaim(MbufHandle::new(3, 99)),
+        Err(MbufError::BadHandle(_))
+    ));
+    drop(back);
+    drop(a);
+    assert_eq!(pool.mempool().stats().available, 32);
+}
+
+#[test]
 fn transit_adopt_and_duplicates() {
     let seg = seg(4);
     let pool = mbufs(&seg, 32, 4);
