@@ -2,7 +2,9 @@
 //! (`shmdp-primary --fwd`) and by secondaries (`shmdp-secondary fwd`) alike.
 //!
 //! Where it sits: above `pmds`. It pairs ports into streams (port 0 → 1 and 1 → 0, 2 → 3
-//! and 3 → 2, ...; an odd last port forwards to itself), spreads the streams over one
+//! and 3 → 2, ...; an odd last port forwards to itself), one stream per queue pair (rx
+//! queue q of the input feeds tx queue q of the output, as testpmd with several queues;
+//! the switch uses queue 0), spreads the streams over one
 //! thread per lcore (each pinned, each with its own mbuf cache and its own queue claims),
 //! and runs them until a stop flag, an idle timeout or a packet budget ends the run. Then
 //! it drains what is in flight and frees every mbuf.
@@ -169,6 +171,9 @@ pub struct Stream {
     pub rx: Option<usize>,
     /// Output port, if the mode sends.
     pub tx: Option<usize>,
+    /// The queue used on both (testpmd: rx queue q of the input feeds tx queue q of the
+    /// output).
+    pub queue: u16,
 }
 
 /// The streams a mode makes of `n` ports (testpmd's paired topology).
@@ -178,29 +183,49 @@ pub fn streams(mode: Mode, n: usize) -> Vec<Stream> {
             Mode::RxOnly => Stream {
                 rx: Some(i),
                 tx: None,
+                queue: 0,
             },
             Mode::TxOnly => Stream {
                 rx: None,
                 tx: Some(i),
+                queue: 0,
             },
             // The switch decides the output per packet; every port's tx queue is used.
             Mode::L2Switch => Stream {
                 rx: Some(i),
                 tx: None,
+                queue: 0,
             },
             _ => {
                 let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
                 Stream {
                     rx: Some(i),
                     tx: Some(if peer < n { peer } else { i }),
+                    queue: 0,
                 }
             }
         })
         .collect()
 }
 
-/// Per-port counters, shared by the forwarding threads (each counter of a port is only
-/// added to by the one thread that polls that port's queue). All their operations are
+/// One stream per queue: `stream` (queue 0) repeated for queues `0..n`, where `n` is the
+/// fewest queues its input has for receiving and its output for sending (`rx_queues(i)`,
+/// `tx_queues(i)` of port `i`); none when a port has no queue of the kind it needs.
+pub fn per_queue(
+    stream: Stream,
+    rx_queues: impl Fn(usize) -> u16,
+    tx_queues: impl Fn(usize) -> u16,
+) -> impl Iterator<Item = Stream> {
+    let n = stream
+        .rx
+        .map_or(u16::MAX, &rx_queues)
+        .min(stream.tx.map_or(u16::MAX, &tx_queues));
+    let n = if n == u16::MAX { 0 } else { n };
+    (0..n).map(move |queue| Stream { queue, ..stream })
+}
+
+/// Per-port counters, shared by the forwarding threads (the threads polling a port's
+/// queues add to the same counters). All their operations are
 /// Relaxed: they publish no data, only numbers that reports read after the threads joined
 /// (join orders them) or, while running, as approximate progress.
 #[derive(Debug, Default)]
@@ -476,13 +501,18 @@ pub fn run(
         ));
     }
     let all = streams(cfg.mode, chosen.len());
-    // Keep the streams a port cannot serve (no rx or no tx queue) out.
+    // One stream per queue pair (as testpmd with --rxq/--txq), spread over the lcores;
+    // a port without the queue a stream needs serves none. The switch polls queue 0.
     let usable: Vec<Stream> = all
         .into_iter()
-        .filter(|s| {
-            s.rx.is_none_or(|i| chosen[i].nb_rx_queues() > 0)
-                && s.tx.is_none_or(|i| chosen[i].nb_tx_queues() > 0)
+        .flat_map(|s| {
+            per_queue(
+                s,
+                |i| chosen[i].nb_rx_queues(),
+                |i| chosen[i].nb_tx_queues(),
+            )
         })
+        .filter(|s| cfg.mode != Mode::L2Switch || s.queue == 0)
         .collect();
     let counters: Vec<Counters> = chosen.iter().map(|_| Counters::default()).collect();
     let base: Vec<pmds::PortStats> = chosen.iter().map(Port::stats).collect();
@@ -591,10 +621,10 @@ fn pin(cpu: usize) {
     }
 }
 
-/// Queues one thread polls.
+/// Queues one thread polls, by (port, queue).
 struct Lanes<'c> {
-    rx: BTreeMap<usize, RxQueue<'c>>,
-    tx: BTreeMap<usize, TxQueue<'c>>,
+    rx: BTreeMap<(usize, u16), RxQueue<'c>>,
+    tx: BTreeMap<(usize, u16), TxQueue<'c>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -639,11 +669,13 @@ fn poll(
     };
     for s in streams {
         if let Some(i) = s.rx {
-            lanes.rx.insert(i, ports[i].rx_queue(0, cache)?);
+            lanes
+                .rx
+                .insert((i, s.queue), ports[i].rx_queue(s.queue, cache)?);
         }
         if let Some(i) = s.tx {
-            if let std::collections::btree_map::Entry::Vacant(e) = lanes.tx.entry(i) {
-                e.insert(ports[i].tx_queue(0, cache)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = lanes.tx.entry((i, s.queue)) {
+                e.insert(ports[i].tx_queue(s.queue, cache)?);
             }
         }
     }
@@ -653,7 +685,7 @@ fn poll(
         .collect();
     let mut buf: Vec<Mbuf<'_>> = Vec::with_capacity(cfg.burst);
     if cfg.tx_first {
-        for (&t, q) in lanes.tx.iter_mut() {
+        for (&(t, _), q) in lanes.tx.iter_mut() {
             for _ in 0..cfg.burst {
                 match cache.alloc_from(&templates[t]) {
                     Ok(m) => buf.push(m),
@@ -677,7 +709,7 @@ fn poll(
         for (k, s) in streams.iter().enumerate() {
             match (s.rx, s.tx) {
                 (Some(r), tx) => {
-                    let q = lanes.rx.get_mut(&r).expect("claimed above");
+                    let q = lanes.rx.get_mut(&(r, s.queue)).expect("claimed above");
                     let n = q.rx_burst(&mut buf, cfg.burst);
                     if n == 0 {
                         continue;
@@ -696,7 +728,7 @@ fn poll(
                             rewrite(cfg.mode, &mut buf, &ports[t]);
                             let sent = lanes
                                 .tx
-                                .get_mut(&t)
+                                .get_mut(&(t, s.queue))
                                 .expect("claimed above")
                                 .tx_burst(&mut buf);
                             let sent_bytes =
@@ -734,7 +766,7 @@ fn poll(
                     let offered = buf.len();
                     let sent = lanes
                         .tx
-                        .get_mut(&t)
+                        .get_mut(&(t, s.queue))
                         .expect("claimed above")
                         .tx_burst(&mut buf);
                     moved += sent;
