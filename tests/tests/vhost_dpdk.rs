@@ -190,16 +190,17 @@ fn our_virtio_user_against_testpmd_vhost() {
     let ours = format!("net_virtio_user0,path={sock}");
     let rx = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
-        let mut p = primary_on("vurx", &ours, "rxonly", "7", &[]);
+        let mut p = primary_on("vurx", &ours, "rxonly", "11", &[]);
         report(&mut p)
     });
+    // As above: long enough for 10^6 frames with debug binaries.
     let Some(out) = testpmd_with(
         "tpv2",
         &vdev,
         &[
             "set fwd txonly",
             "start",
-            "sleep 5",
+            "sleep 9",
             "stop",
             "sleep 0.5",
             "show port stats all",
@@ -322,10 +323,12 @@ fn testpmd_txonly_reaches_us_exactly_and_macswap_answers() {
             "--fwd",
             "rxonly",
             "--duration",
-            "8",
+            "12",
         ],
     );
     assert!(primary.wait_stdout("forwarding:", Duration::from_secs(10)));
+    // Long enough for 10^6 frames with debug binaries on a busy machine (the test counts
+    // frames; speed is the bench's business).
     let Some(out) = testpmd(
         "tpt",
         &sock,
@@ -333,7 +336,7 @@ fn testpmd_txonly_reaches_us_exactly_and_macswap_answers() {
         &[
             "set fwd txonly",
             "start",
-            "sleep 3",
+            "sleep 6",
             "stop",
             "sleep 0.5",
             "quit",
