@@ -11,7 +11,8 @@
 //!
 //! Modes: `io` (forward as is), `mac` (source = the output port's MAC, destination = the
 //! peer address 02:00:00:00:00:<port>), `macswap` (swap the two), `rxonly` (receive and
-//! free), `txonly` (send generated UDP frames of `--txpkts` bytes), `l2switch` (a learning,
+//! free), `txonly` (send generated UDP frames of `--txpkts` bytes, or raw
+//! frames of one `--tx-ethertype`), `l2switch` (a learning,
 //! VLAN-aware switch between all the ports, see [`switch`]).
 //!
 //! Accounting, per port and in total: every packet received on a port is forwarded or
@@ -101,6 +102,9 @@ pub struct FwdConfig {
     pub txpkt_len: usize,
     /// txonly: stop after this many packets per port.
     pub tx_count: Option<u64>,
+    /// txonly: send raw frames of this EtherType (e.g. 0x88b5, IEEE 802's local
+    /// experimental type) instead of UDP/IPv4 frames; see [`raw_frame`].
+    pub tx_ethertype: Option<u16>,
     /// Send one burst of generated frames on every output port before forwarding
     /// (testpmd's `--tx-first`: gives loopback topologies something to move).
     pub tx_first: bool,
@@ -122,6 +126,7 @@ impl Default for FwdConfig {
             idle_exit: None,
             txpkt_len: 64,
             tx_count: None,
+            tx_ethertype: None,
             tx_first: false,
             tx_retry: false,
             duration: None,
@@ -446,6 +451,19 @@ pub fn txonly_frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
     f
 }
 
+/// A frame of `len` bytes (at least 64) from `src` to `dst` with EtherType `ethertype`
+/// and no protocol above it: the payload is the ASCII tag `shmdp` and zeros. With a local
+/// experimental type (0x88b5, 0x88b6) no host or guest network stack acts on it.
+pub fn raw_frame(src: [u8; 6], dst: [u8; 6], ethertype: u16, len: usize) -> Vec<u8> {
+    let len = len.clamp(64, 1518);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    f[14..19].copy_from_slice(b"shmdp");
+    f
+}
+
 /// How long [`run`] waits for every port's link before it starts (testpmd waits 9 s).
 pub const LINK_WAIT: Duration = Duration::from_secs(10);
 
@@ -681,7 +699,10 @@ fn poll(
     }
     let templates: Vec<Vec<u8>> = ports
         .iter()
-        .map(|p| txonly_frame(p.mac(), peer_mac(p.id()), cfg.txpkt_len))
+        .map(|p| match cfg.tx_ethertype {
+            Some(t) => raw_frame(p.mac(), peer_mac(p.id()), t, cfg.txpkt_len),
+            None => txonly_frame(p.mac(), peer_mac(p.id()), cfg.txpkt_len),
+        })
         .collect();
     let mut buf: Vec<Mbuf<'_>> = Vec::with_capacity(cfg.burst);
     if cfg.tx_first {
@@ -1035,5 +1056,16 @@ mod tests {
         }
         assert_eq!(sum, 0xffff);
         assert_eq!(txonly_frame([0; 6], [0; 6], 10).len(), 64);
+    }
+
+    #[test]
+    fn raw_frames_carry_the_asked_ethertype_and_length() {
+        let f = raw_frame([2, 0, 0, 0, 0, 1], peer_mac(0), 0x88b5, 128);
+        assert_eq!(f.len(), 128);
+        assert_eq!(&f[0..6], &peer_mac(0));
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&f[12..14], &[0x88, 0xb5]);
+        assert_eq!(&f[14..19], b"shmdp");
+        assert_eq!(raw_frame([0; 6], [0; 6], 0x88b5, 10).len(), 64);
     }
 }

@@ -19,6 +19,27 @@ fn parse_portlist(s: &str) -> Result<PortList, String> {
     fwd::parse_portlist(s).map(PortList)
 }
 
+/// An EtherType written in hex (`0x88b5`) or decimal; values below 0x0600 are 802.3
+/// lengths, not types, and are refused.
+fn parse_ethertype(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => t.parse::<u16>(),
+    }
+    .map_err(|_| format!("{s:?} is not an EtherType (write it like 0x88b5)"))?;
+    check_ethertype(v)
+}
+
+fn check_ethertype(v: u16) -> Result<u16, String> {
+    if v < 0x0600 {
+        return Err(format!(
+            "EtherType {v:#06x} is an 802.3 length, not a type (use 0x0600..=0xffff, e.g. 0x88b5)"
+        ));
+    }
+    Ok(v)
+}
+
 /// Forwarding options (testpmd's names where it has one).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FwdArgs {
@@ -43,6 +64,10 @@ pub struct FwdArgs {
     /// txonly: stop after N packets per port.
     #[arg(long, value_name = "N")]
     pub tx_count: Option<u64>,
+    /// txonly: send raw frames of this EtherType (hex like 0x88b5, IEEE 802's local
+    /// experimental type, or decimal; 0x0600..=0xffff) instead of UDP/IPv4 frames.
+    #[arg(long, value_name = "TYPE", value_parser = parse_ethertype)]
+    pub tx_ethertype: Option<u16>,
     /// Send one burst on every output port first (loopback topologies need it).
     #[arg(long)]
     pub tx_first: bool,
@@ -56,7 +81,7 @@ pub struct FwdArgs {
     pub duration: Option<f64>,
     /// Read forwarding options from the `[fwd]` table of a TOML file (options given on
     /// the command line win): mode, portlist, burst, lcores, stats_period, stats_json,
-    /// idle_exit, duration, txpkts, tx_count, tx_first, tx_retry.
+    /// idle_exit, duration, txpkts, tx_count, tx_ethertype, tx_first, tx_retry.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -75,6 +100,7 @@ struct FwdFile {
     duration: Option<f64>,
     txpkts: Option<u16>,
     tx_count: Option<u64>,
+    tx_ethertype: Option<u16>,
     tx_first: Option<bool>,
     tx_retry: Option<bool>,
 }
@@ -179,6 +205,10 @@ impl FwdArgs {
         if !(64..=1518).contains(&txpkts) {
             return Err(bad(format!("txpkts {txpkts} must be 64..=1518")));
         }
+        let tx_ethertype = match self.tx_ethertype.or(file.tx_ethertype) {
+            Some(t) => Some(check_ethertype(t).map_err(bad)?),
+            None => None,
+        };
         Ok(Resolved {
             cfg: FwdConfig {
                 mode,
@@ -204,6 +234,7 @@ impl FwdArgs {
                     .map(Duration::from_secs_f64),
                 txpkt_len: usize::from(txpkts),
                 tx_count: self.tx_count.or(file.tx_count),
+                tx_ethertype,
                 tx_first: self.tx_first || file.tx_first.unwrap_or(false),
                 tx_retry: self.tx_retry || file.tx_retry.unwrap_or(false),
                 duration: self.duration.or(file.duration).map(Duration::from_secs_f64),
@@ -317,6 +348,26 @@ mod tests {
             .resolve(None, vec![])
             .unwrap_err()
             .contains("unknown mode"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn tx_ethertype_takes_hex_or_decimal_and_refuses_lengths() {
+        let cli = Cli::parse_from(["x", "--tx-ethertype", "0x88b5"]);
+        let r = cli.fwd.resolve(Some(Mode::TxOnly), vec![]).unwrap();
+        assert_eq!(r.cfg.tx_ethertype, Some(0x88b5));
+        let cli = Cli::parse_from(["x", "--tx-ethertype", "34997"]);
+        assert_eq!(cli.fwd.tx_ethertype, Some(0x88b5));
+        for bad in ["0x05dc", "zz", "0x10000"] {
+            let e = Cli::try_parse_from(["x", "--tx-ethertype", bad]).unwrap_err();
+            assert!(e.to_string().contains("EtherType"), "{bad}: {e}");
+        }
+        let path = std::env::temp_dir().join(format!("shmdp-eth-{}.toml", std::process::id()));
+        std::fs::write(&path, "[fwd]\ntx_ethertype = 100\n").unwrap();
+        let p = path.display().to_string();
+        let cli = Cli::parse_from(["x", "--config", &p]);
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        assert!(e.contains("802.3 length"), "{e}");
         let _ = std::fs::remove_file(path);
     }
 }
