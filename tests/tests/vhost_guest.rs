@@ -2,9 +2,17 @@
 //! memfd, `-netdev vhost-user` on the primary's `net_vhost0` socket and a `virtio-net-pci`
 //! device; inside, the guest kernel's own virtio-net driver carries frames that shmdp in the
 //! guest sends and receives through AF_PACKET (`net_pcap0,iface=eth0`). The host primary
-//! macswaps every frame back; the guest counts them all. When the host primary stops,
-//! the guest sees its link go down.
+//! macswaps every frame back; the guest counts them all. The frames carry IEEE 802's local
+//! experimental EtherType 0x88b5, so no network stack on the way acts on them. When the
+//! host primary stops, the guest sees its link go down.
+//!
+//! Two guests: one with its RAM in a memfd, one in a hugetlbfs file (what a production
+//! QEMU uses); the primary's memory table maps whichever fds QEMU passes, and the test
+//! finds that mapping in the primary's `/proc/PID/maps` while the guest runs.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tests::vm::{release_bin, VmLab, GUEST_MODULES};
@@ -12,8 +20,37 @@ use tests::*;
 
 const FRAMES: u32 = 2000;
 
+/// Where the guest's RAM lives.
+enum GuestRam {
+    /// `memory-backend-memfd`.
+    Memfd,
+    /// `memory-backend-file` in this hugetlbfs mount.
+    Hugetlbfs(PathBuf),
+}
+
 #[test]
 fn a_guest_kernel_virtio_net_talks_to_our_vhost_backend() {
+    guest_round_trip(GuestRam::Memfd);
+}
+
+#[test]
+fn a_guest_with_hugetlbfs_ram_talks_to_our_vhost_backend() {
+    if !require_hugepages() {
+        return;
+    }
+    // 512 MiB of guest RAM: 256 pages of 2 MiB.
+    let free = free_hugepages();
+    if !require(
+        "256 free 2 MiB hugepages for the guest's RAM",
+        free >= 256,
+        "echo 768 > /proc/sys/vm/nr_hugepages",
+    ) {
+        return;
+    }
+    guest_round_trip(GuestRam::Hugetlbfs(hugetlbfs_mounts().remove(0)));
+}
+
+fn guest_round_trip(ram: GuestRam) {
     let lab = match VmLab::get() {
         Ok(l) => l,
         Err(e) => {
@@ -41,7 +78,7 @@ rx=$!
 # The receiver's AF_PACKET socket must be open before the first frame comes back.
 i=0; until grep -q forwarding: /tmp/rx.log; do i=$((i+1)); [ $i -gt 200 ] && cat /tmp/rx.log && exit 1; sleep 0.1; done
 sleep 1
-shmdp-secondary --file-prefix g fwd --fwd txonly --tx-count {FRAMES} --tx-retry --txpkts 128 || exit 1
+shmdp-secondary --file-prefix g fwd --fwd txonly --tx-count {FRAMES} --tx-retry --txpkts 128 --tx-ethertype 0x88b5 || exit 1
 wait $rx
 cat /tmp/rx.log /tmp/p.log
 grep -q 'RX-packets: {FRAMES} ' /tmp/rx.log || exit 1
@@ -58,7 +95,10 @@ echo LINK-DOWN-SEEN
             GUEST_MODULES,
         )
         .unwrap();
-    let prefix = unique_prefix("vhguest");
+    let prefix = unique_prefix(match ram {
+        GuestRam::Memfd => "vhguest",
+        GuestRam::Hugetlbfs(_) => "vhguesthp",
+    });
     let sock = std::env::temp_dir().join(format!("{prefix}.sock"));
     let vdev = format!("net_vhost0,iface={}", sock.display());
     // The host primary serves for a bounded time, then stops: the guest must see that.
@@ -77,9 +117,39 @@ echo LINK-DOWN-SEEN
         ],
     );
     assert!(primary.wait_stdout("forwarding:", Duration::from_secs(10)));
+    let (backend, mapped_mark) = match &ram {
+        GuestRam::Memfd => (
+            "memory-backend-memfd,id=ram0,size=512M,share=on".to_string(),
+            "memfd:".to_string(),
+        ),
+        GuestRam::Hugetlbfs(dir) => (
+            format!(
+                "memory-backend-file,id=ram0,size=512M,share=on,mem-path={}",
+                dir.display()
+            ),
+            format!("{}/", dir.display()),
+        ),
+    };
+    // Watch the primary's mappings while the guest runs: the memory table's regions
+    // must come from the backend QEMU was given.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        let maps = format!("/proc/{}/maps", primary.pid());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&maps).unwrap_or_default();
+                if let Some(line) = text.lines().find(|l| l.contains(&mapped_mark)) {
+                    return Some(line.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None
+        })
+    };
     let qemu: Vec<String> = [
         "-object",
-        "memory-backend-memfd,id=ram0,size=512M,share=on",
+        &backend,
         "-machine",
         "memory-backend=ram0",
         "-chardev",
@@ -93,7 +163,14 @@ echo LINK-DOWN-SEEN
     .map(|s| s.to_string())
     .collect();
     let boot = lab.boot(&initrd, &qemu, Duration::from_secs(180)).unwrap();
+    watching.store(false, Ordering::Relaxed);
+    let mapped = watcher.join().expect("watcher");
     println!("guest serial:\n{}", boot.serial);
+    println!("guest RAM as the primary maps it: {mapped:?}");
+    assert!(
+        mapped.is_some(),
+        "the primary never mapped the guest RAM backend"
+    );
     println!("primary stderr:\n{}", primary.stderr().join("\n"));
     assert!(boot.serial.contains("GUEST-GOT-ALL"), "{}", boot.serial);
     assert!(boot.serial.contains("LINK-DOWN-SEEN"), "{}", boot.serial);
