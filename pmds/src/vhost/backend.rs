@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use super::mem::GuestMemory;
 use super::net::{
-    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
 use super::vring::VringAddrs;
@@ -407,7 +408,11 @@ impl VhostDevice {
 /// Features offered to the frontend.
 fn offered_features(pairs: u16) -> u64 {
     let mq = if pairs > 1 { VIRTIO_NET_F_MQ } else { 0 };
-    VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VHOST_USER_F_PROTOCOL_FEATURES | mq
+    VIRTIO_F_VERSION_1
+        | VIRTIO_NET_F_MRG_RXBUF
+        | VIRTIO_F_IN_ORDER
+        | VHOST_USER_F_PROTOCOL_FEATURES
+        | mq
 }
 
 struct Handler {

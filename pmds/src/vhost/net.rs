@@ -1,7 +1,9 @@
 //! virtio-net over split virtqueues, device side: packets from the guest's transmit queue
 //! become mbufs ([`NetQueue::dequeue`]), mbufs are written into the guest's receive buffers
 //! ([`NetQueue::enqueue`]). Both copy at the boundary (guest memory is the guest's, mbufs
-//! are ours) and publish used elements once per burst.
+//! are ours) and publish used elements once per burst. When the driver negotiated
+//! `VIRTIO_F_IN_ORDER`, a transmit burst goes back as one used element naming its last
+//! chain (the receive queue still writes one per chain: the driver needs each length).
 //!
 //! Every packet starts with a `virtio_net_hdr` (virtio 1.x §5.1.6): 12 bytes with
 //! `VIRTIO_F_VERSION_1` or `VIRTIO_NET_F_MRG_RXBUF` (the last two are `num_buffers`), 10
@@ -18,6 +20,9 @@ pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 /// `VIRTIO_F_VERSION_1`.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_F_IN_ORDER`: buffers are used in the order they were made available; the
+/// device may return a batch with one used element (virtio 1.x §2.7.9).
+pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VIRTIO_RING_F_INDIRECT_DESC` (not offered).
@@ -60,6 +65,9 @@ pub struct NetQueue {
     ring: SplitRing,
     hdr_len: usize,
     mergeable: bool,
+    /// `VIRTIO_F_IN_ORDER` negotiated: the transmit queue returns each burst with one used
+    /// element.
+    in_order: bool,
     /// Gathers a chain's bytes when the frame spans several buffers.
     scratch: Vec<u8>,
 }
@@ -72,6 +80,7 @@ impl NetQueue {
             ring,
             hdr_len: header_len(features),
             mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            in_order: features & VIRTIO_F_IN_ORDER != 0,
             scratch: Vec::with_capacity(MAX_FRAME + 64),
         }
     }
@@ -117,7 +126,7 @@ impl NetQueue {
                             None => o.dropped += 1,
                         }
                     }
-                    self.ring.push_used(head, 0);
+                    self.give_back(head);
                 }
                 Err(ChainError::IndexOutOfRange) => {
                     // Not a head we can return: the guest loses that entry, not us.
@@ -125,12 +134,23 @@ impl NetQueue {
                 }
                 Err(_) => {
                     o.bad_chains += 1;
-                    self.ring.push_used(head, 0);
+                    self.give_back(head);
                 }
             }
         }
         o.notify = self.ring.publish();
         o
+    }
+
+    /// Returns a transmitted chain (nothing written into it): one used element per chain,
+    /// or per burst when the driver negotiated in-order (we take chains in avail order).
+    #[inline]
+    fn give_back(&mut self, head: u16) {
+        if self.in_order {
+            self.ring.push_used_in_order(head);
+        } else {
+            self.ring.push_used(head, 0);
+        }
     }
 
     /// The frame of the walked chain (`n` buffers), header skipped: borrowed straight from
@@ -402,6 +422,39 @@ mod tests {
         }
         assert_eq!(got, frame);
         drop(pkts);
+        assert_eq!(pool.mempool().stats().available, 255);
+    }
+
+    #[test]
+    fn in_order_transmit_bursts_come_back_as_one_used_element() {
+        let mut g = FakeGuest::new(8);
+        let ring = SplitRing::start(g.mem.clone(), &g.addrs()).unwrap();
+        let mut q = NetQueue::new(ring, FEATURES | VIRTIO_F_IN_ORDER);
+        let pool = pool();
+        let cache = pool.cache(OwnerTag::PRIMARY).unwrap();
+        // Used element 1 holds a stale value: an in-order device must not write it.
+        g.set_used_elem(1, (7, 7));
+        for i in 0..3u16 {
+            g.desc(i, BUFS + 0x100 * u64::from(i), 72, 0, 0);
+            g.offer(i);
+        }
+        let mut out = Vec::new();
+        let o = q.dequeue(&cache, &mut out, 32);
+        assert_eq!(o.packets, 3);
+        assert_eq!(g.used_idx(), 3, "the used index moves by one per chain");
+        assert_eq!(g.used_elem(0), (2, 0), "one element, naming the last chain");
+        assert_eq!(g.used_elem(1), (7, 7), "the skipped slots are not written");
+        // The next burst's element goes where its first chain sits; a bad chain is part
+        // of the batch like any other.
+        g.desc(3, BUFS, 72, 0, 0);
+        g.offer(3);
+        g.desc(4, 0x4000_0000, 100, 0, 0);
+        g.offer(4);
+        let o = q.dequeue(&cache, &mut out, 32);
+        assert_eq!((o.packets, o.bad_chains), (1, 1));
+        assert_eq!(g.used_idx(), 5);
+        assert_eq!(g.used_elem(3), (4, 0));
+        drop(out);
         assert_eq!(pool.mempool().stats().available, 255);
     }
 }

@@ -156,6 +156,9 @@ pub struct SplitRing {
     used_idx: u16,
     /// Elements filled since the last publication.
     unpublished: u16,
+    /// In-order batch not yet written (`VIRTIO_F_IN_ORDER`): the used position of its
+    /// first chain and the head of its last.
+    batch: Option<(u16, u16)>,
     /// Scratch: the current chain's buffers.
     segs: Box<[Seg; MAX_CHAIN]>,
 }
@@ -214,6 +217,7 @@ impl SplitRing {
             last_avail: a.base,
             used_idx,
             unpublished: 0,
+            batch: None,
             segs: Box::new([Seg::EMPTY; MAX_CHAIN]),
         })
     }
@@ -373,7 +377,39 @@ impl SplitRing {
     /// [`SplitRing::publish`]).
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) {
-        let slot = usize::from(self.used_idx & (self.size - 1));
+        self.write_batch();
+        self.write_elem(self.used_idx, head, len);
+        self.used_idx = self.used_idx.wrapping_add(1);
+        self.unpublished += 1;
+    }
+
+    /// Returns chain `head` to the driver with nothing written, folded with the chains
+    /// returned the same way before it into one used element (`VIRTIO_F_IN_ORDER`, virtio
+    /// 1.x §2.7.9): at the position of the batch's first chain, naming the last chain's
+    /// head; the used index still moves by one per chain. Only for a driver that
+    /// negotiated in-order, and only in the order the chains were made available.
+    #[inline]
+    pub fn push_used_in_order(&mut self, head: u16) {
+        match &mut self.batch {
+            Some((_, last)) => *last = head,
+            None => self.batch = Some((self.used_idx, head)),
+        }
+        self.used_idx = self.used_idx.wrapping_add(1);
+        self.unpublished += 1;
+    }
+
+    /// Writes the pending in-order batch's one used element.
+    #[inline]
+    fn write_batch(&mut self) {
+        if let Some((at, head)) = self.batch.take() {
+            self.write_elem(at, head, 0);
+        }
+    }
+
+    /// Writes used element `pos` (masked to the ring): chain `head`, `len` bytes written.
+    #[inline]
+    fn write_elem(&self, pos: u16, head: u16, len: u32) {
+        let slot = usize::from(pos & (self.size - 1));
         let elem = self
             .used
             .cast::<u8>()
@@ -382,14 +418,13 @@ impl SplitRing {
         // SAFETY: `slot < size`: the element is inside the used area checked in `start`
         // (4-aligned, 8 bytes at offset 4 + 8 * slot).
         unsafe { std::ptr::write_volatile(elem, [u32::from(head).to_le(), len.to_le()]) };
-        self.used_idx = self.used_idx.wrapping_add(1);
-        self.unpublished += 1;
     }
 
     /// Publishes the used elements pushed since the last call; returns whether the driver
     /// wants an interrupt for them.
     #[inline]
     pub fn publish(&mut self) -> bool {
+        self.write_batch();
         if self.unpublished == 0 {
             return false;
         }
@@ -509,6 +544,13 @@ pub(crate) mod tests {
                 self.read(used + 4 + 8 * slot),
                 self.read(used + 8 + 8 * slot),
             )
+        }
+
+        pub(crate) fn set_used_elem(&self, i: u16, (id, len): (u32, u32)) {
+            let used = RING + 16 * u64::from(self.size) + 0x1000;
+            let slot = u64::from(i & (self.size - 1));
+            self.write(used + 4 + 8 * slot, id);
+            self.write(used + 8 + 8 * slot, len);
         }
     }
 
