@@ -558,6 +558,56 @@ impl MbufCache {
         Ok(())
     }
 
+    /// Allocates one buffer straight into transit, its whole data room counted as data:
+    /// a receive buffer to post to a device that writes into it (a virtio driver's rx
+    /// queue). Returns the handle, the address of the data room and its length; take the
+    /// buffer back with [`reclaim`](Self::reclaim) and cut it to what the device wrote
+    /// with [`Mbuf::keep_range`]. The same as `alloc`, `append(tailroom)` and
+    /// `into_transit`, in one pass over the header. `None` when the pool is empty.
+    #[inline]
+    pub fn alloc_in_transit(&self) -> Option<(MbufHandle, *mut u8, u32)> {
+        let index = self.cache().get()?;
+        self.reset(index);
+        let room = self.buf_len - u32::from(self.headroom);
+        let h = self.header_mut(index);
+        // `room <= buf_len <= u16::MAX` (checked when the pool was made).
+        h.data_len = room as u16;
+        h.pkt_len = room;
+        // Release, as `into_transit`: whoever claims it sees the header written above.
+        h.owner.store(OwnerTag::TRANSIT.0, Ordering::Release);
+        let data = header_ptr(self.objs, self.obj_size, index)
+            .cast::<u8>()
+            .wrapping_add(MBUF_HEADER_SIZE as usize + usize::from(self.headroom));
+        Some((MbufHandle::new(self.pool_id, index), data, room))
+    }
+
+    /// Frees a buffer this process put in transit and kept in its own private memory (a
+    /// transmit buffer a device has finished with): [`reclaim`](Self::reclaim) and drop in
+    /// one step, with the same checks. A one-segment buffer goes straight back to the
+    /// cache; anything else takes the general path.
+    ///
+    /// # Errors
+    /// As [`reclaim`](Self::reclaim); nothing is freed then.
+    #[inline]
+    pub fn free_reclaimed(&self, handle: MbufHandle) -> Result<(), MbufError> {
+        let index = handle.index();
+        if handle.pool_id() == self.pool_id && index < self.n {
+            let h = self.header(index);
+            // Relaxed: as `reclaim` (the tag was stored by this process, or by the thread
+            // that handed the queue over under a mutex).
+            if h.owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0
+                && h.nb_segs == 1
+                && h.next == 0
+                && h.index == index
+                && h.refcnt.load(Ordering::Relaxed) == 1
+            {
+                self.put_free(index);
+                return Ok(());
+            }
+        }
+        self.reclaim(handle).map(drop)
+    }
+
     /// Allocates a packet holding `bytes`, chaining as many segments as it takes.
     ///
     /// # Errors
@@ -1087,6 +1137,27 @@ impl<'c> Mbuf<'c> {
         true
     }
 
+    /// Keeps `len` bytes starting `start` bytes into the data of a one-segment packet and
+    /// drops the rest (`adj(start)` then `trim`, in one step): how a driver cuts a
+    /// received buffer to the frame a device wrote after its header. False, and nothing
+    /// changed, when the range is not inside the data, the packet has several segments or
+    /// is shared.
+    pub fn keep_range(&mut self, start: usize, len: usize) -> bool {
+        let s = self.span_of(self.index);
+        let fits = start
+            .checked_add(len)
+            .is_some_and(|end| end <= s.len as usize);
+        if !fits || self.nb_segs() != 1 || self.hdr().next != 0 || self.is_shared() {
+            return false;
+        }
+        // Inside the old span, so inside the buffer; `len <= s.len <= u16::MAX`.
+        let h = self.hdr_mut();
+        h.data_off = (s.off + start as u32) as u16;
+        h.data_len = len as u16;
+        h.pkt_len = len as u32;
+        true
+    }
+
     /// Removes `len` bytes from the end of the last segment (`rte_pktmbuf_trim`); false if
     /// it holds fewer or the mbuf is shared.
     pub fn trim(&mut self, len: usize) -> bool {
@@ -1190,6 +1261,43 @@ impl<'c> Mbuf<'c> {
         let handle = self.handle();
         std::mem::forget(self);
         Ok(handle)
+    }
+
+    /// For a one-segment, unshared packet with at least `n` bytes of headroom: prepends
+    /// `n` bytes, lets `fill` write them, and puts the packet in transit, in one pass over
+    /// the header (what a virtio driver does before posting a frame with its
+    /// `virtio_net_hdr`). Returns the handle and the packet's data (the prepended bytes
+    /// first) as address and length. Any other packet comes back unchanged in `Err`.
+    pub fn into_transit_prepending(
+        self,
+        n: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(MbufHandle, *const u8, usize), Mbuf<'c>> {
+        let h = self.hdr();
+        let (off, len) = (u32::from(h.data_off), u32::from(h.data_len));
+        let plain = h.nb_segs == 1 && h.next == 0 && h.refcnt.load(Ordering::Acquire) == 1;
+        if !plain || off + len > self.cache.buf_len || n > off as usize {
+            return Err(self);
+        }
+        let (off, len) = (off - n as u32, len + n as u32);
+        let index = self.index;
+        let h = self.cache.header_mut(index);
+        // `off + len` is unchanged, inside the buffer; `len <= buf_len <= u16::MAX`.
+        h.data_off = off as u16;
+        h.data_len = len as u16;
+        h.pkt_len = len;
+        let data = self.buf_ptr(index).wrapping_add(off as usize);
+        // SAFETY: `[off, off + n)` lies in this buffer (n <= old off), which we hold alone
+        // (refcnt 1, not yet in transit).
+        fill(unsafe { std::slice::from_raw_parts_mut(data, n) });
+        // Release: the receiver's Acquire CAS in `adopt` sees our header and data writes.
+        self.cache
+            .header(index)
+            .owner
+            .store(OwnerTag::TRANSIT.0, Ordering::Release);
+        let handle = self.handle();
+        std::mem::forget(self);
+        Ok((handle, data.cast_const(), len as usize))
     }
 
     /// Input port.

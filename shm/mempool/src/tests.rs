@@ -394,6 +394,87 @@ fn reclaim_takes_back_a_private_transit_handle_with_the_same_checks() {
 }
 
 #[test]
+fn a_buffer_allocated_into_transit_comes_back_cut_to_what_was_written() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 32, 4);
+    let a = pool.cache(OwnerTag(2)).unwrap();
+    let (h, data, room) = a.alloc_in_transit().unwrap();
+    assert_eq!(pool.owned_by(OwnerTag::TRANSIT), 1);
+    // A device writes a 12-byte header and a 60-byte frame.
+    for i in 0..72u8 {
+        // SAFETY: inside the buffer's data room of `room` bytes.
+        unsafe { data.wrapping_add(usize::from(i)).write(i) };
+    }
+    let mut m = a.reclaim(h).unwrap();
+    assert_eq!(
+        (m.data_len(), m.pkt_len() as usize),
+        (room as usize, room as usize)
+    );
+    assert_eq!(m.data().as_ptr(), data.cast_const());
+    let headroom = m.headroom();
+    assert!(!m.keep_range(12, room as usize), "past the data: refused");
+    assert!(m.keep_range(12, 60));
+    assert_eq!(m.data(), &(12..72u8).collect::<Vec<_>>()[..]);
+    assert_eq!((m.pkt_len(), m.headroom()), (60, headroom + 12));
+    let clone = m.clone_ref();
+    assert!(!m.keep_range(0, 10), "shared: refused");
+    drop(clone);
+    drop(m);
+    drop(a);
+    assert_eq!(pool.mempool().stats().available, 32);
+}
+
+#[test]
+fn into_transit_prepending_writes_the_new_bytes_and_refuses_what_it_cannot() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 32, 4);
+    let a = pool.cache(OwnerTag(2)).unwrap();
+    let m = a.alloc_from(&[9u8; 100]).unwrap();
+    let headroom = m.headroom();
+    let (h, data, len) = m.into_transit_prepending(12, |b| b.fill(0xee)).unwrap();
+    assert_eq!(len, 112);
+    assert_eq!(pool.owned_by(OwnerTag::TRANSIT), 1);
+    let back = a.reclaim(h).unwrap();
+    assert_eq!(back.data().as_ptr(), data);
+    assert_eq!(&back.data()[..12], &[0xee; 12]);
+    assert_eq!(&back.data()[12..], &[9u8; 100][..]);
+    assert_eq!((back.pkt_len(), back.headroom()), (112, headroom - 12));
+    // Too little headroom, a chain, a shared packet: all come back untouched.
+    let back = back.into_transit_prepending(headroom, |_| {}).unwrap_err();
+    assert_eq!(back.pkt_len(), 112);
+    let chain = a.alloc_from(&[1u8; 700]).unwrap();
+    assert!(chain.into_transit_prepending(12, |_| {}).is_err());
+    let clone = back.clone_ref();
+    let back = back.into_transit_prepending(12, |_| {}).unwrap_err();
+    drop((back, clone));
+    assert_eq!(pool.owned_by(OwnerTag::TRANSIT), 0);
+    drop(a);
+    assert_eq!(pool.mempool().stats().available, 32);
+}
+
+#[test]
+fn free_reclaimed_frees_a_private_transit_handle_once() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 32, 4);
+    let a = pool.cache(OwnerTag(2)).unwrap();
+    let one = a.alloc_from(&[1u8; 64]).unwrap().into_transit().unwrap();
+    let chain = a.alloc_from(&[2u8; 700]).unwrap().into_transit().unwrap();
+    a.free_reclaimed(one).unwrap();
+    a.free_reclaimed(chain).unwrap();
+    assert_eq!(pool.owned_by(OwnerTag::TRANSIT), 0);
+    assert!(matches!(
+        a.free_reclaimed(one),
+        Err(MbufError::NotInTransit(_))
+    ));
+    assert!(matches!(
+        a.free_reclaimed(MbufHandle::new(3, 99)),
+        Err(MbufError::BadHandle(_))
+    ));
+    drop(a);
+    assert_eq!(pool.mempool().stats().available, 32);
+}
+
+#[test]
 fn transit_adopt_and_duplicates() {
     let seg = seg(4);
     let pool = mbufs(&seg, 32, 4);
