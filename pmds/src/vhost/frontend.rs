@@ -14,6 +14,13 @@
 //! queue can be dropped and claimed again, and what the device still holds stays tagged.
 //! The used elements the device returns are checked (index in range, a buffer we posted,
 //! a length that fits) like anything else read from shared memory.
+//!
+//! With `VIRTIO_F_IN_ORDER` (virtio 1.x §2.7.9; DPDK's vhost and ours offer it) the
+//! descriptor of a post is its avail position, so the device returns buffers in the order
+//! they were posted and may return a batch with one used element naming its last buffer;
+//! the buffers before it were used whole. Posting only ever uses descriptors outside the
+//! outstanding window, so a device that names the wrong buffer costs an error, not a
+//! descriptor in use twice.
 
 use std::fs::File;
 use std::io::Write;
@@ -28,8 +35,8 @@ use shm::Memseg;
 use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool};
 
 use super::net::{
-    header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
-    VIRTIO_NET_F_MRG_RXBUF, VRING_USED_F_NO_NOTIFY,
+    header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VRING_USED_F_NO_NOTIFY,
 };
 use super::proto::{self, code, PROTOCOL_F_MQ};
 use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
@@ -38,6 +45,9 @@ use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// No buffer at this descriptor.
 const NONE: u64 = u64::MAX;
+/// Used length of a buffer an in-order device returned without an element of its own:
+/// the whole buffer (virtio 1.x §2.7.9).
+pub const WHOLE_BUFFER: u32 = u32::MAX;
 
 /// Bytes one vring takes in the queue memzone (page-aligned).
 pub fn vring_bytes(size: u16) -> u64 {
@@ -54,7 +64,17 @@ pub struct DriverRing {
     size: u16,
     avail_idx: u16,
     last_used: u16,
+    /// Free descriptor ids (a stack) when not in order.
     free: Vec<u16>,
+    /// `VIRTIO_F_IN_ORDER` negotiated: descriptors are posted in ring order (id = avail
+    /// position masked) and come back in that order; `free` is unused.
+    in_order: bool,
+    /// In order: avail position of the oldest buffer the device has not returned.
+    next_reclaim: u16,
+    /// In order: buffers of the current used batch not handed out yet, and the length
+    /// the device gave the batch's last buffer (the others were used whole).
+    batch_left: u16,
+    batch_len: u32,
     inflight: Vec<u64>,
     /// Where each posted buffer starts (for prefetching what the device wrote).
     addrs: Vec<u64>,
@@ -94,6 +114,33 @@ impl DriverRing {
         (u32::from_le(id), u32::from_le(len))
     }
 
+    /// Free descriptors.
+    fn free_len(&self) -> usize {
+        if self.in_order {
+            usize::from(self.size - self.avail_idx.wrapping_sub(self.next_reclaim))
+        } else {
+            self.free.len()
+        }
+    }
+
+    /// A free descriptor for the next post (in order: the one at the avail position).
+    fn take_free(&mut self) -> Option<u16> {
+        if self.in_order {
+            // Free: not inside the outstanding window [next_reclaim, avail_idx).
+            (self.free_len() > 0).then_some(self.avail_idx & (self.size - 1))
+        } else {
+            self.free.pop()
+        }
+    }
+
+    /// Gives back a descriptor [`DriverRing::take_free`] returned and that was not posted
+    /// (in order there is nothing to do: the avail position did not move).
+    fn put_free(&mut self, id: u16) {
+        if !self.in_order {
+            self.free.push(id);
+        }
+    }
+
     fn post(&mut self, id: u16, addr: u64, len: u32, flags: u16, handle: u64) {
         let d = Desc {
             addr: addr.to_le(),
@@ -119,8 +166,14 @@ impl DriverRing {
             .min(usize::from(self.size))
             .min(max);
         for k in 0..ready as u16 {
-            let (id, _) = self.used_elem(self.last_used.wrapping_add(k));
-            let id = id as usize & (usize::from(self.size) - 1);
+            // In order, the buffers come back as they were posted (and the device may
+            // not have written every used element).
+            let id = if self.in_order {
+                self.next_reclaim.wrapping_add(k)
+            } else {
+                self.used_elem(self.last_used.wrapping_add(k)).0 as u16
+            };
+            let id = usize::from(id & (self.size - 1));
             super::vring::prefetch(self.addrs[id] as *const u8);
         }
     }
@@ -128,11 +181,20 @@ impl DriverRing {
     /// Prefetches for writing the descriptors and avail slots the next `k` posts use (the
     /// device last read them from another core).
     fn prefetch_posts(&self, k: usize) {
-        let k = k.min(self.free.len());
-        for &id in &self.free[self.free.len() - k..] {
-            super::vring::prefetch_write(self.desc.wrapping_add(usize::from(id)).cast());
-        }
+        let k = k.min(self.free_len());
         let mask = usize::from(self.size - 1);
+        if self.in_order {
+            let mut j = 0;
+            while j < k {
+                let id = usize::from(self.avail_idx).wrapping_add(j) & mask;
+                super::vring::prefetch_write(self.desc.wrapping_add(id).cast());
+                j += 4;
+            }
+        } else {
+            for &id in &self.free[self.free.len() - k..] {
+                super::vring::prefetch_write(self.desc.wrapping_add(usize::from(id)).cast());
+            }
+        }
         let mut j = 0;
         while j < k {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
@@ -157,7 +219,11 @@ impl DriverRing {
     }
 
     /// Takes the next used element: (descriptor id, bytes written, the mbuf handle).
+    #[inline]
     fn next_used(&mut self) -> Option<Result<(u16, u32, u64), ()>> {
+        if self.in_order {
+            return self.next_used_in_order();
+        }
         let used_idx = self.used_idx();
         if self.last_used == used_idx {
             return None;
@@ -180,6 +246,55 @@ impl DriverRing {
         self.inflight[id as usize] = NONE;
         self.free.push(id as u16);
         Some(Ok((id as u16, len, h)))
+    }
+
+    /// In order (virtio 1.x §2.7.9): buffers come back in the order they were posted. A
+    /// batch starts with the used element at its first position, which names the head of
+    /// its last buffer; the device may skip the elements of the others, which were used
+    /// whole ([`WHOLE_BUFFER`]). An element naming a buffer that is not outstanding, or a
+    /// batch longer than the used index allows, is one error and the device's stretch is
+    /// skipped; our buffers stay outstanding (and come home when the port stops), and
+    /// posting never reuses an outstanding descriptor.
+    #[inline]
+    fn next_used_in_order(&mut self) -> Option<Result<(u16, u32, u64), ()>> {
+        let mask = self.size - 1;
+        if self.batch_left == 0 {
+            let used_idx = self.used_idx();
+            let ready = used_idx.wrapping_sub(self.last_used);
+            if ready == 0 {
+                return None;
+            }
+            let outstanding = self.avail_idx.wrapping_sub(self.next_reclaim);
+            let (last, len) = self.used_elem(self.last_used);
+            let span = u16::try_from(last)
+                .ok()
+                .filter(|&l| l < self.size)
+                .map(|l| l.wrapping_sub(self.next_reclaim) & mask);
+            match span {
+                Some(span) if span < ready && span < outstanding => {
+                    self.batch_left = span + 1;
+                    self.batch_len = len;
+                    self.last_used = self.last_used.wrapping_add(span + 1);
+                }
+                _ => {
+                    self.last_used = used_idx;
+                    return Some(Err(()));
+                }
+            }
+        }
+        self.batch_left -= 1;
+        let id = self.next_reclaim & mask;
+        self.next_reclaim = self.next_reclaim.wrapping_add(1);
+        let len = if self.batch_left == 0 {
+            self.batch_len
+        } else {
+            WHOLE_BUFFER
+        };
+        let h = std::mem::replace(&mut self.inflight[usize::from(id)], NONE);
+        if h == NONE {
+            return Some(Err(()));
+        }
+        Some(Ok((id, len, h)))
     }
 }
 
@@ -286,9 +401,11 @@ impl VirtioUserDevice {
         }
         let want = VIRTIO_F_VERSION_1
             | VIRTIO_NET_F_MRG_RXBUF
+            | VIRTIO_F_IN_ORDER
             | VHOST_USER_F_PROTOCOL_FEATURES
             | if pairs > 1 { VIRTIO_NET_F_MQ } else { 0 };
         let features = offered & want;
+        let in_order = features & VIRTIO_F_IN_ORDER != 0;
         tell(code::SET_OWNER, &[], &[])?;
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let pf = ask(code::GET_PROTOCOL_FEATURES)?;
@@ -359,7 +476,15 @@ impl VirtioUserDevice {
                 size,
                 avail_idx: 0,
                 last_used: 0,
-                free: (0..size).rev().collect(),
+                free: if in_order {
+                    Vec::new()
+                } else {
+                    (0..size).rev().collect()
+                },
+                in_order,
+                next_reclaim: 0,
+                batch_left: 0,
+                batch_len: 0,
                 inflight: vec![NONE; usize::from(size)],
                 addrs: vec![0; usize::from(size)],
                 kick: Arc::new(kick),
@@ -485,7 +610,11 @@ impl VirtioUserQueue {
                 continue;
             };
             let posted = m.data_len();
-            let len = len as usize;
+            let len = if len == WHOLE_BUFFER {
+                posted
+            } else {
+                len as usize
+            };
             if len < hdr || len > posted {
                 o.errors += 1;
                 continue;
@@ -495,19 +624,22 @@ impl VirtioUserQueue {
             } else {
                 1
             };
-            m.trim(posted - len);
-            m.adj(hdr);
+            // The frame after the header (one segment: posted buffers are single).
+            if !m.keep_range(hdr, len - hdr) {
+                o.errors += 1;
+                continue;
+            }
             let mut ok = true;
             for _ in 1..nbufs {
                 match r.next_used() {
                     Some(Ok((_, l, h))) => match cache.reclaim(MbufHandle(h)) {
                         Ok(mut seg) => {
                             let p = seg.data_len();
-                            if (l as usize) > p {
+                            let l = if l == WHOLE_BUFFER { p as u32 } else { l };
+                            if !seg.keep_range(0, l as usize) {
                                 ok = false;
                                 continue;
                             }
-                            seg.trim(p - l as usize);
                             if m.chain(seg).is_err() {
                                 ok = false;
                             }
@@ -526,25 +658,16 @@ impl VirtioUserQueue {
             out.push(m);
         }
         // Refill every free descriptor.
-        r.prefetch_posts(r.free.len());
+        r.prefetch_posts(r.free_len());
         let mut posted = false;
-        while let Some(id) = r.free.pop() {
-            let Some(mut m) = cache.alloc() else {
-                r.free.push(id);
+        while let Some(id) = r.take_free() {
+            // A whole data room per descriptor, in transit while the device holds it.
+            let Some((h, buf, room)) = cache.alloc_in_transit() else {
+                r.put_free(id);
                 o.no_mbuf += 1;
                 break;
             };
-            let room = m.tailroom();
-            let Some(buf) = m.append(room) else {
-                r.free.push(id);
-                break;
-            };
-            let addr = buf.as_ptr() as u64;
-            let Ok(h) = m.into_transit() else {
-                r.free.push(id);
-                break;
-            };
-            r.post(id, addr, room as u32, VRING_DESC_F_WRITE, h.0);
+            r.post(id, buf as u64, room, VRING_DESC_F_WRITE, h.0);
             posted = true;
         }
         if posted {
@@ -565,56 +688,63 @@ impl VirtioUserQueue {
         // What the device has sent is ours again: free it.
         while let Some(u) = r.next_used() {
             match u {
-                Ok((_, _, h)) => drop(cache.reclaim(MbufHandle(h))),
+                Ok((_, _, h)) => {
+                    if cache.free_reclaimed(MbufHandle(h)).is_err() {
+                        o.errors += 1;
+                    }
+                }
                 Err(()) => o.errors += 1,
             }
         }
-        let k = pkts.len().min(r.free.len());
+        let k = pkts.len().min(r.free_len());
         r.prefetch_posts(k);
         for m in &pkts[..k] {
             // Where the virtio-net header goes (the device read these bytes last).
             super::vring::prefetch_write(m.data().as_ptr().wrapping_sub(hdr));
         }
         let pool_id = self.dev.pool.mempool().id();
-        for mut m in pkts.drain(..k) {
-            let direct = !m.is_shared()
-                && m.nb_segs() == 1
-                && m.headroom() >= hdr
-                && m.handle().pool_id() == pool_id;
-            if !direct {
-                // Chained, shared or from another pool: one fresh buffer of the port's pool.
-                self.scratch.clear();
-                self.scratch.resize(m.pkt_len() as usize, 0);
-                m.copy_out(0, &mut self.scratch);
-                match cache.alloc_from(&self.scratch) {
-                    Ok(c) if c.nb_segs() == 1 && c.headroom() >= hdr => m = c,
-                    _ => {
-                        o.no_mbuf += 1;
-                        continue;
+        // The virtio-net header is all zeros (no offloads); its size is a constant, so it
+        // is zeroed inline (a 12-byte memset call costs more than the rest of its work).
+        let zero = |h: &mut [u8]| match <&mut [u8; 12]>::try_from(&mut *h) {
+            Ok(h12) => *h12 = [0; 12],
+            Err(_) => h.fill(0),
+        };
+        for m in pkts.drain(..k) {
+            // Ours and plain (one segment, unshared, headroom for the header): posted as
+            // it is. Otherwise one fresh buffer of the port's pool gets a copy.
+            let direct = if m.handle().pool_id() == pool_id {
+                m.into_transit_prepending(hdr, zero)
+            } else {
+                Err(m)
+            };
+            let (handle, addr, len) = match direct {
+                Ok(t) => t,
+                Err(m) => {
+                    self.scratch.clear();
+                    self.scratch.resize(m.pkt_len() as usize, 0);
+                    m.copy_out(0, &mut self.scratch);
+                    drop(m);
+                    let copied = cache
+                        .alloc_from(&self.scratch)
+                        .map_err(|_| ())
+                        .and_then(|c| c.into_transit_prepending(hdr, zero).map_err(drop));
+                    match copied {
+                        Ok(t) => t,
+                        Err(()) => {
+                            o.no_mbuf += 1;
+                            continue;
+                        }
                     }
                 }
-            }
-            let Some(h) = m.prepend(hdr) else {
-                o.errors += 1;
-                continue;
             };
-            // A header of constant size is zeroed inline (a 12-byte memset call costs more
-            // than the rest of the header work).
-            match <&mut [u8; 12]>::try_from(&mut *h) {
-                Ok(h12) => *h12 = [0; 12],
-                Err(_) => h.fill(0),
-            }
-            let addr = m.data().as_ptr() as u64;
-            let len = m.data_len();
+            let addr = addr as u64;
             if addr < lo || addr + len as u64 > hi {
+                // Not inside the memory the device maps (cannot happen for our pool).
+                let _ = cache.free_reclaimed(handle);
                 o.errors += 1;
                 continue;
             }
-            let Ok(handle) = m.into_transit() else {
-                o.errors += 1;
-                continue;
-            };
-            let id = r.free.pop().expect("k <= free descriptors");
+            let id = r.take_free().expect("k <= free descriptors");
             r.post(id, addr, len as u32, 0, handle.0);
             o.bytes += (len - hdr) as u64;
             o.packets += 1;
@@ -633,5 +763,126 @@ impl Drop for VirtioUserQueue {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver ring of `size` entries over `mem` (zeroed), as `connect` lays it out.
+    fn ring(mem: &mut [u64], size: u16, in_order: bool) -> DriverRing {
+        let base = mem.as_mut_ptr().cast::<u8>();
+        let n = usize::from(size);
+        let used_off = (16 * n + 6 + 2 * n).next_multiple_of(64);
+        assert!(used_off + 6 + 8 * n <= mem.len() * 8);
+        DriverRing {
+            desc: base.cast(),
+            avail: base.wrapping_add(16 * n).cast(),
+            used: base.wrapping_add(used_off).cast(),
+            size,
+            avail_idx: 0,
+            last_used: 0,
+            free: if in_order {
+                Vec::new()
+            } else {
+                (0..size).rev().collect()
+            },
+            in_order,
+            next_reclaim: 0,
+            batch_left: 0,
+            batch_len: 0,
+            inflight: vec![NONE; n],
+            addrs: vec![0; n],
+            kick: Arc::new(eventfd().unwrap()),
+        }
+    }
+
+    /// What the device does: element `pos` = (id, len), then used.idx = `idx`.
+    fn device_returns(r: &DriverRing, pos: u16, id: u32, len: u32, idx: u16) {
+        let slot = usize::from(pos & (r.size - 1));
+        let p = r
+            .used
+            .cast::<u8>()
+            .wrapping_add(4 + 8 * slot)
+            .cast::<[u32; 2]>();
+        // SAFETY: inside the test's used area, 4-aligned.
+        unsafe { p.write([id, len]) };
+        // SAFETY: used.idx, 2-aligned.
+        unsafe { AtomicU16::from_ptr(r.used.wrapping_add(1)) }.store(idx, Ordering::Release);
+    }
+
+    fn post_n(r: &mut DriverRing, n: u64, first_handle: u64) {
+        for h in first_handle..first_handle + n {
+            let id = r.take_free().unwrap();
+            r.post(id, 0x1000 * h, 64, 0, h);
+        }
+        r.publish();
+    }
+
+    #[test]
+    fn in_order_posts_in_ring_order_and_takes_back_batches() {
+        let mut mem = vec![0u64; 1024];
+        let mut r = ring(&mut mem, 8, true);
+        post_n(&mut r, 4, 100);
+        for i in 0..4u16 {
+            // SAFETY: avail.ring[i] of the test ring.
+            let entry = unsafe { r.avail.wrapping_add(2 + usize::from(i)).read() };
+            assert_eq!(entry, i);
+        }
+        assert_eq!(r.free_len(), 4);
+        // One element for three buffers: the first two were used whole.
+        device_returns(&r, 0, 2, 50, 3);
+        assert_eq!(r.next_used(), Some(Ok((0, WHOLE_BUFFER, 100))));
+        assert_eq!(r.next_used(), Some(Ok((1, WHOLE_BUFFER, 101))));
+        assert_eq!(r.next_used(), Some(Ok((2, 50, 102))));
+        assert_eq!(r.next_used(), None);
+        assert_eq!(r.free_len(), 7);
+        // The next batch's element sits at its first position.
+        device_returns(&r, 3, 3, 7, 4);
+        assert_eq!(r.next_used(), Some(Ok((3, 7, 103))));
+        // Wrapping the ring: descriptors 4..8 then 0..2.
+        post_n(&mut r, 6, 200);
+        device_returns(&r, 4, 1, 9, 10);
+        let got: Vec<_> = std::iter::from_fn(|| r.next_used()).collect();
+        let ids: Vec<u16> = got.iter().map(|g| g.unwrap().0).collect();
+        assert_eq!(ids, [4, 5, 6, 7, 0, 1]);
+        assert_eq!(got[5], Ok((1, 9, 205)));
+        assert_eq!(r.free_len(), 8);
+    }
+
+    #[test]
+    fn an_in_order_element_naming_no_outstanding_buffer_is_one_error() {
+        let mut mem = vec![0u64; 1024];
+        let mut r = ring(&mut mem, 8, true);
+        post_n(&mut r, 2, 100);
+        // Names descriptor 5, which was never posted; then an index far ahead.
+        device_returns(&r, 0, 5, 0, 1);
+        assert_eq!(r.next_used(), Some(Err(())));
+        assert_eq!(r.next_used(), None, "the bad stretch is skipped once");
+        assert_eq!(
+            r.free_len(),
+            6,
+            "our buffers stay outstanding, never reposted"
+        );
+        device_returns(&r, 1, 0x1_0000, 0, 2);
+        assert_eq!(r.next_used(), Some(Err(())));
+        // A batch longer than the used index allows.
+        device_returns(&r, 2, 1, 0, 3);
+        assert_eq!(r.next_used(), Some(Err(())));
+        // Posting continues after the outstanding window.
+        assert_eq!(r.take_free(), Some(2));
+        assert!(r.inflight[..2].iter().all(|&h| h != NONE));
+    }
+
+    #[test]
+    fn not_in_order_returns_what_each_element_names() {
+        let mut mem = vec![0u64; 1024];
+        let mut r = ring(&mut mem, 8, false);
+        post_n(&mut r, 3, 100);
+        device_returns(&r, 0, 1, 5, 1);
+        assert_eq!(r.next_used(), Some(Ok((1, 5, 101))));
+        device_returns(&r, 1, 1, 5, 2);
+        assert_eq!(r.next_used(), Some(Err(())), "a buffer returned twice");
     }
 }
