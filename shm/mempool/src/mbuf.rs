@@ -670,7 +670,27 @@ impl MbufCache {
     ///
     /// # Errors
     /// As [`adopt`](Self::adopt).
+    #[inline]
     pub fn reclaim(&self, handle: MbufHandle) -> Result<Mbuf<'_>, MbufError> {
+        // One segment (nearly every packet): `adopt_with`'s checks, inline.
+        let index = handle.index();
+        if handle.pool_id() == self.pool_id && index < self.n {
+            let h = self.header(index);
+            // Relaxed: the tag was stored by this process (program order, or a queue's
+            // mutex hand-over between its threads); no other party holds the handle.
+            if h.owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0
+                && h.nb_segs == 1
+                && h.next == 0
+                && h.index == index
+                && h.pool_id == self.pool_id
+                && h.refcnt.load(Ordering::Relaxed) == 1
+                && u32::from(h.data_off) + u32::from(h.data_len) <= self.buf_len
+                && h.pkt_len == u32::from(h.data_len)
+            {
+                h.owner.store(self.owner, Ordering::Relaxed);
+                return Ok(Mbuf::from_index(self, index));
+            }
+        }
         self.adopt_with(handle, Claim::Private)
     }
 
@@ -770,8 +790,9 @@ impl MbufCache {
                 )
                 .is_ok(),
             Claim::Private => {
-                // Relaxed both: the tag was stored by this process (program order); no
-                // other party holds the handle, so load-then-store cannot race a claim.
+                // Relaxed both: the tag was stored by this process (program order, or
+                // before the queue's mutex handed the handle to this thread); no other
+                // party holds the handle, so load-then-store cannot race a claim.
                 let ok = owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0;
                 if ok {
                     owner.store(self.owner, Ordering::Relaxed);
@@ -1268,6 +1289,7 @@ impl<'c> Mbuf<'c> {
     /// the header (what a virtio driver does before posting a frame with its
     /// `virtio_net_hdr`). Returns the handle and the packet's data (the prepended bytes
     /// first) as address and length. Any other packet comes back unchanged in `Err`.
+    #[inline]
     pub fn into_transit_prepending(
         self,
         n: usize,

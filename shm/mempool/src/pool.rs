@@ -868,6 +868,17 @@ impl PoolCache {
     /// Gets one object.
     #[inline]
     pub fn get(&mut self) -> Option<u32> {
+        // Fast path, as `get_bulk`'s for one object: the cache has it.
+        if self.len > 0 && self.size > 1 {
+            // SAFETY: `len - 1 < len <= CACHE_OBJS`: inside this slot's index array, which
+            // this handle owns.
+            let obj = unsafe { self.objs.wrapping_add(self.len as usize - 1).read() };
+            if obj < self.n {
+                self.len -= 1;
+                self.publish_len();
+                return Some(obj);
+            }
+        }
         let mut one = [0u32];
         self.get_bulk(&mut one).ok().map(|()| one[0])
     }
@@ -974,6 +985,15 @@ impl PoolCache {
     /// Returns one object.
     #[inline]
     pub fn put(&mut self, obj: u32) -> bool {
+        // Fast path, as `put_bulk`'s for one object: room below the flush threshold.
+        if self.len < self.flush_threshold && obj < self.n {
+            // SAFETY: `len < flush_threshold <= 768 < CACHE_OBJS`: inside the owned index
+            // array.
+            unsafe { self.objs.wrapping_add(self.len as usize).write(obj) };
+            self.len += 1;
+            self.publish_len();
+            return true;
+        }
         self.put_bulk(&[obj]) == 1
     }
 
