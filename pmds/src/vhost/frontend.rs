@@ -98,6 +98,39 @@ impl std::fmt::Debug for DriverRing {
 }
 
 impl DriverRing {
+    /// A fresh ring of `size` entries whose areas are at `desc`, `avail` and `used` in our
+    /// memory (zeroed), kicked through `kick`.
+    fn new(
+        desc: *mut Desc,
+        avail: *mut u16,
+        used: *mut u16,
+        size: u16,
+        in_order: bool,
+        kick: File,
+    ) -> DriverRing {
+        DriverRing {
+            desc,
+            avail,
+            used,
+            size,
+            avail_idx: 0,
+            last_used: 0,
+            seen_used: 0,
+            free: if in_order {
+                Vec::new()
+            } else {
+                (0..size).rev().collect()
+            },
+            in_order,
+            next_reclaim: 0,
+            batch_left: 0,
+            batch_len: 0,
+            inflight: vec![NONE; usize::from(size)],
+            addrs: vec![0; usize::from(size)],
+            kick: Arc::new(kick),
+        }
+    }
+
     fn used_idx(&self) -> u16 {
         // D2: Acquire, before reading used elements and the buffers' bytes.
         // SAFETY: `used + 1` is the 2-aligned idx word of the used area in our memzone.
@@ -483,27 +516,14 @@ impl VirtioUserDevice {
             // SAFETY: avail.flags of this vring, 2-aligned, inside the zeroed ring memzone.
             unsafe { AtomicU16::from_ptr(avail as *mut u16) }
                 .store(VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
-            rings.push(Mutex::new(Some(DriverRing {
-                desc: desc as *mut Desc,
-                avail: avail as *mut u16,
-                used: used as *mut u16,
+            rings.push(Mutex::new(Some(DriverRing::new(
+                desc as *mut Desc,
+                avail as *mut u16,
+                used as *mut u16,
                 size,
-                avail_idx: 0,
-                last_used: 0,
-                seen_used: 0,
-                free: if in_order {
-                    Vec::new()
-                } else {
-                    (0..size).rev().collect()
-                },
                 in_order,
-                next_reclaim: 0,
-                batch_left: 0,
-                batch_len: 0,
-                inflight: vec![NONE; usize::from(size)],
-                addrs: vec![0; usize::from(size)],
-                kick: Arc::new(kick),
-            })));
+                kick,
+            ))));
         }
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for i in 0..2 * u32::from(pairs) {
@@ -793,27 +813,14 @@ mod tests {
         let n = usize::from(size);
         let used_off = (16 * n + 6 + 2 * n).next_multiple_of(64);
         assert!(used_off + 6 + 8 * n <= mem.len() * 8);
-        DriverRing {
-            desc: base.cast(),
-            avail: base.wrapping_add(16 * n).cast(),
-            used: base.wrapping_add(used_off).cast(),
+        DriverRing::new(
+            base.cast(),
+            base.wrapping_add(16 * n).cast(),
+            base.wrapping_add(used_off).cast(),
             size,
-            avail_idx: 0,
-            last_used: 0,
-            seen_used: 0,
-            free: if in_order {
-                Vec::new()
-            } else {
-                (0..size).rev().collect()
-            },
             in_order,
-            next_reclaim: 0,
-            batch_left: 0,
-            batch_len: 0,
-            inflight: vec![NONE; n],
-            addrs: vec![0; n],
-            kick: Arc::new(eventfd().unwrap()),
-        }
+            eventfd().unwrap(),
+        )
     }
 
     /// What the device does: element `pos` = (id, len), then used.idx = `idx`.

@@ -592,14 +592,10 @@ impl MbufCache {
     pub fn free_reclaimed(&self, handle: MbufHandle) -> Result<(), MbufError> {
         let index = handle.index();
         if handle.pool_id() == self.pool_id && index < self.n {
-            let h = self.header(index);
             // Relaxed: as `reclaim` (the tag was stored by this process, or by the thread
             // that handed the queue over under a mutex).
-            if h.owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0
-                && h.nb_segs == 1
-                && h.next == 0
-                && h.index == index
-                && h.refcnt.load(Ordering::Relaxed) == 1
+            if self.header(index).owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0
+                && self.sane_single(index)
             {
                 self.put_free(index);
                 return Ok(());
@@ -675,19 +671,11 @@ impl MbufCache {
         // One segment (nearly every packet): `adopt_with`'s checks, inline.
         let index = handle.index();
         if handle.pool_id() == self.pool_id && index < self.n {
-            let h = self.header(index);
+            let owner = &self.header(index).owner;
             // Relaxed: the tag was stored by this process (program order, or a queue's
             // mutex hand-over between its threads); no other party holds the handle.
-            if h.owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0
-                && h.nb_segs == 1
-                && h.next == 0
-                && h.index == index
-                && h.pool_id == self.pool_id
-                && h.refcnt.load(Ordering::Relaxed) == 1
-                && u32::from(h.data_off) + u32::from(h.data_len) <= self.buf_len
-                && h.pkt_len == u32::from(h.data_len)
-            {
-                h.owner.store(self.owner, Ordering::Relaxed);
+            if owner.load(Ordering::Relaxed) == OwnerTag::TRANSIT.0 && self.sane_single(index) {
+                owner.store(self.owner, Ordering::Relaxed);
                 return Ok(Mbuf::from_index(self, index));
             }
         }
@@ -698,15 +686,7 @@ impl MbufCache {
         let head = self.claim_transit(handle, claim)?;
         {
             // One segment (nearly every packet): the same checks without the chain walk.
-            let h = self.header(head);
-            if h.nb_segs == 1
-                && h.next == 0
-                && h.index == head
-                && h.pool_id == self.pool_id
-                && h.refcnt.load(Ordering::Relaxed) == 1
-                && u32::from(h.data_off) + u32::from(h.data_len) <= self.buf_len
-                && h.pkt_len == u32::from(h.data_len)
-            {
+            if self.sane_single(head) {
                 return Ok(Mbuf::from_index(self, head));
             }
         }
@@ -762,6 +742,21 @@ impl MbufCache {
             return Err(MbufError::CorruptHeader(handle));
         }
         Ok(Mbuf::from_index(self, head))
+    }
+
+    /// True when buffer `index` (`< n`) holds a sane one-segment packet we may take: its
+    /// identity, one reference, no next segment, a span inside the buffer, `pkt_len` equal
+    /// to `data_len` (the chain walk of `adopt_with` checks the same per segment).
+    #[inline(always)]
+    fn sane_single(&self, index: u32) -> bool {
+        let h = self.header(index);
+        h.nb_segs == 1
+            && h.next == 0
+            && h.index == index
+            && h.pool_id == self.pool_id
+            && h.refcnt.load(Ordering::Relaxed) == 1
+            && u32::from(h.data_off) + u32::from(h.data_len) <= self.buf_len
+            && h.pkt_len == u32::from(h.data_len)
     }
 
     /// Validates a handle and claims its buffer from transit.
