@@ -106,6 +106,11 @@ impl NetQueue {
             }
         };
         self.ring.prefetch_pending(pending as u16, false);
+        // The burst's mbufs in one pool call when the pool has them (a get per packet
+        // was a tenth of the work); packet k then goes into `out[start + k]`, and what a
+        // bad chain left unused goes back at the end.
+        let start = out.len();
+        let bulk = pending > 0 && cache.alloc_bulk(out, pending).is_ok();
         for _ in 0..pending {
             let head = self.ring.take_head();
             match self.ring.walk(head, false) {
@@ -114,16 +119,21 @@ impl NetQueue {
                     if total < self.hdr_len as u64 || frame_len > MAX_FRAME {
                         o.bad_chains += 1;
                     } else {
-                        match self
-                            .gather(n, frame_len)
-                            .and_then(|b| cache.alloc_from(b).ok())
-                        {
-                            Some(m) => {
-                                o.packets += 1;
-                                o.bytes += frame_len as u64;
-                                out.push(m);
+                        let slot = start + o.packets;
+                        let stored = match self.gather(n, frame_len) {
+                            None => false,
+                            Some(b) if bulk => {
+                                // A frame above one mbuf's room takes a fresh chain.
+                                out[slot].fill(b)
+                                    || cache.alloc_from(b).map(|m| out[slot] = m).is_ok()
                             }
-                            None => o.dropped += 1,
+                            Some(b) => cache.alloc_from(b).map(|m| out.push(m)).is_ok(),
+                        };
+                        if stored {
+                            o.packets += 1;
+                            o.bytes += frame_len as u64;
+                        } else {
+                            o.dropped += 1;
                         }
                     }
                     self.give_back(head);
@@ -137,6 +147,9 @@ impl NetQueue {
                     self.give_back(head);
                 }
             }
+        }
+        if bulk {
+            out.truncate(start + o.packets);
         }
         o.notify = self.ring.publish();
         o

@@ -1153,6 +1153,33 @@ impl<'c> Mbuf<'c> {
         true
     }
 
+    /// Writes `bytes` as the data of an empty, unshared one-segment mbuf (one from
+    /// [`MbufCache::alloc_bulk`]), at its headroom: `alloc_from` for buffers already taken
+    /// in a bulk. False, and nothing written, when the mbuf is not empty, shared, or
+    /// `bytes` exceed its data room.
+    #[inline]
+    pub fn fill(&mut self, bytes: &[u8]) -> bool {
+        let h = self.hdr();
+        let room = self.cache.buf_len.checked_sub(u32::from(h.data_off));
+        let empty = h.data_len == 0 && h.nb_segs == 1 && h.next == 0;
+        if !empty || room.is_none_or(|r| bytes.len() > r as usize) {
+            return false;
+        }
+        if self.is_shared() {
+            return false;
+        }
+        let off = usize::from(h.data_off);
+        let data = self.buf_ptr(self.index).wrapping_add(off);
+        // SAFETY: `[off, off + len)` with `len <= buf_len - off` lies in this buffer, which
+        // we hold alone (unshared, `&mut self`).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+        let h = self.hdr_mut();
+        // `len <= room <= u16::MAX`.
+        h.data_len = bytes.len() as u16;
+        h.pkt_len = bytes.len() as u32;
+        true
+    }
+
     /// Keeps `len` bytes starting `start` bytes into the data of a one-segment packet and
     /// drops the rest (`adj(start)` then `trim`, in one step): how a driver cuts a
     /// received buffer to the frame a device wrote after its header. False, and nothing

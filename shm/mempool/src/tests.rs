@@ -453,6 +453,25 @@ fn into_transit_prepending_writes_the_new_bytes_and_refuses_what_it_cannot() {
 }
 
 #[test]
+fn fill_writes_an_empty_bulk_mbuf_and_refuses_the_rest() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 32, 4);
+    let a = pool.cache(OwnerTag(2)).unwrap();
+    let mut v = Vec::with_capacity(3);
+    a.alloc_bulk(&mut v, 3).unwrap();
+    assert!(v[0].fill(&[3u8; 100]));
+    assert_eq!((v[0].data(), v[0].pkt_len()), (&[3u8; 100][..], 100));
+    assert!(!v[0].fill(&[4u8; 10]), "not empty any more");
+    assert!(!v[1].fill(&[5u8; 257]), "more than the data room");
+    assert!(v[1].fill(&[5u8; 256]));
+    let clone = v[2].clone_ref();
+    assert!(!v[2].fill(&[6u8; 10]), "shared");
+    drop((v, clone));
+    drop(a);
+    assert_eq!(pool.mempool().stats().available, 32);
+}
+
+#[test]
 fn free_reclaimed_frees_a_private_transit_handle_once() {
     let seg = seg(4);
     let pool = mbufs(&seg, 32, 4);
