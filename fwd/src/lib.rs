@@ -110,6 +110,9 @@ pub struct FwdConfig {
     pub tx_first: bool,
     /// txonly: offer again what a port could not take (a lossless generator: the run
     /// ends after `tx_count` packets really sent), instead of counting it as dropped.
+    /// Forwarding modes: offer what the output did not take again for up to
+    /// [`TX_RETRY_FOR`] before dropping it (testpmd's burst tx retry; for a slow peer
+    /// such as a guest refilling its receive ring).
     pub tx_retry: bool,
     /// Stop after this long.
     pub duration: Option<Duration>,
@@ -464,6 +467,9 @@ pub fn raw_frame(src: [u8; 6], dst: [u8; 6], ethertype: u16, len: usize) -> Vec<
     f
 }
 
+/// How long a forwarding mode with `tx_retry` keeps offering a burst's rest.
+pub const TX_RETRY_FOR: Duration = Duration::from_millis(20);
+
 /// How long [`run`] waits for every port's link before it starts (testpmd waits 9 s).
 pub const LINK_WAIT: Duration = Duration::from_secs(10);
 
@@ -747,11 +753,16 @@ fn poll(
                         }
                         Some(t) => {
                             rewrite(cfg.mode, &mut buf, &ports[t]);
-                            let sent = lanes
-                                .tx
-                                .get_mut(&(t, s.queue))
-                                .expect("claimed above")
-                                .tx_burst(&mut buf);
+                            let txq = lanes.tx.get_mut(&(t, s.queue)).expect("claimed above");
+                            let mut sent = txq.tx_burst(&mut buf);
+                            if cfg.tx_retry && !buf.is_empty() {
+                                // Opt-in: the clock is read only when a burst did not fit.
+                                let until = Instant::now() + TX_RETRY_FOR;
+                                while !buf.is_empty() && Instant::now() < until {
+                                    std::hint::spin_loop();
+                                    sent += txq.tx_burst(&mut buf);
+                                }
+                            }
                             let sent_bytes =
                                 bytes - buf.iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
                             let left = buf.len() as u64;

@@ -72,7 +72,8 @@ pub struct FwdArgs {
     #[arg(long)]
     pub tx_first: bool,
     /// txonly: offer again what a port cannot take now, instead of dropping it (the run
-    /// ends after --tx-count packets really sent).
+    /// ends after --tx-count packets really sent). Forwarding modes: offer the rest of a
+    /// burst again for up to 20 ms before dropping it.
     #[arg(long)]
     pub tx_retry: bool,
     /// Stop after SECS seconds of forwarding (txonly: even when --tx-count was reached

@@ -117,6 +117,8 @@ echo LINK-DOWN-SEEN
             &vdev,
             "--fwd",
             "macswap",
+            // A TCG guest refills its receive ring slowly: wait for it, do not drop.
+            "--tx-retry",
             "--duration",
             "25",
         ],
