@@ -187,6 +187,13 @@ fn pin(core: usize) {
     }
 }
 
+/// Keeps a value on cache lines of its own. The two-core loops keep each thread's handle
+/// and buffer in one: a handle left in the heap box that carried it to its thread can share
+/// a line with the other thread's buffer, and that false sharing (not the ring) then sets
+/// the figure.
+#[repr(align(128))]
+struct Lines<T>(T);
+
 /// Two-core figures: the producer on CPU 0, the consumer on CPU 1, each timed; the figure
 /// is the sum of both sides' times, as DPDK's `run_on_core_pair` prints it (enqueue
 /// cycles per element plus dequeue cycles per element), so it is about twice the wall time
@@ -205,27 +212,32 @@ fn two_cores<T: Element, P: Produce<T>, C: Consume<T>>(
         g.bench_function(format!("{tag}/2core_bulk/{n}"), |b| {
             b.iter_custom(|iters| {
                 let r = ring::<T>(mode);
-                let (mut p, mut q) = make(&r);
+                let (p, q) = make(&r);
                 let barrier = Arc::new(Barrier::new(2));
                 let bp = barrier.clone();
                 let producer = std::thread::spawn(move || {
                     pin(0);
-                    let src = vec![T::new_zeroed(); n];
+                    // Handle and buffer on this thread's own lines (see `Lines`).
+                    let mut p = Lines(p);
+                    let src = Lines([T::new_zeroed(); 32]);
+                    let src = &src.0[..n];
                     bp.wait();
                     let t0 = Instant::now();
                     for _ in 0..iters {
-                        while p.bulk(&src) == 0 {
+                        while p.0.bulk(src) == 0 {
                             std::hint::spin_loop();
                         }
                     }
                     t0.elapsed()
                 });
                 pin(1);
-                let mut dst = vec![T::new_zeroed(); n];
+                let mut q = Lines(q);
+                let mut dst = Lines([T::new_zeroed(); 32]);
+                let dst = &mut dst.0[..n];
                 barrier.wait();
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    while q.bulk(&mut dst) == 0 {
+                    while q.0.bulk(dst) == 0 {
                         std::hint::spin_loop();
                     }
                 }
