@@ -1050,6 +1050,8 @@ impl<'c> Mbuf<'c> {
 
     /// True when [`Mbuf::clone_ref`] made other references: the data is then read-only.
     pub fn is_shared(&self) -> bool {
+        // Acquire: pairs with the AcqRel decrement of a dropped clone, so a caller that sees
+        // "not shared" and then writes the data is ordered after that clone's reads.
         self.hdr().refcnt.load(Ordering::Acquire) > 1
     }
 
@@ -1319,6 +1321,8 @@ impl<'c> Mbuf<'c> {
     ) -> Result<(MbufHandle, *const u8, usize), Mbuf<'c>> {
         let h = self.hdr();
         let (off, len) = (u32::from(h.data_off), u32::from(h.data_len));
+        // Acquire (as in `is_shared`): pairs with the AcqRel decrement of a dropped clone, so
+        // that clone's last reads of the data happen before we write the header into it.
         let plain = h.nb_segs == 1 && h.next == 0 && h.refcnt.load(Ordering::Acquire) == 1;
         if !plain || off + len > self.cache.buf_len || n > off as usize {
             return Err(self);
