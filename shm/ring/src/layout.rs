@@ -4,12 +4,17 @@
 //! 0     64   RingInfo   magic "SHMDPRNG", layout version, header size, flags, element
 //!                       size, slot count, capacity, name   (written once, read as a copy)
 //! 64    64   RingCtrl   failed flag, corruption counter
-//! 128   64   prod       HeadTail { head, tail, owner } (producers' cache line)
-//! 192   64   (guard: keeps the adjacent-line prefetcher from pairing prod and cons)
-//! 256   64   cons       HeadTail { head, tail, owner } (consumers' cache line)
-//! 320   64   (guard)
-//! 384   ...  slots[slot_count] of elem_size bytes each
+//! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
+//! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
+//! 640   ...  slots[slot_count] of elem_size bytes each
 //! ```
+//!
+//! Each head and each tail has a cache line of its own, followed by a guard line that keeps
+//! the adjacent-line prefetcher from pairing it with its neighbour. The other side reads
+//! only a tail, so a multi-producer's head CAS finds its line still exclusive in its own
+//! cache instead of fetching it back from a consumer polling the tail (layout 1 kept head
+//! and tail on one line, as DPDK does; the two-core MP/MC bulk-32 bench went from 6.3 to
+//! 4.7 ns per element with this layout).
 //!
 //! Indices are free-running `u32`s; slot = index & (slot_count - 1). The number of
 //! elements is `prod.tail - cons.tail` (wrapping), at most `capacity` (which may be any
@@ -22,7 +27,7 @@ use crate::sync::AtomicU32;
 /// First bytes of every ring.
 pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
-pub const RING_LAYOUT_MAJOR: u16 = 1;
+pub const RING_LAYOUT_MAJOR: u16 = 2;
 /// Layout minor version.
 pub const RING_LAYOUT_MINOR: u16 = 0;
 /// Offset of [`RingCtrl`].
@@ -30,9 +35,9 @@ pub const CTRL_OFF: u64 = 64;
 /// Offset of the producers' [`HeadTail`].
 pub const PROD_OFF: u64 = 128;
 /// Offset of the consumers' [`HeadTail`].
-pub const CONS_OFF: u64 = 256;
+pub const CONS_OFF: u64 = 384;
 /// Offset of slot 0; also the header size.
-pub const SLOTS_OFF: u64 = 384;
+pub const SLOTS_OFF: u64 = 640;
 /// Largest slot count.
 pub const MAX_SLOTS: u32 = 1 << 31;
 
@@ -77,25 +82,60 @@ pub struct RingCtrl {
     pub corrupt_events: AtomicU32,
 }
 
-/// A head/tail pair, alone on its cache line.
+/// One side's indices: the head and the owner word on one cache line, the tail on another,
+/// each followed by a guard line (see the module docs for why).
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct HeadTail {
     /// Next index to reserve.
     pub head: AtomicU32,
-    /// Next index not yet published (everything before it is complete).
-    pub tail: AtomicU32,
     /// Pid holding the single-producer/consumer role (0 = free); unused for MP/MC.
     pub owner: AtomicU32,
+    _head_guard: GuardLine,
+    /// Next index not yet published (everything before it is complete).
+    pub tail: TailLine,
+    _tail_guard: GuardLine,
 }
+
+impl HeadTail {
+    /// A fresh side: every index 0, no owner.
+    pub(crate) fn new() -> HeadTail {
+        HeadTail {
+            head: AtomicU32::new(0),
+            owner: AtomicU32::new(0),
+            _head_guard: GuardLine([0; 64]),
+            tail: TailLine(AtomicU32::new(0)),
+            _tail_guard: GuardLine([0; 64]),
+        }
+    }
+}
+
+/// The tail word, alone on its cache line; dereferences to the atomic.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct TailLine(AtomicU32);
+
+impl std::ops::Deref for TailLine {
+    type Target = AtomicU32;
+    fn deref(&self) -> &AtomicU32 {
+        &self.0
+    }
+}
+
+/// A cache line nobody touches.
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct GuardLine([u8; 64]);
 
 #[cfg(not(loom))]
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<RingInfo>() == 64);
     assert!(size_of::<RingCtrl>() == 64);
-    assert!(size_of::<HeadTail>() == 64);
+    assert!(size_of::<HeadTail>() == 256);
+    assert!(std::mem::offset_of!(HeadTail, tail) == 128);
 };
 // Under loom the atomics are larger; they must still fit the reserved space.
 const _: () = assert!(std::mem::size_of::<RingCtrl>() <= (PROD_OFF - CTRL_OFF) as usize);
 const _: () = assert!(std::mem::size_of::<HeadTail>() <= (CONS_OFF - PROD_OFF) as usize);
+const _: () = assert!(std::mem::size_of::<HeadTail>() <= (SLOTS_OFF - CONS_OFF) as usize);

@@ -491,15 +491,5 @@ impl<T: Element> Ring<T> {
     }
 }
 
-impl HeadTail {
-    fn new() -> HeadTail {
-        HeadTail {
-            head: sync::AtomicU32::new(0),
-            tail: sync::AtomicU32::new(0),
-            owner: sync::AtomicU32::new(0),
-        }
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests;

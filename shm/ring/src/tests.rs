@@ -260,7 +260,7 @@ fn poke(ring: &Ring<u64>, prod: bool, head: bool, v: u32) {
     } else {
         ring.core.cons()
     };
-    let w = if head { &ht.head } else { &ht.tail };
+    let w = if head { &ht.head } else { &*ht.tail };
     w.store(v, sync::Ordering::Relaxed);
 }
 
