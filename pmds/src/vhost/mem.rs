@@ -5,6 +5,7 @@
 //! table; a span that is not wholly inside one region does not translate. Everything the
 //! guest names is checked here before anything is touched.
 
+use std::cell::Cell;
 use std::fs::File;
 
 /// One region of the frontend's memory table, as the message gives it.
@@ -25,6 +26,20 @@ struct Mapped {
     /// Keeps the mapping alive; `base` points `mmap_offset` bytes into it.
     _map: memmap2::MmapRaw,
     base: *mut u8,
+}
+
+impl Mapped {
+    /// Host pointer to `[gpa, gpa + len)` if it lies wholly inside this region.
+    #[inline(always)]
+    fn gpa(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let off = gpa.wrapping_sub(self.spec.guest_phys_addr);
+        if gpa >= self.spec.guest_phys_addr && off <= self.spec.size && len <= self.spec.size - off
+        {
+            // SAFETY: `off + len <= size`: inside the mapped region.
+            return Some(unsafe { self.base.add(off as usize) });
+        }
+        None
+    }
 }
 
 /// Most regions a table may hold (QEMU sends at most 8 without the mem-slots feature).
@@ -116,14 +131,24 @@ impl GuestMemory {
     /// one region.
     #[inline]
     pub fn gpa(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        for r in &self.regions {
-            let off = gpa.wrapping_sub(r.spec.guest_phys_addr);
-            if gpa >= r.spec.guest_phys_addr && off <= r.spec.size && len <= r.spec.size - off {
-                // SAFETY: `off + len <= size`: inside the mapped region.
-                return Some(unsafe { r.base.add(off as usize) });
-            }
+        self.regions.iter().find_map(|r| r.gpa(gpa, len))
+    }
+
+    /// As [`GuestMemory::gpa`], trying region `hint` first and leaving in it the region
+    /// that held the span: a queue's buffers mostly sit in one region, and the data path
+    /// translates every buffer (QEMU and our virtio-user send several regions).
+    #[inline]
+    pub fn gpa_hinted(&self, gpa: u64, len: u64, hint: &Cell<usize>) -> Option<*mut u8> {
+        if let Some(p) = self.regions.get(hint.get()).and_then(|r| r.gpa(gpa, len)) {
+            return Some(p);
         }
-        None
+        let (i, p) = self
+            .regions
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.gpa(gpa, len).map(|p| (i, p)))?;
+        hint.set(i);
+        Some(p)
     }
 
     /// Host pointer to the frontend's virtual span `[uva, uva + len)` (vring addresses),
@@ -199,6 +224,21 @@ mod tests {
         let a = m.gpa(0x100000, 8).unwrap();
         let b = m.uva(0x7100_0000, 8).unwrap();
         assert_eq!(a, b, "the same byte by either name");
+        // The hinted form agrees with the plain one whatever the hint says, and leaves the
+        // region that held the span in it; an impossible hint is just a miss.
+        for start in [0, 1, 7] {
+            let hint = Cell::new(start);
+            assert_eq!(m.gpa_hinted(0x100000, 8, &hint), Some(a));
+            assert_eq!(hint.get(), 1);
+            assert_eq!(m.gpa_hinted(0x10, 8, &hint), m.gpa(0x10, 8));
+            assert_eq!(hint.get(), 0);
+            assert!(m.gpa_hinted(0x10000, 1, &hint).is_none(), "hole");
+            assert!(
+                m.gpa_hinted(0xfff0, 0x11, &hint).is_none(),
+                "crosses the end"
+            );
+            assert_eq!(hint.get(), 0, "a miss leaves the hint");
+        }
     }
 
     #[test]

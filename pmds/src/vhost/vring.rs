@@ -20,6 +20,7 @@
 //! inside guest memory, the direction the queue needs). A chain that fails is refused as a
 //! whole with a [`ChainError`]; the indices we keep are our own and never re-read.
 
+use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
@@ -161,6 +162,8 @@ pub struct SplitRing {
     batch: Option<(u16, u16)>,
     /// Scratch: the current chain's buffers.
     segs: Box<[Seg; MAX_CHAIN]>,
+    /// The memory region that held the last buffer translated (tried first).
+    region_hint: Cell<usize>,
 }
 
 impl std::fmt::Debug for SplitRing {
@@ -219,6 +222,7 @@ impl SplitRing {
             unpublished: 0,
             batch: None,
             segs: Box::new([Seg::EMPTY; MAX_CHAIN]),
+            region_hint: Cell::new(0),
         })
     }
 
@@ -285,7 +289,10 @@ impl SplitRing {
             // `start`; a volatile copy, the guest may be writing it.
             let d = unsafe { std::ptr::read_volatile(self.desc.wrapping_add(usize::from(head))) };
             let len = u64::from(u32::from_le(d.len)).min(128);
-            if let Some(p) = self.mem.gpa(u64::from_le(d.addr), len) {
+            if let Some(p) = self
+                .mem
+                .gpa_hinted(u64::from_le(d.addr), len, &self.region_hint)
+            {
                 if write {
                     prefetch_write(p);
                     prefetch_write(p.wrapping_add(64));
@@ -355,7 +362,7 @@ impl SplitRing {
             }
             let ptr = self
                 .mem
-                .gpa(addr, u64::from(len))
+                .gpa_hinted(addr, u64::from(len), &self.region_hint)
                 .ok_or(ChainError::BadBuffer)?;
             self.segs[n] = Seg { ptr, len };
             n += 1;
