@@ -23,7 +23,9 @@
 //! Why it is faster than `rte_ring`: each handle keeps a private copy of the other side's
 //! tail and only re-reads the shared one when that copy says the ring is full (empty), so
 //! in steady state a burst touches one shared cache line instead of two; single-role sides
-//! keep their own head privately and need no read of it at all.
+//! keep their own head privately and need no read of it at all. And each head and tail
+//! has a cache line of its own ([`layout`]): the other side reads only a tail, so polling
+//! it never pulls away the line a multi-producer (consumer) CASes its head on.
 #![deny(missing_docs)]
 
 mod core;
