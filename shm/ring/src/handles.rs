@@ -173,7 +173,7 @@ impl<T: Element> SpProducer<T> {
     /// Single producer. Enqueues one element, handing it back if the ring is full.
     ///
     /// # Errors
-    /// [`RingError::Full`] with the element; [`RingError::Corrupt`].
+    /// [`RingFull::Full`] with the element, or [`RingFull::Ring`] with the ring's error.
     #[inline]
     pub fn enqueue(&mut self, item: T) -> Result<(), RingFull<T>> {
         match self.free(1) {
