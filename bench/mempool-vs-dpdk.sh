@@ -5,14 +5,13 @@
 # ratio (medians; ratio = shmdp / dpdk, above 1.0 means shmdp is faster).
 # Busy-polling figures collapse when anything else runs on the 2 CPUs: run it on an idle
 # machine; each repetition prints the load average before it starts.
-# usage: bench/mempool-vs-dpdk.sh [REPS] [SECONDS]   (as root; installs libdpdk-dev if missing)
+# usage: bench/mempool-vs-dpdk.sh [REPS] [SECONDS]   (as root; scripts/setup.sh installs what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 SECS=${2:-2}
-if ! pkg-config --exists libdpdk; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libdpdk-dev pkg-config >/dev/null
-fi
+# The packages (dpdk-dev, libdpdk-dev, ...) come from the same list as the tests'.
+scripts/setup.sh >/dev/null
 out=$(mktemp -d /tmp/mempool-vs-dpdk.XXXXXX)
 # DPDK's own build flags (pkg-config's, -march=corei7 on Debian) and -O3.
 # shellcheck disable=SC2046

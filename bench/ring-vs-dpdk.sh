@@ -3,13 +3,12 @@
 # REPS times, and prints one line per figure: name shmdp_ns dpdk_ns ratio (medians).
 # Busy-polling figures collapse when anything else runs on the 2 CPUs: run it on an idle
 # machine; each repetition prints the load average before it starts.
-# usage: bench/ring-vs-dpdk.sh [REPS]     (as root; installs Debian's dpdk-dev if missing)
+# usage: bench/ring-vs-dpdk.sh [REPS]     (as root; scripts/setup.sh installs what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
-if ! command -v dpdk-test >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpdk-dev >/dev/null
-fi
+# The packages (dpdk-dev, libdpdk-dev, ...) come from the same list as the tests'.
+scripts/setup.sh >/dev/null
 out=$(mktemp -d /tmp/ring-vs-dpdk.XXXXXX)
 cargo bench -q -p shm-ring --bench ring_perf --no-run >/dev/null 2>&1
 for rep in $(seq "$REPS"); do

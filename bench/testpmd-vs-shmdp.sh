@@ -5,15 +5,14 @@
 #  2. pcap replay: io forwarding of a generated capture of PKTS 64-byte frames from
 #     net_pcap0 (rx_pcap) to net_pcap1 (tx_pcap).
 # Prints: name shmdp_Mpps dpdk_Mpps ratio (medians; ratio = shmdp / dpdk, above 1 = faster).
-# usage: bench/testpmd-vs-shmdp.sh [REPS] [SECS] [PKTS]   (as root; installs dpdk-dev if missing)
+# usage: bench/testpmd-vs-shmdp.sh [REPS] [SECS] [PKTS]   (as root; scripts/setup.sh installs what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 SECS=${2:-4}
 PKTS=${3:-10000000}
-if ! command -v dpdk-testpmd >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpdk-dev >/dev/null
-fi
+# The packages (dpdk-dev, libdpdk-dev, ...) come from the same list as the tests'.
+scripts/setup.sh >/dev/null
 cargo build --release --bins -q
 BIN=target/release
 out=$(mktemp -d /tmp/testpmd-vs-shmdp.XXXXXX)

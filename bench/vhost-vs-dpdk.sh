@@ -8,14 +8,13 @@
 # Mpps = frames the frontend received per second (each also crossed the other way).
 # Prints: name shmdp_Mpps dpdk_Mpps ratio (medians of REPS alternated repetitions of SECS s;
 # ratio = shmdp / dpdk, above 1 = faster).
-# usage: bench/vhost-vs-dpdk.sh [REPS] [SECS]   (as root; installs dpdk if missing)
+# usage: bench/vhost-vs-dpdk.sh [REPS] [SECS]   (as root; scripts/setup.sh installs what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 SECS=${2:-5}
-if ! command -v dpdk-testpmd >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpdk >/dev/null
-fi
+# The packages (dpdk-dev, libdpdk-dev, ...) come from the same list as the tests'.
+scripts/setup.sh >/dev/null
 cargo build --release --bins -q
 BIN=target/release
 out=$(mktemp -d /tmp/vhost-vs-dpdk.XXXXXX)

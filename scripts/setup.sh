@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Prepares a Debian 12 machine for shmdp: packages the tests and benchmarks use, and
-# 2 MiB hugepages mounted at /dev/hugepages. Idempotent; only raises the hugepage count.
+# Prepares a Debian 12 machine for shmdp: the package of every external command the tests,
+# the demo and the benchmarks run, and 2 MiB hugepages mounted at /dev/hugepages.
+# Idempotent; only raises the hugepage count. After installing, every command of TOOLS is
+# looked up and a missing one is named with its package (exit 1).
 # Usage: scripts/setup.sh            (as root; without root it only checks)
+#        scripts/setup.sh --list     (prints "command package" per tool, and the packages)
 set -euo pipefail
 HUGEPAGES=${SHMDP_HUGEPAGES:-512}
-# dpdk: dpdk-testpmd is the vhost-user/virtio-user peer of the interop tests (the bench
-# scripts add dpdk-dev for their C harnesses).
-APT_PACKAGES=(build-essential pkg-config tshark busybox-static cpio iproute2 python3 dpdk)
+# Debian 12's `dpdk` package holds only three Python scripts: dpdk-testpmd (the peer of the
+# vhost-user/virtio-user interop tests) and dpdk-test (the ring bench) are in dpdk-dev, the
+# headers the bench's C harnesses build against in libdpdk-dev.
+APT_PACKAGES=(build-essential gcc binutils pkg-config tshark busybox-static cpio iproute2 python3
+  dpdk dpdk-dev libdpdk-dev)
 # QEMU 10.x (the guests' emulated devices we target) comes from bookworm-backports.
 QEMU_PACKAGE=qemu-system-x86
+# Every external command the tests, demo and benches run, with the package that has it
+# (`.ci/check-tools` checks this table against dpkg and against the sources).
+TOOLS=(
+  dpdk-testpmd=dpdk-dev dpdk-test=dpdk-dev tshark=tshark
+  qemu-system-x86_64=qemu-system-x86 busybox=busybox-static cpio=cpio ip=iproute2
+  python3=python3 strip=binutils gcc=gcc pkg-config=pkg-config
+)
+
+if [ "${1:-}" = "--list" ]; then
+  for t in "${TOOLS[@]}"; do printf 'tool %s %s\n' "${t%%=*}" "${t#*=}"; done
+  printf 'package %s\n' "${APT_PACKAGES[@]}" "$QEMU_PACKAGE"
+  exit 0
+fi
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -61,4 +79,12 @@ if ! awk '$3 == "hugetlbfs" { found = 1 } END { exit !found }' /proc/mounts; the
   mount -t hugetlbfs -o pagesize=2M none /dev/hugepages
   say "mounted hugetlbfs at /dev/hugepages"
 fi
+missing=0
+for t in "${TOOLS[@]}"; do
+  if ! command -v "${t%%=*}" >/dev/null 2>&1; then
+    say "${t%%=*} is missing after install: install package ${t#*=} (apt-get install ${t#*=})"
+    missing=1
+  fi
+done
+[ "$missing" -eq 0 ] || exit 1
 say "ready: $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages) free 2 MiB hugepages"

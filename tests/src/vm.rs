@@ -131,7 +131,7 @@ impl VmLab {
             let vmlinuz = sh(&format!("ls {d}/kpkg/boot/vmlinuz-* | head -1"))?;
             // The bzImage carries an xz-compressed vmlinux: find the xz magic and unpack it.
             sh(&format!(
-                "python3 - {} {} <<'PY'\nimport lzma, sys\ndata = open(sys.argv[1], 'rb').read()\ni = data.find(b'\\xfd7zXZ\\x00')\nd = lzma.LZMADecompressor()\nopen(sys.argv[2] + '.tmp', 'wb').write(d.decompress(data[i:]))\nPY\nmv {}.tmp {}",
+                "/usr/bin/python3 - {} {} <<'PY'\nimport lzma, sys\ndata = open(sys.argv[1], 'rb').read()\ni = data.find(b'\\xfd7zXZ\\x00')\nd = lzma.LZMADecompressor()\nopen(sys.argv[2] + '.tmp', 'wb').write(d.decompress(data[i:]))\nPY\nmv {}.tmp {}",
                 vmlinuz.trim(),
                 vmlinux.display(),
                 vmlinux.display(),
