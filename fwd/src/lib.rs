@@ -886,6 +886,10 @@ pub(crate) struct Pacer<'a> {
 /// How many rounds share one clock reading.
 const CLOCK_EVERY: u32 = 64;
 
+/// How long a busy loop keeps forwarding after a stop signal before it stops anyway (an
+/// idle loop stops after 10 ms without traffic): what is in flight gets this long to land.
+const STOP_GRACE: Duration = Duration::from_millis(100);
+
 impl<'a> Pacer<'a> {
     pub(crate) fn new(
         cfg: &'a FwdConfig,
@@ -951,7 +955,7 @@ impl<'a> Pacer<'a> {
             self.last_rx = self.now;
             self.unreported = true;
             self.flushed = false;
-            if over {
+            if over || fresh && self.stop_overdue(now) {
                 self.finish();
                 return Step::Stop;
             }
@@ -992,6 +996,17 @@ impl<'a> Pacer<'a> {
         }
         std::hint::spin_loop();
         Step::Idle { flush }
+    }
+
+    /// A stop signal came more than [`STOP_GRACE`] ago, whatever the traffic: packets that
+    /// circle for ever (io forwarding with `--tx-first` over loopback rings) never leave
+    /// an idle round for the drain rule to see, and a signal must still end the run.
+    fn stop_overdue(&mut self, now: Instant) -> bool {
+        if !self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let since = *self.draining_since.get_or_insert(now);
+        now.duration_since(since) > STOP_GRACE
     }
 
     /// The run ends: the last activity, to the nanosecond, goes into the report.

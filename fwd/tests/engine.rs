@@ -203,3 +203,58 @@ fn io_forwarding_runs_one_stream_per_queue_pair_on_its_own_lcore() {
         "every mbuf back in the pool"
     );
 }
+
+#[test]
+fn a_stop_signal_ends_a_run_whose_packets_circle_for_ever() {
+    // io with --tx-first over a loopback ring: every round moves packets, so there is
+    // never an idle round in which the drain rule would see the stop flag. The flag must
+    // end the run anyway, within the grace period (plus slack for a loaded machine).
+    let (_seg, pool, ports) = setup(&["net_ring0".to_string()]);
+    let cfg = FwdConfig {
+        mode: Mode::Io,
+        burst: 32,
+        tx_first: true,
+        ..FwdConfig::default()
+    };
+    let stop = AtomicBool::new(false);
+    let (report, stopped_after) = std::thread::scope(|s| {
+        let run = s.spawn(|| fwd::run(&ports, &pool, OwnerTag(2), &cfg, &stop).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::Instant::now();
+        while !run.is_finished() {
+            if t.elapsed() > Duration::from_secs(10) {
+                // The scope would wait for ever for a loop that ignores the flag.
+                eprintln!("the forwarder ignored its stop flag for 10 s");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let elapsed = t.elapsed();
+        (run.join().unwrap(), elapsed)
+    });
+    assert!(
+        stopped_after < Duration::from_secs(2),
+        "stopped {stopped_after:?} after the signal"
+    );
+    assert!(report.balanced(), "{report:?}");
+    assert!(
+        report.total.rx_packets > 32,
+        "the burst circled: {report:?}"
+    );
+    let cache = pool.cache(OwnerTag(2)).unwrap();
+    let mut left = Vec::new();
+    {
+        let mut rx = ports[0].rx_queue(0, &cache).unwrap();
+        while rx.rx_burst(&mut left, 32) > 0 {}
+    }
+    assert_eq!(
+        left.len(),
+        32,
+        "the circling burst is in the ring, none lost"
+    );
+    drop(left);
+    drop(cache);
+    drop(ports);
+    assert_eq!(pool.mempool().stats().available, 2047);
+}

@@ -26,7 +26,7 @@ use shm_ring::{Ring, SyncMode};
 
 use crate::devargs::{DevArgs, Driver};
 use crate::layout::*;
-use crate::pcap_file::{self, Format, PcapWriter};
+use crate::pcap_file::{self, PcapWriter};
 
 /// Port errors: each one line that says what and how to fix.
 #[derive(Debug, thiserror::Error)]
@@ -302,8 +302,8 @@ impl Port {
                     }
                 }
                 if let Some(rx) = devargs.get("rx_pcap") {
-                    let data = std::fs::read(rx).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
-                    pcap_file::open(&data).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
+                    pcap_file::PcapReader::open(Path::new(rx), 0)
+                        .map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
                 }
                 if let Some(tx) = devargs.get("tx_pcap") {
                     std::fs::write(tx, pcap_file::file_header())
@@ -863,20 +863,13 @@ impl Port {
                 let Some(PcapEnd::File(path)) = rx.as_ref() else {
                     unreachable!("pcap rx queue exists only with rx_pcap or an interface")
                 };
-                let file = File::open(path).map_err(|source| self.io("open rx_pcap", source))?;
-                // SAFETY: the mapping is read-only and private to this queue; a capture file
-                // changed underneath would give odd bytes, which the parser bounds-checks.
-                let map = unsafe { memmap2::Mmap::map(&file) }
-                    .map_err(|source| self.io("map rx_pcap", source))?;
-                let (format, first) = pcap_file::open(&map).map_err(|e| {
+                let block = self.block(claim.index);
+                let resume = block.position.load(Ordering::Acquire);
+                let reader = pcap_file::PcapReader::open(path, resume).map_err(|e| {
                     PortError::Config(format!("{}: rx_pcap {}: {e}", self.name(), path.display()))
                 })?;
-                let block = self.block(claim.index);
-                let pos = block.position.load(Ordering::Acquire).max(first);
                 RxKind::Pcap(PcapRx {
-                    map,
-                    format,
-                    pos,
+                    reader,
                     done: false,
                 })
             }
@@ -1085,9 +1078,7 @@ enum RingTx {
 }
 
 struct PcapRx {
-    map: memmap2::Mmap,
-    format: Format,
-    pos: u64,
+    reader: pcap_file::PcapReader,
     done: bool,
 }
 
@@ -1243,16 +1234,17 @@ impl<'c> RxQueue<'c> {
             RxKind::Pcap(p) => {
                 let mut nombuf = 0;
                 while out.len() - start < max && !p.done {
-                    match pcap_file::next_record(&p.map, p.pos, &mut p.format) {
-                        Ok(Some((rec, next))) => match self.cache.alloc_from(rec.data) {
+                    let before = p.reader.position();
+                    match p.reader.next_record() {
+                        Ok(Some(rec)) => match self.cache.alloc_from(rec.data) {
                             Ok(mut m) => {
                                 m.set_port(port_id);
                                 bytes += rec.data.len() as u64;
                                 out.push(m);
-                                p.pos = next;
                             }
                             Err(_) => {
                                 // Retry this record on the next burst.
+                                p.reader.rewind_to(before);
                                 nombuf += 1;
                                 break;
                             }
@@ -1271,7 +1263,10 @@ impl<'c> RxQueue<'c> {
                 if nombuf > 0 {
                     self.claim.bump(|b| &b.dropped, nombuf);
                 }
-                self.claim.block().position.store(p.pos, Ordering::Release);
+                self.claim
+                    .block()
+                    .position
+                    .store(p.reader.position(), Ordering::Release);
             }
             RxKind::Iface(sock) => {
                 let mut nombuf = 0;

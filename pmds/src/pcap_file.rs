@@ -1,11 +1,13 @@
-//! pcap and pcapng files, read from a mapped byte slice (no copy, no libpcap) and written
-//! as classic pcap with nanosecond timestamps.
+//! pcap and pcapng files, read through a buffer a chunk at a time ([`PcapReader`], no
+//! libpcap, no mapping a rewritten file could SIGBUS) and written as classic pcap with
+//! nanosecond timestamps.
 //!
 //! Reading takes both pcap flavours (microsecond magic `a1b2c3d4`, nanosecond `a1b23c4d`,
 //! either byte order) and pcapng (section header, interface description with `if_tsresol`,
 //! enhanced and simple packet blocks; other blocks are skipped). Every length is checked
 //! against the file: a truncated or malformed record ends the stream with an error that
-//! names its offset, after the good records before it.
+//! names its offset, after the good records before it; no input panics the parser (the
+//! `pcap` fuzz target and the hostile-input tests keep it so).
 
 use std::io::Write;
 
@@ -127,6 +129,23 @@ pub fn open(data: &[u8]) -> Result<(Format, u64), PcapError> {
     }
 }
 
+/// Longest pcapng block the reader takes (a packet block of the largest snap length fits
+/// many times over); a longer block is [`PcapError::Malformed`], so a file cannot make a
+/// reader buffer by its numbers.
+pub const MAX_BLOCK: usize = 4 << 20;
+
+/// Largest classic-pcap record body the reader takes, whatever the file's snap length.
+pub const MAX_RECORD: u32 = 262_144;
+
+/// A record found in a buffer: where its bytes are, not a borrow of them.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    ts_ns: u64,
+    data: (usize, usize),
+    orig_len: u32,
+    next: u64,
+}
+
 /// Reads the record at `pos`: `Ok(None)` at the end of the file, else the record and the
 /// offset of the next one. pcapng interface blocks update `format`'s timestamp unit.
 ///
@@ -137,9 +156,26 @@ pub fn next_record<'a>(
     pos: u64,
     format: &mut Format,
 ) -> Result<Option<(Record<'a>, u64)>, PcapError> {
+    Ok(find_record(data, pos, format)?.and_then(|f| {
+        let body = data.get(f.data.0..f.data.1)?;
+        Some((
+            Record {
+                ts_ns: f.ts_ns,
+                data: body,
+                orig_len: f.orig_len,
+            },
+            f.next,
+        ))
+    }))
+}
+
+/// [`next_record`] without the borrow: every offset and length is checked with `get` and
+/// checked arithmetic, so no input can make it index out of bounds or overflow.
+fn find_record(data: &[u8], pos: u64, format: &mut Format) -> Result<Option<Found>, PcapError> {
     let mut pos = pos;
+    let trunc = |p: u64| PcapError::Truncated(p);
     loop {
-        let at = usize::try_from(pos).map_err(|_| PcapError::Truncated(pos))?;
+        let at = usize::try_from(pos).map_err(|_| trunc(pos))?;
         if at >= data.len() {
             return Ok(None);
         }
@@ -147,79 +183,86 @@ pub fn next_record<'a>(
             Format::Pcap {
                 nanos,
                 big_endian: be,
-                snaplen,
+                snaplen: _,
             } => {
-                let hdr = data.get(at..at + 16).ok_or(PcapError::Truncated(pos))?;
-                let sec = u64::from(u32_at(hdr, 0, be).expect("16 bytes"));
-                let frac = u64::from(u32_at(hdr, 4, be).expect("16 bytes"));
-                let incl = u32_at(hdr, 8, be).expect("16 bytes");
-                let orig = u32_at(hdr, 12, be).expect("16 bytes");
-                if incl > snaplen.max(262_144) {
+                let hdr = data.get(at..at.saturating_add(16)).ok_or(trunc(pos))?;
+                let field = |off| u32_at(hdr, off, be).ok_or(trunc(pos));
+                let sec = u64::from(field(0)?);
+                let frac = u64::from(field(4)?);
+                let incl = field(8)?;
+                let orig = field(12)?;
+                if incl > MAX_RECORD {
                     return Err(PcapError::Malformed(
                         pos,
                         "record longer than the snap length",
                     ));
                 }
-                let body = data
-                    .get(at + 16..at + 16 + incl as usize)
-                    .ok_or(PcapError::Truncated(pos))?;
-                let ts_ns = sec * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
-                return Ok(Some((
-                    Record {
-                        ts_ns,
-                        data: body,
-                        orig_len: orig,
-                    },
-                    pos + 16 + u64::from(incl),
-                )));
+                let begin = at + 16;
+                let end = begin + incl as usize;
+                if end > data.len() {
+                    return Err(trunc(pos));
+                }
+                let ts_ns = sec.saturating_mul(1_000_000_000).saturating_add(if nanos {
+                    frac
+                } else {
+                    frac.saturating_mul(1000)
+                });
+                return Ok(Some(Found {
+                    ts_ns,
+                    data: (begin, end),
+                    orig_len: orig,
+                    next: pos + 16 + u64::from(incl),
+                }));
             }
             Format::PcapNg {
                 big_endian: be,
                 ns_per_unit,
             } => {
-                let btype = u32_at(data, at, be).ok_or(PcapError::Truncated(pos))?;
-                let blen = u32_at(data, at + 4, be).ok_or(PcapError::Truncated(pos))? as usize;
+                let btype = u32_at(data, at, be).ok_or(trunc(pos))?;
+                let blen = u32_at(data, at.saturating_add(4), be).ok_or(trunc(pos))? as usize;
                 if blen < 12 || !blen.is_multiple_of(4) {
                     return Err(PcapError::Malformed(pos, "bad block length"));
                 }
-                let block = data.get(at..at + blen).ok_or(PcapError::Truncated(pos))?;
+                if blen > MAX_BLOCK {
+                    return Err(PcapError::Malformed(pos, "block longer than 4 MiB"));
+                }
+                let block = data.get(at..at + blen).ok_or(trunc(pos))?;
+                let field = |off: usize| {
+                    u32_at(block, off, be).ok_or(PcapError::Malformed(pos, "block too short"))
+                };
                 let next = pos + blen as u64;
                 match btype {
-                    // Enhanced packet block.
+                    // Enhanced packet block: type, length, interface, ts high, ts low,
+                    // captured length, original length, data, options, length (pcapng 4.3).
                     6 => {
-                        let hi = u64::from(u32_at(block, 12, be).ok_or(PcapError::Truncated(pos))?);
-                        let lo = u64::from(u32_at(block, 16, be).ok_or(PcapError::Truncated(pos))?);
-                        let cap = u32_at(block, 20, be).ok_or(PcapError::Truncated(pos))?;
-                        let orig = u32_at(block, 24, be).ok_or(PcapError::Truncated(pos))?;
-                        let body = block
-                            .get(28..28 + cap as usize)
-                            .filter(|_| 28 + cap as usize + 4 <= blen)
-                            .ok_or(PcapError::Malformed(pos, "packet longer than its block"))?;
+                        let hi = u64::from(field(12)?);
+                        let lo = u64::from(field(16)?);
+                        let cap = field(20)? as usize;
+                        let orig = field(24)?;
+                        if 28 + cap + 4 > blen {
+                            return Err(PcapError::Malformed(pos, "packet longer than its block"));
+                        }
                         let ts_ns = ((hi << 32) | lo).saturating_mul(ns_per_unit);
-                        return Ok(Some((
-                            Record {
-                                ts_ns,
-                                data: body,
-                                orig_len: orig,
-                            },
+                        return Ok(Some(Found {
+                            ts_ns,
+                            data: (at + 28, at + 28 + cap),
+                            orig_len: orig,
                             next,
-                        )));
+                        }));
                     }
-                    // Simple packet block: no timestamp, captured = block room.
+                    // Simple packet block: no timestamp, captured = block room (pcapng 4.4).
                     3 => {
-                        let orig = u32_at(block, 8, be).ok_or(PcapError::Truncated(pos))?;
-                        let room = blen - 16;
+                        let orig = field(8)?;
+                        let room = blen.saturating_sub(16);
                         let cap = (orig as usize).min(room);
-                        return Ok(Some((
-                            Record {
-                                ts_ns: 0,
-                                data: &block[12..12 + cap],
-                                orig_len: orig,
-                            },
+                        return Ok(Some(Found {
+                            ts_ns: 0,
+                            data: (at + 12, at + 12 + cap),
+                            orig_len: orig,
                             next,
-                        )));
+                        }));
                     }
-                    // Interface description: look for if_tsresol (option 9).
+                    // Interface description: look for if_tsresol (option 9, pcapng 4.2).
                     1 => {
                         let mut opt = 16;
                         while opt + 4 <= blen - 4 {
@@ -250,6 +293,140 @@ pub fn next_record<'a>(
                 }
             }
         }
+    }
+}
+
+/// Reads a capture file through a buffer of its own, a chunk at a time: a file truncated
+/// or rewritten while it is read gives an early end or odd bytes, which the parser checks,
+/// never a SIGBUS (as a mapping of it would).
+#[derive(Debug)]
+pub struct PcapReader {
+    file: std::fs::File,
+    /// Bytes of the file from offset `buf_off` on.
+    buf: Vec<u8>,
+    buf_off: u64,
+    eof: bool,
+    format: Format,
+    pos: u64,
+}
+
+/// Bytes read from the file at a time.
+const CHUNK: usize = 256 << 10;
+
+impl PcapReader {
+    /// Opens `path` and reads its header. The first [`PcapReader::next_record`] returns the record
+    /// at `resume` if that is past the header (a queue taking up where another stopped).
+    ///
+    /// # Errors
+    /// I/O errors; the [`PcapError`] of a file that is no capture, as `InvalidData`.
+    pub fn open(path: &std::path::Path, resume: u64) -> std::io::Result<PcapReader> {
+        let file = std::fs::File::open(path)?;
+        let mut r = PcapReader {
+            file,
+            buf: Vec::with_capacity(CHUNK),
+            buf_off: 0,
+            eof: false,
+            format: Format::Pcap {
+                nanos: false,
+                big_endian: false,
+                snaplen: 0,
+            },
+            pos: 0,
+        };
+        // Both headers fit in the first 64 bytes (classic 24, pcapng's section header's
+        // fixed part 28); the first chunk read normally holds far more.
+        while r.buf.len() < 64 && !r.eof {
+            r.fill()?;
+        }
+        let (format, first) =
+            open(&r.buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        r.format = format;
+        r.pos = first.max(resume);
+        Ok(r)
+    }
+
+    /// The file offset of the next record.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Makes `pos` (a [`PcapReader::position`] seen before the last [`PcapReader::next_record`])
+    /// the next record again: a record that found no mbuf is read again later.
+    pub fn rewind_to(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
+    /// The next packet record, `Ok(None)` at the end of the file.
+    ///
+    /// # Errors
+    /// [`PcapError`] naming the file offset of a truncated or malformed record (the
+    /// records before it were returned); `InvalidData` wraps it, other errors are I/O.
+    pub fn next_record(&mut self) -> std::io::Result<Option<Record<'_>>> {
+        let found = loop {
+            // `pos` never falls behind `buf_off`: the buffer is only ever cut at `pos`.
+            let rel = self.pos.saturating_sub(self.buf_off);
+            match find_record(&self.buf, rel, &mut self.format) {
+                Ok(Some(f)) => break f,
+                Ok(None) | Err(PcapError::Truncated(_)) if !self.eof => {
+                    // Keep the bytes from `pos` on (a record cut by the chunk's end), or
+                    // start afresh at `pos` when it lies past what was read.
+                    match usize::try_from(rel) {
+                        Ok(keep) if keep <= self.buf.len() => {
+                            self.buf.drain(..keep);
+                            self.buf_off += keep as u64;
+                        }
+                        _ => {
+                            self.buf.clear();
+                            self.buf_off = self.pos;
+                        }
+                    }
+                    self.fill()?;
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    let at = |p: u64| p.saturating_add(self.buf_off);
+                    let e = match e {
+                        PcapError::Truncated(p) => PcapError::Truncated(at(p)),
+                        PcapError::Malformed(p, why) => PcapError::Malformed(at(p), why),
+                        other => other,
+                    };
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+            }
+        };
+        self.pos = self.buf_off + found.next;
+        let data = self.buf.get(found.data.0..found.data.1).unwrap_or(&[]);
+        Ok(Some(Record {
+            ts_ns: found.ts_ns,
+            data,
+            orig_len: found.orig_len,
+        }))
+    }
+
+    /// Reads up to one more chunk onto the buffer; sets `eof` when the file has no more.
+    fn fill(&mut self) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let have = self.buf.len();
+        self.buf.resize(have + CHUNK, 0);
+        // Read at the offset the buffer ends at: a file rewritten underneath is read anew,
+        // never through a stale mapping.
+        let end = self.buf_off + have as u64;
+        let res = self
+            .file
+            .seek(SeekFrom::Start(end))
+            .and_then(|_| self.file.read(&mut self.buf[have..]));
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.truncate(have);
+                return Err(e);
+            }
+        };
+        self.buf.truncate(have + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
     }
 }
 
@@ -462,5 +639,177 @@ mod tests {
         let (recs, err) = records(&f);
         assert_eq!(err, None);
         assert_eq!(recs, vec![(ts, b"hello".to_vec()), (0, b"hi".to_vec())]);
+    }
+
+    /// A little deterministic generator for the no-panic tests (no dependency).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn pcapng_shb() -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend(0x0a0d_0d0au32.to_le_bytes());
+        f.extend(28u32.to_le_bytes());
+        f.extend(0x1a2b_3c4du32.to_le_bytes());
+        f.extend(1u16.to_le_bytes());
+        f.extend(0u16.to_le_bytes());
+        f.extend(u64::MAX.to_le_bytes());
+        f.extend(28u32.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn a_40_byte_pcapng_with_a_minimal_block_does_not_panic() {
+        // The attacker's file: a section header and a 12-byte block of each packet type
+        // (a simple packet block this short once underflowed `blen - 16`).
+        for btype in [1u32, 3, 6, 0x0a0d_0d0a, 0xdead_beef] {
+            let mut f = pcapng_shb();
+            f.extend(btype.to_le_bytes());
+            f.extend(12u32.to_le_bytes());
+            f.extend(12u32.to_le_bytes());
+            assert_eq!(f.len(), 40);
+            let (recs, err) = records(&f);
+            match btype {
+                3 => assert_eq!((recs, err), (vec![(0, Vec::new())], None)),
+                6 => assert!(recs.is_empty() && matches!(err, Some(PcapError::Malformed(28, _)))),
+                _ => assert_eq!((recs.len(), err), (0, None)),
+            }
+        }
+    }
+
+    #[test]
+    fn huge_pcapng_blocks_are_refused_not_buffered() {
+        let mut f = pcapng_shb();
+        f.extend(6u32.to_le_bytes());
+        f.extend(0xffff_fff0u32.to_le_bytes());
+        f.extend([0u8; 64]);
+        let (recs, err) = records(&f);
+        assert!(recs.is_empty());
+        assert_eq!(
+            err,
+            Some(PcapError::Malformed(28, "block longer than 4 MiB"))
+        );
+    }
+
+    /// Every record of `f` until its end or an error; each one moves forward.
+    fn walk(f: &[u8]) {
+        if let Ok((mut fmt, mut pos)) = open(f) {
+            while let Ok(Some((_, next))) = next_record(f, pos, &mut fmt) {
+                assert!(next > pos);
+                pos = next;
+            }
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_files_never_panic() {
+        let mut good = pcapng_shb();
+        for i in 0..8u8 {
+            let mut epb = Vec::new();
+            epb.extend(6u32.to_le_bytes());
+            epb.extend(48u32.to_le_bytes());
+            epb.extend([0u8; 12]);
+            epb.extend(16u32.to_le_bytes());
+            epb.extend(16u32.to_le_bytes());
+            epb.extend([i; 16]);
+            epb.extend(48u32.to_le_bytes());
+            good.extend(epb);
+        }
+        let classic = {
+            let mut w = PcapWriter::new(Vec::new()).unwrap();
+            for i in 0..8u8 {
+                w.write(u64::from(i), 30, [&[i; 30][..]]).unwrap();
+            }
+            w.into_inner()
+        };
+        let mut st = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..20_000 {
+            let base = if round % 2 == 0 { &good } else { &classic };
+            let mut f = base.clone();
+            let flips = 1 + xorshift(&mut st) % 8;
+            for _ in 0..flips {
+                let at = (xorshift(&mut st) as usize) % f.len();
+                f[at] = xorshift(&mut st) as u8;
+            }
+            let cut = (xorshift(&mut st) as usize) % (f.len() + 1);
+            walk(&f[..cut]);
+            walk(&f);
+        }
+        for len in 0..200 {
+            let f: Vec<u8> = (0..len).map(|_| xorshift(&mut st) as u8).collect();
+            walk(&f);
+        }
+    }
+
+    fn temp_file(tag: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("pcap-{tag}-{}", std::process::id()));
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "file I/O")]
+    fn the_file_reader_agrees_with_the_slice_parser_across_chunks() {
+        // 40k records of 100 bytes: about 4.6 MB, many chunk boundaries inside records.
+        let mut w = PcapWriter::new(Vec::new()).unwrap();
+        for i in 0..40_000u32 {
+            let b = (i % 251) as u8;
+            w.write(u64::from(i), 100, [&[b; 100][..]]).unwrap();
+        }
+        let data = w.into_inner();
+        let path = temp_file("chunks", &data);
+        let (want, err) = records(&data);
+        assert_eq!(err, None);
+        let mut r = PcapReader::open(&path, 0).unwrap();
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push((rec.ts_ns, rec.data.to_vec()));
+        }
+        assert_eq!(got, want);
+        // Resuming at a record boundary picks up there; rewinding reads a record again.
+        let mut r = PcapReader::open(&path, 24 + 116 * 39_998).unwrap();
+        let p = r.position();
+        assert_eq!(r.next_record().unwrap().unwrap().ts_ns, 39_998);
+        r.rewind_to(p);
+        assert_eq!(r.next_record().unwrap().unwrap().ts_ns, 39_998);
+        assert_eq!(r.next_record().unwrap().unwrap().ts_ns, 39_999);
+        assert!(r.next_record().unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "file I/O")]
+    fn a_file_truncated_while_it_is_read_ends_the_stream_cleanly() {
+        let mut w = PcapWriter::new(Vec::new()).unwrap();
+        for i in 0..10_000u32 {
+            w.write(u64::from(i), 200, [&[7u8; 200][..]]).unwrap();
+        }
+        let data = w.into_inner();
+        let path = temp_file("trunc", &data);
+        let mut r = PcapReader::open(&path, 0).unwrap();
+        let mut n = 0;
+        while n < 10 {
+            r.next_record().unwrap().unwrap();
+            n += 1;
+        }
+        // Cut the file in the middle of a record beyond the first chunk, then rewrite
+        // the rest with garbage: a mapping would SIGBUS past the end; we see an error.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(300_000 + 7).unwrap();
+        let end = loop {
+            match r.next_record() {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        let e = end.expect("a cut record is an error");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("truncated at byte"), "{e}");
+        assert_eq!(n, (300_000 - 24) / 216);
+        let _ = std::fs::remove_file(&path);
     }
 }
