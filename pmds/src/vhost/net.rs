@@ -12,7 +12,8 @@
 
 use shm_mempool::{Mbuf, MbufCache};
 
-use super::vring::{ChainError, SplitRing};
+use super::vring::{ChainError, Seg, SplitRing};
+use crate::peer_bytes::{copy_from_peer, copy_to_peer, zero_peer};
 
 /// `VIRTIO_NET_F_MRG_RXBUF`: a received packet may span several chains.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
@@ -120,14 +121,18 @@ impl NetQueue {
                         o.bad_chains += 1;
                     } else {
                         let slot = start + o.packets;
-                        let stored = match self.gather(n, frame_len) {
-                            None => false,
-                            Some(b) if bulk => {
-                                // A frame above one mbuf's room takes a fresh chain.
-                                out[slot].fill(b)
-                                    || cache.alloc_from(b).map(|m| out[slot] = m).is_ok()
-                            }
-                            Some(b) => cache.alloc_from(b).map(|m| out.push(m)).is_ok(),
+                        let stored = if bulk {
+                            // Straight into the burst's mbuf; a frame above one mbuf's
+                            // room is gathered and takes a fresh chain.
+                            self.copy_frame(n, frame_len, &mut out[slot])
+                                || self.gather(n, frame_len)
+                                    && cache
+                                        .alloc_from(&self.scratch)
+                                        .map(|m| out[slot] = m)
+                                        .is_ok()
+                        } else {
+                            self.gather(n, frame_len)
+                                && cache.alloc_from(&self.scratch).map(|m| out.push(m)).is_ok()
                         };
                         if stored {
                             o.packets += 1;
@@ -166,41 +171,23 @@ impl NetQueue {
         }
     }
 
-    /// The frame of the walked chain (`n` buffers), header skipped: borrowed straight from
-    /// guest memory when it sits in one buffer, else gathered into the scratch buffer.
-    fn gather(&mut self, n: usize, frame_len: usize) -> Option<&[u8]> {
-        let segs = &self.ring.segs()[..n];
-        let hdr = self.hdr_len;
-        // Header and frame in one buffer, or the header alone in the first.
-        let single = if segs[0].len as usize >= hdr + frame_len {
-            Some((segs[0], hdr))
-        } else if n == 2 && segs[0].len as usize == hdr {
-            Some((segs[1], 0))
-        } else {
-            None
+    /// Copies the frame of the walked chain (`n` buffers, header skipped) into the empty
+    /// mbuf `m`; false, and `m` untouched, when it does not fit its room.
+    fn copy_frame(&self, n: usize, frame_len: usize, m: &mut Mbuf<'_>) -> bool {
+        let Some(dst) = m.append(frame_len) else {
+            return false;
         };
-        if let Some((seg, skip)) = single {
-            // SAFETY: the walk checked `seg` is inside guest memory; `skip + frame_len <=
-            // seg.len`. The guest may change the bytes while we copy them: it can only
-            // spoil its own packet, and the copy is what we check afterwards.
-            return Some(unsafe {
-                std::slice::from_raw_parts(seg.ptr.wrapping_add(skip), frame_len)
-            });
-        }
+        copy_chain(&self.ring.segs()[..n], self.hdr_len, dst);
+        true
+    }
+
+    /// Copies the frame of the walked chain (`n` buffers, header skipped) into the
+    /// scratch buffer (for frames above one mbuf's room).
+    fn gather(&mut self, n: usize, frame_len: usize) -> bool {
         self.scratch.clear();
-        let mut skip = hdr;
-        for s in segs {
-            let len = s.len as usize;
-            if skip >= len {
-                skip -= len;
-                continue;
-            }
-            // SAFETY: as above, `skip < len` bytes of a checked buffer.
-            let bytes = unsafe { std::slice::from_raw_parts(s.ptr.wrapping_add(skip), len - skip) };
-            self.scratch.extend_from_slice(bytes);
-            skip = 0;
-        }
-        Some(&self.scratch[..frame_len.min(self.scratch.len())])
+        self.scratch.resize(frame_len, 0);
+        copy_chain(&self.ring.segs()[..n], self.hdr_len, &mut self.scratch);
+        true
     }
 
     /// Guest receive queue: writes frames from the front of `pkts` into the guest's
@@ -238,7 +225,7 @@ impl NetQueue {
                         // port made of the frontend's memory, never in our pool's mapping.
                         let dst = unsafe { buf.ptr.add(self.hdr_len) };
                         // SAFETY: as above.
-                        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), dst, frame.len()) };
+                        unsafe { copy_to_peer(dst, frame) };
                         avail -= 1;
                         self.ring
                             .push_used(head, (self.hdr_len + frame.len()) as u32);
@@ -297,8 +284,7 @@ impl NetQueue {
                 let mut in_chain = 0usize;
                 for s in &self.ring.segs()[..n] {
                     // SAFETY: a checked, device-writable guest buffer of `s.len` bytes.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len as usize) };
-                    in_chain += src.fill(dst);
+                    in_chain += unsafe { src.fill(s.ptr, s.len as usize) };
                     if src.done() {
                         break;
                     }
@@ -358,6 +344,30 @@ unsafe fn write_header(dst: *mut u8, hdr_len: usize) {
     }
 }
 
+/// Copies a walked chain's bytes after its first `skip` (the virtio-net header) into
+/// `dst`, until `dst` is full or the chain ends (the walk's total bounds the frame, so
+/// `dst.len()` never exceeds what the chain holds).
+fn copy_chain(segs: &[Seg], skip: usize, dst: &mut [u8]) {
+    let mut skip = skip;
+    let mut k = 0;
+    for s in segs {
+        let len = s.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let c = (len - skip).min(dst.len() - k);
+        // SAFETY: the walk checked that `s` lies in guest memory: `[skip, skip + c)` is
+        // inside it. `dst[k..k + c]` is ours.
+        unsafe { copy_from_peer(&mut dst[k..k + c], s.ptr.wrapping_add(skip)) };
+        k += c;
+        skip = 0;
+        if k == dst.len() {
+            return;
+        }
+    }
+}
+
 /// Reads a virtio-net header (zeros) followed by a packet's bytes, in pieces.
 struct PacketCursor<'a, I: Iterator<Item = &'a [u8]>> {
     hdr_left: usize,
@@ -390,18 +400,24 @@ impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
         self.hdr_left == 0 && self.cur.is_empty()
     }
 
-    /// Copies as much as fits into `dst`; returns how many bytes.
-    fn fill(&mut self, dst: &mut [u8]) -> usize {
+    /// Copies as much as fits into the `len` bytes of guest memory at `dst`; returns how
+    /// many bytes.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes (a checked guest buffer).
+    unsafe fn fill(&mut self, dst: *mut u8, len: usize) -> usize {
         let mut k = 0;
         if self.hdr_left > 0 {
-            let h = self.hdr_left.min(dst.len());
-            dst[..h].fill(0);
+            let h = self.hdr_left.min(len);
+            // SAFETY: `h <= len` bytes at `dst` (the caller's buffer).
+            unsafe { zero_peer(dst, h) };
             self.hdr_left -= h;
             k = h;
         }
-        while k < dst.len() && !self.cur.is_empty() {
-            let c = self.cur.len().min(dst.len() - k);
-            dst[k..k + c].copy_from_slice(&self.cur[..c]);
+        while k < len && !self.cur.is_empty() {
+            let c = self.cur.len().min(len - k);
+            // SAFETY: `[k, k + c)` lies in the caller's `len` bytes; the source is ours.
+            unsafe { copy_to_peer(dst.wrapping_add(k), &self.cur[..c]) };
             k += c;
             self.cur = &self.cur[c..];
             self.advance();
