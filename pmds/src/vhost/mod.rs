@@ -8,9 +8,38 @@
 
 pub mod backend;
 pub mod frontend;
+// The modules below read guest memory: nothing derived from it may panic (no unwrap,
+// expect, panic or indexing outside their tests); clippy keeps it so.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 pub mod mem;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 pub mod net;
 pub mod proto;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 pub mod vring;
 
 use std::fs::File;

@@ -121,15 +121,12 @@ impl NetQueue {
                         o.bad_chains += 1;
                     } else {
                         let slot = start + o.packets;
-                        let stored = if bulk {
+                        let stored = if let Some(m) = out.get_mut(slot).filter(|_| bulk) {
                             // Straight into the burst's mbuf; a frame above one mbuf's
                             // room is gathered and takes a fresh chain.
-                            self.copy_frame(n, frame_len, &mut out[slot])
+                            self.copy_frame(n, frame_len, m)
                                 || self.gather(n, frame_len)
-                                    && cache
-                                        .alloc_from(&self.scratch)
-                                        .map(|m| out[slot] = m)
-                                        .is_ok()
+                                    && cache.alloc_from(&self.scratch).map(|f| *m = f).is_ok()
                         } else {
                             self.gather(n, frame_len)
                                 && cache.alloc_from(&self.scratch).map(|m| out.push(m)).is_ok()
@@ -177,7 +174,7 @@ impl NetQueue {
         let Some(dst) = m.append(frame_len) else {
             return false;
         };
-        copy_chain(&self.ring.segs()[..n], self.hdr_len, dst);
+        copy_chain(self.ring.segs().get(..n).unwrap_or(&[]), self.hdr_len, dst);
         true
     }
 
@@ -186,7 +183,11 @@ impl NetQueue {
     fn gather(&mut self, n: usize, frame_len: usize) -> bool {
         self.scratch.clear();
         self.scratch.resize(frame_len, 0);
-        copy_chain(&self.ring.segs()[..n], self.hdr_len, &mut self.scratch);
+        copy_chain(
+            self.ring.segs().get(..n).unwrap_or(&[]),
+            self.hdr_len,
+            &mut self.scratch,
+        );
         true
     }
 
@@ -249,7 +250,7 @@ impl NetQueue {
                 if full {
                     // Does not fit what the guest may give one packet: drop it, return
                     // its buffers empty.
-                    for &(head, _) in &chains[..nchains] {
+                    for &(head, _) in chains.get(..nchains).unwrap_or(&[]) {
                         self.ring.push_used(head, 0);
                     }
                     o.dropped += 1;
@@ -282,7 +283,7 @@ impl NetQueue {
                     first = self.ring.segs()[0].ptr;
                 }
                 let mut in_chain = 0usize;
-                for s in &self.ring.segs()[..n] {
+                for s in self.ring.segs().get(..n).unwrap_or(&[]) {
                     // SAFETY: a checked, device-writable guest buffer of `s.len` bytes.
                     in_chain += unsafe { src.fill(s.ptr, s.len as usize) };
                     if src.done() {
@@ -290,7 +291,9 @@ impl NetQueue {
                     }
                 }
                 written += in_chain;
-                chains[nchains] = (head, in_chain as u32);
+                if let Some(c) = chains.get_mut(nchains) {
+                    *c = (head, in_chain as u32);
+                }
                 nchains += 1;
             }
             if self.hdr_len == 12 {
@@ -303,7 +306,7 @@ impl NetQueue {
                     );
                 }
             }
-            for &(head, len) in &chains[..nchains] {
+            for &(head, len) in chains.get(..nchains).unwrap_or(&[]) {
                 self.ring.push_used(head, len);
             }
             o.packets += 1;
@@ -357,9 +360,12 @@ fn copy_chain(segs: &[Seg], skip: usize, dst: &mut [u8]) {
             continue;
         }
         let c = (len - skip).min(dst.len() - k);
+        let Some(to) = dst.get_mut(k..k + c) else {
+            return;
+        };
         // SAFETY: the walk checked that `s` lies in guest memory: `[skip, skip + c)` is
-        // inside it. `dst[k..k + c]` is ours.
-        unsafe { copy_from_peer(&mut dst[k..k + c], s.ptr.wrapping_add(skip)) };
+        // inside it. `to` is ours.
+        unsafe { copy_from_peer(to, s.ptr.wrapping_add(skip)) };
         k += c;
         skip = 0;
         if k == dst.len() {
@@ -416,10 +422,11 @@ impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
         }
         while k < len && !self.cur.is_empty() {
             let c = self.cur.len().min(len - k);
+            let (now, rest) = self.cur.split_at(c);
             // SAFETY: `[k, k + c)` lies in the caller's `len` bytes; the source is ours.
-            unsafe { copy_to_peer(dst.wrapping_add(k), &self.cur[..c]) };
+            unsafe { copy_to_peer(dst.wrapping_add(k), now) };
             k += c;
-            self.cur = &self.cur[c..];
+            self.cur = rest;
             self.advance();
         }
         k

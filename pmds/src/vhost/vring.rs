@@ -364,7 +364,11 @@ impl SplitRing {
                 .mem
                 .gpa_hinted(addr, u64::from(len), &self.region_hint)
                 .ok_or(ChainError::BadBuffer)?;
-            self.segs[n] = Seg { ptr, len };
+            // `n < MAX_CHAIN`, the table's length (checked above).
+            let Some(slot) = self.segs.get_mut(n) else {
+                return Err(ChainError::TooLong);
+            };
+            *slot = Seg { ptr, len };
             n += 1;
             total += u64::from(len);
             if flags & VRING_DESC_F_NEXT == 0 {
