@@ -179,9 +179,16 @@ fn parse_groups(status: &str) -> Vec<u32> {
     for line in status.lines() {
         if let Some(gids) = line.strip_prefix("Gid:") {
             // real, effective, saved, fs
-            out.extend(gids.split_whitespace().nth(1).and_then(|g| g.parse::<u32>().ok()));
+            out.extend(
+                gids.split_whitespace()
+                    .nth(1)
+                    .and_then(|g| g.parse::<u32>().ok()),
+            );
         } else if let Some(gids) = line.strip_prefix("Groups:") {
-            out.extend(gids.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+            out.extend(
+                gids.split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
         }
     }
     out
@@ -372,7 +379,10 @@ mod tests {
         std::os::unix::fs::symlink(&d, &link).unwrap();
         let e = open_dir_nofollow(&link).unwrap_err();
         // O_NOFOLLOW with O_DIRECTORY on a symlink: ENOTDIR (ELOOP without O_DIRECTORY).
-        assert!(matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)), "{e}");
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{e}"
+        );
         // /tmp is sticky: fine above a runtime directory; a 0777 directory is not.
         check_ancestors(&std::env::temp_dir().canonicalize().unwrap(), None).unwrap();
         std::fs::set_permissions(&d, Permissions::from_mode(0o777)).unwrap();

@@ -297,7 +297,11 @@ mod tests {
         let t = Instant::now();
         let r = recv_within::<Request>(&mut a, None, Duration::from_millis(100), MAX_REQUEST);
         assert!(r.is_err(), "{r:?}");
-        assert!(t.elapsed() < Duration::from_millis(400), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
         drop(a);
         writer.join().unwrap();
     }

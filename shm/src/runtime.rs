@@ -171,8 +171,16 @@ impl RuntimeDir {
             .map_err(|e| Error::io(format!("stat {}", canon.display()), e))?;
         access::check_owned_dir(BASE, &canon, &md, &[me, 0])?;
         // Exact modes whatever the umask; a group needs to traverse the base.
-        let want = if created_base { 0o711 } else { md.mode() & 0o777 };
-        let want = if access.group().is_some() { want | 0o011 } else { want };
+        let want = if created_base {
+            0o711
+        } else {
+            md.mode() & 0o777
+        };
+        let want = if access.group().is_some() {
+            want | 0o011
+        } else {
+            want
+        };
         if md.uid() == me && want != md.mode() & 0o777 {
             bf.set_permissions(std::fs::Permissions::from_mode(want))
                 .map_err(|e| Error::io(format!("chmod {}", canon.display()), e))?;
@@ -184,7 +192,8 @@ impl RuntimeDir {
             Err(e) => return Err(access::dir_open_error(BASE, &canon, e)),
         }
         const RUN: &str = "runtime directory";
-        let f = access::open_dir_nofollow(&dir).map_err(|e| access::dir_open_error(RUN, &dir, e))?;
+        let f =
+            access::open_dir_nofollow(&dir).map_err(|e| access::dir_open_error(RUN, &dir, e))?;
         let md = f
             .metadata()
             .map_err(|e| Error::io(format!("stat {}", dir.display()), e))?;
@@ -471,7 +480,9 @@ fn is_own_memseg_file(
     uid: u32,
 ) -> bool {
     check_memseg_name(memseg).is_ok()
-        && target.parent().is_some_and(|p| stores.iter().any(|s| s == p))
+        && target
+            .parent()
+            .is_some_and(|p| stores.iter().any(|s| s == p))
         && target
             .file_name()
             .is_some_and(|n| *n == *dir.memseg_file_name(memseg))
@@ -574,15 +585,36 @@ mod tests {
         drop(lock); // a crash
         let lock = PrimaryLock::acquire(&dir, Access::private()).unwrap();
         assert!(lock.stale_owner().is_some());
-        assert!(!dir.memseg_link("main").exists(), "the link itself is removed");
+        assert!(
+            !dir.memseg_link("main").exists(),
+            "the link itself is removed"
+        );
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(std::fs::read(&shm_victim).unwrap(), b"precious");
         let stores = [PathBuf::from("/dev/shm")];
         let own = PathBuf::from("/dev/shm").join(dir.memseg_file_name("main"));
         std::fs::write(&own, b"").unwrap();
-        assert!(is_own_memseg_file(&dir, "main", &own, &stores, access::my_uid()));
-        assert!(!is_own_memseg_file(&dir, "main", &own, &stores, access::my_uid() + 1));
-        assert!(!is_own_memseg_file(&dir, "x", &own, &stores, access::my_uid()));
+        assert!(is_own_memseg_file(
+            &dir,
+            "main",
+            &own,
+            &stores,
+            access::my_uid()
+        ));
+        assert!(!is_own_memseg_file(
+            &dir,
+            "main",
+            &own,
+            &stores,
+            access::my_uid() + 1
+        ));
+        assert!(!is_own_memseg_file(
+            &dir,
+            "x",
+            &own,
+            &stores,
+            access::my_uid()
+        ));
         std::fs::remove_file(&own).unwrap();
         lock.remove_run();
         std::fs::remove_file(&shm_victim).unwrap();
