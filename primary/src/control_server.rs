@@ -447,3 +447,99 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
     let _ = lock(&shared.events).send(SecondaryEvent::Gone { slot, pid, died });
     result.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[derive(Debug)]
+    struct NoHooks;
+
+    impl ControlHooks for NoHooks {
+        fn secondary_gone(&self, _: u32, _: u32, _: Option<u64>) {}
+        fn pool_stats(&self) -> Vec<shm::stats::PoolStats> {
+            Vec::new()
+        }
+        fn port_stats(&self) -> Vec<shm::stats::PortStats> {
+            Vec::new()
+        }
+    }
+
+    fn server(tag: &str) -> (PathBuf, ControlServer) {
+        let dir = std::env::temp_dir().join(format!("shmdp-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let s = ControlServer::start(&path, Vec::new(), 1, Arc::new(NoHooks), Access::private())
+            .unwrap();
+        (dir, s)
+    }
+
+    fn hello(pid: u32) -> Request {
+        Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            pid,
+            program: "t\x1b[2J".into(),
+        }
+    }
+
+    #[test]
+    fn the_socket_is_0600_and_a_hello_must_name_the_peers_own_pid() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, s) = server("pid");
+        let path = dir.join("ctl.sock");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id() + 1)).unwrap();
+        let r = control::recv::<Reply>(&mut c).unwrap();
+        assert!(matches!(r, Some(Reply::Refused { .. })), "{r:?}");
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id())).unwrap();
+        let r = control::recv::<Reply>(&mut c).unwrap();
+        assert!(matches!(r, Some(Reply::Welcome(_))), "{r:?}");
+        assert_eq!(s.secondaries(), [(1, std::process::id())]);
+        s.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn idle_connections_beyond_the_pending_cap_evict_the_oldest() {
+        let (dir, s) = server("evict");
+        let path = dir.join("ctl.sock");
+        let mut idle: Vec<UnixStream> = (0..MAX_PENDING + 4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // The four oldest are shut down by the server: they read EOF long before the
+        // Hello deadline.
+        let t = std::time::Instant::now();
+        for c in &mut idle[..4] {
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).unwrap(), 0, "evicted");
+        }
+        assert!(t.elapsed() < HELLO_TIMEOUT);
+        assert!(lock(&s.shared.pending).len() <= MAX_PENDING);
+        // A real Hello still gets through.
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id())).unwrap();
+        assert!(matches!(
+            control::recv::<Reply>(&mut c).unwrap(),
+            Some(Reply::Welcome(_))
+        ));
+        s.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn program_names_are_made_fit_for_one_log_line() {
+        assert_eq!(sanitize_program("t\x1b[2J\nx"), "t[2Jx");
+        assert_eq!(sanitize_program(&"a".repeat(300)).len(), 64);
+        let emfile = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+        assert!(is_resource_shortage(&emfile));
+        assert!(!is_resource_shortage(&io::Error::from(
+            io::ErrorKind::Interrupted
+        )));
+    }
+}
