@@ -138,6 +138,12 @@ fn hostile_helper() {
         return;
     };
     let mode = std::env::var("HOSTILE_MODE").unwrap_or_default();
+    if mode == "listen" {
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        println!("helper: listening");
+        std::thread::sleep(Duration::from_secs(10));
+        return;
+    }
     if mode == "query" {
         let answer = match UnixStream::connect(&sock) {
             Err(e) => format!("connect failed: {e}"),
@@ -396,6 +402,35 @@ fn another_uid_cannot_attach_or_read_statistics() {
     assert!(info_works(&prefix));
     primary.signal(Signal::SIGTERM);
     finish(&mut primary, 10);
+}
+
+#[test]
+fn a_secondary_speaks_only_to_a_listener_of_the_directory_owner() {
+    if !require_root() {
+        return;
+    }
+    // Another uid got a socket into our runtime directory (while it was open) and a
+    // lock is held: the secondary must not talk to that listener.
+    let prefix = unique_prefix("imposter");
+    let rt = runtime_dir(&prefix);
+    std::fs::create_dir_all(&rt).unwrap();
+    std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut imposter = helper_as_nobody(&prefix, &[("HOSTILE_MODE", "listen".into())]);
+    assert!(
+        imposter.wait_stdout("helper: listening", Duration::from_secs(10)),
+        "{:?}",
+        imposter.stderr()
+    );
+    std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let lock = std::fs::File::create(rt.join("lock")).unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let (code, out, err) = run("shmdp-secondary", &["--file-prefix", &prefix, "info"]);
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(err.contains("runs as uid 65534"), "{err}");
+    drop(imposter);
+    remove_files_of(&prefix);
 }
 
 #[test]
