@@ -53,7 +53,11 @@ fn public_dir() -> &'static Path {
         let d = std::env::temp_dir().join(format!("shmdp-hostile-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for src in [bin("shmdp-secondary"), std::env::current_exe().unwrap()] {
+        for src in [
+            bin("shmdp-secondary"),
+            bin("shmdp-primary"),
+            std::env::current_exe().unwrap(),
+        ] {
             let dst = d.join(src.file_name().unwrap());
             std::fs::copy(&src, &dst).unwrap();
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -317,6 +321,69 @@ fn untrusted_runtime_dirs_are_refused_with_one_line_and_nothing_deleted() {
     );
     assert!(!base.join(&prefix).exists(), "nothing created");
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn the_default_base_in_tmp_cannot_be_taken_over() {
+    if !require_root() {
+        return;
+    }
+    // A user without XDG_RUNTIME_DIR gets /tmp/shmdp-<uid>: anyone may try to make it first.
+    let base = PathBuf::from(format!("/tmp/shmdp-{NOBODY}"));
+    if std::fs::symlink_metadata(&base).is_ok() {
+        eprintln!(
+            "SKIP: {} exists already; this test needs to make it",
+            base.display()
+        );
+        return;
+    }
+    let prefix = unique_prefix("tmpbase");
+    let start = || {
+        let mut cmd = as_nobody(&public_dir().join("shmdp-primary"), &prefix);
+        cmd.env_remove("SHMDP_RUNTIME_DIR").args([
+            "--file-prefix",
+            &prefix,
+            "-m",
+            "4",
+            "--no-huge",
+        ]);
+        Proc::spawn_command(cmd, "shmdp-primary as nobody", None)
+    };
+    let trap = std::env::temp_dir().join(format!("shmdp-trap-{}", std::process::id()));
+    std::fs::create_dir_all(&trap).unwrap();
+    std::fs::set_permissions(&trap, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Made by someone else, world-writable; then a symlink to a world-writable directory.
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, err) = finish(&mut start(), 10);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    std::fs::remove_dir(&base).unwrap();
+    std::os::unix::fs::symlink(&trap, &base).unwrap();
+    let (code, _, err) = finish(&mut start(), 10);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&trap).unwrap().count(),
+        0,
+        "nothing made in the trap"
+    );
+    std::fs::remove_file(&base).unwrap();
+    // Absent: the primary makes it, 0711 and its own, with a 0700 runtime directory.
+    let mut p = start();
+    assert!(
+        p.wait_stdout("ready", Duration::from_secs(10)),
+        "{:?}",
+        p.stderr()
+    );
+    let md = std::fs::symlink_metadata(&base).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (NOBODY, 0o711));
+    assert_eq!(mode(&base.join(&prefix)), 0o700);
+    p.signal(Signal::SIGTERM);
+    assert_eq!(finish(&mut p, 10).0, 0);
+    assert!(!base.join(&prefix).exists(), "removed at exit");
+    std::fs::remove_dir_all(&base).unwrap();
+    std::fs::remove_dir_all(&trap).unwrap();
 }
 
 #[test]
