@@ -527,6 +527,30 @@ fn a_forged_hello_pid_is_refused() {
 }
 
 #[test]
+fn a_trickled_request_is_cut_off_at_its_frame_deadline() {
+    use std::io::Write;
+    let prefix = unique_prefix("trickle");
+    let _primary = Proc::primary(&prefix, &small_primary_args());
+    let mut c = raw_connect(&prefix);
+    // A length of 4 KiB, then one byte every 200 ms: each byte in time for any per-read
+    // timeout, the frame never complete.
+    c.write_all(&4000u32.to_le_bytes()).unwrap();
+    let t = Instant::now();
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if c.write_all(&[0]).is_err() {
+            break t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "never cut off");
+    };
+    eprintln!("trickled request cut off after {cut:?}");
+    assert!(
+        cut >= Duration::from_secs(4) && cut < Duration::from_secs(8),
+        "{cut:?}"
+    );
+}
+
+#[test]
 fn connection_floods_hold_no_threads_and_a_real_secondary_still_attaches() {
     if !require_root() {
         return;
