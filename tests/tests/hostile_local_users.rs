@@ -46,11 +46,12 @@ fn base_dir(prefix: &str) -> PathBuf {
 }
 
 /// A world-readable directory holding copies of the binaries another uid runs (the
-/// build tree need not be reachable for it).
+/// build tree need not be reachable for it). One fixed directory, refreshed by rename, so
+/// runs leave one set of copies behind, not one per run.
 fn public_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("shmdp-hostile-{}", std::process::id()));
+        let d = std::env::temp_dir().join("shmdp-hostile-bin");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         for src in [
@@ -58,9 +59,12 @@ fn public_dir() -> &'static Path {
             bin("shmdp-primary"),
             std::env::current_exe().unwrap(),
         ] {
-            let dst = d.join(src.file_name().unwrap());
-            std::fs::copy(&src, &dst).unwrap();
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let name = src.file_name().unwrap().to_string_lossy().to_string();
+            let tmp = d.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(&src, &tmp).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // A running copy keeps its inode; the name gets the new one.
+            std::fs::rename(&tmp, d.join(name)).unwrap();
         }
         d
     })
