@@ -60,6 +60,11 @@ pub struct PrimaryCli {
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
     #[arg(long = "fwd", value_name = "MODE")]
     pub fwd: Option<fwd::Mode>,
+    /// Share the process group with an operator group: its members may attach (the
+    /// runtime directory becomes 0750 and the lock, socket and memseg files 0660, group
+    /// NAME). Without it only this user and root may.
+    #[arg(long = "group", value_name = "NAME")]
+    pub group: Option<String>,
     /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
     /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
     #[command(flatten)]
@@ -311,6 +316,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         vdevs: cli.vdevs.clone(),
         nb_desc: cli.nb_desc,
         exports,
+        group: cli.group.clone(),
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,

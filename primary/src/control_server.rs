@@ -2,17 +2,33 @@
 //! notices when a secondary goes away (its connection closes, which the kernel does however
 //! the process dies), freeing its slot at once.
 //!
-//! One thread accepts; one thread per connection reads requests. Everything a secondary
-//! sends is untrusted: bad frames end that connection and nothing else.
+//! One thread accepts; one thread per admitted connection reads requests. Everything a
+//! secondary sends is untrusted: bad frames end that connection and nothing else.
+//!
+//! Other local users get nothing (the access rules are in [`shm::access`]):
+//! - the socket is 0600 (0660 with `--group`) inside a 0700 (0750) directory;
+//! - every accepted connection's `SO_PEERCRED` is checked on the accept thread: a peer
+//!   that is not this user, root or (with `--group`) a member of the group is refused at
+//!   once, counted, and logged once per uid, without a thread;
+//! - a Hello's pid must be the peer's kernel-reported pid;
+//! - at most [`MAX_PENDING`] connections may wait for their first request (a newer one
+//!   evicts the oldest, so idle connections cannot lock a real secondary out) and at most
+//!   [`MAX_SECONDARIES`] may be attached; a request frame is at most
+//!   [`control::MAX_REQUEST`] bytes and is due whole within [`FRAME_TIMEOUT`];
+//! - when descriptors run out (`EMFILE`/`ENFILE`) the accept loop backs off (10 ms
+//!   doubling to 1 s) instead of spinning on the connection it cannot take.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shm::control::{self, MemsegRecord, Reply, Request, Welcome, PROTOCOL_VERSION};
+use shm::access::{Access, PeerCred};
+use shm::control::{self, MemsegRecord, Reply, Request, Welcome, MAX_REQUEST, PROTOCOL_VERSION};
 
 use crate::{PrimaryError, Result};
 
@@ -30,6 +46,16 @@ pub trait ControlHooks: Send + Sync + std::fmt::Debug {
 
 /// Most secondaries attached at once.
 pub const MAX_SECONDARIES: usize = 64;
+/// Most connections waiting for their first request at once.
+pub const MAX_PENDING: usize = 16;
+/// How long a new connection may take to send its first request.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request frame may take from its first byte to its last.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one reply may take to be written.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Distinct refused uids logged by name (later ones are only counted).
+const MAX_LOGGED_UIDS: usize = 32;
 
 /// Something that happened to a secondary, for the primary's log and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +93,14 @@ struct Shared {
     generation: u64,
     events: Mutex<Sender<SecondaryEvent>>,
     hooks: Arc<dyn ControlHooks>,
+    access: Access,
+    /// Connections that have not sent their first request yet, oldest first, by id.
+    pending: Mutex<VecDeque<(u64, UnixStream)>>,
+    next_conn: AtomicU64,
+    /// Connections refused because of who the peer is (not this user, root or group).
+    refused: AtomicU64,
+    /// Uids whose refusal was logged.
+    refused_uids: Mutex<Vec<u32>>,
 }
 
 /// The running control server.
@@ -78,21 +112,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the socket at `path` and starts serving.
+    /// Binds the socket at `path` (in a runtime directory already checked), gives it
+    /// `access`'s mode and group, and starts serving the peers `access` admits.
     ///
     /// # Errors
-    /// [`PrimaryError::Socket`] if the socket cannot be bound.
+    /// [`PrimaryError::Socket`] if the socket cannot be bound; [`PrimaryError::Shm`] if
+    /// its mode cannot be set.
     pub fn start(
         path: &Path,
         memsegs: Vec<MemsegRecord>,
         generation: u64,
         hooks: Arc<dyn ControlHooks>,
+        access: Access,
     ) -> Result<ControlServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).map_err(|source| PrimaryError::Socket {
             path: path.to_path_buf(),
             source,
         })?;
+        // The directory is 0700/0750, so nobody else reaches the socket before this.
+        access.apply_path(path)?;
         let (tx, rx) = channel();
         let shared = Arc::new(Shared {
             slots: Mutex::new((0..MAX_SECONDARIES).map(|_| None).collect()),
@@ -100,6 +139,11 @@ impl ControlServer {
             generation,
             events: Mutex::new(tx),
             hooks,
+            access,
+            pending: Mutex::new(VecDeque::new()),
+            next_conn: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            refused_uids: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -125,6 +169,11 @@ impl ControlServer {
             .collect()
     }
 
+    /// Connections refused so far because the peer was not admitted.
+    pub fn refused_peers(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
     /// Waits up to `timeout` for the next secondary event.
     pub fn next_event(&self, timeout: Duration) -> Option<SecondaryEvent> {
         lock(&self.events).recv_timeout(timeout).ok()
@@ -133,6 +182,13 @@ impl ControlServer {
     /// Tells every secondary that the primary is closing, and removes the socket.
     pub fn stop(self) {
         let _ = std::fs::remove_file(&self.path);
+        let refused = self.refused_peers();
+        if refused > 0 {
+            tracing::warn!("control socket: refused {refused} connections of peers not admitted");
+        }
+        for (_, conn) in lock(&self.shared.pending).drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
         for entry in lock(&self.shared.slots).iter_mut().flatten() {
             let _ = entry
                 .conn
@@ -148,27 +204,145 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(conn) => {
-                let s = shared.clone();
-                let _ = std::thread::Builder::new()
-                    .name("ctl-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve(conn, &s) {
-                            tracing::debug!("control connection ended: {e}");
-                        }
-                    });
+    let mut backoff = Duration::ZERO;
+    let mut warned_fds = false;
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                backoff = Duration::ZERO;
+                admit(conn, &shared);
             }
-            Err(e) => tracing::warn!("control socket accept: {e}"),
+            Err(e) if is_resource_shortage(&e) => {
+                // The connection stays in the backlog; accepting again at once would fail
+                // again at once. Wait for descriptors (or memory) to free up.
+                if !warned_fds {
+                    tracing::warn!("control socket: accept: {e}; backing off until descriptors free up (logged once)");
+                    warned_fds = true;
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                std::thread::sleep(backoff);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
 
-fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
-    // A greeting must come promptly; after that the connection may idle for ever.
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let (pid, program) = match control::recv::<Request>(&mut conn)? {
+fn is_resource_shortage(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+            .iter()
+            .any(|x| *x as i32 == n)
+    })
+}
+
+/// Checks who is at the other end and, if admitted, hands the connection to a thread of
+/// its own, registered as pending (evicting the oldest pending one beyond the cap).
+fn admit(conn: UnixStream, shared: &Arc<Shared>) {
+    let cred = match shm::access::peer_cred(&conn) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("control connection without credentials: {e}");
+            return;
+        }
+    };
+    if !shared.access.admits(&cred) {
+        refuse_stranger(conn, cred, shared);
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let Ok(handle) = conn.try_clone() else {
+        return;
+    };
+    if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    {
+        let mut pending = lock(&shared.pending);
+        pending.push_back((id, handle));
+        while pending.len() > MAX_PENDING {
+            if let Some((_, old)) = pending.pop_front() {
+                // Wakes its thread with EOF; that thread then ends.
+                let _ = old.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ctl-conn".into())
+        .spawn(move || {
+            if let Err(e) = serve(conn, cred, id, &s) {
+                tracing::debug!("control connection ended: {e}");
+            }
+            unpend(&s, id);
+        });
+    if spawned.is_err() {
+        unpend(shared, id);
+    }
+}
+
+fn unpend(shared: &Shared, id: u64) {
+    lock(&shared.pending).retain(|(i, _)| *i != id);
+}
+
+/// Refuses a peer that is not admitted: one non-blocking reply saying why, close, count;
+/// the first refusal of each uid is logged.
+fn refuse_stranger(mut conn: UnixStream, cred: PeerCred, shared: &Shared) {
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    let first = {
+        let mut uids = lock(&shared.refused_uids);
+        let first = !uids.contains(&cred.uid) && uids.len() < MAX_LOGGED_UIDS;
+        if first {
+            uids.push(cred.uid);
+        }
+        first
+    };
+    let me = shm::access::my_uid();
+    let group = shared
+        .access
+        .group()
+        .map(|g| format!(" or a member of group {g}"))
+        .unwrap_or_default();
+    if first {
+        tracing::warn!(
+            "control socket: refused pid {} uid {}: not uid {me}, root{group} (further refusals of this uid are only counted)",
+            cred.pid,
+            cred.uid
+        );
+    }
+    let reason = format!(
+        "uid {} may not use this primary: only uid {me}, root{group}; run as that user, or ask for a primary started with --group",
+        cred.uid
+    );
+    if conn.set_nonblocking(true).is_ok() {
+        let _ = control::send(&mut conn, &Reply::Refused { reason });
+    }
+}
+
+/// A program name fit for one log line: printable ASCII, at most 64 characters.
+fn sanitize_program(p: &str) -> String {
+    p.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect()
+}
+
+fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::Result<()> {
+    let first = control::recv_within::<Request>(
+        &mut conn,
+        Some(HELLO_TIMEOUT),
+        FRAME_TIMEOUT,
+        MAX_REQUEST,
+    )?;
+    let (pid, program) = match first {
         Some(Request::Hello {
             protocol,
             pid,
@@ -181,10 +355,23 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
                 control::send(&mut conn, &Reply::Refused { reason })?;
                 return Ok(());
             }
-            (pid, program)
+            if pid != cred.pid {
+                tracing::warn!(
+                    "control socket: refused a Hello naming pid {pid} from pid {} (uid {})",
+                    cred.pid,
+                    cred.uid
+                );
+                let reason = format!(
+                    "Hello names pid {pid} but the kernel says this connection is pid {}'s; a secondary may only name itself",
+                    cred.pid
+                );
+                control::send(&mut conn, &Reply::Refused { reason })?;
+                return Ok(());
+            }
+            (pid, sanitize_program(&program))
         }
         Some(Request::PoolStats) => {
-            // A query connection: answer and close, no slot.
+            // A query connection of an admitted peer: answer and close, no slot.
             control::send(&mut conn, &Reply::PoolStats(shared.hooks.pool_stats()))?;
             return Ok(());
         }
@@ -192,7 +379,8 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
             control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?;
             return Ok(());
         }
-        _ => {
+        None => return Ok(()),
+        Some(_) => {
             let reason = "expected Hello as the first control message".to_string();
             control::send(&mut conn, &Reply::Refused { reason })?;
             return Ok(());
@@ -215,6 +403,8 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
         });
         free as u32 + 1
     };
+    // Attached: no longer subject to eviction (slots are capped on their own).
+    unpend(shared, id);
     tracing::info!("secondary attached: slot {slot}, pid {pid}, {program}");
     let _ = lock(&shared.events).send(SecondaryEvent::Attached { slot, pid, program });
     let welcome = Welcome {
@@ -225,9 +415,9 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
     };
     let result = (|| -> io::Result<bool> {
         control::send(&mut conn, &Reply::Welcome(welcome))?;
-        conn.set_read_timeout(None)?;
         loop {
-            match control::recv::<Request>(&mut conn)? {
+            // Idle for ever between requests; each request due whole within its deadline.
+            match control::recv_within::<Request>(&mut conn, None, FRAME_TIMEOUT, MAX_REQUEST)? {
                 Some(Request::Memsegs) => {
                     control::send(&mut conn, &Reply::Memsegs(shared.memsegs.clone()))?
                 }
@@ -256,4 +446,100 @@ fn serve(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
     }
     let _ = lock(&shared.events).send(SecondaryEvent::Gone { slot, pid, died });
     result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[derive(Debug)]
+    struct NoHooks;
+
+    impl ControlHooks for NoHooks {
+        fn secondary_gone(&self, _: u32, _: u32, _: Option<u64>) {}
+        fn pool_stats(&self) -> Vec<shm::stats::PoolStats> {
+            Vec::new()
+        }
+        fn port_stats(&self) -> Vec<shm::stats::PortStats> {
+            Vec::new()
+        }
+    }
+
+    fn server(tag: &str) -> (PathBuf, ControlServer) {
+        let dir = std::env::temp_dir().join(format!("shmdp-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let s = ControlServer::start(&path, Vec::new(), 1, Arc::new(NoHooks), Access::private())
+            .unwrap();
+        (dir, s)
+    }
+
+    fn hello(pid: u32) -> Request {
+        Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            pid,
+            program: "t\x1b[2J".into(),
+        }
+    }
+
+    #[test]
+    fn the_socket_is_0600_and_a_hello_must_name_the_peers_own_pid() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, s) = server("pid");
+        let path = dir.join("ctl.sock");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id() + 1)).unwrap();
+        let r = control::recv::<Reply>(&mut c).unwrap();
+        assert!(matches!(r, Some(Reply::Refused { .. })), "{r:?}");
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id())).unwrap();
+        let r = control::recv::<Reply>(&mut c).unwrap();
+        assert!(matches!(r, Some(Reply::Welcome(_))), "{r:?}");
+        assert_eq!(s.secondaries(), [(1, std::process::id())]);
+        s.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn idle_connections_beyond_the_pending_cap_evict_the_oldest() {
+        let (dir, s) = server("evict");
+        let path = dir.join("ctl.sock");
+        let mut idle: Vec<UnixStream> = (0..MAX_PENDING + 4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // The four oldest are shut down by the server: they read EOF long before the
+        // Hello deadline.
+        let t = std::time::Instant::now();
+        for c in &mut idle[..4] {
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).unwrap(), 0, "evicted");
+        }
+        assert!(t.elapsed() < HELLO_TIMEOUT);
+        assert!(lock(&s.shared.pending).len() <= MAX_PENDING);
+        // A real Hello still gets through.
+        let mut c = UnixStream::connect(&path).unwrap();
+        control::send(&mut c, &hello(std::process::id())).unwrap();
+        assert!(matches!(
+            control::recv::<Reply>(&mut c).unwrap(),
+            Some(Reply::Welcome(_))
+        ));
+        s.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn program_names_are_made_fit_for_one_log_line() {
+        assert_eq!(sanitize_program("t\x1b[2J\nx"), "t[2Jx");
+        assert_eq!(sanitize_program(&"a".repeat(300)).len(), 64);
+        let emfile = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+        assert!(is_resource_shortage(&emfile));
+        assert!(!is_resource_shortage(&io::Error::from(
+            io::ErrorKind::Interrupted
+        )));
+    }
 }

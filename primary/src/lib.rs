@@ -98,6 +98,9 @@ pub struct PrimaryConfig {
     pub nb_desc: u32,
     /// IVSHMEM export groups.
     pub exports: Vec<ExportRequest>,
+    /// Operator group (`--group NAME`): its members may attach; the runtime directory is
+    /// 0750 and the files 0660, group NAME. `None`: this user (and root) only, 0700/0600.
+    pub group: Option<String>,
 }
 
 /// An IVSHMEM export group: the memseg named `group` becomes one guest's segment, and its
@@ -238,8 +241,13 @@ impl Primary {
         }
         // Take the prefix first: cleaning up a crashed run frees its hugepages before we
         // count the free ones.
-        let dir = RuntimeDir::for_prefix(&eal.file_prefix);
-        let lock = PrimaryLock::acquire(&dir)?;
+        let access = match &config.group {
+            Some(name) => shm::access::Access::for_group_name(name)?,
+            None => shm::access::Access::private(),
+        };
+        let lock = PrimaryLock::acquire(&RuntimeDir::for_prefix(&eal.file_prefix), access)?;
+        // The checked directory, by its canonical path.
+        let dir = lock.dir().clone();
         if let Some(old) = lock.stale_owner() {
             tracing::warn!(
                 "removed the files of a crashed run (pid {}, generation {}) of prefix {}",
@@ -304,7 +312,7 @@ impl Primary {
                 what: format!("link {}", link.display()),
                 source: e,
             })?;
-            let seg = Memseg::create(&spec)?;
+            let seg = Memseg::create_with_access(&spec, access)?;
             primary.memsegs.push(Arc::new(seg));
         }
         // Export segments get their metadata block first, so it sits at the documented offset.
@@ -430,6 +438,7 @@ impl Primary {
                 pools: primary.pools.clone(),
                 ports: primary.ports.clone(),
             }),
+            access,
         )?);
         Ok(primary)
     }

@@ -56,6 +56,10 @@ pub enum AttachError {
     /// The primary refused us.
     #[error("the primary refused to attach us: {0}")]
     Refused(String),
+    /// The runtime directory or the process on the socket is not what this user can
+    /// trust (another user's, a symlink, writable by others).
+    #[error("{0}")]
+    Untrusted(String),
     /// The primary answered something unexpected.
     #[error("control protocol error: {0}")]
     Protocol(String),
@@ -73,6 +77,7 @@ impl AttachError {
             AttachError::NoPrimary { .. }
             | AttachError::PrimaryDead { .. }
             | AttachError::Refused(_)
+            | AttachError::Untrusted(_)
             | AttachError::Protocol(_) => false,
         }
     }
@@ -108,7 +113,16 @@ impl Secondary {
     }
 
     fn attach_once(prefix: &FilePrefix, program: &str) -> Result<Secondary, AttachError> {
-        let dir = RuntimeDir::for_prefix(prefix);
+        // Nothing in the directory is believed before the directory itself is checked.
+        let dir = match RuntimeDir::for_prefix(prefix).check_existing() {
+            Ok(Some((dir, _owner))) => dir,
+            Ok(None) => {
+                return Err(AttachError::NoPrimary {
+                    prefix: prefix.to_string(),
+                })
+            }
+            Err(e) => return Err(untrusted(e)),
+        };
         match dir.probe() {
             Liveness::NoRun => {
                 return Err(AttachError::NoPrimary {
@@ -123,23 +137,27 @@ impl Secondary {
             }
             Liveness::Alive { .. } => {}
         }
-        let path = dir.socket_path();
-        let mut conn = UnixStream::connect(&path).map_err(|source| AttachError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+        // Checks the directory again and that the listener runs as its owner (SO_PEERCRED).
+        let mut conn = control::connect(&dir).map_err(untrusted)?;
         let proto = |e: std::io::Error| AttachError::Protocol(e.to_string());
         conn.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(proto)?;
-        control::send(
+        let sent = control::send(
             &mut conn,
             &Request::Hello {
                 protocol: PROTOCOL_VERSION,
                 pid: std::process::id(),
                 program: program.to_string(),
             },
-        )
-        .map_err(proto)?;
+        );
+        // A primary that refuses us may have answered and closed before our Hello landed:
+        // its reason is worth more than the broken pipe.
+        if let Err(e) = sent {
+            return match control::recv::<Reply>(&mut conn) {
+                Ok(Some(Reply::Refused { reason })) => Err(AttachError::Refused(reason)),
+                _ => Err(proto(e)),
+            };
+        }
         let welcome =
             match control::recv::<Reply>(&mut conn).map_err(proto)? {
                 Some(Reply::Welcome(w)) => w,
@@ -302,8 +320,8 @@ impl Secondary {
     /// # Errors
     /// If the primary cannot be reached or answers something else.
     pub fn port_stats(&self) -> std::io::Result<Vec<shm::stats::PortStats>> {
-        let path = shm::runtime::RuntimeDir::for_prefix(&self.prefix).socket_path();
-        match control::query(&path, &Request::PortStats)? {
+        let dir = shm::runtime::RuntimeDir::for_prefix(&self.prefix);
+        match control::query(&dir, &Request::PortStats)? {
             Reply::PortStats(stats) => Ok(stats),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -384,6 +402,18 @@ impl Secondary {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Sorts a failure of [`control::connect`] or of the directory check: an untrusted
+/// directory or listener is final, an unreachable socket is retried.
+fn untrusted(e: shm::Error) -> AttachError {
+    match e {
+        shm::Error::Io { what, source } => AttachError::Connect {
+            path: what.strip_prefix("connect ").unwrap_or(&what).to_string(),
+            source,
+        },
+        other => AttachError::Untrusted(other.to_string()),
     }
 }
 
@@ -468,8 +498,8 @@ pub struct MemzoneInfo {
 /// # Errors
 /// If the primary cannot be reached or answers something else.
 pub fn pool_stats(prefix: &FilePrefix) -> std::io::Result<Vec<shm::stats::PoolStats>> {
-    let path = shm::runtime::RuntimeDir::for_prefix(prefix).socket_path();
-    match control::query(&path, &Request::PoolStats)? {
+    let dir = shm::runtime::RuntimeDir::for_prefix(prefix);
+    match control::query(&dir, &Request::PoolStats)? {
         Reply::PoolStats(stats) => Ok(stats),
         Reply::Refused { reason } => Err(std::io::Error::other(reason)),
         _ => Err(std::io::Error::new(

@@ -7,8 +7,18 @@
 //! kernel closes it when the process dies, however it dies), and the secondary learns that
 //! the primary is gone when its end reads EOF. Messages from a peer are untrusted: a frame
 //! larger than [`MAX_FRAME`] or one that does not decode ends the connection.
+//!
+//! Both ends check who is at the other end before believing anything (unix(7),
+//! `SO_PEERCRED`): the primary admits only its own user, root or its `--group`
+//! ([`crate::access::Access::admits`]) and takes the pid from the kernel, not from Hello;
+//! a secondary connects only through [`connect`], which checks the runtime directory and
+//! that the socket's listener runs as the directory's owner. The primary reads requests
+//! with [`recv_within`]: a frame at most [`MAX_REQUEST`] bytes, due whole within a
+//! deadline, so a peer cannot hold a connection by trickling bytes.
 
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -16,6 +26,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest request frame the primary accepts (requests are a few dozen bytes).
+pub const MAX_REQUEST: u32 = 4096;
 
 /// What a secondary asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,13 +143,112 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Sends one request on a fresh query connection to the control socket at `path` and reads
-/// the reply (for requests that need no process slot, such as [`Request::PoolStats`]).
+/// Reads one framed message of at most `max_len` bytes from `conn`, waiting up to
+/// `idle` (`None`: for ever) for its first byte and then at most `frame` for the whole
+/// frame, however the peer spaces its bytes. `Ok(None)` on a clean EOF before a frame.
 ///
 /// # Errors
-/// I/O errors, or `UnexpectedEof` when the primary closes without answering.
-pub fn query(path: &std::path::Path, request: &Request) -> io::Result<Reply> {
-    let mut conn = std::os::unix::net::UnixStream::connect(path)?;
+/// `TimedOut`/`WouldBlock` when a deadline passes, `InvalidData` for a frame over
+/// `max_len` or a body that does not decode, other I/O errors.
+pub fn recv_within<T: DeserializeOwned>(
+    conn: &mut UnixStream,
+    idle: Option<Duration>,
+    frame: Duration,
+    max_len: u32,
+) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    conn.set_read_timeout(idle)?;
+    let first = loop {
+        match conn.read(&mut len) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if first == 0 {
+        return Ok(None);
+    }
+    let deadline = Instant::now() + frame;
+    read_by(conn, &mut len[first..], deadline)?;
+    let len = u32::from_le_bytes(len);
+    if len > max_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control frame of {len} bytes exceeds {max_len}"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    read_by(conn, &mut body, deadline)?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Fills `buf` from `conn` before `deadline` (each read waits only for what is left).
+fn read_by(conn: &mut UnixStream, mut buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "control frame not complete within its deadline",
+            ));
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.read(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the control socket of the runtime directory `dir` as a secondary: checks
+/// the directory first ([`crate::runtime::RuntimeDir::check_existing`]), then that the
+/// process listening on the socket runs as the directory's owner or root
+/// (`SO_PEERCRED`), so a socket someone else put in our way is never spoken to.
+///
+/// # Errors
+/// [`crate::Error::Untrusted`] for a directory or listener we cannot trust (one line with
+/// the fix); [`crate::Error::Io`] when the socket cannot be reached (no primary, or it is
+/// starting).
+pub fn connect(dir: &crate::runtime::RuntimeDir) -> crate::Result<UnixStream> {
+    let Some((dir, owner)) = dir.check_existing()? else {
+        return Err(crate::Error::io(
+            format!("connect {}", dir.socket_path().display()),
+            io::ErrorKind::NotFound.into(),
+        ));
+    };
+    let path = dir.socket_path();
+    let conn = UnixStream::connect(&path)
+        .map_err(|e| crate::Error::io(format!("connect {}", path.display()), e))?;
+    let peer = crate::access::peer_cred(&conn)
+        .map_err(|e| crate::Error::io(format!("SO_PEERCRED on {}", path.display()), e))?;
+    if peer.uid != owner && peer.uid != 0 {
+        return Err(crate::Error::Untrusted(format!(
+            "the process on {} (pid {}) runs as uid {}, not as uid {owner} who owns the runtime directory; it is not the primary, do not use this prefix until it is gone",
+            path.display(),
+            peer.pid,
+            peer.uid
+        )));
+    }
+    Ok(conn)
+}
+
+/// Sends one request on a fresh query connection to the primary of runtime directory
+/// `dir` (through [`connect`]) and reads the reply, for requests that need no process
+/// slot, such as [`Request::PoolStats`].
+///
+/// # Errors
+/// I/O errors (`PermissionDenied` for an untrusted directory or listener), or
+/// `UnexpectedEof` when the primary closes without answering.
+pub fn query(dir: &crate::runtime::RuntimeDir, request: &Request) -> io::Result<Reply> {
+    let mut conn = connect(dir).map_err(|e| match e {
+        crate::Error::Io { source, .. } => source,
+        other => io::Error::new(io::ErrorKind::PermissionDenied, other.to_string()),
+    })?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     send(&mut conn, request)?;
     recv::<Reply>(&mut conn)?.ok_or_else(|| {
@@ -166,6 +277,47 @@ mod tests {
         assert_eq!(recv::<Request>(&mut r).unwrap(), Some(hello));
         assert_eq!(recv::<Request>(&mut r).unwrap(), Some(Request::Bye));
         assert_eq!(recv::<Request>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_trickled_frame_times_out_on_its_whole_frame_deadline() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let body = postcard::to_stdvec(&Request::Memsegs).unwrap();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let writer = std::thread::spawn(move || {
+            // One byte every 60 ms: each read would meet a per-read timeout of 100 ms.
+            for byte in frame {
+                if b.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        });
+        let t = Instant::now();
+        let r = recv_within::<Request>(&mut a, None, Duration::from_millis(100), MAX_REQUEST);
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(a);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn recv_within_reads_whole_frames_and_limits_their_size() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        send(&mut b, &Request::Bye).unwrap();
+        let r = recv_within::<Request>(&mut a, None, Duration::from_secs(1), MAX_REQUEST);
+        assert_eq!(r.unwrap(), Some(Request::Bye));
+        b.write_all(&(MAX_REQUEST + 1).to_le_bytes()).unwrap();
+        let r = recv_within::<Request>(&mut a, None, Duration::from_secs(1), MAX_REQUEST);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        drop(b);
+        let r = recv_within::<Request>(&mut a, None, Duration::from_secs(1), MAX_REQUEST);
+        assert!(matches!(r, Ok(None)), "{r:?}");
     }
 
     #[test]

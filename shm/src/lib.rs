@@ -20,6 +20,7 @@
 //! `pmds` on those, and the `primary` and `secondary` programs on top.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod backing;
 pub mod control;
 pub mod eal;
@@ -86,6 +87,10 @@ pub enum Error {
         /// Its pid.
         pid: u32,
     },
+    /// A directory, file or peer is not what this user can trust (another user's, a
+    /// symlink, writable by others).
+    #[error("{0}")]
+    Untrusted(String),
     /// An offset from shared memory pointed outside its region.
     #[error(transparent)]
     OutOfBounds(#[from] OutOfBounds),
@@ -114,6 +119,7 @@ impl Error {
             | Error::Exists(_)
             | Error::NoSpace(_)
             | Error::AlreadyRunning { .. }
+            | Error::Untrusted(_)
             | Error::OutOfBounds(_) => false,
         }
     }

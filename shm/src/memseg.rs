@@ -131,6 +131,18 @@ impl Memseg {
     /// [`Error::Io`] if the file cannot be created, sized or mapped (for example no free
     /// hugepages: [`Error::NoMemory`]).
     pub fn create(spec: &MemsegSpec) -> Result<Memseg> {
+        Memseg::create_with_access(spec, crate::access::Access::private())
+    }
+
+    /// [`Memseg::create`] with the file's group and mode taken from `access` (0600, or
+    /// 0660 and the operator group), set on the descriptor whatever the umask. The file is
+    /// made with `O_EXCL | O_NOFOLLOW`: a file or symlink already at the path is an error,
+    /// never reused or followed.
+    ///
+    /// # Errors
+    /// As [`Memseg::create`]; a file at the path that belongs to another user is named in
+    /// the error.
+    pub fn create_with_access(spec: &MemsegSpec, access: crate::access::Access) -> Result<Memseg> {
         let name = encode_name(&spec.name).ok_or_else(|| {
             Error::Config(format!("memseg name {:?} must be 1..31 bytes", spec.name))
         })?;
@@ -147,10 +159,12 @@ impl Memseg {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(access.file_mode())
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&spec.path)
-            .map_err(|e| Error::io(format!("create {}", spec.path.display()), e))?;
+            .map_err(|e| create_error(&spec.path, e))?;
         let guard = RemoveOnError(Some(spec.path.clone()));
+        access.apply(&file, &spec.path, false)?;
         let region = size_and_map(&file, spec)?;
         let header = MemsegHeader {
             magic: MEMSEG_MAGIC,
@@ -581,6 +595,24 @@ fn size_and_map(file: &File, spec: &MemsegSpec) -> Result<Region> {
         .map_raw(file)
         .map_err(|e| Error::io(format!("mmap {}", spec.path.display()), e))?;
     Ok(Region::from_mmap(map))
+}
+
+/// Explains a failed `O_EXCL` create: a file of another user at our name is a clash of
+/// prefixes (or a trap), said as such.
+fn create_error(path: &Path, e: std::io::Error) -> Error {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() == std::io::ErrorKind::AlreadyExists {
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            if md.uid() != crate::access::my_uid() {
+                return Error::Untrusted(format!(
+                    "{} already exists and belongs to uid {} (another user runs this --file-prefix, or left a trap); choose another --file-prefix",
+                    path.display(),
+                    md.uid()
+                ));
+            }
+        }
+    }
+    Error::io(format!("create {}", path.display()), e)
 }
 
 /// Removes a half-made file unless disarmed: error paths leave nothing behind.
