@@ -19,7 +19,7 @@ QEMU_PACKAGE=qemu-system-x86
 TOOLS=(
   dpdk-testpmd=dpdk-dev dpdk-test=dpdk-dev tshark=tshark
   qemu-system-x86_64=qemu-system-x86 busybox=busybox-static cpio=cpio ip=iproute2
-  python3=python3 strip=binutils gcc=gcc pkg-config=pkg-config
+  python3=python3 strip=binutils gcc=gcc pkg-config=pkg-config prlimit=util-linux
 )
 
 if [ "${1:-}" = "--list" ]; then
@@ -59,6 +59,13 @@ fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install Rust (rustup) first"; exit 1
+fi
+# cargo-fuzz (from crates.io) runs the fuzz targets for a fixed time in CI
+# (scripts/fuzz.sh); like Miri it needs the machine's nightly toolchain.
+if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^nightly' \
+   && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked -q
 fi
 # Miri checks the unsafe crates; it needs a nightly toolchain (optional, best effort).
 if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^nightly' \
