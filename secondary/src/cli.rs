@@ -244,6 +244,9 @@ pub enum IvshmemCommand {
         /// With --indices: only the pools' free rings.
         #[arg(long, requires = "indices")]
         pools_only: bool,
+        /// With --indices: also write wild tails now and then (impossible indices).
+        #[arg(long, requires = "indices")]
+        tails: bool,
     },
     /// Send COUNT numbered packets (as `mbuf-send` writes them) on ring TX.
     Gen {
@@ -655,12 +658,13 @@ fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
         seed,
         indices: Some(secs),
         pools_only,
+        tails,
         ..
     } = command
     {
         let how_long = std::time::Duration::from_secs_f64(secs);
         return match crate::ivshmem::ExportSegment::open(dev)
-            .and_then(|s| s.scribble_indices(how_long, pools_only, seed))
+            .and_then(|s| s.scribble_indices(how_long, pools_only, tails, seed))
         {
             Ok(n) => {
                 println!("rewrote {n} ring indices in {dev}");

@@ -279,7 +279,7 @@ impl ExportSegment {
     /// For `how_long`, keeps rewriting the head indices of every ring in the segment (only
     /// the pools' free rings with `pools_only`), as a hostile guest can: mostly a head a
     /// little past its tail (a reservation that is never published), sometimes a wild
-    /// value; tails are only read. Returns how many
+    /// value; with `tails`, now and then a wild tail too. Returns how many
     /// indices were written. For robustness tests: the host must stay bounded.
     ///
     /// # Errors
@@ -288,6 +288,7 @@ impl ExportSegment {
         &self,
         how_long: std::time::Duration,
         pools_only: bool,
+        tails: bool,
         seed: u64,
     ) -> Result<u64, IvshmemError> {
         use shm_ring::layout::{CONS_OFF, PROD_OFF};
@@ -313,14 +314,15 @@ impl ExportSegment {
                 };
                 let side = ring + if x & 0x100 == 0 { PROD_OFF } else { CONS_OFF };
                 let tail: u32 = self.region.read_copy(side + TAIL).unwrap_or(0);
-                let v = if (x >> 9) & 7 == 0 {
+                let (off, v) = match (x >> 9) & 7 {
+                    // A wild tail (impossible indices), when asked for.
+                    0 if tails => (side + TAIL, (x >> 32) as u32),
                     // A wild head.
-                    (x >> 32) as u32
-                } else {
+                    0 | 1 => (side, (x >> 32) as u32),
                     // A reservation never published: the head a little past the tail.
-                    tail.wrapping_add(1 + ((x >> 16) as u32 & 15))
+                    _ => (side, tail.wrapping_add(1 + ((x >> 16) as u32 & 15))),
                 };
-                if self.region.write(side, &v).is_ok() {
+                if self.region.write(off, &v).is_ok() {
                     written += 1;
                 }
             }

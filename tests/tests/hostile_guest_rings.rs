@@ -89,13 +89,14 @@ fn a_guest_rewriting_its_ring_indices_does_not_slow_the_other_ports_on_its_lcore
 
     // The scribbler: a process mapping the segment file as a guest maps BAR2, rewriting
     // ring indices with plain stores. First the free ring only (the guest's echo goes
-    // on, so the host keeps taking and giving buffers there), then every ring.
+    // on, so the host keeps taking and giving buffers there), then every ring, with
+    // impossible tails now and then.
     for (phase, extra) in [
         ("the free ring", Some("--pools-only")),
         ("every ring", None),
     ] {
         let mut a = vec!["ivshmem", "--dev", &file_s, "scribble", "--indices", "3"];
-        a.extend(extra);
+        a.push(extra);
         let mut scribbler = Proc::spawn("shmdp-secondary", &a, None);
         std::thread::sleep(Duration::from_millis(300));
         let during = rate(&prefix, 0, 2.0);
