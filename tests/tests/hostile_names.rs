@@ -173,3 +173,43 @@ fn the_primary_refuses_one_name_in_two_of_its_memsegs() {
         files_of(&prefix)
     );
 }
+
+/// The metadata block with its group name replaced by `group` (raw bytes, checksum
+/// matching), as a guest can write it.
+fn meta_with_group(seg: &Memseg, group: &str) -> [u8; ivshmem_meta::BLOCK_SIZE] {
+    let mut b = [0u8; ivshmem_meta::BLOCK_SIZE];
+    seg.region()
+        .read_bytes(ivshmem_meta::META_OFFSET, &mut b)
+        .unwrap();
+    b[24..56].fill(0);
+    b[24..24 + group.len()].copy_from_slice(group.as_bytes());
+    b[60..64].fill(0);
+    let sum = ivshmem_meta::fnv1a(&b);
+    b[60..64].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+#[test]
+fn a_guest_written_group_name_never_reaches_qemu_cmdgen_output() {
+    let prefix = unique_prefix("hostcmdgen");
+    let _p = export_primary(&prefix, &[]);
+    let file: PathBuf =
+        std::fs::read_link(runtime_dir(&prefix).join("vm1.seg")).expect("segment link");
+    let guest = Memseg::attach(&file).unwrap();
+    let (code, want, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert_eq!(code, 0, "{err}");
+    assert!(want.contains("id=shmdp-vm1,"), "{want}");
+    // A renamed group: the output is what the primary configured, unchanged.
+    let b = meta_with_group(&guest, "other");
+    guest.region().write(ivshmem_meta::META_OFFSET, &b).unwrap();
+    let (code, out, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert_eq!((code, &out), (0, &want), "{err}");
+    // A group name holding QEMU options: refused as metadata; no option injected.
+    let b = meta_with_group(&guest, "x,share=off,mem-path=/etc/shadow");
+    guest.region().write(ivshmem_meta::META_OFFSET, &b).unwrap();
+    let (_, out, err) = run("shmdp-qemu-cmdgen", &["--file-prefix", &prefix]);
+    assert!(
+        !out.contains("share=off") && !out.contains("shadow"),
+        "{out} {err}"
+    );
+}
