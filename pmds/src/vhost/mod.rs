@@ -7,11 +7,15 @@
 //! vhost ports; a secondary that tries is told so.
 
 pub mod backend;
+pub mod driver_ring;
 pub mod frontend;
+pub mod frontend_mem;
+pub mod guard;
 pub mod mem;
 pub mod net;
 pub mod proto;
 pub mod vring;
+pub mod wire;
 
 use std::fs::File;
 use std::sync::Arc;
