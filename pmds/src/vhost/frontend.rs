@@ -32,6 +32,10 @@ use super::proto::{self, code, PROTOCOL_F_MQ};
 use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 use super::wire::{self, Until, WireError};
 
+/// How long stopping a port may wait for the backend to stop its rings, all rings
+/// together: a stopping primary does not wait on a silent backend for long.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A connected virtio-user port: the control connection, the shared memory and the
 /// rings' driver state.
 #[derive(Debug)]
@@ -98,7 +102,13 @@ impl VirtioUserDevice {
         wait: Duration,
         cancel: &AtomicBool,
     ) -> Result<Arc<VirtioUserDevice>, String> {
-        let at = |e: WireError| format!("path {}: {e}", path.display());
+        let at = |e: WireError| match e {
+            WireError::TimedOut(_) => format!(
+                "path {}: {e}; check that a vhost-user backend serves this socket",
+                path.display()
+            ),
+            e => format!("path {}: {e}", path.display()),
+        };
         let sock = wire::connect(path, Until::after(wait, cancel)).map_err(|e| match e {
             WireError::Cancelled => at(e),
             e => format!(
@@ -120,12 +130,13 @@ impl VirtioUserDevice {
                 .map(u64::from_le_bytes)
                 .ok_or_else(|| format!("path {}: short reply", path.display()))
         };
+        let until = || Until::after(wire::MESSAGE_TIMEOUT, cancel);
         let ask = |req: u32| -> Result<u64, String> {
-            proto::send_request(&sock, req, &[], &[], cancel).map_err(at)?;
-            u64_of(proto::recv_reply(&sock, req, cancel).map_err(at)?)
+            proto::send_request(&sock, req, &[], &[], until()).map_err(at)?;
+            u64_of(proto::recv_reply(&sock, req, until()).map_err(at)?)
         };
         let tell = |req: u32, payload: &[u8], fds: &[i32]| -> Result<(), String> {
-            proto::send_request(&sock, req, payload, fds, cancel).map_err(at)
+            proto::send_request(&sock, req, payload, fds, until()).map_err(at)
         };
         let offered = ask(code::GET_FEATURES)?;
         if offered & VIRTIO_F_VERSION_1 == 0 {
@@ -243,16 +254,18 @@ impl VirtioUserDevice {
         &self.mem
     }
 
-    /// Asks the backend to stop every ring (each answer within [`wire::MESSAGE_TIMEOUT`];
-    /// the first that does not come ends the asking), then closes the connection.
+    /// Asks the backend to stop every ring (all answers within [`SHUTDOWN_TIMEOUT`]; the
+    /// first that does not come ends the asking), then closes the connection.
     fn shutdown(&self) {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        // Not the process's stop flag: a signal is what usually brings us here.
         let never = AtomicBool::new(false);
+        let until = Until::after(SHUTDOWN_TIMEOUT, &never);
         for i in 0..self.rings.len() as u32 {
             let mut p = i.to_le_bytes().to_vec();
             p.extend_from_slice(&0u32.to_le_bytes());
-            if proto::send_request(&sock, code::GET_VRING_BASE, &p, &[], &never).is_err()
-                || proto::recv_reply(&sock, code::GET_VRING_BASE, &never).is_err()
+            if proto::send_request(&sock, code::GET_VRING_BASE, &p, &[], until).is_err()
+                || proto::recv_reply(&sock, code::GET_VRING_BASE, until).is_err()
             {
                 break;
             }

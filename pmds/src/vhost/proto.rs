@@ -429,38 +429,33 @@ mod tests {
     }
 }
 
-/// Frontend side: sends request `request` with `payload` and `fds` (within
-/// [`wire::MESSAGE_TIMEOUT`], giving up when `cancel` is raised).
+/// Frontend side: sends request `request` with `payload` and `fds`, all of it before
+/// `until` (usually [`wire::MESSAGE_TIMEOUT`] from now).
 ///
 /// # Errors
-/// A socket error, a backend that does not take it in time, or `cancel`.
+/// A socket error, a backend that does not take it in time, or the cancel flag.
 pub fn send_request(
     sock: &UnixStream,
     request: u32,
     payload: &[u8],
     fds: &[RawFd],
-    cancel: &AtomicBool,
+    until: Until<'_>,
 ) -> Result<(), WireError> {
     let mut msg = Vec::with_capacity(12 + payload.len());
     msg.extend_from_slice(&request.to_le_bytes());
     msg.extend_from_slice(&VERSION.to_le_bytes());
     msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     msg.extend_from_slice(payload);
-    wire::send_all(sock, &msg, fds, Until::after(wire::MESSAGE_TIMEOUT, cancel))
+    wire::send_all(sock, &msg, fds, until)
 }
 
-/// Frontend side: reads the reply to `request` (the whole of it within
-/// [`wire::MESSAGE_TIMEOUT`]) and returns its payload.
+/// Frontend side: reads the reply to `request`, the whole of it before `until`, and
+/// returns its payload.
 ///
 /// # Errors
-/// A socket error, a backend that does not answer in time, `cancel`, or a reply that is
-/// not the one expected.
-pub fn recv_reply(
-    sock: &UnixStream,
-    request: u32,
-    cancel: &AtomicBool,
-) -> Result<Vec<u8>, WireError> {
-    let until = Until::after(wire::MESSAGE_TIMEOUT, cancel);
+/// A socket error, a backend that does not answer in time, the cancel flag, or a reply
+/// that is not the one expected.
+pub fn recv_reply(sock: &UnixStream, request: u32, until: Until<'_>) -> Result<Vec<u8>, WireError> {
     let mut hdr = [0u8; 12];
     wire::recv_exact(sock, &mut hdr, until)?;
     let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
