@@ -23,11 +23,11 @@ use shm_mempool::{Mbuf, MbufCache};
 pub use super::driver_ring::{DriverRing, DEFAULT_QUEUE_SIZE, WHOLE_BUFFER};
 pub use super::frontend_mem::{vring_bytes, PortMemory, SLOT_BYTES};
 
-use super::frontend_mem::copy_from_peer;
 use super::net::{
     header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 };
+use super::peer_copy::{append_from_peer, copy_from_peer};
 use super::proto::{self, code, PROTOCOL_F_MQ};
 use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 use super::wire::{self, Until, WireError};
@@ -295,39 +295,6 @@ pub struct Outcome {
     pub no_mbuf: u64,
 }
 
-/// Appends `len` bytes the device wrote at `src` to `m`, chaining segments from `cache`
-/// as it fills; false (nothing more appended) when the pool runs dry.
-fn append_from_peer<'c>(
-    cache: &'c MbufCache,
-    m: &mut Mbuf<'c>,
-    src: *const u8,
-    len: usize,
-) -> bool {
-    let mut done = 0;
-    while done < len {
-        if m.tailroom() == 0 {
-            match cache.alloc() {
-                Some(seg) => {
-                    if m.chain(seg).is_err() {
-                        return false;
-                    }
-                }
-                None => return false,
-            }
-        }
-        let n = m.tailroom().min(len - done);
-        let Some(dst) = m.append(n) else {
-            return false;
-        };
-        // SAFETY: `[src, src + len)` is inside one buffer slot of the port's memory
-        // (the caller checked `len <= SLOT_BYTES` and `src` is a slot start plus at most
-        // the header), mapped while the device lives.
-        unsafe { copy_from_peer(dst, src.wrapping_add(done)) };
-        done += n;
-    }
-    true
-}
-
 impl VirtioUserQueue {
     /// Takes vring `index` (even: our rx, odd: our tx) of `dev`.
     ///
@@ -385,7 +352,12 @@ impl VirtioUserQueue {
             let mut ok = len >= hdr && len <= slot;
             let mut m = cache.alloc();
             match &mut m {
-                Some(m) if ok => ok = append_from_peer(cache, m, p.wrapping_add(hdr), len - hdr),
+                Some(m) if ok => {
+                    // SAFETY: `[p + hdr, p + len)` is inside descriptor `id`'s slot (`len
+                    // <= SLOT_BYTES`, checked in `ok`), in the port's memory, mapped while
+                    // the device lives.
+                    ok = unsafe { append_from_peer(cache, m, p.wrapping_add(hdr), len - hdr) }
+                }
                 Some(_) => {}
                 None => ok = false,
             }
@@ -394,10 +366,14 @@ impl VirtioUserQueue {
                 match r.next_used() {
                     Some(Ok((id, l, _))) => {
                         let l = if l == WHOLE_BUFFER { slot } else { l as usize };
+                        let src = r.slot(id);
                         ok = ok
                             && l <= slot
-                            && m.as_mut()
-                                .is_some_and(|m| append_from_peer(cache, m, r.slot(id), l));
+                            && m.as_mut().is_some_and(|m| {
+                                // SAFETY: `l <= SLOT_BYTES` bytes of descriptor `id`'s
+                                // slot, in the port's memory, mapped while the device lives.
+                                unsafe { append_from_peer(cache, m, src, l) }
+                            });
                     }
                     _ => ok = false,
                 }

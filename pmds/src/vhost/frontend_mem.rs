@@ -7,7 +7,7 @@
 //! ever read back as a structure of ours: the memseg's header and directory are written
 //! once at creation and never looked up (the memseg is in no name lookup), the vrings
 //! are read through the checks in [`super::frontend`], and packet bytes are copied out
-//! of the buffers once into mbufs of a host pool ([`copy_from_peer`]) and checked there.
+//! of the buffers once into mbufs of a host pool ([`super::peer_copy`]) and checked there.
 //! No mbuf header and no pool ring lives in shared memory: the buffers are plain slots of
 //! [`SLOT_BYTES`], one per descriptor, their bookkeeping in the queue's private memory.
 //!
@@ -130,30 +130,6 @@ impl PortMemory {
     }
 }
 
-/// Copies `dst.len()` bytes the peer may be writing at `src` into our memory: 16 and 1
-/// bytes at a time by volatile reads, so no reference is ever made to the peer's bytes
-/// and every byte is read exactly once. What lands in `dst` is what we check and use.
-///
-/// # Safety
-/// `[src, src + dst.len())` must be mapped and readable for the whole copy.
-#[inline]
-pub unsafe fn copy_from_peer(dst: &mut [u8], src: *const u8) {
-    let mut chunks = dst.chunks_exact_mut(16);
-    let mut p = src;
-    for c in &mut chunks {
-        // SAFETY: the caller vouches for `[src, src + len)`; `p` advances 16 bytes per
-        // 16-byte chunk of `dst`, so `[p, p + 16)` is inside it; `[u8; 16]` has alignment 1.
-        let v = unsafe { std::ptr::read_volatile(p.cast::<[u8; 16]>()) };
-        c.copy_from_slice(&v);
-        p = p.wrapping_add(16);
-    }
-    for b in chunks.into_remainder() {
-        // SAFETY: as above, the tail bytes.
-        *b = unsafe { std::ptr::read_volatile(p) };
-        p = p.wrapping_add(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,16 +149,5 @@ mod tests {
         assert!(last <= m.base() + m.len_bytes());
         assert!(m.vring(1) as u64 + vring_bytes(256) <= m.slots(0) as u64);
         assert!(PortMemory::create("vu1", 16, 32768).is_err(), "too large");
-    }
-
-    #[test]
-    fn copy_from_peer_copies_every_length() {
-        let src: Vec<u8> = (0..100u8).collect();
-        for n in [0, 1, 15, 16, 17, 33, 100] {
-            let mut dst = vec![0u8; n];
-            // SAFETY: `src` holds 100 readable bytes.
-            unsafe { copy_from_peer(&mut dst, src.as_ptr()) };
-            assert_eq!(dst, src[..n]);
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod frontend_mem;
 pub mod guard;
 pub mod mem;
 pub mod net;
+pub mod peer_copy;
 pub mod proto;
 pub mod vring;
 pub mod wire;

@@ -12,6 +12,7 @@
 
 use shm_mempool::{Mbuf, MbufCache};
 
+use super::peer_copy::append_from_peer;
 use super::vring::{ChainError, SplitRing};
 
 /// `VIRTIO_NET_F_MRG_RXBUF`: a received packet may span several chains.
@@ -68,8 +69,6 @@ pub struct NetQueue {
     /// `VIRTIO_F_IN_ORDER` negotiated: the transmit queue returns each burst with one used
     /// element.
     in_order: bool,
-    /// Gathers a chain's bytes when the frame spans several buffers.
-    scratch: Vec<u8>,
 }
 
 impl NetQueue {
@@ -81,7 +80,6 @@ impl NetQueue {
             hdr_len: header_len(features),
             mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
             in_order: features & VIRTIO_F_IN_ORDER != 0,
-            scratch: Vec::with_capacity(MAX_FRAME + 64),
         }
     }
 
@@ -120,14 +118,27 @@ impl NetQueue {
                         o.bad_chains += 1;
                     } else {
                         let slot = start + o.packets;
-                        let stored = match self.gather(n, frame_len) {
-                            None => false,
-                            Some(b) if bulk => {
-                                // A frame above one mbuf's room takes a fresh chain.
-                                out[slot].fill(b)
-                                    || cache.alloc_from(b).map(|m| out[slot] = m).is_ok()
+                        // Into the burst's mbuf when the frame fits it (the common case);
+                        // a larger frame takes a fresh chain.
+                        let fits = bulk && frame_len <= out[slot].tailroom();
+                        let stored = if fits {
+                            // SAFETY: the walk just checked every buffer of the chain lies
+                            // in guest memory.
+                            unsafe { self.copy_frame(cache, &mut out[slot], n) }
+                        } else {
+                            match cache.alloc() {
+                                Some(mut m) => {
+                                    // SAFETY: as above.
+                                    let ok = unsafe { self.copy_frame(cache, &mut m, n) };
+                                    if ok && bulk {
+                                        out[slot] = m;
+                                    } else if ok {
+                                        out.push(m);
+                                    }
+                                    ok
+                                }
+                                None => false,
                             }
-                            Some(b) => cache.alloc_from(b).map(|m| out.push(m)).is_ok(),
                         };
                         if stored {
                             o.packets += 1;
@@ -166,41 +177,28 @@ impl NetQueue {
         }
     }
 
-    /// The frame of the walked chain (`n` buffers), header skipped: borrowed straight from
-    /// guest memory when it sits in one buffer, else gathered into the scratch buffer.
-    fn gather(&mut self, n: usize, frame_len: usize) -> Option<&[u8]> {
-        let segs = &self.ring.segs()[..n];
-        let hdr = self.hdr_len;
-        // Header and frame in one buffer, or the header alone in the first.
-        let single = if segs[0].len as usize >= hdr + frame_len {
-            Some((segs[0], hdr))
-        } else if n == 2 && segs[0].len as usize == hdr {
-            Some((segs[1], 0))
-        } else {
-            None
-        };
-        if let Some((seg, skip)) = single {
-            // SAFETY: the walk checked `seg` is inside guest memory; `skip + frame_len <=
-            // seg.len`. The guest may change the bytes while we copy them: it can only
-            // spoil its own packet, and the copy is what we check afterwards.
-            return Some(unsafe {
-                std::slice::from_raw_parts(seg.ptr.wrapping_add(skip), frame_len)
-            });
-        }
-        self.scratch.clear();
-        let mut skip = hdr;
-        for s in segs {
+    /// Appends the frame of the walked chain (`n` buffers, header skipped) to `m`, copied
+    /// out of guest memory through [`append_from_peer`]; false when the pool runs dry.
+    ///
+    /// # Safety
+    /// The chain was just walked: each of its `n` buffers lies in guest memory.
+    unsafe fn copy_frame<'c>(&self, cache: &'c MbufCache, m: &mut Mbuf<'c>, n: usize) -> bool {
+        let mut skip = self.hdr_len;
+        for s in &self.ring.segs()[..n] {
             let len = s.len as usize;
             if skip >= len {
                 skip -= len;
                 continue;
             }
-            // SAFETY: as above, `skip < len` bytes of a checked buffer.
-            let bytes = unsafe { std::slice::from_raw_parts(s.ptr.wrapping_add(skip), len - skip) };
-            self.scratch.extend_from_slice(bytes);
+            // SAFETY: `[ptr + skip, ptr + len)` is inside a buffer the walk checked (the
+            // caller's promise); the guest may change it while we copy, which can only
+            // spoil its own packet.
+            if !unsafe { append_from_peer(cache, m, s.ptr.wrapping_add(skip), len - skip) } {
+                return false;
+            }
             skip = 0;
         }
-        Some(&self.scratch[..frame_len.min(self.scratch.len())])
+        true
     }
 
     /// Guest receive queue: writes frames from the front of `pkts` into the guest's
@@ -297,8 +295,7 @@ impl NetQueue {
                 let mut in_chain = 0usize;
                 for s in &self.ring.segs()[..n] {
                     // SAFETY: a checked, device-writable guest buffer of `s.len` bytes.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len as usize) };
-                    in_chain += src.fill(dst);
+                    in_chain += unsafe { src.fill(s.ptr, s.len as usize) };
                     if src.done() {
                         break;
                     }
@@ -390,18 +387,25 @@ impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
         self.hdr_left == 0 && self.cur.is_empty()
     }
 
-    /// Copies as much as fits into `dst`; returns how many bytes.
-    fn fill(&mut self, dst: &mut [u8]) -> usize {
+    /// Copies as much as fits into the `len` bytes at `dst` (a guest buffer: written
+    /// through the raw pointer, never made a reference); returns how many bytes.
+    ///
+    /// # Safety
+    /// `[dst, dst + len)` must be mapped and writable.
+    unsafe fn fill(&mut self, dst: *mut u8, len: usize) -> usize {
         let mut k = 0;
         if self.hdr_left > 0 {
-            let h = self.hdr_left.min(dst.len());
-            dst[..h].fill(0);
+            let h = self.hdr_left.min(len);
+            // SAFETY: `h <= len` bytes at `dst` (the caller's promise).
+            unsafe { std::ptr::write_bytes(dst, 0, h) };
             self.hdr_left -= h;
             k = h;
         }
-        while k < dst.len() && !self.cur.is_empty() {
-            let c = self.cur.len().min(dst.len() - k);
-            dst[k..k + c].copy_from_slice(&self.cur[..c]);
+        while k < len && !self.cur.is_empty() {
+            let c = self.cur.len().min(len - k);
+            // SAFETY: `[dst + k, dst + k + c)` is inside `[dst, dst + len)`; the source is
+            // our own mbuf's data.
+            unsafe { std::ptr::copy_nonoverlapping(self.cur.as_ptr(), dst.wrapping_add(k), c) };
             k += c;
             self.cur = &self.cur[c..];
             self.advance();
