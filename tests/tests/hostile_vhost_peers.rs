@@ -7,11 +7,12 @@
 //! the main memseg.
 //!
 //! vhost-user (`net_vhost`, we are the backend; the frontends here are written with plain
-//! sockets): an unsealed memfd is refused; a sealed one cannot be shrunk; a hugetlbfs file
-//! truncated while the primary polls the rings costs that frontend its connection (the
-//! SIGBUS guard), not the primary its life; a frontend that stalls inside a message loses
-//! its connection. In every case the other port's frontend is still served and the
-//! primary's counters show the error.
+//! sockets): a frontend of another uid is refused (socket 0600, and SO_PEERCRED); an
+//! unsealed memfd is refused; a sealed one cannot be shrunk; a hugetlbfs file truncated
+//! while the primary polls the rings costs that frontend its connection (the SIGBUS
+//! guard), not the primary its life; a frontend that stalls inside a message loses its
+//! connection. In every case the other port's frontend is still served and the primary's
+//! counters show the error.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -349,6 +350,17 @@ fn sigterm_while_a_virtio_user_backend_is_silent_stops_the_primary_at_once() {
 #[test]
 #[ignore = "helper process, started by a_virtio_user_backend_of_another_uid_is_refused"]
 fn helper_listen_as_another_user() {
+    if let Ok(path) = std::env::var("SHMDP_TEST_CONNECT") {
+        // The other role: a frontend of another user at a net_vhost socket.
+        match UnixStream::connect(&path) {
+            Err(e) => println!("connect refused: {e}"),
+            Ok(s) => match features(&s) {
+                Some(_) => println!("answered"),
+                None => println!("closed without an answer"),
+            },
+        }
+        return;
+    }
     let Ok(path) = std::env::var("SHMDP_TEST_LISTEN") else {
         return;
     };
@@ -364,6 +376,50 @@ fn helper_listen_as_another_user() {
     println!("received {total} bytes");
 }
 
+/// This test binary's helper, run as uid 65534 with `var` = `path`.
+fn as_nobody(var: &str, path: &Path) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "helper_listen_as_another_user",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(var, path)
+    .uid(65534)
+    .gid(65534);
+    Proc::spawn_command(cmd, "helper as uid 65534", None)
+}
+
+#[test]
+fn a_vhost_user_frontend_of_another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root to start a frontend as uid 65534");
+        return;
+    }
+    let mut t = two_ports("vhuid");
+    let good = connect(&t.good);
+    // The socket is 0600: another user cannot even connect.
+    let mut h = as_nobody("SHMDP_TEST_CONNECT", &t.bad);
+    assert!(
+        h.wait_stdout("connect refused", Duration::from_secs(10)),
+        "{:?}",
+        h.stdout()
+    );
+    // Opened up by hand, the peer's uid is still checked.
+    std::fs::set_permissions(&t.bad, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mut h = as_nobody("SHMDP_TEST_CONNECT", &t.bad);
+    assert!(
+        h.wait_stdout("closed without an answer", Duration::from_secs(10)),
+        "{:?}",
+        h.stdout()
+    );
+    assert!(t
+        .primary
+        .wait_stderr("runs as uid 65534", Duration::from_secs(2)));
+    t.goes_on(&good);
+}
+
 #[test]
 fn a_virtio_user_backend_of_another_uid_is_refused() {
     if !nix::unistd::geteuid().is_root() {
@@ -375,17 +431,7 @@ fn a_virtio_user_backend_of_another_uid_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let path = dir.join("backend.sock");
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "helper_listen_as_another_user",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-    ])
-    .env("SHMDP_TEST_LISTEN", &path)
-    .uid(65534)
-    .gid(65534);
-    let mut helper = Proc::spawn_command(cmd, "listener as uid 65534", None);
+    let mut helper = as_nobody("SHMDP_TEST_LISTEN", &path);
     assert!(
         helper.wait_stdout("listening as uid 65534", Duration::from_secs(10)),
         "{:?} {:?}",

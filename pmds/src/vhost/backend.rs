@@ -37,7 +37,7 @@ use super::net::{
 };
 use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
 use super::vring::VringAddrs;
-use super::wire::WireError;
+use super::wire::{self, WireError};
 
 /// Most queue pairs of one port.
 pub const MAX_QUEUE_PAIRS: u16 = 8;
@@ -164,10 +164,15 @@ impl VhostDevice {
                 }
                 let _ = std::fs::remove_file(path);
             }
-            Some(
-                UnixListener::bind(path)
-                    .map_err(|e| format!("iface {}: cannot listen: {e}", path.display()))?,
-            )
+            let l = UnixListener::bind(path)
+                .map_err(|e| format!("iface {}: cannot listen: {e}", path.display()))?;
+            // Ours alone (whatever the umask); the peer's uid is checked on accept too.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                let _ = std::fs::remove_file(path);
+                return Err(format!("iface {}: chmod 0600: {e}", path.display()));
+            }
+            Some(l)
         };
         let dev = Arc::new(VhostDevice {
             path: path.to_path_buf(),
@@ -274,9 +279,9 @@ impl VhostDevice {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         if !self.client {
-            let _ = std::fs::remove_file(&self.path);
-            // Wake the accept() so the thread sees `stop`.
+            // Wake the accept() so the thread sees `stop`, then remove the socket.
             let _ = UnixStream::connect(&self.path);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 
@@ -285,7 +290,11 @@ impl VhostDevice {
             let stream = match &listener {
                 Some(l) => match l.accept() {
                     Ok((s, _)) => s,
-                    Err(_) => continue,
+                    Err(_) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
                 },
                 None => match UnixStream::connect(&self.path) {
                     Ok(s) => s,
@@ -297,6 +306,25 @@ impl VhostDevice {
             };
             if self.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            // The frontend gives us memory to map and rings to follow: ours or root's only.
+            match wire::peer_cred(&stream) {
+                Ok((uid, _)) if wire::uid_allowed(uid) => {}
+                who => {
+                    self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let who = match who {
+                        Ok((uid, pid)) => format!("pid {pid} runs as uid {uid}, not as us or root"),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(
+                        "{}: vhost-user frontend refused: {who}",
+                        self.path.display()
+                    );
+                    if self.client {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    continue;
+                }
             }
             *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
             self.connected.store(true, Ordering::Relaxed);
