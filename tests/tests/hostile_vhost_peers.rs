@@ -1,8 +1,8 @@
 //! Hostile vhost-user peers against a real primary.
 //!
 //! virtio-user (`net_virtio_user`, we are the frontend): a backend that accepts and never
-//! answers costs one error line and exit 2 within the message deadline, and a SIGTERM
-//! during that wait stops the primary at once; a backend of another uid is refused before
+//! answers (or never accepts) costs one error line and exit 2 within the message deadline,
+//! and a SIGTERM during that wait stops the primary at once; a backend of another uid is refused before
 //! anything is sent; the memory a backend gets is a sealed memfd of the port's own, not
 //! the main memseg.
 //!
@@ -288,6 +288,7 @@ fn a_silent_virtio_user_backend_costs_one_line_and_exit_2() {
     let path = socket_path(&prefix);
     let (accepted, t) = silent_backend(&path);
     let vdev = format!("net_virtio_user0,path={}", path.display());
+    bin("shmdp-primary"); // built before the clock starts
     let t0 = Instant::now();
     let mut p = Proc::spawn(
         "shmdp-primary",
@@ -342,6 +343,37 @@ fn sigterm_while_a_virtio_user_backend_is_silent_stops_the_primary_at_once() {
     assert!(files_of(&prefix).is_empty(), "{:?}", files_of(&prefix));
     println!("SIGTERM during the wait: stopped after {took:?}");
     t.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_virtio_user_backend_that_never_accepts_costs_one_line_and_exit_2() {
+    let prefix = unique_prefix("vufull");
+    let path = socket_path(&prefix);
+    let _l = UnixListener::bind(&path).unwrap();
+    // A listener that never accepts, its backlog full: a blocking connect would hang.
+    let flag = AtomicBool::new(false);
+    let never = || pmds::vhost::wire::Until::after(Duration::ZERO, &flag);
+    let mut held = Vec::new();
+    while let Ok(s) = pmds::vhost::wire::connect(&path, never()) {
+        held.push(s);
+    }
+    let vdev = format!("net_virtio_user0,path={}", path.display());
+    bin("shmdp-primary"); // built before the clock starts
+    let t0 = Instant::now();
+    let mut p = Proc::spawn(
+        "shmdp-primary",
+        &primary_args(&prefix, &["--vdev", &vdev]),
+        Some(&prefix),
+    );
+    let st = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("the primary gives up");
+    assert_eq!(st.code(), Some(2), "{:?}", p.stderr());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let err = p.stderr().join("\n");
+    assert!(err.contains("no vhost-user backend answers"), "{err}");
+    assert!(files_of(&prefix).is_empty());
     let _ = std::fs::remove_file(&path);
 }
 

@@ -296,13 +296,18 @@ impl VhostDevice {
                         continue;
                     }
                 },
-                None => match UnixStream::connect(&self.path) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_secs(1));
-                        continue;
+                // Non-blocking connect: a frontend that listens but never accepts cannot
+                // hold this thread past a stop.
+                None => {
+                    match wire::connect(&self.path, wire::Until::after(Duration::ZERO, &self.stop))
+                    {
+                        Ok(s) => s,
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_secs(1));
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if self.stop.load(Ordering::Relaxed) {
                 break;

@@ -229,19 +229,31 @@ pub fn send_all(
 }
 
 /// Connects to the unix socket at `path`, retrying until `until` (the peer may not have
-/// started yet).
+/// started yet). The connect itself never blocks: a listener that does not accept (its
+/// backlog full) is retried like an absent one, so a signal is noticed within a slice.
 ///
 /// # Errors
 /// The last connect error once the deadline passed, or [`WireError::Cancelled`].
 pub fn connect(path: &std::path::Path, until: Until<'_>) -> Result<UnixStream, WireError> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(path).map_err(std::io::Error::from)?;
     loop {
         // Relaxed: as in `wait`.
         if until.cancel.load(Ordering::Relaxed) {
             return Err(WireError::Cancelled);
         }
-        match UnixStream::connect(path) {
-            Ok(s) => return Ok(s),
-            Err(e) if until.at.is_some_and(|at| Instant::now() >= at) => return Err(e.into()),
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        match nix::sys::socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(UnixStream::from(fd)),
+            Err(e) if until.at.is_some_and(|at| Instant::now() >= at) => {
+                return Err(std::io::Error::from(e).into())
+            }
             Err(_) => std::thread::sleep(SLICE),
         }
     }
@@ -314,6 +326,27 @@ mod tests {
         assert!(matches!(e, Err(WireError::TimedOut(_))), "{e:?}");
         drop(a);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn connect_does_not_block_on_a_listener_that_never_accepts() {
+        let dir = std::env::temp_dir().join(format!("shmdp-wire-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("full.sock");
+        let _ = std::fs::remove_file(&path);
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let flag = AtomicBool::new(false);
+        // Fill the backlog (std listens with 128).
+        let mut held = Vec::new();
+        while let Ok(s) = connect(&path, Until::after(Duration::ZERO, &flag)) {
+            held.push(s);
+            assert!(held.len() < 10_000);
+        }
+        let t0 = Instant::now();
+        let e = connect(&path, Until::after(Duration::from_millis(200), &flag));
+        assert!(e.is_err());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
