@@ -5,6 +5,15 @@
 //! at a time. The guest's memory ([`mem`]) is mapped only in the process that received its
 //! file descriptors, the primary: its forwarding lcores (`shmdp-primary --fwd`) poll
 //! vhost ports; a secondary that tries is told so.
+//!
+//! Trust: the peer on the other end of a vhost-user socket is as untrusted as a guest.
+//! Its uid is checked (`SO_PEERCRED`: ours or root) before anything is exchanged; every
+//! exchange has a deadline and gives up on a signal ([`wire`]); its bytes are read only
+//! by copying ([`peer_copy`]); memory it shares must be sealed against shrinking or be on
+//! hugetlbfs, and every mapping of it is under the SIGBUS guard ([`mem`], [`guard`]);
+//! memory we share with a backend is a sealed memfd of the port's own holding only its
+//! rings and buffers ([`frontend_mem`]). Whatever the peer does costs it its connection
+//! (a counted error), never the primary its life or another port its service.
 
 pub mod backend;
 pub mod driver_ring;
