@@ -433,9 +433,11 @@ impl VirtioUserQueue {
             }
             let Some(id) = r.take_free() else { break };
             let p = r.slot(id);
-            // SAFETY: `[p, p + hdr + len)` is inside descriptor `id`'s slot (checked
-            // above), which the device does not own until we post it.
-            unsafe { std::ptr::write_bytes(p, 0, hdr) };
+            // The zeroed virtio-net header (10 or 12 bytes; one 12-byte store, the frame
+            // goes over the rest).
+            // SAFETY: `[p, p + 12)` is inside descriptor `id`'s slot (`SLOT_BYTES` long),
+            // which the device does not own until we post it.
+            unsafe { p.cast::<[u8; 12]>().write_unaligned([0; 12]) };
             let mut off = hdr;
             for seg in m.segments() {
                 // SAFETY: as above: the segments add up to `len` bytes (`pkt_len`). We
