@@ -207,7 +207,9 @@ impl DriverRing {
                 self.used_elem(self.last_used.wrapping_add(k)).0 as u16
             };
             let id = usize::from(id & (self.size - 1));
+            // Header and frame start: the two lines a 64-byte frame spans.
             super::vring::prefetch(self.addrs[id] as *const u8);
+            super::vring::prefetch((self.addrs[id] as *const u8).wrapping_add(64));
         }
     }
 
@@ -233,6 +235,28 @@ impl DriverRing {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
             super::vring::prefetch_write(self.avail.wrapping_add(2 + slot).cast());
             j += 32;
+        }
+    }
+
+    /// Prefetches for writing the buffer slots (header and the first 116 bytes of frame:
+    /// two lines) of the next `k` posts: on transmit we copy into them, and the device
+    /// last read them from another core.
+    pub(super) fn prefetch_slots(&self, k: usize) {
+        let k = k.min(self.free_len());
+        let mask = usize::from(self.size - 1);
+        let each = |id: usize| {
+            let p = self.slot(id as u16);
+            super::vring::prefetch_write(p);
+            super::vring::prefetch_write(p.wrapping_add(64));
+        };
+        if self.in_order {
+            for j in 0..k {
+                each(usize::from(self.avail_idx).wrapping_add(j) & mask);
+            }
+        } else {
+            for &id in &self.free[self.free.len() - k..] {
+                each(usize::from(id));
+            }
         }
     }
 

@@ -424,6 +424,7 @@ impl VirtioUserQueue {
         }
         let k = pkts.len().min(r.free_len());
         r.prefetch_posts(k);
+        r.prefetch_slots(k);
         for m in pkts.drain(..k) {
             let len = m.pkt_len() as usize;
             if hdr + len > SLOT_BYTES as usize {
