@@ -366,21 +366,20 @@ impl Port {
         let zone = seg
             .reserve(&devargs.name, PORT_BYTES, 64, MemzoneKind::Port)
             .map_err(|e| cfg(e.to_string()))?;
-        // virtio-user: the rings, in this memseg (the memory the backend is given).
-        let vq_zone = match devargs.driver {
+        // virtio-user: a memseg of its own (rings and buffer slots), the only memory the
+        // backend is given; made before the port's memzone is written.
+        let vu_mem = match devargs.driver {
             Driver::VirtioUser => {
                 let size = devargs
                     .number("queue_size", 256, 16..=32768)
                     .map_err(PortError::Config)? as u16;
-                let bytes = 2 * u64::from(nb_rx) * crate::vhost::frontend::vring_bytes(size);
                 Some((
-                    seg.reserve(
-                        &format!("{}_vq", devargs.name),
-                        bytes,
-                        4096,
-                        MemzoneKind::Raw,
+                    crate::vhost::frontend::PortMemory::create(
+                        &devargs.name,
+                        2 * usize::from(nb_rx),
+                        size,
                     )
-                    .map_err(|e| cfg(e.to_string()))?,
+                    .map_err(cfg)?,
                     size,
                 ))
             }
@@ -400,18 +399,17 @@ impl Port {
             }
             _ => None,
         };
-        let virtio_user = match vq_zone {
-            Some((z, size)) => {
+        let virtio_user = match vu_mem {
+            Some((mem, size)) => {
                 let path = Path::new(devargs.get("path").expect("checked above"));
                 Some(
                     crate::vhost::frontend::VirtioUserDevice::connect(
-                        seg,
-                        z.offset,
+                        mem,
                         path,
                         nb_rx,
                         size,
-                        setup.rx_pool.clone(),
                         std::time::Duration::from_secs(5),
+                        crate::vhost::wire::process_stop(),
                     )
                     .map_err(cfg)?,
                 )
@@ -738,9 +736,20 @@ impl Port {
             tx_bytes: tx.iter().map(|s| s.bytes).sum(),
             rx_dropped: rx.iter().map(|s| s.dropped).sum(),
             tx_dropped: tx.iter().map(|s| s.dropped).sum(),
-            errors: rx.iter().chain(&tx).map(|s| s.errors).sum(),
+            errors: rx.iter().chain(&tx).map(|s| s.errors).sum::<u64>() + self.driver_errors(),
             rx_queues: rx,
             tx_queues: tx,
+        }
+    }
+
+    /// Errors the driver counts outside any queue, in the process that runs it: a vhost-user
+    /// frontend that broke the protocol, stalled, or took its memory away (each cost it its
+    /// connection).
+    pub fn driver_errors(&self) -> u64 {
+        match &self.shared.res {
+            // Relaxed: a counter.
+            DriverRes::Vhost { dev: Some(d) } => d.protocol_errors.load(Ordering::Relaxed),
+            _ => 0,
         }
     }
 
@@ -1436,7 +1445,7 @@ impl<'c> TxQueue<'c> {
             }
             TxKind::VirtioUser(q) => {
                 let before = pkts.len();
-                let o = q.send(self.cache, pkts);
+                let o = q.send(pkts);
                 if o.errors > 0 {
                     self.claim.bump(|b| &b.errors, o.errors);
                 }

@@ -12,8 +12,6 @@
 //!   driver (rx from a pcap/pcapng file read a chunk at a time, tx to a pcap file, or either side on a
 //!   live interface through AF_PACKET with mapped TPACKET_V2 rings).
 //! - [`pcap_file`]: the capture file formats.
-//! - [`peer_bytes`]: the copy routines every packet byte of peer-writable memory goes
-//!   through (no slice of such memory is ever made).
 #![deny(missing_docs)]
 
 mod af_packet;
@@ -21,7 +19,6 @@ pub mod devargs;
 pub mod ethdev;
 pub mod layout;
 pub mod pcap_file;
-pub mod peer_bytes;
 pub mod vhost;
 
 pub use devargs::{DevArgs, Driver};

@@ -259,6 +259,15 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The same signals raise the flag that waits on vhost-user peers watch (a port
+    // connecting to a silent backend at start gives up within 50 ms).
+    let stop = pmds::vhost::wire::process_stop();
+    for sig in [SIGINT, SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("shmdp-primary: error: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let lcores = cli
         .eal
         .lcores
@@ -320,6 +329,12 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
     };
     let primary = match Primary::start(&config) {
         Ok(p) => p,
+        // Relaxed: set by the signal handler; this is the only reader after start failed.
+        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+            // Everything created was removed when the half-started primary was dropped.
+            println!("shmdp-primary: stopped by a signal while starting; removed its files");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("shmdp-primary: error: {e}");
             return ExitCode::from(2);

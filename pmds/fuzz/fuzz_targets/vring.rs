@@ -23,16 +23,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("pmds-fuzz-vring-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(MEM).unwrap();
+        // Sealed, as QEMU makes guest RAM: the backend refuses memory that can shrink.
+        let f = pmds::vhost::mem::sealed_memfd("pmds-fuzz-vring", MEM).unwrap();
         let spec = RegionSpec {
             guest_phys_addr: 0,
             size: MEM,

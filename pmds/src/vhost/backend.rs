@@ -37,6 +37,7 @@ use super::net::{
 };
 use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
 use super::vring::VringAddrs;
+use super::wire::{self, WireError};
 
 /// Most queue pairs of one port.
 pub const MAX_QUEUE_PAIRS: u16 = 8;
@@ -163,10 +164,15 @@ impl VhostDevice {
                 }
                 let _ = std::fs::remove_file(path);
             }
-            Some(
-                UnixListener::bind(path)
-                    .map_err(|e| format!("iface {}: cannot listen: {e}", path.display()))?,
-            )
+            let l = UnixListener::bind(path)
+                .map_err(|e| format!("iface {}: cannot listen: {e}", path.display()))?;
+            // Ours alone (whatever the umask); the peer's uid is checked on accept too.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                let _ = std::fs::remove_file(path);
+                return Err(format!("iface {}: chmod 0600: {e}", path.display()));
+            }
+            Some(l)
         };
         let dev = Arc::new(VhostDevice {
             path: path.to_path_buf(),
@@ -273,9 +279,9 @@ impl VhostDevice {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         if !self.client {
-            let _ = std::fs::remove_file(&self.path);
-            // Wake the accept() so the thread sees `stop`.
+            // Wake the accept() so the thread sees `stop`, then remove the socket.
             let _ = UnixStream::connect(&self.path);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 
@@ -284,18 +290,46 @@ impl VhostDevice {
             let stream = match &listener {
                 Some(l) => match l.accept() {
                     Ok((s, _)) => s,
-                    Err(_) => continue,
-                },
-                None => match UnixStream::connect(&self.path) {
-                    Ok(s) => s,
                     Err(_) => {
-                        std::thread::sleep(Duration::from_secs(1));
+                        // EMFILE and the like: back off instead of spinning.
+                        std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }
                 },
+                // Non-blocking connect: a frontend that listens but never accepts cannot
+                // hold this thread past a stop.
+                None => {
+                    match wire::connect(&self.path, wire::Until::after(Duration::ZERO, &self.stop))
+                    {
+                        Ok(s) => s,
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_secs(1));
+                            continue;
+                        }
+                    }
+                }
             };
             if self.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            // The frontend gives us memory to map and rings to follow: ours or root's only.
+            match wire::peer_cred(&stream) {
+                Ok((uid, _)) if wire::uid_allowed(uid) => {}
+                who => {
+                    self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let who = match who {
+                        Ok((uid, pid)) => format!("pid {pid} runs as uid {uid}, not as us or root"),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(
+                        "{}: vhost-user frontend refused: {who}",
+                        self.path.display()
+                    );
+                    if self.client {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    continue;
+                }
             }
             *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = stream.try_clone().ok();
             self.connected.store(true, Ordering::Relaxed);
@@ -304,55 +338,7 @@ impl VhostDevice {
                 dev: self.clone(),
                 reply_ack: false,
             };
-            let mut sock = stream;
-            loop {
-                let (h, payload, files) = match proto::recv(&mut sock) {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "{}: vhost-user: {e}; closing the connection",
-                            self.path.display()
-                        );
-                        break;
-                    }
-                };
-                let msg = match proto::decode(&h, &payload, files.len()) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "{}: vhost-user: {e}; closing the connection",
-                            self.path.display()
-                        );
-                        break;
-                    }
-                };
-                tracing::debug!("{}: vhost-user {msg:?}", self.path.display());
-                let result = handler.handle(msg, files);
-                if let Err(e) = &result {
-                    self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "{}: vhost-user request {} refused: {e}",
-                        self.path.display(),
-                        h.request
-                    );
-                }
-                let sent = match result {
-                    Ok(Some(reply)) => proto::send_reply(&mut sock, &h, &reply),
-                    Ok(None) if h.need_reply() && handler.reply_ack => {
-                        proto::send_reply(&mut sock, &h, &0u64.to_le_bytes())
-                    }
-                    Err(_) if h.need_reply() && handler.reply_ack => {
-                        proto::send_reply(&mut sock, &h, &1u64.to_le_bytes())
-                    }
-                    _ => Ok(()),
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
+            self.converse(&stream, &mut handler);
             self.connected.store(false, Ordering::Relaxed);
             *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!("{}: vhost-user frontend gone", self.path.display());
@@ -367,6 +353,71 @@ impl VhostDevice {
                 self.publish(&c);
             }
         }
+    }
+
+    /// Serves one connected frontend until it goes, breaks the protocol, stalls inside a
+    /// message, takes its memory away, or the device stops. Every way out but a clean
+    /// close is counted in `protocol_errors` and logged in one line; the caller then
+    /// forgets what the frontend set up (the port stays, waiting for the next one).
+    fn converse(&self, sock: &UnixStream, handler: &mut Handler) {
+        let taken_away = || {
+            self.ctl
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .mem
+                .as_ref()
+                .is_some_and(|m| m.taken_away())
+        };
+        let why: String = loop {
+            // While idle, wake every second to see whether the memory is still there.
+            let got = proto::recv(sock, &self.stop, || !taken_away());
+            if taken_away() {
+                break "the frontend truncated its memory after sharing it".into();
+            }
+            let (h, payload, files) = match got {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(WireError::Cancelled) if self.stop.load(Ordering::Relaxed) => return,
+                Err(e) => break e.to_string(),
+            };
+            let msg = match proto::decode(&h, &payload, files.len()) {
+                Ok(m) => m,
+                Err(e) => break e,
+            };
+            tracing::debug!("{}: vhost-user {msg:?}", self.path.display());
+            let mem_table = matches!(msg, Msg::SetMemTable(_));
+            let result = handler.handle(msg, files);
+            if let Err(e) = &result {
+                self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{}: vhost-user request {} refused: {e}",
+                    self.path.display(),
+                    h.request
+                );
+            }
+            let sent = match &result {
+                Ok(Some(reply)) => proto::send_reply(sock, &h, reply, &self.stop),
+                Ok(None) if h.need_reply() && handler.reply_ack => {
+                    proto::send_reply(sock, &h, &0u64.to_le_bytes(), &self.stop)
+                }
+                Err(_) if h.need_reply() && handler.reply_ack => {
+                    proto::send_reply(sock, &h, &1u64.to_le_bytes(), &self.stop)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = sent {
+                break format!("reply: {e}");
+            }
+            if mem_table && result.is_err() {
+                // Memory we refused: nothing the frontend sets up next can work.
+                return;
+            }
+        };
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{}: vhost-user: {why}; closing the connection",
+            self.path.display()
+        );
     }
 
     /// Builds and stores the snapshot of `c`, then bumps the generation (G1).

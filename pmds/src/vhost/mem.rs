@@ -4,9 +4,22 @@
 //! the frontend's own virtual addresses (vring addresses) are translated through this
 //! table; a span that is not wholly inside one region does not translate. Everything the
 //! guest names is checked here before anything is touched.
+//!
+//! The frontend keeps its fds and may change the files after sharing them; a mapping
+//! whose file shrank faults (SIGBUS) on the next touch. So a region is taken only when
+//! its file cannot shrink or is guarded ([`check_file`]): a memfd sealed with
+//! `F_SEAL_SHRINK` (QEMU's `memory-backend-memfd` seals with `F_SEAL_SHRINK |
+//! F_SEAL_GROW | F_SEAL_SEAL` unless `seal=off`), or a hugetlbfs file, which cannot be
+//! sealed. Every mapping is registered with the SIGBUS guard ([`super::guard`]), so a
+//! hugetlbfs file truncated (or a hole punched when the hugepage pool is empty) costs the
+//! frontend its connection ([`GuestMemory::taken_away`]), not the process its life. Any
+//! other file (an unsealed memfd, a tmpfs or disk file) is refused.
 
 use std::cell::Cell;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use super::guard::Guarded;
 
 /// One region of the frontend's memory table, as the message gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +36,9 @@ pub struct RegionSpec {
 
 struct Mapped {
     spec: RegionSpec,
+    /// The SIGBUS guard of the mapping; declared before `_map`, so it is unregistered
+    /// before the memory is unmapped.
+    guard: Guarded,
     /// Keeps the mapping alive; `base` points `mmap_offset` bytes into it.
     _map: memmap2::MmapRaw,
     base: *mut u8,
@@ -107,19 +123,39 @@ impl GuestMemory {
                     "memory table: region {spec:?} needs {map_len} bytes of a {file_len}-byte file"
                 ));
             }
+            check_file(&file).map_err(|e| format!("memory table: region {spec:?}: {e}"))?;
             let map = memmap2::MmapOptions::new()
                 .len(map_len as usize)
                 .map_raw(&file)
                 .map_err(|e| format!("memory table: map region {spec:?}: {e}"))?;
+            // The guard replaces the whole mapping, which the kernel made in whole pages
+            // of the file's page size (2 MiB or 1 GiB on hugetlbfs).
+            let page = file
+                .metadata()
+                .map(|m| m.blksize())
+                .unwrap_or(4096)
+                .max(4096);
+            let guard = Guarded::register(
+                map.as_mut_ptr() as usize,
+                (map_len.next_multiple_of(page)) as usize,
+            )
+            .map_err(|e| format!("memory table: {e}"))?;
             // SAFETY: `mmap_offset < map_len` = the mapping's length (size > 0).
             let base = unsafe { map.as_mut_ptr().add(spec.mmap_offset as usize) };
             regions.push(Mapped {
                 spec: *spec,
+                guard,
                 _map: map,
                 base,
             });
         }
         Ok(GuestMemory { regions })
+    }
+
+    /// A region's file was truncated (or its pages could not be allocated) after it was
+    /// mapped: the guard replaced it with zeros. The frontend is to be dropped.
+    pub fn taken_away(&self) -> bool {
+        self.regions.iter().any(|r| r.guard.hit())
     }
 
     /// The regions.
@@ -165,34 +201,80 @@ impl GuestMemory {
     }
 }
 
+/// A memfd of `len` bytes sealed with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, as
+/// QEMU's `memory-backend-memfd` makes guest RAM: memory [`GuestMemory::map`] accepts.
+/// Our virtio-user frontend shares such a file; tests and fuzz targets use it as guest
+/// memory.
+///
+/// # Errors
+/// One line when the memfd cannot be made, sized or sealed.
+pub fn sealed_memfd(name: &str, len: u64) -> Result<File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    let file = File::from(fd);
+    file.set_len(len)
+        .map_err(|e| format!("size the memfd: {e}"))?;
+    fcntl(
+        &file,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .map_err(|e| format!("seal the memfd: {e}"))?;
+    Ok(file)
+}
+
+/// Why a region's file is safe to map: it cannot shrink, or it lives on hugetlbfs (which
+/// cannot be sealed) and the SIGBUS guard covers it.
+///
+/// # Errors
+/// One line naming the file's kind and what to give instead.
+pub fn check_file(file: &File) -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = fcntl(file, FcntlArg::F_GET_SEALS)
+        .map(SealFlag::from_bits_truncate)
+        .ok();
+    if seals.is_some_and(|s| s.contains(SealFlag::F_SEAL_SHRINK)) {
+        return Ok(());
+    }
+    let fs = nix::sys::statfs::fstatfs(file).map_err(|e| format!("fstatfs: {e}"))?;
+    if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
+        return Ok(());
+    }
+    Err(match seals {
+        Some(_) => "the memory file can shrink (a memfd or tmpfs file without F_SEAL_SHRINK); give the frontend sealed memory (QEMU: memory-backend-memfd, sealed by default) or hugepages".into(),
+        None => "the memory file is neither a sealed memfd nor on hugetlbfs; give the frontend sealed memory (QEMU: memory-backend-memfd) or hugepages".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::memfd::{memfd_create, MFdFlags};
 
     fn memfd(len: u64) -> File {
-        let f = tempfile_in_shm(len);
-        f.set_len(len).unwrap();
-        f
+        sealed_memfd("shmdp-test", len).unwrap()
     }
 
-    fn tempfile_in_shm(_len: u64) -> File {
-        let path = std::env::temp_dir().join(format!(
-            "shmdp-vhost-mem-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(path).unwrap();
-        f
+    #[test]
+    fn refuses_memory_that_can_shrink() {
+        let r = RegionSpec {
+            guest_phys_addr: 0,
+            size: 0x1000,
+            user_addr: 0,
+            mmap_offset: 0,
+        };
+        let unsealed = File::from(memfd_create("shmdp-test", MFdFlags::MFD_ALLOW_SEALING).unwrap());
+        unsealed.set_len(0x1000).unwrap();
+        let e = GuestMemory::map(&[r], vec![unsealed]).unwrap_err();
+        assert!(e.contains("F_SEAL_SHRINK"), "{e}");
+        let unsealable = File::from(memfd_create("shmdp-test", MFdFlags::empty()).unwrap());
+        unsealable.set_len(0x1000).unwrap();
+        assert!(GuestMemory::map(&[r], vec![unsealable]).is_err());
+        let m = GuestMemory::map(&[r], vec![memfd(0x1000)]).unwrap();
+        assert!(!m.taken_away());
     }
 
     #[test]

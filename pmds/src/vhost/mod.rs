@@ -5,11 +5,33 @@
 //! at a time. The guest's memory ([`mem`]) is mapped only in the process that received its
 //! file descriptors, the primary: its forwarding lcores (`shmdp-primary --fwd`) poll
 //! vhost ports; a secondary that tries is told so.
+//!
+//! Trust: the peer on the other end of a vhost-user socket is as untrusted as a guest.
+//! Its uid is checked (`SO_PEERCRED`: ours or root) before anything is exchanged; every
+//! exchange has a deadline and gives up on a signal ([`wire`]); its bytes are read only
+//! by copying ([`peer_copy`]); memory it shares must be sealed against shrinking or be on
+//! hugetlbfs, and every mapping of it is under the SIGBUS guard ([`mem`], [`guard`]);
+//! memory we share with a backend is a sealed memfd of the port's own holding only its
+//! rings and buffers ([`frontend_mem`]). Whatever the peer does costs it its connection
+//! (a counted error), never the primary its life or another port its service.
 
+// The modules that read peer-written memory (guest RAM, a backend's used rings) carry
+// clippy's unwrap/expect/panic/indexing denials: nothing derived from that memory may
+// panic (tests excepted).
 pub mod backend;
+pub mod driver_ring;
 pub mod frontend;
-// The modules below read guest memory: nothing derived from it may panic (no unwrap,
-// expect, panic or indexing outside their tests); clippy keeps it so.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+pub mod frontend_mem;
+pub mod guard;
 #[cfg_attr(
     not(test),
     deny(
@@ -30,6 +52,7 @@ pub mod mem;
     )
 )]
 pub mod net;
+pub mod peer_copy;
 pub mod proto;
 #[cfg_attr(
     not(test),
@@ -41,6 +64,7 @@ pub mod proto;
     )
 )]
 pub mod vring;
+pub mod wire;
 
 use std::fs::File;
 use std::sync::Arc;

@@ -12,8 +12,8 @@
 
 use shm_mempool::{Mbuf, MbufCache};
 
-use super::vring::{ChainError, Seg, SplitRing};
-use crate::peer_bytes::{copy_from_peer, copy_to_peer, zero_peer};
+use super::peer_copy::append_from_peer;
+use super::vring::{ChainError, SplitRing};
 
 /// `VIRTIO_NET_F_MRG_RXBUF`: a received packet may span several chains.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
@@ -69,8 +69,6 @@ pub struct NetQueue {
     /// `VIRTIO_F_IN_ORDER` negotiated: the transmit queue returns each burst with one used
     /// element.
     in_order: bool,
-    /// Gathers a chain's bytes when the frame spans several buffers.
-    scratch: Vec<u8>,
 }
 
 impl NetQueue {
@@ -82,7 +80,6 @@ impl NetQueue {
             hdr_len: header_len(features),
             mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
             in_order: features & VIRTIO_F_IN_ORDER != 0,
-            scratch: Vec::with_capacity(MAX_FRAME + 64),
         }
     }
 
@@ -121,15 +118,29 @@ impl NetQueue {
                         o.bad_chains += 1;
                     } else {
                         let slot = start + o.packets;
-                        let stored = if let Some(m) = out.get_mut(slot).filter(|_| bulk) {
-                            // Straight into the burst's mbuf; a frame above one mbuf's
-                            // room is gathered and takes a fresh chain.
-                            self.copy_frame(n, frame_len, m)
-                                || self.gather(n, frame_len)
-                                    && cache.alloc_from(&self.scratch).map(|f| *m = f).is_ok()
-                        } else {
-                            self.gather(n, frame_len)
-                                && cache.alloc_from(&self.scratch).map(|m| out.push(m)).is_ok()
+                        // Into the burst's mbuf when the frame fits it (the common case);
+                        // a larger frame takes a fresh chain.
+                        // `slot < out.len()` whenever `bulk` (one mbuf per pending chain).
+                        let room = out.get_mut(slot).filter(|_| bulk);
+                        let stored = match room {
+                            Some(m) if frame_len <= m.tailroom() => {
+                                // SAFETY: the walk just checked every buffer of the chain
+                                // lies in guest memory.
+                                unsafe { self.copy_frame(cache, m, n) }
+                            }
+                            room => match cache.alloc() {
+                                Some(mut m) => {
+                                    // SAFETY: as above.
+                                    let ok = unsafe { self.copy_frame(cache, &mut m, n) };
+                                    match room {
+                                        Some(r) if ok => *r = m,
+                                        None if ok => out.push(m),
+                                        _ => {}
+                                    }
+                                    ok
+                                }
+                                None => false,
+                            },
                         };
                         if stored {
                             o.packets += 1;
@@ -168,26 +179,27 @@ impl NetQueue {
         }
     }
 
-    /// Copies the frame of the walked chain (`n` buffers, header skipped) into the empty
-    /// mbuf `m`; false, and `m` untouched, when it does not fit its room.
-    fn copy_frame(&self, n: usize, frame_len: usize, m: &mut Mbuf<'_>) -> bool {
-        let Some(dst) = m.append(frame_len) else {
-            return false;
-        };
-        copy_chain(self.ring.segs().get(..n).unwrap_or(&[]), self.hdr_len, dst);
-        true
-    }
-
-    /// Copies the frame of the walked chain (`n` buffers, header skipped) into the
-    /// scratch buffer (for frames above one mbuf's room).
-    fn gather(&mut self, n: usize, frame_len: usize) -> bool {
-        self.scratch.clear();
-        self.scratch.resize(frame_len, 0);
-        copy_chain(
-            self.ring.segs().get(..n).unwrap_or(&[]),
-            self.hdr_len,
-            &mut self.scratch,
-        );
+    /// Appends the frame of the walked chain (`n` buffers, header skipped) to `m`, copied
+    /// out of guest memory through [`append_from_peer`]; false when the pool runs dry.
+    ///
+    /// # Safety
+    /// The chain was just walked: each of its `n` buffers lies in guest memory.
+    unsafe fn copy_frame<'c>(&self, cache: &'c MbufCache, m: &mut Mbuf<'c>, n: usize) -> bool {
+        let mut skip = self.hdr_len;
+        for s in self.ring.segs().get(..n).unwrap_or(&[]) {
+            let len = s.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            // SAFETY: `[ptr + skip, ptr + len)` is inside a buffer the walk checked (the
+            // caller's promise); the guest may change it while we copy, which can only
+            // spoil its own packet.
+            if !unsafe { append_from_peer(cache, m, s.ptr.wrapping_add(skip), len - skip) } {
+                return false;
+            }
+            skip = 0;
+        }
         true
     }
 
@@ -226,7 +238,7 @@ impl NetQueue {
                         // port made of the frontend's memory, never in our pool's mapping.
                         let dst = unsafe { buf.ptr.add(self.hdr_len) };
                         // SAFETY: as above.
-                        unsafe { copy_to_peer(dst, frame) };
+                        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), dst, frame.len()) };
                         avail -= 1;
                         self.ring
                             .push_used(head, (self.hdr_len + frame.len()) as u32);
@@ -347,33 +359,6 @@ unsafe fn write_header(dst: *mut u8, hdr_len: usize) {
     }
 }
 
-/// Copies a walked chain's bytes after its first `skip` (the virtio-net header) into
-/// `dst`, until `dst` is full or the chain ends (the walk's total bounds the frame, so
-/// `dst.len()` never exceeds what the chain holds).
-fn copy_chain(segs: &[Seg], skip: usize, dst: &mut [u8]) {
-    let mut skip = skip;
-    let mut k = 0;
-    for s in segs {
-        let len = s.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let c = (len - skip).min(dst.len() - k);
-        let Some(to) = dst.get_mut(k..k + c) else {
-            return;
-        };
-        // SAFETY: the walk checked that `s` lies in guest memory: `[skip, skip + c)` is
-        // inside it. `to` is ours.
-        unsafe { copy_from_peer(to, s.ptr.wrapping_add(skip)) };
-        k += c;
-        skip = 0;
-        if k == dst.len() {
-            return;
-        }
-    }
-}
-
 /// Reads a virtio-net header (zeros) followed by a packet's bytes, in pieces.
 struct PacketCursor<'a, I: Iterator<Item = &'a [u8]>> {
     hdr_left: usize,
@@ -406,27 +391,27 @@ impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
         self.hdr_left == 0 && self.cur.is_empty()
     }
 
-    /// Copies as much as fits into the `len` bytes of guest memory at `dst`; returns how
-    /// many bytes.
+    /// Copies as much as fits into the `len` bytes at `dst` (a guest buffer: written
+    /// through the raw pointer, never made a reference); returns how many bytes.
     ///
     /// # Safety
-    /// `dst` must be valid for writes of `len` bytes (a checked guest buffer).
+    /// `[dst, dst + len)` must be mapped and writable.
     unsafe fn fill(&mut self, dst: *mut u8, len: usize) -> usize {
         let mut k = 0;
         if self.hdr_left > 0 {
             let h = self.hdr_left.min(len);
-            // SAFETY: `h <= len` bytes at `dst` (the caller's buffer).
-            unsafe { zero_peer(dst, h) };
+            // SAFETY: `h <= len` bytes at `dst` (the caller's promise).
+            unsafe { std::ptr::write_bytes(dst, 0, h) };
             self.hdr_left -= h;
             k = h;
         }
         while k < len && !self.cur.is_empty() {
             let c = self.cur.len().min(len - k);
-            let (now, rest) = self.cur.split_at(c);
-            // SAFETY: `[k, k + c)` lies in the caller's `len` bytes; the source is ours.
-            unsafe { copy_to_peer(dst.wrapping_add(k), now) };
+            // SAFETY: `[dst + k, dst + k + c)` is inside `[dst, dst + len)`; the source is
+            // our own mbuf's data.
+            unsafe { std::ptr::copy_nonoverlapping(self.cur.as_ptr(), dst.wrapping_add(k), c) };
             k += c;
-            self.cur = rest;
+            self.cur = self.cur.get(c..).unwrap_or(&[]);
             self.advance();
         }
         k

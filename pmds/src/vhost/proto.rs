@@ -6,15 +6,17 @@
 //! [`decode`] turns header and payload into a [`Msg`] and refuses anything malformed
 //! (sizes that do not match the request, too many regions, fds that do not match) without
 //! touching a socket: it is what the fuzz target exercises. [`recv`] and [`send_reply`]
-//! do the socket part.
+//! do the socket part, through [`wire`]: with a deadline on every whole message.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use super::mem::{RegionSpec, MAX_REGIONS};
 use super::vring::VringAddrs;
+use super::wire::{self, Until, WireError};
 
 /// Header flag: protocol version 1.
 pub const VERSION: u32 = 0x1;
@@ -25,7 +27,7 @@ pub const FLAG_NEED_REPLY: u32 = 0x8;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: u32 = 4096;
 /// Most fds one message may carry.
-pub const MAX_FDS: usize = 8;
+pub const MAX_FDS: usize = wire::MAX_FDS;
 /// Protocol feature: several queue pairs.
 pub const PROTOCOL_F_MQ: u64 = 1 << 0;
 /// Protocol feature: acks on request.
@@ -293,67 +295,54 @@ pub fn decode(h: &Header, payload: &[u8], nfds: usize) -> Result<Msg, String> {
 /// One request as received: header, payload, and the fds that came with it.
 pub type Received = (Header, Vec<u8>, Vec<File>);
 
-/// Receives one request: header (with any fds), then its payload.
+/// Receives one request: waits for its first bytes for as long as the frontend likes
+/// (waking every second to ask `idle` whether to give up: `false` ends the wait with
+/// [`WireError::Cancelled`]), then the rest of the header and the payload within
+/// [`wire::MESSAGE_TIMEOUT`].
 ///
 /// # Errors
-/// `Ok(None)` when the frontend closed the connection; `Err` for a socket error or a
-/// malformed header.
-pub fn recv(sock: &mut UnixStream) -> Result<Option<Received>, String> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::io::IoSliceMut;
-    use std::os::fd::AsRawFd;
+/// `Ok(None)` when the frontend closed the connection between messages; `Err` for a
+/// socket error, a stall inside a message, a raised `stop`, or a malformed header.
+pub fn recv(
+    sock: &UnixStream,
+    stop: &AtomicBool,
+    mut idle: impl FnMut() -> bool,
+) -> Result<Option<Received>, WireError> {
     let mut hdr = [0u8; 12];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (n, mut files) = {
-        let mut iov = [IoSliceMut::new(&mut hdr)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| format!("recvmsg: {e}"))?;
-        let mut files = Vec::new();
-        for c in msg.cmsgs().map_err(|e| format!("recvmsg: {e}"))? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for fd in fds {
-                    // SAFETY: the kernel just installed `fd` in this process for us; we are
-                    // its only owner.
-                    files.push(unsafe { File::from_raw_fd(fd) });
-                }
-            }
+    let (n, files) = loop {
+        match wire::recv_some(sock, &mut hdr, Until::after(Duration::from_secs(1), stop)) {
+            Err(WireError::TimedOut(_)) if idle() => continue,
+            Err(WireError::TimedOut(_)) => return Err(WireError::Cancelled),
+            r => break r?,
         }
-        (msg.bytes, files)
     };
     if n == 0 {
         return Ok(None);
     }
-    if n < hdr.len() {
-        sock.read_exact(&mut hdr[n..])
-            .map_err(|e| format!("short header: {e}"))?;
-    }
-    let h = Header::parse(&hdr)?;
+    let until = Until::after(wire::MESSAGE_TIMEOUT, stop);
+    wire::recv_exact(sock, &mut hdr[n..], until)?;
+    let h = Header::parse(&hdr).map_err(WireError::Protocol)?;
     let mut payload = vec![0u8; h.size as usize];
-    sock.read_exact(&mut payload)
-        .map_err(|e| format!("payload: {e}"))?;
-    if files.len() > MAX_FDS {
-        files.truncate(0);
-        return Err("too many fds".into());
-    }
+    wire::recv_exact(sock, &mut payload, until)?;
     Ok(Some((h, payload, files)))
 }
 
-/// Sends the reply to request `h` with `payload`.
+/// Sends the reply to request `h` with `payload` (within [`wire::MESSAGE_TIMEOUT`]).
 ///
 /// # Errors
-/// A socket error.
-pub fn send_reply(sock: &mut UnixStream, h: &Header, payload: &[u8]) -> std::io::Result<()> {
+/// A socket error, or a frontend that does not take it in time.
+pub fn send_reply(
+    sock: &UnixStream,
+    h: &Header,
+    payload: &[u8],
+    stop: &AtomicBool,
+) -> Result<(), WireError> {
     let mut out = Vec::with_capacity(12 + payload.len());
     out.extend_from_slice(&h.request.to_le_bytes());
     out.extend_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
-    sock.write_all(&out)
+    wire::send_all(sock, &out, &[], Until::after(wire::MESSAGE_TIMEOUT, stop))
 }
 
 #[cfg(test)]
@@ -440,56 +429,44 @@ mod tests {
     }
 }
 
-/// Frontend side: sends request `request` with `payload` and `fds`.
+/// Frontend side: sends request `request` with `payload` and `fds`, all of it before
+/// `until` (usually [`wire::MESSAGE_TIMEOUT`] from now).
 ///
 /// # Errors
-/// A socket error.
+/// A socket error, a backend that does not take it in time, or the cancel flag.
 pub fn send_request(
     sock: &UnixStream,
     request: u32,
     payload: &[u8],
     fds: &[RawFd],
-) -> std::io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    use std::io::IoSlice;
-    use std::os::fd::AsRawFd;
+    until: Until<'_>,
+) -> Result<(), WireError> {
     let mut msg = Vec::with_capacity(12 + payload.len());
     msg.extend_from_slice(&request.to_le_bytes());
     msg.extend_from_slice(&VERSION.to_le_bytes());
     msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     msg.extend_from_slice(payload);
-    let iov = [IoSlice::new(&msg)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
-        .map_err(std::io::Error::from)?;
-    if n != msg.len() {
-        // The rest carries no fds: a plain write finishes it.
-        (&*sock).write_all(&msg[n..])?;
-    }
-    Ok(())
+    wire::send_all(sock, &msg, fds, until)
 }
 
-/// Frontend side: reads the reply to `request` and returns its payload.
+/// Frontend side: reads the reply to `request`, the whole of it before `until`, and
+/// returns its payload.
 ///
 /// # Errors
-/// A socket error, or a reply that is not the one expected.
-pub fn recv_reply(sock: &UnixStream, request: u32) -> Result<Vec<u8>, String> {
+/// A socket error, a backend that does not answer in time, the cancel flag, or a reply
+/// that is not the one expected.
+pub fn recv_reply(sock: &UnixStream, request: u32, until: Until<'_>) -> Result<Vec<u8>, WireError> {
     let mut hdr = [0u8; 12];
-    (&*sock)
-        .read_exact(&mut hdr)
-        .map_err(|e| format!("reply to request {request}: {e}"))?;
+    wire::recv_exact(sock, &mut hdr, until)?;
     let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
     let (code, flags, size) = (word(0), word(4), word(8));
     if code != request || flags & FLAG_REPLY == 0 || size > MAX_PAYLOAD {
-        return Err(format!(
+        return Err(WireError::Protocol(format!(
             "reply to request {request}: got request {code}, flags {flags:#x}, {size} bytes"
-        ));
+        )));
     }
     let mut payload = vec![0u8; size as usize];
-    (&*sock)
-        .read_exact(&mut payload)
-        .map_err(|e| format!("reply to request {request}: {e}"))?;
+    wire::recv_exact(sock, &mut payload, until)?;
     Ok(payload)
 }
 

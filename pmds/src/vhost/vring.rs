@@ -474,20 +474,8 @@ pub(crate) mod tests {
     impl FakeGuest {
         pub(crate) fn new(size: u16) -> FakeGuest {
             let len = 0x40_0000u64;
-            let path = std::env::temp_dir().join(format!(
-                "shmdp-vring-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            std::fs::remove_file(&path).unwrap();
-            f.set_len(len).unwrap();
+            // Sealed as QEMU seals its memfds (the backend refuses memory that can shrink).
+            let f = crate::vhost::mem::sealed_memfd("shmdp-vring", len).unwrap();
             let spec = RegionSpec {
                 guest_phys_addr: 0,
                 size: len,

@@ -1,0 +1,258 @@
+//! A SIGBUS guard for memory a peer can take away under us.
+//!
+//! A mapping of a file faults with SIGBUS when the page touched is past the file's end
+//! (the peer truncated it after we mapped it) or cannot be allocated (a hugetlbfs file
+//! whose pool ran dry after the peer punched a hole). Sealing (`F_SEAL_SHRINK`, checked
+//! in [`super::mem`]) rules out the first for memfds; hugetlbfs files cannot be sealed,
+//! and neither seal rules out the second. So every mapping of peer memory is registered
+//! here, and a SIGBUS whose address lies in a registered mapping is answered by putting
+//! anonymous zero pages over that whole mapping (`mmap(MAP_FIXED)`) and raising the
+//! mapping's `hit` flag: the faulting access is restarted and now reads zeros or writes
+//! into memory nobody shares, exactly as if the peer had written zeros, which the data
+//! path is built to survive. The owner sees the flag and drops the peer with a counted
+//! error. A SIGBUS anywhere else goes to the handler that was there before (Rust's
+//! runtime one, or the default action): a real bug still crashes.
+//!
+//! The handler is async-signal-safe: it reads a fixed table of atomics, makes one
+//! `mmap` syscall and stores two atomics; it never allocates or locks. A mapping stays
+//! registered for as long as it is mapped (unregistered before `munmap`), and a fault in
+//! it can only come from a thread that holds it, so the table entry the handler finds
+//! cannot change under it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Most mappings guarded at once (64 regions for each of several frontends).
+pub const SLOTS: usize = 512;
+
+struct Slot {
+    used: AtomicBool,
+    start: AtomicUsize,
+    len: AtomicUsize,
+    hit: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    used: AtomicBool::new(false),
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    hit: AtomicBool::new(false),
+};
+
+static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+static HITS: AtomicU64 = AtomicU64::new(0);
+static PREVIOUS: OnceLock<Result<Previous, String>> = OnceLock::new();
+
+/// The SIGBUS action that was installed before ours.
+struct Previous(libc::sigaction);
+
+// SAFETY: a plain C struct (handler address, mask, flags) that is written once before
+// the handler can run and only read afterwards.
+unsafe impl Sync for Previous {}
+// SAFETY: as for Sync.
+unsafe impl Send for Previous {}
+
+/// SIGBUS faults answered by the guard since the process started.
+pub fn hits() -> u64 {
+    // Relaxed: a statistic.
+    HITS.load(Ordering::Relaxed)
+}
+
+/// Installs the handler (once per process).
+///
+/// # Errors
+/// One line when `sigaction` fails.
+pub fn install() -> Result<(), String> {
+    PREVIOUS
+        .get_or_init(|| {
+            // SAFETY: sigaction is plain data; all-zero is a valid empty value for it.
+            let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+            new.sa_sigaction = on_sigbus as *const () as usize;
+            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both pointers are to live sigaction values on our stack.
+            let rc = unsafe { libc::sigaction(libc::SIGBUS, &new, &mut old) };
+            if rc != 0 {
+                return Err(format!(
+                    "cannot install the SIGBUS guard: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(Previous(old))
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone)
+}
+
+/// A registered mapping; unregistered on drop (before its memory is unmapped).
+#[derive(Debug)]
+pub struct Guarded {
+    slot: usize,
+}
+
+impl Guarded {
+    /// Registers `[start, start + len)`, a whole mapping of peer memory that this process
+    /// may replace with anonymous memory when it faults. `len` must cover the mapping to
+    /// its real end (rounded up to its page size: a hugetlbfs mapping is replaced whole).
+    ///
+    /// # Errors
+    /// When the handler cannot be installed or the table is full.
+    pub fn register(start: usize, len: usize) -> Result<Guarded, String> {
+        install()?;
+        for (i, s) in TABLE.iter().enumerate() {
+            // Acquire: pairs with the Release in `drop` (the slot's old values are gone).
+            if s.used
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                s.hit.store(false, Ordering::Relaxed);
+                s.len.store(len, Ordering::Relaxed);
+                // B1: Release, publishing `len` to the handler -- pairs with B1 in `on_sigbus`.
+                s.start.store(start, Ordering::Release);
+                return Ok(Guarded { slot: i });
+            }
+        }
+        Err(format!(
+            "more than {SLOTS} peer memory regions are mapped in this process"
+        ))
+    }
+
+    /// The mapping faulted and was replaced: the peer took its memory away.
+    #[inline]
+    pub fn hit(&self) -> bool {
+        // B2: Acquire, pairs with B2 in `on_sigbus`.
+        TABLE[self.slot].hit.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let s = &TABLE[self.slot];
+        s.start.store(0, Ordering::Relaxed);
+        // Release: the slot is free only after it stopped naming the mapping.
+        s.used.store(false, Ordering::Release);
+    }
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let info_ref = unsafe { &*info };
+    // SAFETY: for SIGBUS the union member is the fault's, whose `si_addr` is the address.
+    let addr = unsafe { info_ref.si_addr() } as usize;
+    for s in &TABLE {
+        // B1: Acquire, pairs with B1 in `register`.
+        let start = s.start.load(Ordering::Acquire);
+        let len = s.len.load(Ordering::Relaxed);
+        if start == 0 || addr < start || addr - start >= len {
+            continue;
+        }
+        // SAFETY: `[start, start + len)` is a whole mapping this process made of peer
+        // memory and still holds (see the module doc); replacing it with private
+        // anonymous memory of the same size keeps every pointer into it valid.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            break;
+        }
+        // B2: Release, after the mapping is replaced -- pairs with B2 in `hit`.
+        s.hit.store(true, Ordering::Release);
+        // Relaxed: a statistic.
+        HITS.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    chain(sig, info, ctx);
+}
+
+/// Not ours: what the previous action would have done.
+fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let prev = match PREVIOUS.get() {
+        Some(Ok(p)) => p.0,
+        _ => return default_action(sig),
+    };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        return default_action(sig);
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so this is its
+        // three-argument entry point; we pass the kernel's own arguments.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: without SA_SIGINFO the previous handler takes the signal number only.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+        f(sig);
+    }
+}
+
+/// Restores the default action: returning re-runs the faulting access, which then kills
+/// the process as a SIGBUS without a guard would have.
+fn default_action(sig: libc::c_int) {
+    // SAFETY: sigaction is plain data; zeroed is SIG_DFL with no flags.
+    let dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigaction value; sigaction is async-signal-safe.
+    unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_truncated_mapping_reads_zeros_and_is_flagged() {
+        let f = tempfile();
+        f.set_len(3 * 4096).unwrap();
+        let map = memmap2::MmapOptions::new()
+            .len(3 * 4096)
+            .map_raw(&f)
+            .unwrap();
+        let p = map.as_mut_ptr();
+        // SAFETY: inside the 3-page mapping, the file is that long.
+        unsafe { p.wrapping_add(8192).write_volatile(7) };
+        let g = Guarded::register(p as usize, 3 * 4096).unwrap();
+        assert!(!g.hit());
+        let before = hits();
+        f.set_len(0).unwrap();
+        // SAFETY: inside the mapping; the page is past the file's end now, so this faults
+        // and the guard replaces the mapping.
+        let v = unsafe { p.wrapping_add(8192).read_volatile() };
+        assert_eq!(v, 0);
+        assert!(g.hit());
+        assert!(hits() > before);
+        // SAFETY: as above: the replacement is writable.
+        unsafe { p.write_volatile(1) };
+        drop(g);
+        drop(map);
+        let _ = f.as_raw_fd();
+    }
+
+    fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "shmdp-guard-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(path).unwrap();
+        f
+    }
+}
