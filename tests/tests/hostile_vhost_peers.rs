@@ -680,3 +680,32 @@ fn sigterm_stops_a_primary_whose_frontend_stalls() {
     assert!(files_of(&t.prefix).is_empty());
     assert!(!t.bad.exists() && !t.good.exists(), "sockets removed");
 }
+
+#[test]
+fn a_vhost_iface_path_that_is_not_our_socket_is_never_removed() {
+    // A regular file, and a symlink to one, where `iface=` points: the primary refuses
+    // with one line (exit 2) and both stay as they were (before, the path was unlinked
+    // whatever it was).
+    let victim = std::env::temp_dir().join(format!("vh-victim-{}", std::process::id()));
+    std::fs::write(&victim, b"precious").unwrap();
+    let link = std::env::temp_dir().join(format!("vh-link-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for path in [&victim, &link] {
+        let prefix = unique_prefix("vhnot");
+        let vdev = format!("net_vhost0,iface={}", path.display());
+        let (code, _, err) = run("shmdp-primary", &primary_args(&prefix, &["--vdev", &vdev]));
+        assert_eq!(code, 2, "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("not a socket of ours"), "{lines:?}");
+        assert!(files_of(&prefix).is_empty(), "left {:?}", files_of(&prefix));
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&victim);
+}

@@ -154,7 +154,16 @@ impl VhostDevice {
         let listener = if client {
             None
         } else {
-            if path.exists() {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                // Only a socket of ours left by a crashed run is removed: never a file,
+                // a link (not followed) or another user's socket.
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                if !meta.file_type().is_socket() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                    return Err(format!(
+                        "iface {}: exists and is not a socket of ours; remove it or choose another path",
+                        path.display()
+                    ));
+                }
                 // A socket left by a crashed run: nobody answers on it.
                 if UnixStream::connect(path).is_ok() {
                     return Err(format!(
