@@ -840,14 +840,15 @@ impl MbufCache {
         sh.trouble(Trouble::CorruptHeader, 1, what);
         let mut cur = head;
         for _ in 0..self.n {
-            // `cur < n`: head and each followed segment were validated by claim_transit
-            // before they became part of the walk.
-            let next = self.header(cur).next;
+            // `cur < n`: the head was validated by claim_transit, and each `next` below
+            // before it is followed (it is read again here, and a peer may have changed
+            // it since the walk that claimed the segments).
+            let next = MbufHandle(self.header(cur).next);
             self.put_free(cur);
-            if cur == last {
+            if cur == last || next.pool_id() != self.pool_id || next.index() >= self.n {
                 break;
             }
-            cur = MbufHandle(next).index();
+            cur = next.index();
         }
     }
 
