@@ -852,9 +852,13 @@ impl Port {
                     2 * usize::from(queue) + 1,
                 ))
             }
-            DriverRes::Ring { rx, .. } => {
+            DriverRes::Ring { rx, guest_pool, .. } => {
                 let ring = &rx[queue as usize];
-                RxKind::Ring(if ring.mode().single_consumer {
+                RxKind::Ring(if guest_pool.is_some() {
+                    // In the guest's segment: bounded host operations, private head (the
+                    // queue claim above makes this the only host consumer).
+                    RingRx::Untrusted(ring.untrusted_consumer())
+                } else if ring.mode().single_consumer {
                     RingRx::Sc(ring.sc_consumer().map_err(|e| self.cfg(e))?)
                 } else {
                     RingRx::Mc(ring.mc_consumer().map_err(|e| self.cfg(e))?)
@@ -924,9 +928,12 @@ impl Port {
                 self.vhost_here(dev)?,
                 2 * usize::from(queue),
             )),
-            DriverRes::Ring { tx, .. } => {
+            DriverRes::Ring { tx, guest_pool, .. } => {
                 let ring = &tx[queue as usize];
-                TxKind::Ring(if ring.mode().single_producer {
+                TxKind::Ring(if guest_pool.is_some() {
+                    // As for rx: bounded, private head, exclusive by the queue claim.
+                    RingTx::Untrusted(ring.untrusted_producer())
+                } else if ring.mode().single_producer {
                     RingTx::Sp(ring.sp_producer().map_err(|e| self.cfg(e))?)
                 } else {
                     RingTx::Mp(ring.mp_producer().map_err(|e| self.cfg(e))?)
@@ -1088,11 +1095,15 @@ impl Drop for QueueClaim {
 enum RingRx {
     Sc(shm_ring::ScConsumer<u64>),
     Mc(shm_ring::McConsumer<u64>),
+    /// A ring in a guest's export segment (guest-facing port).
+    Untrusted(shm_ring::UntrustedConsumer<u64>),
 }
 
 enum RingTx {
     Sp(shm_ring::SpProducer<u64>),
     Mp(shm_ring::MpProducer<u64>),
+    /// A ring in a guest's export segment (guest-facing port).
+    Untrusted(shm_ring::UntrustedProducer<u64>),
 }
 
 struct PcapRx {
@@ -1176,6 +1187,7 @@ impl<'c> RxQueue<'c> {
                 let got = match ring {
                     RingRx::Sc(c) => c.dequeue_burst(&mut handles[..max]),
                     RingRx::Mc(c) => c.dequeue_burst(&mut handles[..max]),
+                    RingRx::Untrusted(c) => c.dequeue_burst(&mut handles[..max]),
                 }
                 .unwrap_or_else(|_| {
                     self.claim.bump(|b| &b.errors, 1);
@@ -1370,8 +1382,13 @@ impl<'c> TxQueue<'c> {
                 let pushed = match ring {
                     RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
                     RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Untrusted(p) => p.enqueue_burst(&handles[..k]),
                 }
-                .unwrap_or(0);
+                .unwrap_or_else(|_| {
+                    // Busy or corrupt (the guest broke its ring): counted, nothing sent.
+                    self.claim.bump(|b| &b.errors, 1);
+                    0
+                });
                 // Copies that did not fit go back to the guest pool; their originals stay
                 // the caller's.
                 for &h in &handles[pushed..k] {
@@ -1411,6 +1428,7 @@ impl<'c> TxQueue<'c> {
                 let pushed = match ring {
                     RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
                     RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Untrusted(p) => p.enqueue_burst(&handles[..k]),
                 }
                 .unwrap_or(0);
                 // Enqueued handles belong to the ring now: only the rest stay listed while

@@ -236,6 +236,17 @@ pub enum IvshmemCommand {
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead: for SECS seconds, keep rewriting the head index of every ring in the
+        /// segment (exported rings and the pools' free rings), mostly as reservations
+        /// that are never published (a hostile guest's ring attack).
+        #[arg(long, value_name = "SECS")]
+        indices: Option<f64>,
+        /// With --indices: only the pools' free rings.
+        #[arg(long, requires = "indices")]
+        pools_only: bool,
+        /// With --indices: also write wild tails now and then (impossible indices).
+        #[arg(long, requires = "indices")]
+        tails: bool,
     },
     /// Send COUNT numbered packets (as `mbuf-send` writes them) on ring TX.
     Gen {
@@ -643,7 +654,29 @@ fn on_ivshmem(dev: &str, command: Command, lcores: Option<shm::eal::LcoreList>) 
 
 fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
     let program = "shmdp-secondary";
-    if let IvshmemCommand::Scribble { rounds, seed } = command {
+    if let IvshmemCommand::Scribble {
+        seed,
+        indices: Some(secs),
+        pools_only,
+        tails,
+        ..
+    } = command
+    {
+        let how_long = std::time::Duration::from_secs_f64(secs);
+        return match crate::ivshmem::ExportSegment::open(dev)
+            .and_then(|s| s.scribble_indices(how_long, pools_only, tails, seed))
+        {
+            Ok(n) => {
+                println!("rewrote {n} ring indices in {dev}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{program}: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let IvshmemCommand::Scribble { rounds, seed, .. } = command {
         let path = if dev.starts_with("auto") {
             crate::ivshmem::find_devices().into_iter().next()
         } else {

@@ -254,6 +254,83 @@ impl ExportSegment {
     }
 }
 
+impl ExportSegment {
+    /// Offsets of every ring in the segment: the exported rings (unless `pools_only`) and
+    /// the pools' free rings (at each pool header's `ring_off`).
+    fn ring_offsets(&self, pools_only: bool) -> Vec<u64> {
+        let mut rings = Vec::new();
+        for e in &self.meta.entries {
+            match e.kind {
+                Kind::Ring if !pools_only => rings.push(e.offset),
+                Kind::Mempool => {
+                    if let Ok(info) = self
+                        .region
+                        .read_copy::<shm_mempool::layout::PoolInfo>(e.offset)
+                    {
+                        rings.push(e.offset.saturating_add(info.ring_off));
+                    }
+                }
+                _ => {}
+            }
+        }
+        rings
+    }
+
+    /// For `how_long`, keeps rewriting the head indices of every ring in the segment (only
+    /// the pools' free rings with `pools_only`), as a hostile guest can: mostly a head a
+    /// little past its tail (a reservation that is never published), sometimes a wild
+    /// value; with `tails`, now and then a wild tail too. Returns how many
+    /// indices were written. For robustness tests: the host must stay bounded.
+    ///
+    /// # Errors
+    /// [`IvshmemError::Object`] if the segment holds no ring.
+    pub fn scribble_indices(
+        &self,
+        how_long: std::time::Duration,
+        pools_only: bool,
+        tails: bool,
+        seed: u64,
+    ) -> Result<u64, IvshmemError> {
+        use shm_ring::layout::{CONS_OFF, PROD_OFF};
+        // Within a HeadTail: head at 0, tail one 128-byte pair of lines later.
+        const TAIL: u64 = 128;
+        let rings = self.ring_offsets(pools_only);
+        if rings.is_empty() {
+            return Err(IvshmemError::Object(format!(
+                "{}: no ring to scribble on",
+                self.path.display()
+            )));
+        }
+        let mut x = seed | 1;
+        let mut written = 0u64;
+        let end = std::time::Instant::now() + how_long;
+        while std::time::Instant::now() < end {
+            for _ in 0..1024 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let Some(&ring) = rings.get((x % rings.len() as u64) as usize) else {
+                    continue;
+                };
+                let side = ring + if x & 0x100 == 0 { PROD_OFF } else { CONS_OFF };
+                let tail: u32 = self.region.read_copy(side + TAIL).unwrap_or(0);
+                let (off, v) = match (x >> 9) & 7 {
+                    // A wild tail (impossible indices), when asked for.
+                    0 if tails => (side + TAIL, (x >> 32) as u32),
+                    // A wild head.
+                    0 | 1 => (side, (x >> 32) as u32),
+                    // A reservation never published: the head a little past the tail.
+                    _ => (side, tail.wrapping_add(1 + ((x >> 16) as u32 & 15))),
+                };
+                if self.region.write(off, &v).is_ok() {
+                    written += 1;
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
 /// Overwrites the whole segment at `path` with pseudo-random bytes `rounds` times: what a
 /// hostile or broken guest can do, for robustness tests (the host must survive it).
 ///

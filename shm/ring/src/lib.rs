@@ -19,6 +19,10 @@
 //! - **Untrusted indices**: every slot index is masked, so no value in the header can make
 //!   the ring touch memory outside its slots; an impossible state (more elements than the
 //!   capacity) is reported as [`RingError::Corrupt`], never spun on or handed out.
+//! - **Guest-writable rings**: the host opens a ring in an IVSHMEM export segment with
+//!   [`Ring::untrusted_producer`] / [`Ring::untrusted_consumer`], whose every operation is
+//!   bounded (no CAS retry or wait a guest can prolong), copies slots with volatile
+//!   accesses and keeps a single-role side's head privately ([`UntrustedProducer`]).
 //!
 //! Why it is faster than `rte_ring`: each handle keeps a private copy of the other side's
 //! tail and only re-reads the shared one when that copy says the ring is full (empty), so
@@ -32,6 +36,7 @@ mod core;
 mod handles;
 pub mod layout;
 mod sync;
+mod untrusted;
 
 use std::ptr::NonNull;
 
@@ -43,6 +48,9 @@ pub use handles::{
     McConsumer, MpProducer, ReadSlots, RingFull, ScConsumer, SpProducer, WriteSlots,
 };
 use layout::*;
+pub use untrusted::{
+    UntrustedConsumer, UntrustedProducer, UNTRUSTED_CAS_TRIES, UNTRUSTED_PUBLISH_SPINS,
+};
 
 /// A ring element: plain bytes of 4, 8, 16 or 32 bytes that any bit pattern makes valid
 /// (what a peer wrote into a slot is a value to validate, never undefined behaviour).
@@ -118,6 +126,11 @@ pub enum RingError {
     /// [`STALL_TIMEOUT`] (it probably died). The ring is marked failed.
     #[error("ring stalled: a peer reserved slots and never published them")]
     Stalled,
+    /// Untrusted handles only: nothing moved this time (the CAS budget ran out against a
+    /// peer moving the head, or an earlier publication of this handle still waits for an
+    /// earlier peer). Count it and try again later.
+    #[error("ring busy: a peer kept the head moving or has not published; nothing moved")]
+    Busy,
     /// The single-producer (consumer) role is held by a live process.
     #[error("the single-{} role of this ring is held by pid {pid}", if *producer { "producer" } else { "consumer" })]
     RoleTaken {
@@ -490,6 +503,19 @@ impl<T: Element> Ring<T> {
             });
         }
         Ok(McConsumer::new(self.core.clone()))
+    }
+
+    /// A host producer for a ring in memory a guest can write (SP or MP ring), whose every
+    /// operation is bounded ([`UntrustedProducer`]). On an SP ring the caller must make it
+    /// the only producer: the role word is guest-writable and is not claimed.
+    pub fn untrusted_producer(&self) -> UntrustedProducer<T> {
+        UntrustedProducer::new(self.core.clone(), !self.mode().single_producer)
+    }
+
+    /// A host consumer for a ring in memory a guest can write (SC or MC ring), as
+    /// [`Ring::untrusted_producer`].
+    pub fn untrusted_consumer(&self) -> UntrustedConsumer<T> {
+        UntrustedConsumer::new(self.core.clone(), !self.mode().single_consumer)
     }
 }
 

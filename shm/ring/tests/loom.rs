@@ -92,3 +92,39 @@ fn two_multi_consumers_each_take_a_distinct_element() {
         assert_eq!(r.count(), if refilled { 1 } else { 0 });
     });
 }
+
+#[test]
+fn an_untrusted_host_producer_and_a_trusted_guest_producer_each_deliver_once() {
+    // The guest pool's free ring: a guest's trusted MP producer and the host's bounded one
+    // race; the host may leave its publication pending behind the guest's and settles it
+    // with `complete`. Whatever the consumer sees is fully published, each element once.
+    model(|| {
+        let r = ring(2, SyncMode::MP_MC);
+        let mut guest = r.mp_producer().unwrap();
+        let mut host = r.untrusted_producer();
+        let tg = loom::thread::spawn(move || assert_eq!(guest.enqueue_bulk(&[1]).unwrap(), 1));
+        let th = loom::thread::spawn(move || {
+            // Busy only if the CAS budget ran out against the guest: try once more.
+            let n = match host.enqueue_burst(&[2]) {
+                Ok(n) => n,
+                Err(shm_ring::RingError::Busy) => host.enqueue_burst(&[2]).unwrap_or(0),
+                Err(e) => panic!("{e}"),
+            };
+            while !host.complete().unwrap() {
+                loom::thread::yield_now();
+            }
+            n
+        });
+        let mut c = r.untrusted_consumer();
+        let mut got: Vec<u64> = c.dequeue().unwrap_or(None).into_iter().collect();
+        tg.join().unwrap();
+        let sent = th.join().unwrap();
+        while let Ok(Some(v)) = c.dequeue() {
+            got.push(v);
+        }
+        assert!(c.complete().unwrap());
+        got.sort_unstable();
+        assert_eq!(got, if sent == 1 { vec![1, 2] } else { vec![1] });
+        assert!(!r.is_failed());
+    });
+}
