@@ -1505,12 +1505,27 @@ impl<'c> TxQueue<'c> {
         sent
     }
 
-    /// Flushes buffered output (pcap) so readers see every packet sent so far.
+    /// Flushes buffered output (pcap) so readers see every packet sent so far, and does
+    /// what [`idle`](Self::idle) does.
     pub fn flush(&mut self) {
         if let TxKind::Pcap(w) = &mut self.kind {
             if w.flush().is_err() {
                 self.claim.bump(|b| &b.errors, 1);
             }
+        }
+        self.idle();
+    }
+
+    /// Call when the lcore has nothing to do (cheap: a load or two): a guest-facing port
+    /// gives back guest buffers it took for sending and lands a free-ring publication it
+    /// had to leave pending behind a slow guest, which a guest waiting on its own free
+    /// ring needs even when no traffic comes.
+    pub fn idle(&mut self) {
+        if let Some(g) = &mut self.guest {
+            g.flush();
+        }
+        if let TxKind::Ring(RingTx::Untrusted(p)) = &mut self.kind {
+            let _ = p.complete();
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use shm::Region;
-use shm_mempool::{MbufPool, Mempool, OwnerTag};
+use shm_mempool::{MbufPool, Mempool, PoolCache};
 use shm_ring::Ring;
 use tests::*;
 
@@ -191,6 +191,88 @@ impl Hot {
     }
 }
 
+/// A guest driver that does not trust its own pool either: builds a packet of `len`
+/// bytes (chained by the data room) from free-ring indices with plain header writes, and
+/// puts it in transit; `bad_len` makes `pkt_len` one too long. Returns the head handle and
+/// the segment indices. (The attack rewrites the headers meanwhile; that is the point.)
+fn raw_packet(
+    g: &GuestView,
+    free: &mut PoolCache,
+    len: usize,
+    bad_len: bool,
+) -> Option<(u64, Vec<u32>)> {
+    let room = g.pool.data_room() as usize;
+    let headroom = g.pool.headroom() as u16;
+    let nsegs = len.div_ceil(room).max(1);
+    let mut segs = Vec::with_capacity(nsegs);
+    for _ in 0..nsegs {
+        match free.get() {
+            Some(i) => segs.push(i),
+            None => {
+                free.put_bulk(&segs);
+                return None;
+            }
+        }
+    }
+    let handle = |i: u32| (u64::from(g.pool_id) << 32) | u64::from(i);
+    let mut left = len;
+    for (k, &i) in segs.iter().enumerate() {
+        let hdr = g.objs_off + u64::from(i) * g.obj_size;
+        let seg_len = left.min(room) as u16;
+        left -= usize::from(seg_len);
+        let next = segs.get(k + 1).map_or(0, |&n| handle(n));
+        let (nb, pkt) = if k == 0 {
+            (nsegs as u16, len as u32 + u32::from(bad_len))
+        } else {
+            (1, 0)
+        };
+        let _ = g.region.write(hdr, &i);
+        let _ = g.region.write(hdr + 4, &g.pool_id);
+        let _ = g.region.write(hdr + 12, &1u32);
+        let _ = g.region.write(hdr + 16, &[headroom, nb, 0xffff, seg_len]);
+        let _ = g.region.write(hdr + 24, &pkt);
+        let _ = g.region.write(hdr + 48, &next);
+        let _ = g.region.write(hdr + 128 + u64::from(headroom), &(k as u64));
+    }
+    for &i in &segs {
+        let hdr = g.objs_off + u64::from(i) * g.obj_size;
+        // Release: the host's Acquire CAS of TRANSIT sees the header written above.
+        let _ = g
+            .region
+            .atomic_u32(hdr + 8)
+            .map(|a| a.store(u32::MAX, Ordering::Release));
+    }
+    Some((handle(segs[0]), segs))
+}
+
+/// What the host sent back, freed the way a careful guest would on its own scribbled
+/// pool: a bounded, validated walk, then straight to the free ring (refusals, duplicates
+/// and leaks are its own loss).
+fn raw_free(g: &GuestView, free: &mut PoolCache, h: u64) {
+    let mut segs = Vec::with_capacity(8);
+    let mut cur = h;
+    while segs.len() < 8 && cur >> 32 == u64::from(g.pool_id) {
+        let i = cur as u32;
+        if i >= g.count || segs.contains(&i) {
+            break;
+        }
+        segs.push(i);
+        cur = g
+            .region
+            .read_copy::<u64>(g.objs_off + u64::from(i) * g.obj_size + 48)
+            .unwrap_or(0);
+    }
+    for &i in &segs {
+        let hdr = g.objs_off + u64::from(i) * g.obj_size;
+        let _ = g.region.write(hdr + 12, &0u32);
+        let _ = g
+            .region
+            .atomic_u32(hdr + 8)
+            .map(|a| a.store(0, Ordering::Release));
+    }
+    free.put_bulk(&segs);
+}
+
 /// The guest's traffic: frames of `sizes` bytes into the host (counted), and whatever
 /// the host sends back received and freed. With `hot`, every other chained packet gets a
 /// `pkt_len` one too long (so the host walks the chain and then discards it) and its
@@ -202,45 +284,18 @@ fn guest_traffic(
     stop: &AtomicBool,
     seed: u64,
     hot: Option<&Hot>,
+    progress: &AtomicU64,
 ) -> u64 {
-    let cache = g.pool.cache(OwnerTag::GUEST).unwrap();
     let mut tx = g.tx.mp_producer().unwrap();
     let mut rx = g.rx.mc_consumer().unwrap();
     let mut rng = Rng(seed);
-    let room = g.pool.data_room() as usize;
-    let frame: Vec<u8> = (0..16384u32).map(|i| (i * 31) as u8).collect();
     let mut sent = 0u64;
     let mut back = vec![0u64; 64];
     let mut free = g.pool.mempool().uncached();
-    let mut segs = Vec::with_capacity(8);
-    let mut drain = |rx: &mut shm_ring::McConsumer<u64>| {
+    let mut drain = |rx: &mut shm_ring::McConsumer<u64>, free: &mut PoolCache| {
         let n = rx.dequeue_burst(&mut back).unwrap_or(0);
         for &h in &back[..n] {
-            // What the host sent back is freed the way a careful guest would on its own
-            // scribbled pool: a bounded, validated walk, then straight to the free ring
-            // (refusals, duplicates and leaks are its own loss).
-            segs.clear();
-            let mut cur = h;
-            while segs.len() < 8 && cur >> 32 == u64::from(g.pool_id) {
-                let i = cur as u32;
-                if i >= g.count || segs.contains(&i) {
-                    break;
-                }
-                segs.push(i);
-                cur = g
-                    .region
-                    .read_copy::<u64>(g.objs_off + u64::from(i) * g.obj_size + 48)
-                    .unwrap_or(0);
-            }
-            for &i in &segs {
-                let hdr = g.objs_off + u64::from(i) * g.obj_size;
-                let _ = g.region.write(hdr + 12, &0u32);
-                let _ = g
-                    .region
-                    .atomic_u32(hdr + 8)
-                    .map(|a| a.store(0, Ordering::Release));
-            }
-            free.put_bulk(&segs);
+            raw_free(g, free, h);
         }
         n
     };
@@ -249,7 +304,7 @@ fn guest_traffic(
         if let Some(hot) = hot {
             let t0 = Instant::now();
             while g.tx.count() > 0 && t0.elapsed() < Duration::from_millis(20) {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             // The host took them: stop aiming at buffers it may already have freed.
             for i in &hot.idx {
@@ -258,62 +313,33 @@ fn guest_traffic(
         }
         for _ in 0..per_round {
             let len = sizes[rng.below(sizes.len() as u64) as usize];
-            // Built segment by segment without anything that could panic on a header
-            // the attacker changed under us.
-            let Some(mut m) = cache.alloc() else { break };
-            let mut ok = true;
-            let mut left = len;
-            let first = left.min(room);
-            match m.append(first) {
-                Some(d) => d.copy_from_slice(&frame[..first]),
-                None => ok = false,
-            }
-            left -= first;
-            while ok && left > 0 {
-                let k = left.min(room);
-                let Some(mut seg) = cache.alloc() else {
-                    ok = false;
-                    break;
-                };
-                match seg.append(k) {
-                    Some(d) => d.copy_from_slice(&frame[..k]),
-                    None => ok = false,
-                }
-                ok &= m.chain(seg).is_ok();
-                left -= k;
-            }
-            if !ok {
-                continue;
-            }
-            if let (Some(hot), true) = (hot, m.nb_segs() >= 3) {
-                let head = g.objs_off + u64::from(m.index()) * g.obj_size;
-                let seg1 = g.region.read_copy::<u64>(head + 48).unwrap_or(0) as u32;
-                let s1 = g.objs_off + u64::from(seg1) * g.obj_size;
+            // An odd pkt_len on every other aimed packet: the host walks, then discards.
+            let bad_len = hot.is_some() && sent.is_multiple_of(2);
+            let Some((h, segs)) = raw_packet(g, &mut free, len, bad_len) else {
+                break;
+            };
+            if let (Some(hot), true) = (hot, segs.len() >= 3) {
                 let k = (sent as usize) % HOT;
                 hot.next[k].store(
-                    g.region.read_copy::<u64>(s1 + 48).unwrap_or(0),
+                    (u64::from(g.pool_id) << 32) | u64::from(segs[2]),
                     Ordering::Relaxed,
                 );
-                hot.idx[k].store(u64::from(seg1), Ordering::Relaxed);
-                if sent.is_multiple_of(2) {
-                    let len = m.pkt_len() + 1;
-                    let _ = g.region.write(head + 24, &len);
-                }
+                hot.idx[k].store(u64::from(segs[1]), Ordering::Relaxed);
             }
-            let Ok(h) = m.into_transit() else { continue };
-            if tx.enqueue(h.0).is_ok() {
+            if tx.enqueue(h).is_ok() {
                 sent += 1;
+                progress.store(sent, Ordering::Relaxed);
             } else {
-                drop(cache.adopt(h));
+                raw_free(g, &mut free, h);
                 break;
             }
         }
-        drain(&mut rx);
+        drain(&mut rx, &mut free);
     }
     // Take back what the host still sends for a while.
     let end = Instant::now() + Duration::from_secs(2);
     while Instant::now() < end {
-        if drain(&mut rx) == 0 {
+        if drain(&mut rx, &mut free) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -401,10 +427,18 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
     let stop_attack = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
     let hot = Arc::new(Hot::new());
+    let progress = Arc::new(AtomicU64::new(0));
     let guest = {
-        let (g, stop, hot) = (g.clone(), stop_traffic.clone(), hot.clone());
+        let (g, stop, hot, progress) = (
+            g.clone(),
+            stop_traffic.clone(),
+            hot.clone(),
+            progress.clone(),
+        );
         let aim = attack == Attack::Chains;
-        std::thread::spawn(move || guest_traffic(&g, sizes, &stop, seed, aim.then_some(&*hot)))
+        std::thread::spawn(move || {
+            guest_traffic(&g, sizes, &stop, seed, aim.then_some(&*hot), &progress)
+        })
     };
     // The sharp attacker: the state of every buffer rewritten in a sweep (refcnt 2, so
     // "fresh" buffers look shared between the host's check and its use), or the chains
@@ -420,8 +454,16 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
                             let _ = g.region.write(g.objs_off + i * g.obj_size + 12, &2u32);
                         }
                         writes.fetch_add(u64::from(g.count), Ordering::Relaxed);
+                        std::thread::yield_now();
                     }
                     Attack::Chains => {
+                        if hot
+                            .idx
+                            .iter()
+                            .all(|i| i.load(Ordering::Relaxed) == u64::MAX)
+                        {
+                            std::thread::yield_now();
+                        }
                         for k in 0..HOT {
                             let i = hot.idx[k].load(Ordering::Relaxed);
                             if i >= u64::from(g.count) {
@@ -435,6 +477,7 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
                             }
                         }
                         writes.fetch_add(16 * HOT as u64, Ordering::Relaxed);
+                        std::thread::yield_now();
                     }
                 }
             }
@@ -450,12 +493,20 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
                         scribble_one(&g, &mut rng, attack);
                     }
                     writes.fetch_add(256, Ordering::Relaxed);
-                    std::thread::yield_now();
+                    // Leave the forwarder some of the machine's two cores.
+                    std::thread::sleep(Duration::from_micros(100));
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(4));
+    // At least 4 s, and until the guest got 2000 packets through (a loaded machine starves
+    // the forwarder), at most 20 s.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4)
+        || (progress.load(Ordering::Relaxed) < 2000 && t0.elapsed() < Duration::from_secs(20))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop_attack.store(true, Ordering::Relaxed);
     for a in attackers {
         a.join().unwrap();
@@ -494,8 +545,12 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
     let refused = n(&port1["errors"]);
     let nombuf = n(&port1["drops"]["no_mbuf"]);
     eprintln!(
-        "{tag}: {} header writes; guest sent {sent}: host received {received}, refused {refused}, no mbuf {nombuf}",
-        writes.load(Ordering::Relaxed)
+        "{tag}: {} header writes; guest sent {sent}: host received {received}, refused {refused}, no mbuf {nombuf}; \
+         guest rings {} / {} queued, its pool {} free",
+        writes.load(Ordering::Relaxed),
+        g.tx.count(),
+        g.rx.count(),
+        g.pool.mempool().stats().available,
     );
     assert!(sent > 200 && received > 0, "too little traffic: {report}");
     assert!(refused > 0, "the attack should have been noticed: {report}");

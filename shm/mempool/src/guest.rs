@@ -44,7 +44,7 @@ use std::mem::offset_of;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use shm_ring::{McConsumer, MpProducer};
+use shm_ring::{RingError, UntrustedConsumer, UntrustedProducer};
 
 use crate::mbuf::{header_ptr, MbufHeader, MBUF_HEADER_SIZE, NO_PORT};
 use crate::{Mbuf, MbufCache, MbufPool, OwnerTag, PoolError};
@@ -414,8 +414,10 @@ impl Chain {
 /// buffers. See the module docs for the rules it keeps.
 pub struct GuestPool {
     pool: MbufPool,
-    producer: MpProducer<u32>,
-    consumer: McConsumer<u32>,
+    /// The guest's free ring, through the ring crate's bounded handles for guest-writable
+    /// rings (no unbounded CAS retry, no stall wait).
+    producer: UntrustedProducer<u32>,
+    consumer: UntrustedConsumer<u32>,
     owner: u32,
     pool_id: u32,
     n: u32,
@@ -458,12 +460,9 @@ impl GuestPool {
             )));
         }
         let sh = &pool.mempool().shared;
-        let ring_err = |e: shm_ring::RingError| {
-            PoolError::BadPool(format!("pool {}: free ring: {e}", sh.name))
-        };
         Ok(GuestPool {
-            producer: sh.ring.mp_producer().map_err(ring_err)?,
-            consumer: sh.ring.mc_consumer().map_err(ring_err)?,
+            producer: sh.ring.untrusted_producer(),
+            consumer: sh.ring.untrusted_consumer(),
             owner: owner.0,
             pool_id: sh.info.pool_id,
             n: sh.info.obj_count,
@@ -839,13 +838,36 @@ impl GuestPool {
     /// Entries the ring refuses (it is full: the guest freed buffers twice) are counted
     /// as lost.
     pub fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            let pushed = self.producer.enqueue_burst(&self.pending).unwrap_or(0);
-            self.stats.lost_segments +=
-                (self.pending.len() - pushed.min(self.pending.len())) as u64;
-            self.pending.clear();
+        Self::give_back(&mut self.producer, &mut self.pending, &mut self.stats);
+        Self::give_back(&mut self.producer, &mut self.stash, &mut self.stats);
+        // One load when nothing is pending: lets a publication an earlier guest producer
+        // held up land without waiting for traffic.
+        let _ = self.producer.complete();
+        let _ = self.consumer.complete();
+    }
+
+    /// Enqueues `list` on the free ring. What the ring refuses as full or corrupt is
+    /// counted as lost; on `Busy` (an earlier reservation still waits for the guest) the
+    /// list is kept for the next flush.
+    fn give_back(
+        producer: &mut UntrustedProducer<u32>,
+        list: &mut Vec<u32>,
+        stats: &mut GuestStats,
+    ) {
+        if list.is_empty() {
+            return;
         }
-        self.give_back_stash();
+        match producer.enqueue_burst(list) {
+            Ok(pushed) => {
+                stats.lost_segments += (list.len() - pushed.min(list.len())) as u64;
+                list.clear();
+            }
+            Err(RingError::Busy) => {}
+            Err(_) => {
+                stats.lost_segments += list.len() as u64;
+                list.clear();
+            }
+        }
     }
 
     /// Takes `k` free guest buffers for sending into the stash (host memory); false when
@@ -1042,15 +1064,6 @@ impl GuestPool {
         self.set_word(i, 5, 0);
         self.set_word(i, 6, next);
         self.set_word(i, 7, pair32(self.buf_len, 0));
-    }
-
-    /// Gives every stashed free buffer back to the guest's free ring.
-    fn give_back_stash(&mut self) {
-        if !self.stash.is_empty() {
-            let pushed = self.producer.enqueue_burst(&self.stash).unwrap_or(0);
-            self.stats.lost_segments += (self.stash.len() - pushed.min(self.stash.len())) as u64;
-            self.stash.clear();
-        }
     }
 }
 
