@@ -19,8 +19,7 @@ use pmds::{DevArgs, Port, PortSetup};
 use shm::{Memseg, MemzoneKind, Region};
 use shm_mempool::layout::POOL_F_MBUF;
 use shm_mempool::{
-    MbufHandle, MbufPool, MbufPoolParams, Mempool, OwnerTag, PoolParams, DEFAULT_DATA_ROOM,
-    DEFAULT_HEADROOM,
+    MbufPool, MbufPoolParams, Mempool, OwnerTag, PoolParams, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,
 };
 use shm_ring::{Ring, SyncMode};
 
@@ -87,44 +86,92 @@ impl GuestLayout {
 
 /// The guest: frames (some chained) into the host, and the host's frames taken back;
 /// every 300 ms it reboots (lays out its rings and pool again), as the attack breaks them
-/// for good. Its own code runs on its own scribbled memory: a panic in it is the guest's
-/// problem and only reboots it early.
+/// for good. It trusts nothing either: packets are built with plain header writes from
+/// free-ring indices, freed after a bounded walk, and every ring is used through the
+/// bounded untrusted handles (the attack scribbles its rings too). A panic in its own code
+/// only reboots it early.
 fn guest(layout: GuestLayout, stop: Arc<AtomicBool>, seed: u64) -> (u64, u64) {
     let mut rng = Rng(seed | 1);
     let (mut sent, mut reboots) = (0u64, 0u64);
+    let r = &layout.region;
     while !stop.load(Ordering::Relaxed) {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let (pool, rx, tx) = layout.reboot();
-            let cache = pool.cache(OwnerTag::GUEST).unwrap();
-            let mut p = tx.mp_producer().unwrap();
-            p.set_stall_timeout(Duration::from_millis(1));
-            let mut c = rx.mc_consumer().unwrap();
-            c.set_stall_timeout(Duration::from_millis(1));
+            let info = *pool.mempool().info();
+            let objs = layout.pool.0 + info.objs_off;
+            let (size, count, id) = (
+                u64::from(info.obj_size),
+                info.obj_count,
+                u64::from(info.pool_id),
+            );
+            let free_ring =
+                Ring::<u32>::open(r, layout.pool.0 + info.ring_off, info.ring_len).unwrap();
+            let (mut get, mut put) = (
+                free_ring.untrusted_consumer(),
+                free_ring.untrusted_producer(),
+            );
+            let (mut p, mut c) = (tx.untrusted_producer(), rx.untrusted_consumer());
+            let hdr = |i: u32| objs + u64::from(i) * size;
             let mut back = [0u64; 32];
-            let frame = [0x5au8; 5000];
             let mut n = 0u64;
             let end = Instant::now() + Duration::from_millis(300);
             while Instant::now() < end && !stop.load(Ordering::Relaxed) {
                 for _ in 0..16 {
-                    let len = [60usize, 64, 1514, 2100, 4000][rng.below(5) as usize];
-                    if let Ok(m) = cache.alloc_from(&frame[..len]) {
-                        if let Ok(h) = m.into_transit() {
-                            if p.enqueue(h.0).is_ok() {
-                                n += 1;
-                            } else {
-                                drop(cache.adopt(h));
-                            }
-                        }
+                    let len = [60u32, 64, 1514, 2100, 4000][rng.below(5) as usize];
+                    let nsegs = len.div_ceil(DEFAULT_DATA_ROOM) as usize;
+                    let mut idx = [0u32; 2];
+                    let idx = &mut idx[..nsegs];
+                    if get.dequeue_bulk(idx) != Ok(nsegs) || idx.iter().any(|&i| i >= count) {
+                        break;
+                    }
+                    let mut left = len;
+                    for (k, &i) in idx.iter().enumerate() {
+                        let seg = left.min(DEFAULT_DATA_ROOM) as u16;
+                        left -= u32::from(seg);
+                        let next = idx.get(k + 1).map_or(0, |&x| (id << 32) | u64::from(x));
+                        let (nb, pkt) = if k == 0 { (nsegs as u16, len) } else { (1, 0) };
+                        let h = hdr(i);
+                        let _ = r.write(h, &(u64::from(i) | (id << 32)));
+                        let _ = r.write(h + 12, &1u32);
+                        let _ = r.write(h + 16, &[DEFAULT_HEADROOM as u16, nb, 0xffff, seg]);
+                        let _ = r.write(h + 24, &pkt);
+                        let _ = r.write(h + 48, &next);
+                    }
+                    for &i in idx.iter() {
+                        // Release: the host's Acquire CAS of TRANSIT sees the header.
+                        let _ = r
+                            .atomic_u32(hdr(i) + 8)
+                            .map(|a| a.store(u32::MAX, Ordering::Release));
+                    }
+                    if p.enqueue((id << 32) | u64::from(idx[0])).is_ok() {
+                        n += 1;
+                    } else {
+                        let _ = put.enqueue_burst(idx);
                     }
                 }
                 let k = c.dequeue_burst(&mut back).unwrap_or(0);
                 for &h in &back[..k] {
-                    drop(cache.adopt(MbufHandle(h)));
+                    let mut segs = Vec::with_capacity(4);
+                    let mut cur = h;
+                    while segs.len() < 4 && cur >> 32 == id && (cur as u32) < count {
+                        let i = cur as u32;
+                        if segs.contains(&i) {
+                            break;
+                        }
+                        segs.push(i);
+                        cur = r.read_copy::<u64>(hdr(i) + 48).unwrap_or(0);
+                    }
+                    for &i in &segs {
+                        let _ = r
+                            .atomic_u32(hdr(i) + 8)
+                            .map(|a| a.store(0, Ordering::Release));
+                    }
+                    let _ = put.enqueue_burst(&segs);
                 }
             }
             n
         }));
-        sent += r.unwrap_or(0);
+        sent += round.unwrap_or(0);
         reboots += 1;
     }
     (sent, reboots)
@@ -279,7 +326,11 @@ fn random_writes_into_a_live_guest_segment_never_hurt_the_host() {
         let end = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < end {
             let t = Instant::now();
-            received += rx.rx_burst(&mut pkts, 32) as u64;
+            let got = rx.rx_burst(&mut pkts, 32) as u64;
+            received += got;
+            if got == 0 {
+                tx.idle();
+            }
             sent += tx.tx_burst(&mut pkts) as u64;
             left_over += pkts.len() as u64;
             pkts.clear();
