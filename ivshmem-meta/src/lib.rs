@@ -26,8 +26,8 @@
 //! ```
 //!
 //! [`decode`] checks everything: magic, version, sizes, names (non-empty, UTF-8, NUL
-//! padded), kinds, every entry inside the segment and past the block, no two entries
-//! overlapping, and the checksum. It never panics, whatever the bytes.
+//! padded; the group name [`valid_group`]), kinds, every entry inside the segment and
+//! past the block, no two entries overlapping or of one name, and the checksum. It never panics, whatever the bytes.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -135,6 +135,8 @@ pub enum MetaError {
     OutOfBounds(usize),
     /// Two entries overlap.
     Overlap(usize, usize),
+    /// Two entries have one name.
+    Duplicate(usize, usize),
     /// The checksum does not match.
     Checksum {
         /// In the block.
@@ -159,6 +161,7 @@ impl std::fmt::Display for MetaError {
             MetaError::BadKind(i, k) => write!(f, "metadata entry {i} has unknown kind {k}"),
             MetaError::OutOfBounds(i) => write!(f, "metadata entry {i} lies outside the segment"),
             MetaError::Overlap(a, b) => write!(f, "metadata entries {a} and {b} overlap"),
+            MetaError::Duplicate(a, b) => write!(f, "metadata entries {a} and {b} have one name"),
             MetaError::Checksum { stored, computed } => write!(
                 f,
                 "metadata checksum {stored:#010x} does not match its contents ({computed:#010x}): the block is corrupt"
@@ -174,6 +177,16 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// A valid group name: 1 to 31 bytes of `[A-Za-z0-9_-]`, the primary's memseg names (so
+/// it can be printed into a QEMU option or a shell line as it is).
+pub fn valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn put_name(out: &mut [u8], name: &str) -> Result<(), MetaError> {
@@ -223,6 +236,9 @@ pub fn encode(meta: &Meta) -> Result<[u8; BLOCK_SIZE], MetaError> {
     b[10..12].copy_from_slice(&LAYOUT_MINOR.to_le_bytes());
     b[12..16].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
     b[16..24].copy_from_slice(&meta.segment_size.to_le_bytes());
+    if !valid_group(&meta.group) {
+        return Err(MetaError::BadName("group", 0));
+    }
     put_name(&mut b[24..56], &meta.group).map_err(|_| MetaError::BadName("group", 0))?;
     b[56..60].copy_from_slice(&(meta.entries.len() as u32).to_le_bytes());
     for (i, e) in meta.entries.iter().enumerate() {
@@ -273,6 +289,9 @@ pub fn decode(bytes: &[u8]) -> Result<Meta, MetaError> {
         return Err(MetaError::Size("segment size"));
     }
     let group = get_name(&b[24..56], "group", 0)?;
+    if !valid_group(&group) {
+        return Err(MetaError::BadName("group", 0));
+    }
     let n = u32_at(b, 56) as usize;
     if n > MAX_ENTRIES {
         return Err(MetaError::TooMany(n));
@@ -308,6 +327,14 @@ pub fn decode(bytes: &[u8]) -> Result<Meta, MetaError> {
         if a.offset + a.length > c.offset {
             return Err(MetaError::Overlap(w[0].min(w[1]), w[0].max(w[1])));
         }
+    }
+    // A name finds exactly one entry (whatever its kind).
+    order.sort_by(|&i, &j| entries[i].name.cmp(&entries[j].name));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| entries[w[0]].name == entries[w[1]].name)
+    {
+        return Err(MetaError::Duplicate(w[0].min(w[1]), w[0].max(w[1])));
     }
     Ok(Meta {
         group,
@@ -446,6 +473,53 @@ mod tests {
         let mut m = sample();
         m.entries[0].name = "x".repeat(40);
         assert!(encode(&m).is_err());
+    }
+
+    #[test]
+    fn group_names_that_could_become_qemu_options_are_refused() {
+        for bad in [
+            "vm1,share=off",
+            "vm 1",
+            "vm1'",
+            "a=b",
+            "vm/1",
+            "",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert!(!valid_group(bad), "{bad:?}");
+            let mut m = sample();
+            m.group = bad.into();
+            assert!(encode(&m).is_err(), "{bad:?}");
+        }
+        assert!(valid_group("vm-1_A"));
+        // Written by someone else: decode refuses it too.
+        let mut b = encode(&sample()).unwrap();
+        b[24..56].fill(0);
+        b[24..37].copy_from_slice(b"g,share=off,x");
+        b[60..64].fill(0);
+        let sum = fnv1a(&b);
+        b[60..64].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode(&b), Err(MetaError::BadName("group", 0)));
+    }
+
+    #[test]
+    fn two_entries_of_one_name_are_refused() {
+        let mut m = sample();
+        let mut twin = m.entries[0].clone();
+        twin.name = m.entries[1].name.clone();
+        twin.offset = m.entries.iter().map(|e| e.offset + e.length).max().unwrap();
+        twin.length = 64;
+        m.entries.push(twin);
+        let n = m.entries.len() - 1;
+        assert_eq!(encode(&m).err(), Some(MetaError::Duplicate(1, n)));
+        // Written by someone else: entry 0 renamed like entry 1.
+        let mut b = encode(&sample()).unwrap();
+        let second: [u8; NAME_LEN] = b[128..128 + NAME_LEN].try_into().unwrap();
+        b[64..64 + NAME_LEN].copy_from_slice(&second);
+        b[60..64].fill(0);
+        let sum = fnv1a(&b);
+        b[60..64].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode(&b), Err(MetaError::Duplicate(0, 1)));
     }
 
     #[test]

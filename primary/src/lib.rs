@@ -129,6 +129,21 @@ struct MadePortObjects {
     pool: String,
 }
 
+/// `d` with the names of its rings and guest pool qualified with export group `group`
+/// (`NAME@GROUP`), so that they resolve only in that export.
+fn qualify(d: &pmds::DevArgs, group: &str) -> std::result::Result<pmds::DevArgs, String> {
+    let mut text = d.name.clone();
+    for (k, v) in &d.args {
+        let named = matches!(k.as_str(), "rx_ring" | "tx_ring" | "guest_pool");
+        if named && shm::names::split_qualified(v).1.is_none() {
+            text += &format!(",{k}={v}@{group}");
+        } else {
+            text += &format!(",{k}={v}");
+        }
+    }
+    pmds::DevArgs::parse(&text)
+}
+
 /// Name of the memzone holding an export segment's metadata block (the first memzone of
 /// the segment, at [`ivshmem_meta::META_OFFSET`]).
 pub const EXPORT_META_ZONE: &str = "shmdp_ivshmem";
@@ -364,9 +379,11 @@ impl Primary {
                 .create(seg, p)
                 .map_err(|e| PrimaryError::Config(e.to_string()))?;
         }
+        primary.check_unique_names()?;
         let mut exports = config.exports.clone();
         let mut vdevs = config.vdevs.clone();
         let exported_ports = primary.prepare_exported_ports(config, &mut exports, &mut vdevs)?;
+        primary.qualify_guest_ports(&mut vdevs)?;
         if !vdevs.is_empty() {
             // Ports allocate from the first pool outside any export segment: a pool a guest
             // can write to is no place for host packets.
@@ -401,7 +418,13 @@ impl Primary {
                     mac: None,
                 };
                 let segs = primary.memsegs.clone();
-                let find = move |name: &str| segs.iter().find_map(|s| s.lookup(name).ok());
+                let exported = primary.exported.clone();
+                let find = move |name: &str| {
+                    let all = segs
+                        .iter()
+                        .map(|s| (&**s, exported.iter().any(|e| e == s.name())));
+                    shm::names::resolve(all, name).ok()
+                };
                 let port = pmds::Port::create(&primary.memsegs[0], d, &setup, &find)
                     .map_err(|e| PrimaryError::Config(e.to_string()))?;
                 port.start();
@@ -442,14 +465,33 @@ impl Primary {
         &self,
         name: &str,
     ) -> std::result::Result<shm_ring::Ring<u64>, shm_ring::RingError> {
-        for seg in &self.memsegs {
-            if let Ok(zone) = seg.lookup(name) {
-                return shm_ring::Ring::from_memzone(&zone);
+        let all = self.memsegs.iter().map(|s| (&**s, self.is_exported(s)));
+        let zone = shm::names::resolve(all, name)
+            .map_err(|e| shm_ring::RingError::BadRing(e.to_string()))?;
+        shm_ring::Ring::from_memzone(&zone)
+    }
+
+    fn is_exported(&self, seg: &Memseg) -> bool {
+        self.exported.iter().any(|e| e == seg.name())
+    }
+
+    /// Refuses a name reserved in two of the primary's own memsegs (export segments
+    /// excepted: their objects are always named with their group, `NAME@GROUP`).
+    fn check_unique_names(&self) -> Result<()> {
+        let mut seen: Vec<(String, &str)> = Vec::new();
+        for seg in self.memsegs.iter().filter(|s| !self.is_exported(s)) {
+            for z in seg.memzones()? {
+                if let Some((_, other)) = seen.iter().find(|(n, _)| *n == z.name) {
+                    return Err(PrimaryError::Config(format!(
+                        "{} is created in memsegs {other} and {}; give one of them another name",
+                        z.name,
+                        seg.name()
+                    )));
+                }
+                seen.push((z.name, seg.name()));
             }
         }
-        Err(shm_ring::RingError::BadRing(format!(
-            "no ring named {name:?}"
-        )))
+        Ok(())
     }
 
     /// Creates an mbuf pool of `count` buffers with a per-lcore cache of `cache_size` and
@@ -524,11 +566,23 @@ impl Primary {
                     )));
                 }
                 let (rx, tx, pool) = match d.get("guest_pool") {
-                    Some(pool) => (
-                        d.get_all("rx_ring").iter().map(|s| s.to_string()).collect(),
-                        d.get_all("tx_ring").iter().map(|s| s.to_string()).collect(),
-                        pool.to_string(),
-                    ),
+                    Some(pool) => {
+                        // The user's names, unqualified or qualified with this group.
+                        let own = |n: &str| {
+                            match shm::names::split_qualified(n) {
+                            (obj, None) => Ok(obj.to_string()),
+                            (obj, Some(g)) if g == e.group => Ok(obj.to_string()),
+                            (_, Some(g)) => Err(bad(format!(
+                                "port {name}: {n} is in memseg {g}, not in the export group's memseg {}",
+                                e.group
+                            ))),
+                        }
+                        };
+                        let all = |k: &str| -> Result<Vec<String>> {
+                            d.get_all(k).into_iter().map(own).collect()
+                        };
+                        (all("rx_ring")?, all("tx_ring")?, own(pool)?)
+                    }
                     None if d.get("rx_ring").is_some() || d.get("tx_ring").is_some() => {
                         return Err(bad(format!(
                             "port {name} names its rings but not guest_pool=; add guest_pool=POOL (in memseg {0}), or drop rx_ring=/tx_ring= and the export makes them",
@@ -562,6 +616,9 @@ impl Primary {
                 {
                     e.items.push((ivshmem_meta::Kind::Mempool, pool.clone()));
                 }
+                // The port resolves its rings and pool in this export only (a plain name
+                // never reaches an export segment: shm::names).
+                vdevs[port_id] = qualify(&vdevs[port_id], &e.group).map_err(bad)?;
                 out.push(ExportedPort {
                     name,
                     port_id: port_id as u16,
@@ -573,6 +630,30 @@ impl Primary {
             }
         }
         Ok(out)
+    }
+
+    /// Qualifies the ring and pool names of every other guest-facing port (`guest_pool=`
+    /// naming a pool in an export segment) with that export group, as for exported ports.
+    fn qualify_guest_ports(&self, vdevs: &mut [pmds::DevArgs]) -> Result<()> {
+        for d in vdevs.iter_mut() {
+            let Some(pool) = d.get("guest_pool") else {
+                continue;
+            };
+            if shm::names::split_qualified(pool).1.is_some() {
+                continue;
+            }
+            // The primary's own records of each export memseg (never its shared table).
+            let group = self
+                .memsegs
+                .iter()
+                .filter(|s| self.is_exported(s))
+                .find(|s| s.lookup(pool).is_ok())
+                .map(|s| s.name().to_string());
+            if let Some(g) = group {
+                *d = qualify(d, &g).map_err(PrimaryError::Config)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the rings (`<port>_g2h<q>`: guest to host, `<port>_h2g<q>`: host to guest)

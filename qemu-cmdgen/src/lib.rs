@@ -2,9 +2,11 @@
 //! (`memory-backend-file` + `ivshmem-plain`) that give a guest those segments.
 //!
 //! Where it sits: beside the primary, read-only. It finds the primary's memseg files
-//! through the runtime directory (`/run/shmdp/<prefix>/<memseg>.seg` links), reads the
-//! export metadata block of each (`ivshmem-meta`), and renders one `-object`/`-device` pair
-//! per group. Devices get stable PCI slots, in group-name order from [`FIRST_SLOT`], so a
+//! through the runtime directory (`/run/shmdp/<prefix>/<memseg>.seg` links), keeps those
+//! holding a valid export metadata block (`ivshmem-meta`), and renders one
+//! `-object`/`-device` pair per group. What it prints comes from the primary's side only
+//! (link names, their targets, file sizes), never from the guest-writable segment, and
+//! every option value is escaped for QEMU. Devices get stable PCI slots, in group-name order from [`FIRST_SLOT`], so a
 //! guest (and a libvirt domain) sees the same address for a group every time; a guest also
 //! identifies a device by the group name in its metadata.
 #![forbid(unsafe_code)]
@@ -85,14 +87,46 @@ pub enum CmdgenError {
     },
 }
 
-/// Reads the export metadata of the memseg file at `path`, if it has any.
-fn read_meta(path: &Path) -> Option<ivshmem_meta::Meta> {
+/// The size of the memseg file at `path` if it is an export segment (holds a valid
+/// metadata block for its size). The block is guest-writable: nothing else of it is used.
+fn export_size(path: &Path) -> Option<u64> {
     let f = std::fs::File::open(path).ok()?;
     let mut block = vec![0u8; ivshmem_meta::BLOCK_SIZE];
     f.read_exact_at(&mut block, ivshmem_meta::META_OFFSET)
         .ok()?;
     let meta = ivshmem_meta::decode(&block).ok()?;
-    (meta.segment_size == f.metadata().ok()?.len()).then_some(meta)
+    let size = f.metadata().ok()?.len();
+    (meta.segment_size == size).then_some(size)
+}
+
+/// The export segments linked from the runtime directory `dir`, as `(group, file, size)`
+/// in group order. Everything printed later comes from the primary's side: the group is
+/// the link's name (`<memseg>.seg`, made by the primary; an export group is the memseg of
+/// that name), the path is the link's target, the size the file's; the guest-writable
+/// metadata only tells that the memseg is exported. A link whose name is not a valid
+/// group name ([`ivshmem_meta::valid_group`]) is skipped.
+pub fn exports_in(dir: &Path) -> Vec<(String, PathBuf, u64)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let link = entry.path();
+        if link.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let Some(group) = link.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if !ivshmem_meta::valid_group(group) {
+            continue;
+        }
+        let Ok(path) = std::fs::read_link(&link) else {
+            continue;
+        };
+        if let Some(size) = export_size(&path) {
+            all.push((group.to_string(), path, size));
+        }
+    }
+    all.sort();
+    all
 }
 
 /// The export groups of the primary running on `prefix`, in name order with their slots;
@@ -106,26 +140,10 @@ pub fn discover(prefix: &FilePrefix, wanted: &[String]) -> Result<Vec<Export>, C
     if !matches!(dir.probe(), Liveness::Alive { .. }) {
         return Err(CmdgenError::NoPrimary(prefix.to_string()));
     }
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir.path())
-        .map_err(|_| CmdgenError::NoPrimary(prefix.to_string()))?
-        .flatten()
-    {
-        let link = entry.path();
-        if link.extension().is_none_or(|e| e != "seg") {
-            continue;
-        }
-        let Ok(path) = std::fs::read_link(&link) else {
-            continue;
-        };
-        if let Some(meta) = read_meta(&path) {
-            all.push((meta.group, path, meta.segment_size));
-        }
-    }
+    let all = exports_in(dir.path());
     if all.is_empty() {
         return Err(CmdgenError::NothingExported(prefix.to_string()));
     }
-    all.sort();
     let exports: Vec<Export> = all
         .into_iter()
         .enumerate()
@@ -182,14 +200,22 @@ fn check_shareable(e: &Export) -> Result<(), CmdgenError> {
     Ok(())
 }
 
-/// The QEMU arguments for `exports`.
+/// A value inside a QEMU `-object`/`-device` option list: QEMU's option syntax ends a
+/// value at a single `,` and reads `,,` as one comma (QEMU `docs/system/invocation`,
+/// "option values containing commas").
+fn qemu_value(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// The QEMU arguments for `exports`. Every value is escaped ([`qemu_value`]), whatever is
+/// in the [`Export`] (a group name with a comma yields an id QEMU refuses, never another
+/// option).
 pub fn args(exports: &[Export]) -> Vec<String> {
     let mut out = Vec::new();
     for e in exports {
-        let id = format!("shmdp-{}", e.group);
+        let id = qemu_value(&format!("shmdp-{}", e.group));
         out.push("-object".to_string());
-        // QEMU's option syntax doubles a comma inside a value.
-        let path = e.path.display().to_string().replace(',', ",,");
+        let path = qemu_value(&e.path.display().to_string());
         out.push(format!(
             "memory-backend-file,id={id},mem-path={path},size={},share=on",
             e.size

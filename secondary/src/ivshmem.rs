@@ -195,8 +195,14 @@ impl ExportSegment {
             .map_err(|err| IvshmemError::Object(err.to_string()))
     }
 
-    /// Finds an exported ring or pool by name (what a port's devargs name).
+    /// Finds an exported ring or pool by name (what a port's devargs name; the host's
+    /// devargs qualify them with the group, `NAME@GROUP`).
     fn find(&self, name: &str) -> Option<Memzone> {
+        let name = match shm::names::split_qualified(name) {
+            (obj, Some(group)) if group == self.meta.group => obj,
+            (_, Some(_)) => return None,
+            (obj, None) => obj,
+        };
         self.meta
             .entries
             .iter()

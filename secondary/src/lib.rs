@@ -226,22 +226,15 @@ impl Secondary {
         &self.memsegs
     }
 
-    /// Finds a memzone by name in any memseg.
+    /// Finds a memzone by name ([`shm::names`]): `NAME` in the primary's own memsegs only
+    /// (exactly one), `NAME@MEMSEG` in that memseg only (how an export group's objects are
+    /// named: a guest rewriting its segment's table can never shadow a host object).
     ///
     /// # Errors
-    /// [`shm::Error::NotFound`] if no memseg has it; [`shm::Error::BadMemseg`] if a table
-    /// is corrupt.
+    /// [`shm::Error::NotFound`] if absent; [`shm::Error::BadMemseg`] if a table searched
+    /// is corrupt (a scribbled export segment breaks only `NAME@that-export`).
     pub fn lookup(&self, name: &str) -> Result<Memzone, shm::Error> {
-        for (seg, &exported) in self.memsegs.iter().zip(&self.exported) {
-            match seg.lookup(name) {
-                Err(shm::Error::NotFound(_)) => continue,
-                // A guest may have scribbled over its export segment's memzone table: that
-                // hides what is in it, never what is in the other memsegs.
-                Err(_) if exported => continue,
-                other => return other,
-            }
-        }
-        Err(shm::Error::NotFound(name.to_string()))
+        shm::names::resolve(self.memsegs.iter().zip(self.exported.iter().copied()), name)
     }
 
     /// Opens the ring of 8-byte handles named `name` in any memseg.

@@ -25,6 +25,7 @@ pub mod control;
 pub mod eal;
 pub mod layout;
 pub mod memseg;
+pub mod names;
 mod region;
 pub mod runtime;
 pub mod stats;

@@ -94,11 +94,13 @@ impl Memzone {
     }
 }
 
-/// Where the next memzone goes, as only the creating process knows it.
+/// Where the next memzone goes and what was reserved, as only the creating process knows
+/// it: the creator resolves names from these records, never from the shared table.
 #[derive(Debug)]
 struct AllocState {
     zone_count: u32,
     cursor: u64,
+    zones: Vec<Memzone>,
 }
 
 impl AllocState {
@@ -106,6 +108,7 @@ impl AllocState {
         AllocState {
             zone_count: 0,
             cursor: MEMSEG_HDR_SIZE,
+            zones: Vec::new(),
         }
     }
 }
@@ -374,7 +377,9 @@ impl Memseg {
                 "memzone {name}: alignment {align} is not a power of two"
             )));
         }
-        if self.lookup(name).is_ok() {
+        // Against this process's own records: the shared table may have been rewritten
+        // by anything that maps the memseg (a guest, for an export segment).
+        if alloc.zones.iter().any(|z| z.name == name) {
             return Err(Error::Exists(name.to_string()));
         }
         let count_word = self.region.atomic_u32(ZONE_COUNT_OFF).expect("in header");
@@ -427,34 +432,48 @@ impl Memseg {
         count_word.store(count + 1, Ordering::Release);
         alloc.zone_count = count + 1;
         alloc.cursor = off + len_bytes;
-        Ok(Memzone {
+        let zone = Memzone {
             name: name.to_string(),
             offset: off,
             len_bytes,
             align,
             kind,
             region: self.region.clone(),
-        })
+        };
+        alloc.zones.push(zone.clone());
+        Ok(zone)
     }
 
-    /// Finds a memzone by name.
+    /// Finds a memzone by name: in the creating process from its own records, elsewhere
+    /// in the validated table (exactly one entry of that name, or an error).
     ///
     /// # Errors
-    /// [`Error::NotFound`] if absent; [`Error::BadMemseg`] if the table is corrupt.
+    /// [`Error::NotFound`] if absent; [`Error::BadMemseg`] if the table is corrupt (a bad
+    /// entry, a duplicate name, overlapping entries).
     pub fn lookup(&self, name: &str) -> Result<Memzone> {
-        for zone in self.memzones()? {
-            if zone.name == name {
-                return Ok(zone);
-            }
-        }
-        Err(Error::NotFound(name.to_string()))
+        self.memzones()?
+            .into_iter()
+            .find(|z| z.name == name)
+            .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
-    /// All memzones, each validated. A corrupt entry makes the whole table an error.
+    /// All memzones. The creating process answers from its own records; any other reads
+    /// the shared table and validates every entry and the table as a whole (no duplicate
+    /// names, no overlapping spans): one bad entry makes it an error.
     ///
     /// # Errors
-    /// [`Error::BadMemseg`] naming the first bad entry.
+    /// [`Error::BadMemseg`] naming the first problem.
     pub fn memzones(&self) -> Result<Vec<Memzone>> {
+        if let Some(lock) = &self.reserve_lock {
+            return Ok(lock.lock().unwrap_or_else(|p| p.into_inner()).zones.clone());
+        }
+        let zones = self.table_zones()?;
+        check_directory(&zones)?;
+        Ok(zones)
+    }
+
+    /// The shared table's entries, each validated on its own.
+    fn table_zones(&self) -> Result<Vec<Memzone>> {
         // Z1 Acquire: pairs with the Release in `reserve`; entries below `count` are fully
         // written.
         let count = self
@@ -505,6 +524,33 @@ impl Memseg {
             region: self.region.clone(),
         })
     }
+}
+
+/// Refuses a directory with two entries of one name or two spans that overlap (whoever
+/// wrote the table, a name must resolve to exactly one object, and objects never share
+/// bytes).
+fn check_directory(zones: &[Memzone]) -> Result<()> {
+    let mut by_name: Vec<&Memzone> = zones.iter().collect();
+    by_name.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = by_name.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(Error::BadMemseg(format!(
+            "memzone table: two entries are named {}",
+            w[0].name
+        )));
+    }
+    let mut by_off: Vec<&Memzone> = zones.iter().collect();
+    by_off.sort_unstable_by_key(|z| z.offset);
+    // Entries were checked to end inside the memseg, so the sums cannot overflow.
+    if let Some(w) = by_off
+        .windows(2)
+        .find(|w| w[0].offset + w[0].len_bytes > w[1].offset)
+    {
+        return Err(Error::BadMemseg(format!(
+            "memzone table: {} and {} overlap",
+            w[0].name, w[1].name
+        )));
+    }
+    Ok(())
 }
 
 /// Checks every header field that does not change after creation.
@@ -680,13 +726,17 @@ mod tests {
 
     #[test]
     fn corrupt_zone_entries_are_rejected_not_trusted() {
-        let seg = ready_seg();
-        seg.reserve("ok", 128, 64, MemzoneKind::Raw).unwrap();
+        let creator = ready_seg();
+        creator.reserve("ok", 128, 64, MemzoneKind::Raw).unwrap();
+        // Another process's view reads the shared table.
+        let seg = Memseg::from_region(creator.region().clone()).unwrap();
         let r = seg.region();
         let base = MEMZONE_TABLE_OFF;
         // Span past the end.
         r.write(base + 32, &(u64::MAX - 8)).unwrap();
         assert!(matches!(seg.lookup("ok"), Err(Error::BadMemseg(_))));
+        // The creator answers from its own records, whatever the table says.
+        assert_eq!(creator.lookup("ok").unwrap().offset, MEMSEG_HDR_SIZE);
         r.write(base + 32, &MEMSEG_HDR_SIZE).unwrap();
         assert!(seg.lookup("ok").is_ok());
         // Inside the header.
@@ -702,6 +752,66 @@ mod tests {
             .unwrap()
             .store(9999, Ordering::Relaxed);
         assert!(matches!(seg.memzones(), Err(Error::BadMemseg(_))));
+    }
+
+    /// Writes table entry `i` (and the count, if it grows) as a hostile mapper would.
+    fn forge(seg: &Memseg, i: u32, name: &str, offset: u64, len_bytes: u64) {
+        let entry = MemzoneEntry {
+            name: encode_name(name).unwrap(),
+            offset,
+            len_bytes,
+            align: 64,
+            flags: MemzoneKind::Ring.as_u32(),
+            _reserved: 0,
+        };
+        seg.region()
+            .write(MEMZONE_TABLE_OFF + u64::from(i) * 64, &entry)
+            .unwrap();
+        let count = seg.region().atomic_u32(ZONE_COUNT_OFF).unwrap();
+        count.fetch_max(i + 1, Ordering::Release);
+    }
+
+    #[test]
+    fn duplicate_names_and_overlapping_entries_make_the_table_an_error() {
+        let creator = ready_seg();
+        let a = creator.reserve("a", 4096, 64, MemzoneKind::Ring).unwrap();
+        creator.reserve("b", 4096, 64, MemzoneKind::Ring).unwrap();
+        let view = Memseg::from_region(creator.region().clone()).unwrap();
+        assert!(view.lookup("a").is_ok());
+        // A second "a" elsewhere: neither is chosen, for any name.
+        forge(&view, 2, "a", a.offset + 8192, 4096);
+        let e = view.lookup("b").unwrap_err();
+        assert!(
+            matches!(&e, Error::BadMemseg(m) if m.contains("two entries are named a")),
+            "{e}"
+        );
+        // A new name over a's bytes.
+        forge(&view, 2, "c", a.offset + 64, 64);
+        let e = view.memzones().unwrap_err();
+        assert!(
+            matches!(&e, Error::BadMemseg(m) if m.contains("overlap")),
+            "{e}"
+        );
+        // Disjoint and unique again: fine.
+        forge(&view, 2, "c", a.offset + 8192, 64);
+        assert_eq!(view.lookup("c").unwrap().offset, a.offset + 8192);
+        // The creator still knows only what it reserved.
+        assert!(matches!(creator.lookup("c"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn reserve_refuses_a_duplicate_whatever_the_shared_table_says() {
+        let seg = ready_seg();
+        seg.reserve("a", 128, 64, MemzoneKind::Raw).unwrap();
+        // Another mapper empties the table: "a" still exists for the creator.
+        seg.region()
+            .atomic_u32(ZONE_COUNT_OFF)
+            .unwrap()
+            .store(0, Ordering::Relaxed);
+        assert!(matches!(
+            seg.reserve("a", 128, 64, MemzoneKind::Raw),
+            Err(Error::Exists(_))
+        ));
     }
 
     #[test]

@@ -51,8 +51,8 @@ fn a_guest_echoes_1e5_packets_through_its_ivshmem_segment() {
         &prefix,
         &[
             "mbuf-recv",
-            "vm1_pool",
-            "vm1_tx",
+            "vm1_pool@vm1",
+            "vm1_tx@vm1",
             "--count",
             COUNT,
             "--timeout",
@@ -63,8 +63,8 @@ fn a_guest_echoes_1e5_packets_through_its_ivshmem_segment() {
         &prefix,
         &[
             "mbuf-send",
-            "vm1_pool",
-            "vm1_rx",
+            "vm1_pool@vm1",
+            "vm1_rx@vm1",
             "--count",
             COUNT,
             "--timeout",
@@ -86,7 +86,7 @@ fn a_guest_echoes_1e5_packets_through_its_ivshmem_segment() {
         assert_eq!(code, 0, "{out} {err}");
     }
     assert!(recv.stdout().join("\n").contains(&format!(
-        "received {COUNT} packets from vm1_tx, payloads ok"
+        "received {COUNT} packets from vm1_tx@vm1, payloads ok"
     )));
     let (code, out, _) = run(
         "shmdp-secondary",

@@ -70,11 +70,23 @@ fn a_host_process_mapping_the_segment_echoes_1e5_packets() {
     );
     let mut recv = secondary(
         &prefix,
-        &["mbuf-recv", "vm1_pool", "vm1_tx", "--count", "100000"],
+        &[
+            "mbuf-recv",
+            "vm1_pool@vm1",
+            "vm1_tx@vm1",
+            "--count",
+            "100000",
+        ],
     );
     let mut send = secondary(
         &prefix,
-        &["mbuf-send", "vm1_pool", "vm1_rx", "--count", "100000"],
+        &[
+            "mbuf-send",
+            "vm1_pool@vm1",
+            "vm1_rx@vm1",
+            "--count",
+            "100000",
+        ],
     );
     for p in [&mut send, &mut guest, &mut recv] {
         let (code, out, err) = finish(p, 120);
@@ -83,7 +95,7 @@ fn a_host_process_mapping_the_segment_echoes_1e5_packets() {
     assert!(recv
         .stdout()
         .join("\n")
-        .contains("received 100000 packets from vm1_tx, payloads ok"));
+        .contains("received 100000 packets from vm1_tx@vm1, payloads ok"));
     let (code, out, _) = run(
         "shmdp-secondary",
         &["--file-prefix", &prefix, "stats", "--json"],

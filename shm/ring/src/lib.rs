@@ -439,12 +439,19 @@ impl<T: Element> Ring<T> {
         let cons_tail = self.core.cons().tail.load(sync::Ordering::Acquire);
         let prod_tail = self.core.prod().tail.load(sync::Ordering::Acquire);
         let n = prod_tail.wrapping_sub(cons_tail).min(self.core.capacity);
-        out.resize(n as usize, T::new_zeroed());
-        // SAFETY: `n <= capacity`; the slots are only read (plain `Copy` elements of which
-        // any bit pattern is valid), and the caller accepts a racy snapshot on a live ring
-        // (documented above): a concurrent write yields a stale or torn value, which the
-        // reader validates like any other value from shared memory.
-        unsafe { self.core.read_slots(cons_tail, out) };
+        out.reserve(n as usize);
+        for i in 0..n {
+            // SAFETY: `slot_ptr` masks the index into the slot array (in bounds and aligned,
+            // checked at open); a volatile load of a plain element of which any bit pattern
+            // is valid, one at a time and never through a slice, since a peer (a guest, for
+            // a ring in its segment) may be writing the slot: the caller accepts a racy
+            // snapshot (documented above) and validates what it gets.
+            out.push(unsafe {
+                self.core
+                    .slot_ptr(cons_tail.wrapping_add(i))
+                    .read_volatile()
+            });
+        }
         n as usize
     }
 

@@ -215,11 +215,12 @@ fn a_reservation_the_peer_never_publishes_leaves_ours_pending_and_bounded() {
     assert_eq!(p.enqueue_burst(&[1, 2, 3]).unwrap(), 3, "ours are written");
     assert_eq!(p.pending(), 3);
     // Later calls cost one look each and move nothing.
-    for _ in 0..1000 {
+    for _ in 0..if cfg!(miri) { 10 } else { 1000 } {
         assert_eq!(p.enqueue_burst(&[4]), Err(RingError::Busy));
         assert_eq!(p.complete(), Ok(false));
     }
-    assert!(t.elapsed() < Duration::from_secs(1));
+    // (Miri runs far slower than any bound worth checking.)
+    assert!(cfg!(miri) || t.elapsed() < Duration::from_secs(1));
     assert_eq!(ring.count(), 0, "nothing visible yet");
     // The guest publishes at last: ours lands behind it, in order.
     set(&ring, true, false, 2);
