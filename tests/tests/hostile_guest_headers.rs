@@ -401,7 +401,7 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
     }
     let mut primary = Proc::primary(&prefix, &args);
     fill_canary(&prefix, "canary");
-    fill_canary(&prefix, "vm1_canary");
+    fill_canary(&prefix, "vm1_canary@vm1");
     let g = Arc::new(map_guest(&segment(&prefix)));
     let json_arg = json.display().to_string();
     let mut fwd = secondary(
@@ -560,7 +560,7 @@ fn hostile_run(tag: &str, attack: Attack, sizes: &'static [usize], seed: u64) {
         "every handle the guest sent is received or counted: {report}"
     );
     check_canary(&prefix, "canary");
-    check_canary(&prefix, "vm1_canary");
+    check_canary(&prefix, "vm1_canary@vm1");
     let (code, out, _) = run(
         "shmdp-secondary",
         &["--file-prefix", &prefix, "stats", "--json"],
