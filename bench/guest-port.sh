@@ -7,6 +7,7 @@
 # With two binary directories (A B), the reps alternate A, B, A, B, ... and both medians
 # and their ratio B / A are printed (an A/B of the guest path's copies and checks).
 # usage: bench/guest-port.sh [REPS] [SECS] [BIN_DIR_A [BIN_DIR_B]]   (default: target/release)
+#        BURST=N (fwd burst, default 64: with --tx-first, 2 x N frames circulate), PIN=0|1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-5}
@@ -16,6 +17,12 @@ B=${4:-}
 if [ -z "$A" ]; then
   cargo build --release --bins -q
   A=target/release
+fi
+# The forwarder on CPU 0 and the "guest" on CPU 1 (two busy processes on a two-core
+# machine otherwise share cores at the scheduler's whim); PIN=0 turns it off.
+PIN_FWD="" PIN_GUEST=""
+if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null; then
+  PIN_FWD="taskset -c 0" PIN_GUEST="taskset -c 1"
 fi
 run_once() { # bindir -> Mpps
   local bin=$1 p="gpb-$$-$RANDOM"
@@ -29,11 +36,11 @@ run_once() { # bindir -> Mpps
   local rt=${SHMDP_RUNTIME_DIR:-/run/shmdp}
   local seg
   seg=$(readlink "$rt/$p/vm1.seg")
-  "$bin/shmdp-secondary" ivshmem --dev "$seg" echo --pool vm1_pool --rx vm1_rx --tx vm1_tx \
+  $PIN_GUEST "$bin/shmdp-secondary" ivshmem --dev "$seg" echo --pool vm1_pool --rx vm1_rx --tx vm1_tx \
     --count 100000000000 --timeout 3 >/dev/null 2>&1 &
   local guest=$!
   local out
-  out=$("$bin/shmdp-secondary" --file-prefix "$p" fwd --fwd io --portlist 0,1 --tx-first --burst "${BURST:-64}" \
+  out=$($PIN_FWD "$bin/shmdp-secondary" --file-prefix "$p" fwd --fwd io --portlist 0,1 --tx-first --burst "${BURST:-64}" \
     --duration "$SECS" 2>&1 || true)
   kill "$guest" 2>/dev/null || true
   wait "$guest" 2>/dev/null || true
