@@ -832,9 +832,12 @@ fn poll(
         match pacer.after_round(moved, ending) {
             Step::Busy => {}
             Step::Idle { flush } => {
-                if flush {
-                    for q in lanes.tx.values_mut() {
+                for q in lanes.tx.values_mut() {
+                    if flush {
                         q.flush();
+                    } else {
+                        // Guest-facing ports: land what a slow guest held up.
+                        q.idle();
                     }
                 }
             }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shm::{Memseg, Memzone, MemzoneKind, Region};
-use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool};
+use shm_mempool::{GuestDrop, GuestPool, Mbuf, MbufCache, MbufHandle, MbufPool};
 use shm_ring::{Ring, SyncMode};
 
 use crate::devargs::{DevArgs, Driver};
@@ -589,7 +589,12 @@ impl Port {
 
     /// Frees what a poller killed inside a burst left in queue block `q`'s in-flight
     /// record (handles in transit and in no ring); returns how many.
-    fn recover_inflight(&self, q: usize, cache: &MbufCache, guest: Option<&MbufCache>) -> u64 {
+    fn recover_inflight(
+        &self,
+        q: usize,
+        cache: &MbufCache,
+        mut guest: Option<&mut GuestPool>,
+    ) -> u64 {
         // Acquire: pairs with the Release that published the count, so the handles are seen.
         let n = self.block(q).inflight.swap(0, Ordering::Acquire) as usize;
         let mut freed = 0;
@@ -598,8 +603,14 @@ impl Port {
             // wrote it is gone and we hold the claim, so nobody writes it now.
             let h = MbufHandle(unsafe { self.inflight_slots(q).wrapping_add(i).read_volatile() });
             // Only handles still in transit were lost; anything else someone owns.
-            let back = guest.map_or_else(|| cache.adopt(h).is_ok(), |g| g.adopt(h).is_ok());
+            let back = match guest.as_deref_mut() {
+                Some(g) => g.discard(h.0).is_ok(),
+                None => cache.adopt(h).is_ok(),
+            };
             freed += u64::from(back);
+        }
+        if let Some(g) = guest {
+            g.flush();
         }
         if freed > 0 {
             self.block(q).dropped.fetch_add(freed, Ordering::Relaxed);
@@ -887,9 +898,9 @@ impl Port {
                 })
             }
         };
-        let guest = self.guest_cache(cache)?;
+        let mut guest = self.guest_pool(cache)?;
         if matches!(kind, RxKind::Ring(_)) {
-            self.recover_inflight(claim.index, cache, guest.as_ref());
+            self.recover_inflight(claim.index, cache, guest.as_mut());
         }
         Ok(RxQueue {
             guest,
@@ -953,7 +964,7 @@ impl Port {
             self.recover_inflight(claim.index, cache, None);
         }
         Ok(TxQueue {
-            guest: self.guest_cache(cache)?,
+            guest: self.guest_pool(cache)?,
             port: self.clone(),
             claim,
             cache,
@@ -999,15 +1010,15 @@ impl Port {
         })
     }
 
-    /// For a guest-facing ring port, a cacheless handle on the guest's pool (its cache
-    /// slots live in guest-writable memory: never claimed by a host process).
-    fn guest_cache(&self, host: &MbufCache) -> Result<Option<MbufCache>, PortError> {
+    /// For a guest-facing ring port, the host's handle on the guest's pool: the only way
+    /// the host reads or writes guest-writable mbufs (copies through a choke point; no
+    /// cache slot, those live in guest-writable memory too).
+    fn guest_pool(&self, host: &MbufCache) -> Result<Option<GuestPool>, PortError> {
         match &self.shared.res {
             DriverRes::Ring {
                 guest_pool: Some(pool),
                 ..
-            } => pool
-                .uncached(host.owner())
+            } => GuestPool::open(pool, host.owner())
                 .map(Some)
                 .map_err(|e| self.cfg(e)),
             _ => Ok(None),
@@ -1140,8 +1151,8 @@ pub struct RxQueue<'c> {
     claim: QueueClaim,
     cache: &'c MbufCache,
     kind: RxKind,
-    /// Guest-facing ports: the guest pool's allocator (packets are copied out of it).
-    guest: Option<MbufCache>,
+    /// Guest-facing ports: the guest's pool (packets are copied out of it).
+    guest: Option<GuestPool>,
 }
 
 impl<'c> RxQueue<'c> {
@@ -1185,28 +1196,23 @@ impl<'c> RxQueue<'c> {
                 // Release: the handles above before the count that lists them.
                 let inflight = &self.claim.block().inflight;
                 inflight.store(got as u32, Ordering::Release);
-                let mut refused = 0;
+                let (mut refused, mut nombuf) = (0, 0);
                 for &h in &handles[..got] {
-                    let adopted = match &self.guest {
-                        // Guest-facing: the packet lives in guest-writable memory; copy it
-                        // into a host mbuf (no later change by the guest can reach it) and
-                        // give the guest's buffer back.
-                        Some(g) => match g.adopt(MbufHandle(h)) {
-                            Ok(gm) => {
-                                let copy = if gm.nb_segs() == 1 {
-                                    self.cache.alloc_from(gm.data())
-                                } else {
-                                    self.cache.alloc_from(&gm.to_vec())
-                                };
-                                match copy {
-                                    Ok(m) => Ok(m),
-                                    Err(_) => {
-                                        self.claim.bump(|b| &b.dropped, 1);
-                                        continue;
-                                    }
-                                }
+                    let adopted = match &mut self.guest {
+                        // Guest-facing: the packet lives in guest-writable memory; the
+                        // guest pool's choke point validates it and copies it into a host
+                        // mbuf (no later change by the guest can reach it), and gives the
+                        // guest's buffers back.
+                        Some(g) => match g.receive(h, self.cache) {
+                            Ok(m) => Ok(m),
+                            Err(GuestDrop::NoBuffer) => {
+                                nombuf += 1;
+                                continue;
                             }
-                            Err(e) => Err(e),
+                            Err(_) => {
+                                refused += 1;
+                                continue;
+                            }
                         },
                         None => self.cache.adopt(MbufHandle(h)),
                     };
@@ -1219,8 +1225,16 @@ impl<'c> RxQueue<'c> {
                         Err(_) => refused += 1,
                     }
                 }
+                if let Some(g) = &mut self.guest {
+                    // Before the record is cleared: a poller killed in between leaves
+                    // handles that are no longer in transit, which recovery refuses.
+                    g.flush();
+                }
                 if refused > 0 {
                     self.claim.bump(|b| &b.errors, refused);
+                }
+                if nombuf > 0 {
+                    self.claim.bump(|b| &b.dropped, nombuf);
                 }
                 // Every listed handle is adopted (or refused): the record is empty again.
                 inflight.store(0, Ordering::Release);
@@ -1328,8 +1342,8 @@ pub struct TxQueue<'c> {
     kind: TxKind,
     /// Scratch space for one burst of handles (allocated once, at claim time).
     handles: Box<[u64]>,
-    /// Guest-facing ports: the guest pool's allocator (packets are copied into it).
-    guest: Option<MbufCache>,
+    /// Guest-facing ports: the guest's pool (packets are copied into it).
+    guest: Option<GuestPool>,
 }
 
 impl<'c> TxQueue<'c> {
@@ -1345,21 +1359,29 @@ impl<'c> TxQueue<'c> {
             return 0;
         }
         let mut bytes = 0u64;
-        let sent = match &mut self.kind {
-            TxKind::Ring(ring) if self.guest.is_some() => {
-                let g = self.guest.as_ref().expect("checked");
+        let sent = match (&mut self.kind, &mut self.guest) {
+            (TxKind::Ring(ring), Some(g)) => {
                 let handles = &mut self.handles;
-                // Copy into the guest's pool: the guest can only reach its own segment.
-                let mut k = 0;
-                for m in pkts.iter().take(MAX_BURST) {
-                    let copy = if m.nb_segs() == 1 {
-                        g.alloc_from(m.data())
-                    } else {
-                        g.alloc_from(&m.to_vec())
-                    };
-                    let Ok(copy) = copy else { break };
-                    handles[k] = copy.into_transit().expect("a fresh mbuf is not shared").0;
-                    k += 1;
+                // Copy into the guest's pool through its choke point: the guest can only
+                // reach its own segment.
+                let (mut k, mut i, mut too_long) = (0, 0, 0);
+                while i < pkts.len() && k < handles.len() {
+                    match g.send(&pkts[i]) {
+                        Ok(h) => {
+                            handles[k] = h;
+                            k += 1;
+                            i += 1;
+                        }
+                        Err(GuestDrop::TooLong) => {
+                            // Cannot be sent to this guest at all: dropped (counted).
+                            drop(pkts.remove(i));
+                            too_long += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if too_long > 0 {
+                    self.claim.bump(|b| &b.dropped, too_long);
                 }
                 let pushed = match ring {
                     RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
@@ -1374,13 +1396,14 @@ impl<'c> TxQueue<'c> {
                 // Copies that did not fit go back to the guest pool; their originals stay
                 // the caller's.
                 for &h in &handles[pushed..k] {
-                    drop(g.adopt(MbufHandle(h)));
+                    let _ = g.discard(h);
                 }
+                g.flush();
                 bytes = pkts[..pushed].iter().map(|m| u64::from(m.pkt_len())).sum();
                 pkts.drain(..pushed);
                 pushed
             }
-            TxKind::Ring(ring) => {
+            (TxKind::Ring(ring), None) => {
                 // Shared mbufs cannot cross processes: the first one ends the burst.
                 let k = pkts
                     .iter()
@@ -1428,7 +1451,7 @@ impl<'c> TxQueue<'c> {
                 }
                 pushed
             }
-            TxKind::Vhost(q) => {
+            (TxKind::Vhost(q), _) => {
                 let before = pkts.len();
                 let o = q.send(pkts);
                 if o.bad_chains > 0 || o.broken {
@@ -1443,7 +1466,7 @@ impl<'c> TxQueue<'c> {
                 self.claim.count(o.packets as u64, bytes);
                 return before - pkts.len();
             }
-            TxKind::VirtioUser(q) => {
+            (TxKind::VirtioUser(q), _) => {
                 let before = pkts.len();
                 let o = q.send(pkts);
                 if o.errors > 0 {
@@ -1455,7 +1478,7 @@ impl<'c> TxQueue<'c> {
                 self.claim.count(o.packets as u64, o.bytes);
                 return before - pkts.len();
             }
-            TxKind::Pcap(w) => {
+            (TxKind::Pcap(w), _) => {
                 let ts = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64);
@@ -1471,7 +1494,7 @@ impl<'c> TxQueue<'c> {
                 pkts.drain(..k);
                 k
             }
-            TxKind::Iface(sock) => {
+            (TxKind::Iface(sock), _) => {
                 let k = sock.send_burst(
                     pkts.iter()
                         .take(MAX_BURST)
@@ -1486,12 +1509,27 @@ impl<'c> TxQueue<'c> {
         sent
     }
 
-    /// Flushes buffered output (pcap) so readers see every packet sent so far.
+    /// Flushes buffered output (pcap) so readers see every packet sent so far, and does
+    /// what [`idle`](Self::idle) does.
     pub fn flush(&mut self) {
         if let TxKind::Pcap(w) = &mut self.kind {
             if w.flush().is_err() {
                 self.claim.bump(|b| &b.errors, 1);
             }
+        }
+        self.idle();
+    }
+
+    /// Call when the lcore has nothing to do (cheap: a load or two): a guest-facing port
+    /// gives back guest buffers it took for sending and lands a free-ring publication it
+    /// had to leave pending behind a slow guest, which a guest waiting on its own free
+    /// ring needs even when no traffic comes.
+    pub fn idle(&mut self) {
+        if let Some(g) = &mut self.guest {
+            g.flush();
+        }
+        if let TxKind::Ring(RingTx::Untrusted(p)) = &mut self.kind {
+            let _ = p.complete();
         }
     }
 }

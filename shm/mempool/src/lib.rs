@@ -27,11 +27,13 @@
 //! `put_bulk` with `n > 512` bypass the cache, as DPDK.
 #![deny(missing_docs)]
 
+pub mod guest;
 pub mod layout;
 pub mod mbuf;
 mod owner;
 mod pool;
 
+pub use guest::{GuestDrop, GuestPool, GuestStats, GUEST_MAX_FRAME, GUEST_MAX_SEGS};
 pub use mbuf::{
     Mbuf, MbufCache, MbufError, MbufHandle, MbufHeader, MbufPool, MbufPoolParams, Reclaimed,
     DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,

@@ -229,7 +229,7 @@ pub(crate) fn init_headers(pool: &Mempool) {
 
 /// Address of object `index`'s header (`index < obj_count` keeps it in bounds).
 #[inline(always)]
-fn header_ptr(objs: NonNull<u8>, obj_size: u32, index: u32) -> *mut MbufHeader {
+pub(crate) fn header_ptr(objs: NonNull<u8>, obj_size: u32, index: u32) -> *mut MbufHeader {
     objs.as_ptr()
         .wrapping_add(index as usize * obj_size as usize)
         .cast::<MbufHeader>()
@@ -388,9 +388,11 @@ impl MbufPool {
         let mut out = Reclaimed::default();
         for i in 0..sh.info.obj_count {
             let hdr = header_ptr(sh.objs, sh.info.obj_size, i);
-            // SAFETY: `i < obj_count`: in the objects span, aligned; only atomics are used.
-            let h = unsafe { &*hdr };
-            let (tag, refcnt) = (&h.owner, &h.refcnt);
+            // SAFETY: `i < obj_count`: in the objects span, aligned; a reference to the
+            // atomic field only (never to the header: a guest may write the pool).
+            let tag = unsafe { &(*hdr).owner };
+            // SAFETY: as above.
+            let refcnt = unsafe { &(*hdr).refcnt };
             // Acquire: pairs with nothing live (the owner is dead); the CAS keeps a
             // confused caller from taking a buffer a live process tagged meanwhile.
             if tag
@@ -530,6 +532,31 @@ impl MbufCache {
     pub fn alloc(&self) -> Option<Mbuf<'_>> {
         let index = self.cache().get()?;
         self.reset(index);
+        Some(Mbuf::from_index(self, index))
+    }
+
+    /// Allocates a one-segment mbuf holding `len` bytes, which `fill` writes (it gets the
+    /// data span, in this trusted pool): `alloc_from` for a source that is not a slice,
+    /// such as guest memory read with a volatile copy. `None` when the pool is empty or
+    /// `len` exceeds the data room.
+    #[inline]
+    pub fn alloc_filled(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<Mbuf<'_>> {
+        let room = (self.buf_len - u32::from(self.headroom)) as usize;
+        if len > room {
+            return None;
+        }
+        let index = self.cache().get()?;
+        self.reset(index);
+        let h = self.header_mut(index);
+        // `len <= room <= u16::MAX`.
+        h.data_len = len as u16;
+        h.pkt_len = len as u32;
+        let data = header_ptr(self.objs, self.obj_size, index)
+            .cast::<u8>()
+            .wrapping_add(MBUF_HEADER_SIZE as usize + usize::from(self.headroom));
+        // SAFETY: `index < n` (from the pool); `[headroom, headroom + len)` with `len <=
+        // room` lies in this buffer, which is ours alone (just allocated).
+        fill(unsafe { std::slice::from_raw_parts_mut(data, len) });
         Some(Mbuf::from_index(self, index))
     }
 
@@ -813,14 +840,15 @@ impl MbufCache {
         sh.trouble(Trouble::CorruptHeader, 1, what);
         let mut cur = head;
         for _ in 0..self.n {
-            // `cur < n`: head and each followed segment were validated by claim_transit
-            // before they became part of the walk.
-            let next = self.header(cur).next;
+            // `cur < n`: the head was validated by claim_transit, and each `next` below
+            // before it is followed (it is read again here, and a peer may have changed
+            // it since the walk that claimed the segments).
+            let next = MbufHandle(self.header(cur).next);
             self.put_free(cur);
-            if cur == last {
+            if cur == last || next.pool_id() != self.pool_id || next.index() >= self.n {
                 break;
             }
-            cur = MbufHandle(next).index();
+            cur = next.index();
         }
     }
 
