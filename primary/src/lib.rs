@@ -646,6 +646,24 @@ impl Primary {
     fn qualify_guest_ports(&self, vdevs: &mut [pmds::DevArgs]) -> Result<()> {
         for d in vdevs.iter_mut() {
             let Some(pool) = d.get("guest_pool") else {
+                // Rings a guest can write are opened only by a guest-facing port, whose
+                // handles are bounded and whose packets are copied: a port without
+                // guest_pool= over them would trust what the guest writes.
+                for k in ["rx_ring", "tx_ring"] {
+                    for r in d.get_all(k) {
+                        let (_, seg) = shm::names::split_qualified(r);
+                        if let Some(g) = seg.filter(|g| {
+                            self.memsegs
+                                .iter()
+                                .any(|s| s.name() == *g && self.is_exported(s))
+                        }) {
+                            return Err(PrimaryError::Config(format!(
+                                "port {}: {k}={r} is in export group {g}, which the guest can write; add guest_pool=POOL@{g} to make it a guest-facing port",
+                                d.name
+                            )));
+                        }
+                    }
+                }
                 continue;
             };
             if shm::names::split_qualified(pool).1.is_some() {

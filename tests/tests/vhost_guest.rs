@@ -21,7 +21,7 @@ use tests::*;
 const FRAMES: u32 = 2000;
 /// The guest sends them in batches of this many (fewer than its virtio ring holds).
 const BATCH: u32 = 125;
-const _: () = assert!(FRAMES % BATCH == 0);
+const _: () = assert!(FRAMES.is_multiple_of(BATCH));
 
 /// Where the guest's RAM lives.
 enum GuestRam {

@@ -328,7 +328,12 @@ impl VirtioUserQueue {
             return o;
         };
         r.prefetch_used(max);
-        while o.packets < max {
+        // A bound on used elements looked at per burst: a backend that keeps moving its
+        // used index past elements naming no buffer of ours must not hold this lcore
+        // (each bad element is an error, and the burst ends after a ring's worth).
+        let mut budget = max.saturating_add(usize::from(r.size()));
+        while o.packets < max && budget > 0 {
+            budget -= 1;
             let Some(first) = r.next_used() else { break };
             let Ok((id, len, _)) = first else {
                 o.errors += 1;
@@ -416,10 +421,13 @@ impl VirtioUserQueue {
         let Some(r) = self.ring.as_mut() else {
             return o;
         };
-        // What the device has sent: the slots are ours again.
-        while let Some(u) = r.next_used() {
-            if u.is_err() {
-                o.errors += 1;
+        // What the device has sent: the slots are ours again. At most a ring's worth of
+        // used elements per burst, whatever the backend keeps writing.
+        for _ in 0..r.size() {
+            match r.next_used() {
+                None => break,
+                Some(Err(())) => o.errors += 1,
+                Some(Ok(_)) => {}
             }
         }
         let k = pkts.len().min(r.free_len());
@@ -441,8 +449,14 @@ impl VirtioUserQueue {
             unsafe { p.cast::<[u8; 12]>().write_unaligned([0; 12]) };
             let mut off = hdr;
             for seg in m.segments() {
-                // SAFETY: as above: the segments add up to `len` bytes (`pkt_len`). We
-                // write shared memory through a raw pointer; `seg` is our own mbuf's data.
+                // The segments add up to `pkt_len`, checked above; each copy is bounded by
+                // the slot all the same.
+                if off + seg.len() > SLOT_BYTES as usize {
+                    break;
+                }
+                // SAFETY: `[p + off, p + off + seg.len())` is inside descriptor `id`'s slot
+                // (bounded just above), which the device does not own until we post it.
+                // We write shared memory through a raw pointer; `seg` is our mbuf's data.
                 unsafe {
                     std::ptr::copy_nonoverlapping(seg.as_ptr(), p.wrapping_add(off), seg.len())
                 };

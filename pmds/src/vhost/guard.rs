@@ -16,8 +16,10 @@
 //! The handler is async-signal-safe: it reads a fixed table of atomics, makes one
 //! `mmap` syscall and stores two atomics; it never allocates or locks. A mapping stays
 //! registered for as long as it is mapped (unregistered before `munmap`), and a fault in
-//! it can only come from a thread that holds it, so the table entry the handler finds
-//! cannot change under it.
+//! it can only come from a thread that holds it, so the faulting mapping's own entry
+//! cannot change under the handler; other entries may (another thread registering or
+//! dropping a mapping meanwhile), so each is read under a per-slot seqlock and skipped
+//! while it changes. Only kernel-raised faults (`si_code > 0`) are answered.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -26,6 +28,9 @@ use std::sync::OnceLock;
 pub const SLOTS: usize = 512;
 
 struct Slot {
+    /// Seqlock word: odd while `start`/`len` are being changed (register, drop), so the
+    /// handler never pairs one mapping's start with another's length.
+    seq: AtomicU64,
     used: AtomicBool,
     start: AtomicUsize,
     len: AtomicUsize,
@@ -34,6 +39,7 @@ struct Slot {
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: Slot = Slot {
+    seq: AtomicU64::new(0),
     used: AtomicBool::new(false),
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
@@ -43,6 +49,36 @@ const EMPTY: Slot = Slot {
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 static HITS: AtomicU64 = AtomicU64::new(0);
 static PREVIOUS: OnceLock<Result<Previous, String>> = OnceLock::new();
+
+impl Slot {
+    /// Changes the slot's fields under the seqlock (writers are serialised by `used`:
+    /// only the slot's owner writes it).
+    fn write(&self, f: impl FnOnce()) {
+        let v = self.seq.load(Ordering::Relaxed);
+        self.seq.store(v.wrapping_add(1), Ordering::Relaxed);
+        // S1: Release fence, so a reader that sees a field written below also sees the odd
+        // sequence number -- pairs with S1 in `read`.
+        std::sync::atomic::fence(Ordering::Release);
+        f();
+        // S2: Release, publishing the fields with the even number -- pairs with S2 in `read`.
+        self.seq.store(v.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The slot's `(start, len)` as one consistent pair, or `None` while it changes.
+    fn read(&self) -> Option<(usize, usize)> {
+        // S2: Acquire, pairs with S2 in `write`.
+        let before = self.seq.load(Ordering::Acquire);
+        if before & 1 == 1 {
+            return None;
+        }
+        let start = self.start.load(Ordering::Relaxed);
+        let len = self.len.load(Ordering::Relaxed);
+        // S1: Acquire fence, so the re-read below is not older than the fields -- pairs
+        // with S1 in `write`.
+        std::sync::atomic::fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == before).then_some((start, len))
+    }
+}
 
 /// The SIGBUS action that was installed before ours.
 struct Previous(libc::sigaction);
@@ -108,10 +144,11 @@ impl Guarded {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                s.hit.store(false, Ordering::Relaxed);
-                s.len.store(len, Ordering::Relaxed);
-                // B1: Release, publishing `len` to the handler -- pairs with B1 in `on_sigbus`.
-                s.start.store(start, Ordering::Release);
+                s.write(|| {
+                    s.hit.store(false, Ordering::Relaxed);
+                    s.len.store(len, Ordering::Relaxed);
+                    s.start.store(start, Ordering::Relaxed);
+                });
                 return Ok(Guarded { slot: i });
             }
         }
@@ -131,7 +168,7 @@ impl Guarded {
 impl Drop for Guarded {
     fn drop(&mut self) {
         let s = &TABLE[self.slot];
-        s.start.store(0, Ordering::Relaxed);
+        s.write(|| s.start.store(0, Ordering::Relaxed));
         // Release: the slot is free only after it stopped naming the mapping.
         s.used.store(false, Ordering::Release);
     }
@@ -142,10 +179,16 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let info_ref = unsafe { &*info };
     // SAFETY: for SIGBUS the union member is the fault's, whose `si_addr` is the address.
     let addr = unsafe { info_ref.si_addr() } as usize;
+    // Only a fault the kernel raised (si_code > 0: BUS_ADRERR, BUS_OBJERR, ...); a SIGBUS
+    // another process sent (kill, sigqueue: si_code <= 0) with an address of its choosing
+    // must not make us replace a mapping.
+    if info_ref.si_code <= 0 {
+        return chain(sig, info, ctx);
+    }
     for s in &TABLE {
-        // B1: Acquire, pairs with B1 in `register`.
-        let start = s.start.load(Ordering::Acquire);
-        let len = s.len.load(Ordering::Relaxed);
+        let Some((start, len)) = s.read() else {
+            continue;
+        };
         if start == 0 || addr < start || addr - start >= len {
             continue;
         }

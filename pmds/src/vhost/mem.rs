@@ -124,22 +124,28 @@ impl GuestMemory {
                 ));
             }
             check_file(&file).map_err(|e| format!("memory table: region {spec:?}: {e}"))?;
-            let map = memmap2::MmapOptions::new()
-                .len(map_len as usize)
-                .map_raw(&file)
-                .map_err(|e| format!("memory table: map region {spec:?}: {e}"))?;
-            // The guard replaces the whole mapping, which the kernel made in whole pages
-            // of the file's page size (2 MiB or 1 GiB on hugetlbfs).
+            // Mapped, guarded and later unmapped in whole pages of the file's page size
+            // (2 MiB or 1 GiB on hugetlbfs): the kernel rounds a hugetlbfs mapping up,
+            // and munmap of a length that is not a multiple of its page size fails, which
+            // would leak the mapping (and its hugepages) on every memory table a frontend
+            // sends. Bytes past `map_len` are never touched.
             let page = file
                 .metadata()
                 .map(|m| m.blksize())
                 .unwrap_or(4096)
                 .max(4096);
-            let guard = Guarded::register(
-                map.as_mut_ptr() as usize,
-                (map_len.next_multiple_of(page)) as usize,
-            )
-            .map_err(|e| format!("memory table: {e}"))?;
+            let Some(whole) = map_len
+                .checked_next_multiple_of(page)
+                .and_then(|w| usize::try_from(w).ok())
+            else {
+                return Err(format!("memory table: region {spec:?} has a bad size"));
+            };
+            let map = memmap2::MmapOptions::new()
+                .len(whole)
+                .map_raw(&file)
+                .map_err(|e| format!("memory table: map region {spec:?}: {e}"))?;
+            let guard = Guarded::register(map.as_mut_ptr() as usize, whole)
+                .map_err(|e| format!("memory table: {e}"))?;
             // SAFETY: `mmap_offset < map_len` = the mapping's length (size > 0).
             let base = unsafe { map.as_mut_ptr().add(spec.mmap_offset as usize) };
             regions.push(Mapped {
