@@ -329,6 +329,14 @@ impl Drop for Proc {
 /// rings `vm1_rx`, `vm1_tx` and a 2047-mbuf cacheless pool `vm1_pool`, plus `extra`
 /// arguments; the IVSHMEM tests' common setup.
 pub fn export_primary(prefix: &str, extra: &[&str]) -> Proc {
+    let mut args = export_args();
+    args.extend_from_slice(extra);
+    Proc::primary(prefix, &args)
+}
+
+/// The primary arguments of [`export_primary`] (without `--file-prefix`), for tests that
+/// run the primary themselves; `--no-huge` is added when hugepages are missing.
+pub fn export_args() -> Vec<&'static str> {
     let mut args = vec![
         "-m",
         "32",
@@ -343,11 +351,10 @@ pub fn export_primary(prefix: &str, extra: &[&str]) -> Proc {
         "--ivshmem",
         "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
     ];
-    args.extend_from_slice(extra);
     if !require_hugepages() {
         args.push("--no-huge");
     }
-    Proc::primary(prefix, &args)
+    args
 }
 
 /// Starts `shmdp-secondary --file-prefix PREFIX ARGS...`.

@@ -31,6 +31,26 @@ fn pcapng_shb() -> Vec<u8> {
     f
 }
 
+/// A primary forwarding capture `inp` to pcap file `out` (io, until 1 s idle).
+fn pcap_forwarder(prefix: &str, inp: &std::path::Path, out: &std::path::Path) -> Proc {
+    let rx = format!("net_pcap0,rx_pcap={}", inp.display());
+    let tx = format!("net_pcap1,tx_pcap={}", out.display());
+    let args = [
+        "-m",
+        "64",
+        "--no-huge",
+        "--vdev",
+        &rx,
+        "--vdev",
+        &tx,
+        "--fwd",
+        "io",
+        "--idle-exit",
+        "1",
+    ];
+    Proc::primary(prefix, &args)
+}
+
 /// Forwards `input` to a pcap file with a primary (io, until 1 s idle) and returns its
 /// exit status, its stderr and the frames written.
 fn forward_file(tag: &str, input: &[u8]) -> (std::process::ExitStatus, Vec<String>, usize) {
@@ -38,24 +58,7 @@ fn forward_file(tag: &str, input: &[u8]) -> (std::process::ExitStatus, Vec<Strin
     let inp = tmp(&format!("{tag}-in.pcapng"));
     let out = tmp(&format!("{tag}-out.pcap"));
     std::fs::write(&inp, input).unwrap();
-    let rx = format!("net_pcap0,rx_pcap={}", inp.display());
-    let tx = format!("net_pcap1,tx_pcap={}", out.display());
-    let mut p = Proc::primary(
-        &prefix,
-        &[
-            "-m",
-            "64",
-            "--no-huge",
-            "--vdev",
-            &rx,
-            "--vdev",
-            &tx,
-            "--fwd",
-            "io",
-            "--idle-exit",
-            "1",
-        ],
-    );
+    let mut p = pcap_forwarder(&prefix, &inp, &out);
     let st = p.wait_exit(Duration::from_secs(30)).expect("primary ended");
     let frames = read_pcap(&out).len();
     let _ = std::fs::remove_file(&inp);
@@ -116,24 +119,7 @@ fn a_capture_truncated_while_it_is_read_ends_the_stream_without_sigbus() {
             w.write_all(&rec).unwrap();
         }
     }
-    let rx = format!("net_pcap0,rx_pcap={}", inp.display());
-    let tx = format!("net_pcap1,tx_pcap={}", out.display());
-    let mut p = Proc::primary(
-        &prefix,
-        &[
-            "-m",
-            "64",
-            "--no-huge",
-            "--vdev",
-            &rx,
-            "--vdev",
-            &tx,
-            "--fwd",
-            "io",
-            "--idle-exit",
-            "1",
-        ],
-    );
+    let mut p = pcap_forwarder(&prefix, &inp, &out);
     // Cut inside a record, far past anything read yet.
     let cut = 24 + 80 * 1_000_000 + 37;
     std::fs::OpenOptions::new()

@@ -219,27 +219,9 @@ fn a_port_without_guest_pool_cannot_open_a_guests_rings() {
     // Trusted ring handles over rings the guest writes would trust the guest: only a
     // guest-facing port (guest_pool=, bounded handles, copies) may open them.
     let prefix = unique_prefix("trustring");
-    let mut args = vec![
-        "--file-prefix",
-        prefix.as_str(),
-        "-m",
-        "32",
-        "--memseg",
-        "vm1=8",
-        "--ring",
-        "vm1_rx=1024@vm1",
-        "--ring",
-        "vm1_tx=1024@vm1",
-        "--mempool",
-        "vm1_pool=2047:0@vm1",
-        "--ivshmem",
-        "vm1:ring=vm1_rx,ring=vm1_tx,pool=vm1_pool",
-        "--vdev",
-        "net_ring5,rx_ring=vm1_tx@vm1,tx_ring=vm1_rx@vm1",
-    ];
-    if !require_hugepages() {
-        args.push("--no-huge");
-    }
+    let mut args = vec!["--file-prefix", prefix.as_str()];
+    args.extend(export_args());
+    args.extend(["--vdev", "net_ring5,rx_ring=vm1_tx@vm1,tx_ring=vm1_rx@vm1"]);
     let (code, _, err) = run("shmdp-primary", &args);
     assert_eq!(code, 2, "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
