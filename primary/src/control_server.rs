@@ -208,19 +208,17 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     let mut warned_fds = false;
     loop {
         match listener.accept() {
-            Ok((conn, _)) => {
-                backoff = Duration::ZERO;
-                admit(conn, &shared);
-            }
+            Ok((conn, _)) => match admit(conn, &shared) {
+                Ok(()) => backoff = Duration::ZERO,
+                // The connection could not be kept (its clone or its thread found no
+                // descriptor or memory) and was closed: back off as for a failed accept,
+                // or the loop would accept and drop the whole backlog at full speed.
+                Err(e) => back_off(&e, &mut backoff, &mut warned_fds),
+            },
             Err(e) if is_resource_shortage(&e) => {
                 // The connection stays in the backlog; accepting again at once would fail
                 // again at once. Wait for descriptors (or memory) to free up.
-                if !warned_fds {
-                    tracing::warn!("control socket: accept: {e}; backing off until descriptors free up (logged once)");
-                    warned_fds = true;
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                std::thread::sleep(backoff);
+                back_off(&e, &mut backoff, &mut warned_fds);
             }
             Err(e)
                 if matches!(
@@ -235,6 +233,18 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
+/// Sleeps after a resource shortage, doubling from 10 ms to 1 s; warns the first time.
+fn back_off(e: &io::Error, backoff: &mut Duration, warned: &mut bool) {
+    if !*warned {
+        tracing::warn!(
+            "control socket: accept: {e}; backing off until descriptors free up (logged once)"
+        );
+        *warned = true;
+    }
+    *backoff = (*backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    std::thread::sleep(*backoff);
+}
+
 fn is_resource_shortage(e: &io::Error) -> bool {
     use nix::errno::Errno;
     e.raw_os_error().is_some_and(|n| {
@@ -246,24 +256,29 @@ fn is_resource_shortage(e: &io::Error) -> bool {
 
 /// Checks who is at the other end and, if admitted, hands the connection to a thread of
 /// its own, registered as pending (evicting the oldest pending one beyond the cap).
-fn admit(conn: UnixStream, shared: &Arc<Shared>) {
+///
+/// An error is a resource shortage (no descriptor for the clone, no memory for the thread):
+/// the connection has been closed and the caller backs off.
+fn admit(conn: UnixStream, shared: &Arc<Shared>) -> io::Result<()> {
     let cred = match shm::access::peer_cred(&conn) {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!("control connection without credentials: {e}");
-            return;
+            return Ok(());
         }
     };
     if !shared.access.admits(&cred) {
         refuse_stranger(conn, cred, shared);
-        return;
+        return Ok(());
     }
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let Ok(handle) = conn.try_clone() else {
-        return;
+    let handle = match conn.try_clone() {
+        Ok(h) => h,
+        Err(e) if is_resource_shortage(&e) => return Err(e),
+        Err(_) => return Ok(()),
     };
     if conn.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-        return;
+        return Ok(());
     }
     {
         let mut pending = lock(&shared.pending);
@@ -284,8 +299,12 @@ fn admit(conn: UnixStream, shared: &Arc<Shared>) {
             }
             unpend(&s, id);
         });
-    if spawned.is_err() {
-        unpend(shared, id);
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            unpend(shared, id);
+            Err(e)
+        }
     }
 }
 

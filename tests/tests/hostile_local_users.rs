@@ -614,13 +614,30 @@ fn running_out_of_descriptors_does_not_make_the_accept_loop_spin() {
     if !require_root() {
         return;
     }
+    // Each admitted connection takes two descriptors (the stream and the clone kept to
+    // evict it): with three free, the second connection's clone fails; with four, accept(2)
+    // itself fails. Both must back off.
+    for free in [3, 4] {
+        out_of_descriptors(free);
+    }
+}
+
+fn out_of_descriptors(free: usize) {
     let prefix = unique_prefix("emfile");
     let mut primary = Proc::primary(&prefix, &small_primary_args());
     let pid = primary.pid();
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    // Descriptors are allocated lowest-first, so the limit that leaves `free` free is found
+    // by walking up from 0: counting the open ones would be wrong when the primary inherited
+    // high-numbered descriptors from whatever runs the tests (CI's runner does).
+    let open: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count();
-    let limit = open_fds + 3;
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let limit = (0..)
+        .filter(|n| !open.contains(n))
+        .nth(free - 1)
+        .expect("a free descriptor number")
+        + 1;
     // The soft limit only: lowering the hard one could not be undone without
     // CAP_SYS_RESOURCE.
     let prlimit = |n: usize| {
@@ -630,6 +647,7 @@ fn running_out_of_descriptors_does_not_make_the_accept_loop_spin() {
             .expect("run prlimit");
         assert!(st.success(), "prlimit failed");
     };
+    eprintln!("open descriptors {open:?}, soft limit {limit}");
     prlimit(limit);
     // The first connection or two take the last descriptors; the rest wait in the backlog
     // while accept(2) fails with EMFILE.
