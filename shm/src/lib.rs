@@ -23,6 +23,7 @@
 pub mod access;
 pub mod backing;
 pub mod control;
+pub mod crash;
 pub mod eal;
 pub mod layout;
 pub mod memseg;
