@@ -117,6 +117,11 @@ impl<T: Element> SpProducer<T> {
         })
     }
 
+    /// The position the next enqueued element gets (free-running, as the ring's indices).
+    pub fn position(&self) -> u32 {
+        self.head
+    }
+
     /// Free slots, refreshing the cached consumer tail when needed.
     #[inline(always)]
     fn free(&mut self, n: u32) -> Result<u32, RingError> {
@@ -385,6 +390,11 @@ impl<T: Element> ScConsumer<T> {
             prod_tail,
             _claim: claim,
         })
+    }
+
+    /// The position of the next element to dequeue (free-running, as the ring's indices).
+    pub fn position(&self) -> u32 {
+        self.head
     }
 
     /// Published elements, refreshing the cached producer tail when needed.

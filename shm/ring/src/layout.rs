@@ -3,7 +3,8 @@
 //! ```text
 //! 0     64   RingInfo   magic "SHMDPRNG", layout version, header size, flags, element
 //!                       size, slot count, capacity, name   (written once, read as a copy)
-//! 64    64   RingCtrl   failed flag, corruption counter
+//! 64    64   RingCtrl   failed flag, corruption counter, hand-off words (local owner,
+//!                       local-until position) for the users' ownership protocol
 //! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
 //! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
 //! 640   ...  slots[slot_count] of elem_size bytes each
@@ -29,7 +30,7 @@ pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
 pub const RING_LAYOUT_MAJOR: u16 = 2;
 /// Layout minor version.
-pub const RING_LAYOUT_MINOR: u16 = 0;
+pub const RING_LAYOUT_MINOR: u16 = 1;
 /// Offset of [`RingCtrl`].
 pub const CTRL_OFF: u64 = 64;
 /// Offset of the producers' [`HeadTail`].
@@ -80,6 +81,13 @@ pub struct RingCtrl {
     pub failed: AtomicU32,
     /// How many times corruption was detected.
     pub corrupt_events: AtomicU32,
+    /// Hand-off word for the ring's users (the ring itself never reads it): `pmds` keeps
+    /// here the owner tag of the process whose buffers sit in the ring unmarked (its
+    /// "local" entries; 0 = none). Written only by the single producer.
+    pub local_owner: AtomicU32,
+    /// Hand-off word: a position at or past every local entry (free-running, as the
+    /// indices). Written only by the single producer.
+    pub local_until: AtomicU32,
 }
 
 /// One side's indices: the head and the owner word on one cache line, the tail on another,

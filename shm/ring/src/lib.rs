@@ -257,6 +257,8 @@ impl<T: Element> Ring<T> {
         let fresh = RingCtrl {
             failed: sync::AtomicU32::new(0),
             corrupt_events: sync::AtomicU32::new(0),
+            local_owner: sync::AtomicU32::new(0),
+            local_until: sync::AtomicU32::new(0),
         };
         // SAFETY: see above.
         unsafe { ctrl.as_ptr().write(fresh) };
@@ -416,6 +418,31 @@ impl<T: Element> Ring<T> {
     /// True once corruption or a stall was detected.
     pub fn is_failed(&self) -> bool {
         self.core.ctrl().failed.load(sync::Ordering::Relaxed) != 0
+    }
+
+    /// The hand-off word naming the owner of the ring's local entries (see
+    /// [`RingCtrl::local_owner`]); the ring never reads it.
+    pub fn local_owner(&self) -> &sync::AtomicU32 {
+        &self.core.ctrl().local_owner
+    }
+
+    /// The hand-off word bounding the positions of the local entries (see
+    /// [`RingCtrl::local_until`]); the ring never reads it.
+    pub fn local_until(&self) -> &sync::AtomicU32 {
+        &self.core.ctrl().local_until
+    }
+
+    /// The producers' tail: the position after the last published element.
+    pub fn prod_tail(&self) -> u32 {
+        // Acquire: pairs with the producer's Release publish (R1), so the elements before
+        // it are visible to whoever reads them next.
+        self.core.prod().tail.load(sync::Ordering::Acquire)
+    }
+
+    /// The consumers' tail: the position of the oldest element not yet released.
+    pub fn cons_tail(&self) -> u32 {
+        // Acquire: pairs with the consumer's Release of its tail (R2).
+        self.core.cons().tail.load(sync::Ordering::Acquire)
     }
 
     /// How many times corruption was detected.
