@@ -22,13 +22,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shm::access::{Access, PeerCred};
 use shm::control::{self, MemsegRecord, Reply, Request, Welcome, MAX_REQUEST, PROTOCOL_VERSION};
+use shm_mempool::OwnerTag;
 
 use crate::{PrimaryError, Result};
 
@@ -37,7 +38,7 @@ pub trait ControlHooks: Send + Sync + std::fmt::Debug {
     /// A secondary detached or died; runs before its slot can be given to another process,
     /// so everything tagged with the slot can be reclaimed. `start_time` is the process's
     /// /proc start time read when it attached (to tell a reused pid apart).
-    fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>);
+    fn secondary_gone(&self, slot: u32, tag: OwnerTag, pid: u32, start_time: Option<u64>);
     /// Statistics of every mempool.
     fn pool_stats(&self) -> Vec<shm::stats::PoolStats>;
     /// Statistics of every port.
@@ -97,6 +98,8 @@ struct Shared {
     /// Connections that have not sent their first request yet, oldest first, by id.
     pending: Mutex<VecDeque<(u64, UnixStream)>>,
     next_conn: AtomicU64,
+    /// Attachments so far (each gets an owner tag of its own).
+    attachments: AtomicU32,
     /// Connections refused because of who the peer is (not this user, root or group).
     refused: AtomicU64,
     /// Uids whose refusal was logged.
@@ -142,6 +145,8 @@ impl ControlServer {
             access,
             pending: Mutex::new(VecDeque::new()),
             next_conn: AtomicU64::new(0),
+            // 1: attachment 0 of slot 0 is the primary's own tag.
+            attachments: AtomicU32::new(1),
             refused: AtomicU64::new(0),
             refused_uids: Mutex::new(Vec::new()),
         });
@@ -422,12 +427,16 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
         });
         free as u32 + 1
     };
+    // Relaxed: a counter; the slots mutex orders the attachments themselves.
+    let attachment = shared.attachments.fetch_add(1, Ordering::Relaxed);
+    let tag = OwnerTag::attached(slot, attachment);
     // Attached: no longer subject to eviction (slots are capped on their own).
     unpend(shared, id);
     tracing::info!("secondary attached: slot {slot}, pid {pid}, {program}");
     let _ = lock(&shared.events).send(SecondaryEvent::Attached { slot, pid, program });
     let welcome = Welcome {
         slot,
+        owner_tag: tag.0,
         primary_pid: std::process::id(),
         generation: shared.generation,
         memsegs: shared.memsegs.clone(),
@@ -455,8 +464,9 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
         }
     })();
     let died = result.as_ref().map_or(true, |d| *d);
-    // Reclaim before the slot is free: a new secondary in this slot gets the same owner tag.
-    shared.hooks.secondary_gone(slot, pid, start_time);
+    // Reclaim before the slot is free (a new secondary in this slot gets another tag, but
+    // the pid checks of cache slots want the process gone first).
+    shared.hooks.secondary_gone(slot, tag, pid, start_time);
     lock(&shared.slots)[slot as usize - 1] = None;
     if died {
         tracing::warn!("secondary died: slot {slot}, pid {pid} (connection closed without goodbye); slot freed");
@@ -476,7 +486,7 @@ mod tests {
     struct NoHooks;
 
     impl ControlHooks for NoHooks {
-        fn secondary_gone(&self, _: u32, _: u32, _: Option<u64>) {}
+        fn secondary_gone(&self, _: u32, _: OwnerTag, _: u32, _: Option<u64>) {}
         fn pool_stats(&self) -> Vec<shm::stats::PoolStats> {
             Vec::new()
         }

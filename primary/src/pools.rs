@@ -15,6 +15,9 @@ use crate::MempoolRequest;
 /// How long the primary waits for a process whose connection closed to finish exiting
 /// before it reclaims the process's buffers.
 pub const EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How often the primary checks whether a secondary that detached while holding pool
+/// objects has ended.
+pub const WATCH_PERIOD: Duration = Duration::from_millis(100);
 
 /// Every pool of this primary, in creation order (pool id = position + 1).
 #[derive(Debug, Default)]
@@ -64,27 +67,44 @@ impl PoolRegistry {
         self.lock().iter().map(|p| p.mempool().stats()).collect()
     }
 
-    /// Returns what a process that left slot `slot` held: the caches its pid claimed and
-    /// every buffer tagged with the slot. The connection closing says the process is going;
-    /// this waits (up to [`EXIT_WAIT`]) until it is really gone before touching anything,
-    /// and leaves everything alone (with a warning) if it detached but keeps running.
-    /// Returns (cached objects flushed, buffers reclaimed).
-    pub fn reclaim_process(&self, slot: u32, pid: u32, start_time: Option<u64>) -> (u64, u64) {
-        let tag = OwnerTag::process(slot);
+    /// Returns what a process that left slot `slot` with owner tag `tag` held: the caches
+    /// its pid claimed and every buffer tagged `tag`. The connection closing says the
+    /// process is going; this waits (up to [`EXIT_WAIT`]) until it is really gone before
+    /// touching anything. Returns false, having touched nothing (with a warning), if it
+    /// detached but keeps running while holding objects: call again once it has ended.
+    pub fn reclaim_process(
+        &self,
+        slot: u32,
+        tag: OwnerTag,
+        pid: u32,
+        start_time: Option<u64>,
+    ) -> bool {
+        self.reclaim_counted(slot, tag, pid, start_time).is_some()
+    }
+
+    /// [`reclaim_process`](Self::reclaim_process), returning (cached objects flushed,
+    /// buffers reclaimed), or `None` for a process still running.
+    pub fn reclaim_counted(
+        &self,
+        slot: u32,
+        tag: OwnerTag,
+        pid: u32,
+        start_time: Option<u64>,
+    ) -> Option<(u64, u64)> {
         let pools = self.lock().clone();
         let holds = pools
             .iter()
             .any(|p| p.mempool().caches_of(pid) > 0 || p.owned_by(tag) > 0);
         if !holds {
-            return (0, 0);
+            return Some((0, 0));
         }
         let t0 = Instant::now();
         while !shm_mempool::process_gone(pid) {
             if t0.elapsed() > EXIT_WAIT {
                 tracing::warn!(
-                    "secondary slot {slot} (pid {pid}) detached but is still running and holds pool objects; they stay with it"
+                    "secondary slot {slot} (pid {pid}) detached but is still running and holds pool objects; they stay with it until it ends"
                 );
-                return (0, 0);
+                return None;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -101,7 +121,7 @@ impl PoolRegistry {
             totals.0 += flushed;
             totals.1 += reclaimed;
         }
-        totals
+        Some(totals)
     }
 }
 
@@ -116,8 +136,23 @@ pub struct Hooks {
 }
 
 impl ControlHooks for Hooks {
-    fn secondary_gone(&self, slot: u32, pid: u32, start_time: Option<u64>) {
-        self.pools.reclaim_process(slot, pid, start_time);
+    fn secondary_gone(&self, slot: u32, tag: OwnerTag, pid: u32, start_time: Option<u64>) {
+        let pools = self.pools.clone();
+        if !pools.reclaim_process(slot, tag, pid, start_time) {
+            // Detached but still running with pool objects: they stay with it until it
+            // ends, then come back (its tag is its own, so nothing else is touched).
+            let spawned = std::thread::Builder::new()
+                .name("reclaim-watch".into())
+                .spawn(move || {
+                    while !shm_mempool::process_gone(pid) {
+                        std::thread::sleep(WATCH_PERIOD);
+                    }
+                    pools.reclaim_process(slot, tag, pid, start_time);
+                });
+            if spawned.is_err() {
+                tracing::warn!("secondary slot {slot} (pid {pid}): cannot watch for its end; its objects stay with it");
+            }
+        }
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
@@ -159,14 +194,14 @@ mod tests {
         cache.alloc_bulk(&mut held, 10).unwrap();
         // Slot 5 "detached" but this process (its pid) keeps running: nothing is taken.
         let me = std::process::id();
-        assert_eq!(reg.reclaim_process(5, me, None), (0, 0));
+        assert_eq!(reg.reclaim_counted(5, tag, me, None), None);
         assert_eq!(pool.owned_by(tag), 10);
         // A process that is gone: its buffers come back (its pid owns no cache here).
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
         held.drain(..).for_each(std::mem::forget);
-        assert_eq!(reg.reclaim_process(5, dead, None), (0, 10));
+        assert_eq!(reg.reclaim_counted(5, tag, dead, None), Some((0, 10)));
         assert_eq!(pool.owned_by(tag), 0);
         drop(held);
         drop(cache);

@@ -269,7 +269,7 @@ impl Secondary {
     /// This process's owner tag: what its mbufs carry in their headers, so the primary can
     /// reclaim them if this process dies.
     pub fn owner_tag(&self) -> shm_mempool::OwnerTag {
-        shm_mempool::OwnerTag::process(self.welcome.slot)
+        shm_mempool::OwnerTag(self.welcome.owner_tag)
     }
 
     /// Opens the mbuf pool named `name` in any memseg.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest request frame the primary accepts (requests are a few dozen bytes).
@@ -77,6 +77,11 @@ pub enum Reply {
 pub struct Welcome {
     /// Process slot assigned to the secondary (1-based; 0 is the primary).
     pub slot: u32,
+    /// The owner tag of this attachment: what the secondary writes into the mbuf headers
+    /// it holds. Unique for the primary's run: a slot used again (after a goodbye or a
+    /// death) comes with another tag, so nothing of the earlier holder is mistaken for the
+    /// new one's.
+    pub owner_tag: u32,
     /// The primary's pid.
     pub primary_pid: u32,
     /// Generation of the run.
