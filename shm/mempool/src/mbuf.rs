@@ -34,7 +34,7 @@
 //! on each access and an impossible value is clamped (an empty data span) and counted,
 //! never used to reach outside the buffer.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -426,9 +426,9 @@ impl MbufPool {
 pub struct MbufCache {
     cache: UnsafeCell<PoolCache>,
     pool: MbufPool,
-    owner: u32,
-    pool_id: u32,
-    n: u32,
+    pub(crate) owner: u32,
+    pub(crate) pool_id: u32,
+    pub(crate) n: u32,
     obj_size: u32,
     objs: NonNull<u8>,
     headroom: u16,
@@ -680,7 +680,7 @@ impl MbufCache {
     /// [`MbufError`] (counted in the pool's statistics); a buffer whose header is bad is
     /// returned to the pool, a handle that is not ours or not in transit is left alone.
     pub fn adopt(&self, handle: MbufHandle) -> Result<Mbuf<'_>, MbufError> {
-        self.adopt_with(handle, Claim::Shared)
+        self.adopt_with(handle, Claim::Shared(OwnerTag::TRANSIT.0))
     }
 
     /// [`adopt`](Self::adopt) for a handle this process put in transit and kept in its
@@ -709,7 +709,11 @@ impl MbufCache {
         self.adopt_with(handle, Claim::Private)
     }
 
-    fn adopt_with(&self, handle: MbufHandle, claim: Claim) -> Result<Mbuf<'_>, MbufError> {
+    pub(crate) fn adopt_with(
+        &self,
+        handle: MbufHandle,
+        claim: Claim,
+    ) -> Result<Mbuf<'_>, MbufError> {
         let head = self.claim_transit(handle, claim)?;
         {
             // One segment (nearly every packet): the same checks without the chain walk.
@@ -802,10 +806,11 @@ impl MbufCache {
         let owner = &self.header(index).owner;
         let claimed = match claim {
             // Acquire: pairs with the sender's Release store of TRANSIT (and the ring's
-            // R1/A1), so its header and data writes are visible.
-            Claim::Shared => owner
+            // R1/A1), so its header and data writes are visible; for a local hand-off
+            // (`from` a process tag) the ring's R1/A1 alone orders them.
+            Claim::Shared(from) => owner
                 .compare_exchange(
-                    OwnerTag::TRANSIT.0,
+                    from,
                     self.owner,
                     Ordering::Acquire,
                     Ordering::Relaxed,
@@ -906,9 +911,10 @@ impl MbufCache {
 
 /// How [`MbufCache`] takes a buffer out of transit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Claim {
-    /// The handle came through shared memory: a CAS, so only one claimant wins.
-    Shared,
+pub(crate) enum Claim {
+    /// The handle came through shared memory: a CAS from this tag (TRANSIT, or the
+    /// process that handed it off locally), so only one claimant wins.
+    Shared(u32),
     /// The handle came from this process's private memory: load and store.
     Private,
 }
@@ -931,8 +937,12 @@ pub enum MbufError {
 /// into the cache it came from. Not `Send`: it borrows its thread's [`MbufCache`]; to move
 /// a packet to another thread or process, put [`Mbuf::into_transit`]'s handle in a ring.
 pub struct Mbuf<'c> {
-    cache: &'c MbufCache,
-    index: u32,
+    pub(crate) cache: &'c MbufCache,
+    pub(crate) index: u32,
+    /// Set by [`Mbuf::clone_ref`] on both references: only then can the header's
+    /// reference count be above 1, so [`Mbuf::is_shared`] reads it only then (every other
+    /// way of making an `Mbuf` yields a buffer with one reference).
+    maybe_shared: Cell<bool>,
     _not_send: PhantomData<*mut u8>,
 }
 
@@ -954,10 +964,12 @@ struct Span {
 }
 
 impl<'c> Mbuf<'c> {
-    fn from_index(cache: &'c MbufCache, index: u32) -> Mbuf<'c> {
+    #[inline(always)]
+    pub(crate) fn from_index(cache: &'c MbufCache, index: u32) -> Mbuf<'c> {
         Mbuf {
             cache,
             index,
+            maybe_shared: Cell::new(false),
             _not_send: PhantomData,
         }
     }
@@ -1077,10 +1089,11 @@ impl<'c> Mbuf<'c> {
     }
 
     /// True when [`Mbuf::clone_ref`] made other references: the data is then read-only.
+    #[inline(always)]
     pub fn is_shared(&self) -> bool {
         // Acquire: pairs with the AcqRel decrement of a dropped clone, so a caller that sees
         // "not shared" and then writes the data is ordered after that clone's reads.
-        self.hdr().refcnt.load(Ordering::Acquire) > 1
+        self.maybe_shared.get() && self.hdr().refcnt.load(Ordering::Acquire) > 1
     }
 
     /// The first segment's data.
@@ -1304,7 +1317,10 @@ impl<'c> Mbuf<'c> {
             // Relaxed: a new reference is made from an existing one (as `Arc::clone`).
             self.cache.header(i).refcnt.fetch_add(1, Ordering::Relaxed);
         }
-        Mbuf::from_index(self.cache, self.index)
+        self.maybe_shared.set(true);
+        let clone = Mbuf::from_index(self.cache, self.index);
+        clone.maybe_shared.set(true);
+        clone
     }
 
     /// Gives the packet up for another process: tags every segment as in transit and
