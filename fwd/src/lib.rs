@@ -233,16 +233,16 @@ pub fn per_queue(
 }
 
 /// Per-port counters, shared by the forwarding threads (the threads polling a port's
-/// queues add to the same counters). All their operations are
-/// Relaxed: they publish no data, only numbers that reports read after the threads joined
-/// (join orders them) or, while running, as approximate progress.
+/// queues add to the same counters; the io/mac loop adds what it counted privately every
+/// [`PUBLISH_EVERY`] rounds). All their operations are Relaxed: they publish no data,
+/// only numbers that reports read after the threads joined (join orders them) or, while
+/// running, as approximate progress. Bytes are the ports' own counts (drivers count them
+/// where they touch the data; the ring driver, as DPDK's, counts packets only).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) rx_packets: AtomicU64,
-    pub(crate) rx_bytes: AtomicU64,
     pub(crate) forwarded: AtomicU64,
     pub(crate) tx_packets: AtomicU64,
-    pub(crate) tx_bytes: AtomicU64,
     pub(crate) tx_full: AtomicU64,
     pub(crate) tx_dropped: AtomicU64,
     pub(crate) filtered: AtomicU64,
@@ -390,8 +390,8 @@ fn report(
             name: port.name().to_string(),
             rx_packets: g(&c.rx_packets),
             tx_packets: g(&c.tx_packets),
-            rx_bytes: g(&c.rx_bytes),
-            tx_bytes: g(&c.tx_bytes),
+            rx_bytes: st.rx_bytes.saturating_sub(b.rx_bytes),
+            tx_bytes: st.tx_bytes.saturating_sub(b.tx_bytes),
             forwarded: g(&c.forwarded),
             rx_dropped: g(&c.tx_full) + g(&c.filtered),
             tx_dropped: g(&c.tx_dropped),
@@ -711,6 +711,9 @@ fn poll(
         })
         .collect();
     let mut buf: Vec<Mbuf<'_>> = Vec::with_capacity(cfg.burst);
+    // This thread's counts, added to the shared counters every PUBLISH_EVERY rounds and
+    // at the end (an atomic add per counter per burst would cost more than the burst).
+    let mut mine: Vec<Local> = vec![Local::default(); counters.len()];
     if cfg.tx_first {
         for (&(t, _), q) in lanes.tx.iter_mut() {
             for _ in 0..cfg.burst {
@@ -719,41 +722,41 @@ fn poll(
                     Err(_) => break,
                 }
             }
-            let sent = q.tx_burst(&mut buf);
-            counters[t]
-                .tx_packets
-                .fetch_add(sent as u64, Ordering::Relaxed);
-            counters[t]
-                .tx_bytes
-                .fetch_add((sent * templates[t].len()) as u64, Ordering::Relaxed);
+            mine[t].tx_packets += q.tx_burst(&mut buf) as u64;
             buf.clear();
         }
     }
+    // The queues of each stream, looked up once.
+    let mut rx_of: Vec<Option<RxQueue<'_>>> = Vec::with_capacity(streams.len());
+    let mut tx_key: Vec<Option<(usize, u16)>> = Vec::with_capacity(streams.len());
+    for s in streams {
+        rx_of.push(s.rx.and_then(|r| lanes.rx.remove(&(r, s.queue))));
+        tx_key.push(s.tx.map(|t| (t, s.queue)));
+    }
     let mut pacer = Pacer::new(cfg, activity, t0, stop);
     let mut sent_by_stream = vec![0u64; streams.len()];
+    let mut rounds = 0u32;
     loop {
         let mut moved = 0usize;
         for (k, s) in streams.iter().enumerate() {
-            match (s.rx, s.tx) {
-                (Some(r), tx) => {
-                    let q = lanes.rx.get_mut(&(r, s.queue)).expect("claimed above");
+            match (rx_of[k].as_mut(), tx_key[k]) {
+                (Some(q), tx) => {
+                    let r = s.rx.unwrap_or_default();
                     let n = q.rx_burst(&mut buf, cfg.burst);
                     if n == 0 {
                         continue;
                     }
                     moved += n;
-                    let c = &counters[r];
-                    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
-                    c.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
-                    c.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    mine[r].rx_packets += n as u64;
                     match tx {
                         None => {
-                            c.filtered.fetch_add(n as u64, Ordering::Relaxed);
+                            mine[r].filtered += n as u64;
                             buf.clear();
                         }
-                        Some(t) => {
+                        Some(key) => {
+                            let t = key.0;
                             rewrite(cfg.mode, &mut buf, &ports[t]);
-                            let txq = lanes.tx.get_mut(&(t, s.queue)).expect("claimed above");
+                            let txq = lanes.tx.get_mut(&key).expect("claimed above");
                             let mut sent = txq.tx_burst(&mut buf);
                             if cfg.tx_retry && !buf.is_empty() {
                                 // Opt-in: the clock is read only when a burst did not fit.
@@ -763,20 +766,17 @@ fn poll(
                                     sent += txq.tx_burst(&mut buf);
                                 }
                             }
-                            let sent_bytes =
-                                bytes - buf.iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
                             let left = buf.len() as u64;
-                            c.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
-                            c.tx_full.fetch_add(left, Ordering::Relaxed);
-                            let ct = &counters[t];
-                            ct.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-                            ct.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
-                            ct.tx_dropped.fetch_add(left, Ordering::Relaxed);
+                            mine[r].forwarded += sent as u64;
+                            mine[r].tx_full += left;
+                            mine[t].tx_packets += sent as u64;
+                            mine[t].tx_dropped += left;
                             buf.clear();
                         }
                     }
                 }
-                (None, Some(t)) => {
+                (None, Some(key)) => {
+                    let t = key.0;
                     if cfg.tx_count.is_some_and(|limit| sent_by_stream[k] >= limit)
                         || stop.load(Ordering::Relaxed)
                     {
@@ -789,36 +789,34 @@ fn poll(
                         match cache.alloc_from(&templates[t]) {
                             Ok(m) => buf.push(m),
                             Err(_) => {
-                                counters[t].no_mbuf.fetch_add(1, Ordering::Relaxed);
+                                mine[t].no_mbuf += 1;
                                 break;
                             }
                         }
                     }
-                    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
                     let offered = buf.len();
                     let sent = lanes
                         .tx
-                        .get_mut(&(t, s.queue))
+                        .get_mut(&key)
                         .expect("claimed above")
                         .tx_burst(&mut buf);
                     moved += sent;
-                    let ct = &counters[t];
-                    ct.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-                    ct.tx_bytes.fetch_add(
-                        bytes * sent as u64 / offered.max(1) as u64,
-                        Ordering::Relaxed,
-                    );
+                    mine[t].tx_packets += sent as u64;
                     if cfg.tx_retry {
                         // Not sent is not generated: the same frames are offered again.
                         sent_by_stream[k] += sent as u64;
                     } else {
                         sent_by_stream[k] += offered as u64;
-                        ct.tx_dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        mine[t].tx_dropped += buf.len() as u64;
                     }
                     buf.clear();
                 }
                 (None, None) => {}
             }
+        }
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(PUBLISH_EVERY) {
+            publish(&mut mine, counters);
         }
         let txonly_done = cfg.mode == Mode::TxOnly
             && cfg
@@ -847,7 +845,44 @@ fn poll(
     for q in lanes.tx.values_mut() {
         q.flush();
     }
+    publish(&mut mine, counters);
     Ok(())
+}
+
+/// Rounds between two additions of a thread's private counts to the shared counters.
+const PUBLISH_EVERY: u32 = 64;
+
+/// One thread's counts for one port since they were last published.
+#[derive(Debug, Default, Clone, Copy)]
+struct Local {
+    rx_packets: u64,
+    forwarded: u64,
+    tx_packets: u64,
+    tx_full: u64,
+    tx_dropped: u64,
+    filtered: u64,
+    no_mbuf: u64,
+}
+
+/// Adds a thread's counts to the shared counters and starts them again.
+fn publish(mine: &mut [Local], shared: &[Counters]) {
+    for (m, c) in mine.iter_mut().zip(shared) {
+        for (n, to) in [
+            (m.rx_packets, &c.rx_packets),
+            (m.forwarded, &c.forwarded),
+            (m.tx_packets, &c.tx_packets),
+            (m.tx_full, &c.tx_full),
+            (m.tx_dropped, &c.tx_dropped),
+            (m.filtered, &c.filtered),
+            (m.no_mbuf, &c.no_mbuf),
+        ] {
+            if n > 0 {
+                // Relaxed: a number (see `Counters`).
+                to.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        *m = Local::default();
+    }
 }
 
 /// What a polling loop does after a round.

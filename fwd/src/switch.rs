@@ -147,10 +147,6 @@ pub(crate) fn poll(
             moved += n;
             let c = &counters[r];
             c.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
-            c.rx_bytes.fetch_add(
-                inbuf.iter().map(|m| u64::from(m.pkt_len())).sum(),
-                Ordering::Relaxed,
-            );
             for m in inbuf.drain(..) {
                 let decision = table.switch(m.data(), r, now);
                 let is_target = |p: usize| {
@@ -190,12 +186,9 @@ pub(crate) fn poll(
             if out[p].is_empty() {
                 continue;
             }
-            let bytes: u64 = out[p].iter().map(|m| u64::from(m.pkt_len())).sum();
             let sent = q.tx_burst(&mut out[p]);
-            let left_bytes: u64 = out[p].iter().map(|m| u64::from(m.pkt_len())).sum();
             let cp = &counters[p];
             cp.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-            cp.tx_bytes.fetch_add(bytes - left_bytes, Ordering::Relaxed);
             cp.tx_dropped
                 .fetch_add(out[p].len() as u64, Ordering::Relaxed);
             for (k, o) in origin[p].iter().enumerate() {

@@ -588,17 +588,20 @@ impl Port {
     }
 
     /// Frees what a poller killed inside a burst left in queue block `q`'s in-flight
-    /// record (handles in transit and in no ring); returns how many.
+    /// record (handles in transit and in no ring); returns how many. `enqueued` is how
+    /// many of the listed handles are known to have reached the ring (a single-producer
+    /// ring's tail past the record's position): they are the ring's, not freed.
     fn recover_inflight(
         &self,
         q: usize,
         cache: &MbufCache,
         mut guest: Option<&mut GuestPool>,
+        enqueued: usize,
     ) -> u64 {
         // Acquire: pairs with the Release that published the count, so the handles are seen.
         let n = self.block(q).inflight.swap(0, Ordering::Acquire) as usize;
         let mut freed = 0;
-        for i in 0..n.min(INFLIGHT_MAX) {
+        for i in enqueued.min(n)..n.min(INFLIGHT_MAX) {
             // SAFETY: inside this queue's record (bounds-checked at open); the poller that
             // wrote it is gone and we hold the claim, so nobody writes it now.
             let h = MbufHandle(unsafe { self.inflight_slots(q).wrapping_add(i).read_volatile() });
@@ -613,7 +616,7 @@ impl Port {
             g.flush();
         }
         if freed > 0 {
-            self.block(q).dropped.fetch_add(freed, Ordering::Relaxed);
+            add(&self.block(q).dropped, freed);
             tracing::warn!(
                 "{} rx queue {q}: freed {freed} mbufs a killed poller had taken off the ring",
                 self.name()
@@ -727,11 +730,16 @@ impl Port {
     pub fn stats(&self) -> PortStats {
         let q = |i: usize| {
             let b = self.block(i);
+            // Relaxed: numbers for a report; each counter minus its value at the last reset.
+            let since = |c: &AtomicU64, base: &AtomicU64| {
+                c.load(Ordering::Relaxed)
+                    .wrapping_sub(base.load(Ordering::Relaxed))
+            };
             QueueStats {
-                packets: b.packets.load(Ordering::Relaxed),
-                bytes: b.bytes.load(Ordering::Relaxed),
-                dropped: b.dropped.load(Ordering::Relaxed),
-                errors: b.errors.load(Ordering::Relaxed),
+                packets: since(&b.packets, &b.reset_packets),
+                bytes: since(&b.bytes, &b.reset_bytes),
+                dropped: since(&b.dropped, &b.reset_dropped),
+                errors: since(&b.errors, &b.reset_errors),
             }
         };
         let rx: Vec<QueueStats> = (0..self.nb_rx_queues() as usize).map(q).collect();
@@ -764,12 +772,19 @@ impl Port {
         }
     }
 
-    /// Zeroes every counter.
+    /// Zeroes every counter as reported: records each one's value as its baseline (the
+    /// counters themselves have one writer, the queue's poller).
     pub fn reset_stats(&self) {
         for i in 0..2 * MAX_QUEUES as usize {
             let b = self.block(i);
-            for c in [&b.packets, &b.bytes, &b.dropped, &b.errors] {
-                c.store(0, Ordering::Relaxed);
+            for (c, base) in [
+                (&b.packets, &b.reset_packets),
+                (&b.bytes, &b.reset_bytes),
+                (&b.dropped, &b.reset_dropped),
+                (&b.errors, &b.reset_errors),
+            ] {
+                // Relaxed: numbers for a report.
+                base.store(c.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
     }
@@ -868,7 +883,10 @@ impl Port {
                     // queue claim above makes this the only host consumer).
                     RingRx::Untrusted(ring.untrusted_consumer())
                 } else if ring.mode().single_consumer {
-                    RingRx::Sc(ring.sc_consumer().map_err(|e| self.cfg(e))?)
+                    RingRx::Sc(crate::ring_port::ScRx {
+                        cons: ring.sc_consumer().map_err(|e| self.cfg(e))?,
+                        ring: ring.clone(),
+                    })
                 } else {
                     RingRx::Mc(ring.mc_consumer().map_err(|e| self.cfg(e))?)
                 })
@@ -900,7 +918,7 @@ impl Port {
         };
         let mut guest = self.guest_pool(cache)?;
         if matches!(kind, RxKind::Ring(_)) {
-            self.recover_inflight(claim.index, cache, guest.as_mut());
+            self.recover_inflight(claim.index, cache, guest.as_mut(), 0);
         }
         Ok(RxQueue {
             guest,
@@ -936,7 +954,11 @@ impl Port {
                     // As for rx: bounded, private head, exclusive by the queue claim.
                     RingTx::Untrusted(ring.untrusted_producer())
                 } else if ring.mode().single_producer {
-                    RingTx::Sp(ring.sp_producer().map_err(|e| self.cfg(e))?)
+                    RingTx::Sp(crate::ring_port::SpTx::new(
+                        ring.clone(),
+                        ring.sp_producer().map_err(|e| self.cfg(e))?,
+                        cache.owner(),
+                    ))
                 } else {
                     RingTx::Mp(ring.mp_producer().map_err(|e| self.cfg(e))?)
                 })
@@ -960,8 +982,17 @@ impl Port {
                 TxKind::Pcap(PcapWriter::append(BufWriter::with_capacity(1 << 18, file)))
             }
         };
-        if matches!(kind, TxKind::Ring(_)) {
-            self.recover_inflight(claim.index, cache, None);
+        match &kind {
+            TxKind::Ring(RingTx::Sp(sp)) => {
+                // Relaxed: the previous poller's claim release (Release) ordered it.
+                let from = self.block(claim.index).tx_from.load(Ordering::Relaxed);
+                let enqueued = sp.ring.prod_tail().wrapping_sub(from) as usize;
+                self.recover_inflight(claim.index, cache, None, enqueued);
+            }
+            TxKind::Ring(_) => {
+                self.recover_inflight(claim.index, cache, None, 0);
+            }
+            _ => {}
         }
         Ok(TxQueue {
             guest: self.guest_pool(cache)?,
@@ -1067,20 +1098,29 @@ impl QueueClaim {
     }
 
     /// Adds to the queue's counters. Relaxed: counters publish no data, they are numbers
-    /// read for reports; atomic adds so a reset from another process is never lost.
+    /// read for reports; plain load and store, as the claim makes this the only writer
+    /// (a reset moves the baselines, never the counters).
     #[inline(always)]
     fn count(&self, packets: u64, bytes: u64) {
         if packets > 0 {
             let b = self.block();
-            b.packets.fetch_add(packets, Ordering::Relaxed);
-            b.bytes.fetch_add(bytes, Ordering::Relaxed);
+            add(&b.packets, packets);
+            if bytes > 0 {
+                add(&b.bytes, bytes);
+            }
         }
     }
 
     #[cold]
     fn bump(&self, counter: fn(&QueueBlock) -> &AtomicU64, n: u64) {
-        counter(self.block()).fetch_add(n, Ordering::Relaxed);
+        add(counter(self.block()), n);
     }
+}
+
+/// Adds to a counter with one writer (the queue's poller). Relaxed: a number.
+#[inline(always)]
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 impl Drop for QueueClaim {
@@ -1095,14 +1135,14 @@ impl Drop for QueueClaim {
 }
 
 enum RingRx {
-    Sc(shm_ring::ScConsumer<u64>),
+    Sc(crate::ring_port::ScRx),
     Mc(shm_ring::McConsumer<u64>),
     /// A ring in a guest's export segment (guest-facing port).
     Untrusted(shm_ring::UntrustedConsumer<u64>),
 }
 
 enum RingTx {
-    Sp(shm_ring::SpProducer<u64>),
+    Sp(crate::ring_port::SpTx),
     Mp(shm_ring::MpProducer<u64>),
     /// A ring in a guest's export segment (guest-facing port).
     Untrusted(shm_ring::UntrustedProducer<u64>),
@@ -1171,6 +1211,18 @@ impl<'c> RxQueue<'c> {
         let mut bytes = 0u64;
         let start = out.len();
         match &mut self.kind {
+            RxKind::Ring(RingRx::Sc(sc)) if self.guest.is_none() => {
+                // Pointer speed between host processes (ring_port.rs): packets counted,
+                // headers untouched when this process produced them.
+                let done = sc.rx_burst(self.cache, out, max);
+                if done.refused > 0 || done.corrupt {
+                    self.claim
+                        .bump(|b| &b.errors, done.refused + u64::from(done.corrupt));
+                }
+                let n = out.len() - start;
+                self.claim.count(n as u64, 0);
+                return n;
+            }
             RxKind::Ring(ring) => {
                 // The handles go straight into the queue's in-flight record in shared
                 // memory, so a poller killed before adopting them all loses nothing: the
@@ -1185,7 +1237,7 @@ impl<'c> RxQueue<'c> {
                 };
                 let max = max.min(INFLIGHT_MAX);
                 let got = match ring {
-                    RingRx::Sc(c) => c.dequeue_burst(&mut handles[..max]),
+                    RingRx::Sc(c) => c.cons.dequeue_burst(&mut handles[..max]),
                     RingRx::Mc(c) => c.dequeue_burst(&mut handles[..max]),
                     RingRx::Untrusted(c) => c.dequeue_burst(&mut handles[..max]),
                 }
@@ -1384,7 +1436,7 @@ impl<'c> TxQueue<'c> {
                     self.claim.bump(|b| &b.dropped, too_long);
                 }
                 let pushed = match ring {
-                    RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Sp(p) => p.prod.enqueue_burst(&handles[..k]),
                     RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
                     RingTx::Untrusted(p) => p.enqueue_burst(&handles[..k]),
                 }
@@ -1402,6 +1454,20 @@ impl<'c> TxQueue<'c> {
                 bytes = pkts[..pushed].iter().map(|m| u64::from(m.pkt_len())).sum();
                 pkts.drain(..pushed);
                 pushed
+            }
+            (TxKind::Ring(RingTx::Sp(sp)), None) => {
+                // Pointer speed between host processes (ring_port.rs): packets counted.
+                // SAFETY: this queue's record (bounds-checked at open); we hold the
+                // queue's claim, so only this thread writes it.
+                let record = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.port.inflight_slots(self.claim.index),
+                        INFLIGHT_MAX,
+                    )
+                };
+                let sent = sp.tx_burst(self.cache, pkts, self.claim.block(), record);
+                self.claim.count(sent as u64, 0);
+                return sent;
             }
             (TxKind::Ring(ring), None) => {
                 // Shared mbufs cannot cross processes: the first one ends the burst.
@@ -1430,7 +1496,7 @@ impl<'c> TxQueue<'c> {
                     inflight.store(i as u32 + 1, Ordering::Release);
                 }
                 let pushed = match ring {
-                    RingTx::Sp(p) => p.enqueue_burst(&handles[..k]),
+                    RingTx::Sp(p) => p.prod.enqueue_burst(&handles[..k]),
                     RingTx::Mp(p) => p.enqueue_burst(&handles[..k]),
                     RingTx::Untrusted(p) => p.enqueue_burst(&handles[..k]),
                 }
@@ -1537,6 +1603,9 @@ impl<'c> TxQueue<'c> {
 impl Drop for TxQueue<'_> {
     fn drop(&mut self) {
         self.flush();
+        if let TxKind::Ring(RingTx::Sp(sp)) = &mut self.kind {
+            sp.release();
+        }
     }
 }
 

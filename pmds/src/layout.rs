@@ -14,8 +14,9 @@
 //! A queue block is two cache lines: line 0 is the claim (poller pid and start time, so a
 //! dead poller's queue can be taken over) and driver state that must survive a change of
 //! poller (the pcap reader's file offset, the mempool the queue allocates from); line 1 is
-//! the queue's statistics, added to by its poller once per burst (atomic adds, so a reset
-//! from another process is never lost).
+//! the queue's statistics, written by its poller alone once per burst (plain stores: one
+//! writer), with the values at the last reset beside them (a reset from another process
+//! records a baseline instead of zeroing a counter under its writer).
 //!
 //! Nothing here is a pointer or depends on the binary: the driver is a number, its
 //! configuration the devargs text, re-parsed by every process that opens the port.
@@ -28,7 +29,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First bytes of every port.
 pub const PORT_MAGIC: [u8; 8] = *b"SHMDPPRT";
 /// Layout major version.
-pub const PORT_LAYOUT_MAJOR: u16 = 2;
+pub const PORT_LAYOUT_MAJOR: u16 = 3;
 /// Layout minor version.
 pub const PORT_LAYOUT_MINOR: u16 = 0;
 /// Bytes of [`PortInfo`].
@@ -122,8 +123,14 @@ pub struct QueueBlock {
     pub owner_start: AtomicU64,
     /// Driver state kept across pollers (pcap rx: offset of the next record).
     pub position: AtomicU64,
+    /// Ring tx on a single-producer ring: the ring position the in-flight record's first
+    /// handle is enqueued at, so the next poller knows which listed handles made it into
+    /// the ring before a kill (those are the ring's) and which did not (those it frees).
+    pub tx_from: AtomicU32,
     /// Zero.
-    pub reserved1: [u64; 5],
+    pub reserved0: u32,
+    /// Zero.
+    pub reserved1: [u64; 4],
     /// Packets received (rx) or sent (tx).
     pub packets: AtomicU64,
     /// Bytes received or sent.
@@ -132,8 +139,14 @@ pub struct QueueBlock {
     pub dropped: AtomicU64,
     /// Bad input: malformed records, refused mbuf handles.
     pub errors: AtomicU64,
-    /// Zero.
-    pub reserved2: [u64; 4],
+    /// `packets` at the last statistics reset (reported figures are the difference).
+    pub reset_packets: AtomicU64,
+    /// `bytes` at the last reset.
+    pub reset_bytes: AtomicU64,
+    /// `dropped` at the last reset.
+    pub reset_dropped: AtomicU64,
+    /// `errors` at the last reset.
+    pub reset_errors: AtomicU64,
 }
 
 const _: () = {

@@ -19,6 +19,7 @@ pub mod devargs;
 pub mod ethdev;
 pub mod layout;
 pub mod pcap_file;
+mod ring_port;
 pub mod vhost;
 
 pub use devargs::{DevArgs, Driver};

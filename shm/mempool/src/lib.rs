@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod guest;
+mod handoff;
 pub mod layout;
 pub mod mbuf;
 mod owner;

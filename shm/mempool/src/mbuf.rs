@@ -809,12 +809,7 @@ impl MbufCache {
             // R1/A1), so its header and data writes are visible; for a local hand-off
             // (`from` a process tag) the ring's R1/A1 alone orders them.
             Claim::Shared(from) => owner
-                .compare_exchange(
-                    from,
-                    self.owner,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
+                .compare_exchange(from, self.owner, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok(),
             Claim::Private => {
                 // Relaxed both: the tag was stored by this process (program order, or

@@ -161,6 +161,16 @@ pub struct Ring<T: Element> {
     info: RingInfo,
 }
 
+impl<T: Element> Clone for Ring<T> {
+    /// Another view of the same ring (the mapping stays alive while any view does).
+    fn clone(&self) -> Self {
+        Ring {
+            core: self.core.clone(),
+            info: self.info,
+        }
+    }
+}
+
 impl<T: Element> std::fmt::Debug for Ring<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ring")

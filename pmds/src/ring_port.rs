@@ -1,0 +1,309 @@
+//! The ring driver's data path between host processes: packets move through an SP/SC
+//! ring at pointer speed, and ownership is recorded by location.
+//!
+//! Where it sits: a ring port's queue (`net_ring0`, or named rings) is a ring of mbuf
+//! handles. Its producer is a tx queue's poller, its consumer an rx queue's poller, in the
+//! same process (a loopback port forwarded by one lcore, DPDK's `testpmd` io over
+//! `net_ring`) or in two. Host processes are trusted not to lie but not to stay alive, so
+//! what must hold is that a kill at any instruction loses and duplicates no buffer.
+//!
+//! ```text
+//!  producer P (tx burst)                 ring                       consumer (rx burst)
+//!  ─────────────────────       ┌──────────────────────┐       ───────────────────────────
+//!  local_owner == P:           │ L L L L t t          │       peek; read local_owner O
+//!    h | LOCAL, no header      │ local entries (L)    │       L, O == me: take_local
+//!    write, tag stays P  ────► │ keep tag O; others   │ ────►   (no header access)
+//!  else (an earlier owner's    │ (t) are TRANSIT      │       L, O != me: CAS O -> me
+//!    entries are still in):    └──────────────────────┘       t: CAS TRANSIT -> me
+//!    TRANSIT + in-flight record      ▲ local_owner, local_until   release
+//! ```
+//!
+//! - **Local entries** carry [`LOCAL`] in the handle; the ring's `local_owner` word names
+//!   the process whose tag their headers still carry. Only the producer writes it, and it
+//!   changes owner only once the consumer has passed `local_until`, a position at or past
+//!   every local entry: so every local entry in the ring belongs to the current
+//!   `local_owner`, and a consumer that reads it between its peek and its release (as
+//!   [`ScRx::rx_burst`] does) attributes them rightly.
+//! - **A consumer that is the owner** takes them with no header access at all, as
+//!   `rte_ring` moves pointers; any other consumer claims each with a CAS of the tag, the
+//!   one write where the packet changes process.
+//! - **Crashes**: a killed producer or consumer leaves its buffers tagged with its own tag
+//!   (unique per attachment), held or in the ring; the primary returns them by tag. An entry
+//!   that stays in the ring after that is stale, and the consumer's CAS refuses it
+//!   (counted). A consumer releases what it peeked only after it has claimed it, so a kill
+//!   inside a burst leaves the burst in the ring for the next poller. A producer that
+//!   cannot be the owner yet (an earlier owner's entries are still queued) puts packets in
+//!   transit, listed in the queue's in-flight record with the ring position they go to,
+//!   so the next poller frees exactly those that never reached the ring.
+//! - Counted as DPDK's ring PMD counts: packets (the data is not touched, so no bytes).
+
+use std::sync::atomic::Ordering;
+
+use shm_mempool::{Mbuf, MbufCache, MbufHandle, OwnerTag};
+use shm_ring::{Ring, ScConsumer, SpProducer};
+
+use crate::layout::QueueBlock;
+
+/// Handle bit of a local entry (pool ids are below 2^31, so real handles never set it).
+pub const LOCAL: u64 = 1 << 63;
+
+/// Positions a producer reserves ahead in `local_until` at a time (one store per this
+/// many local entries; a takeover after a kill waits at most this much longer before it
+/// becomes the owner).
+const UNTIL_STEP: u32 = 1 << 16;
+
+/// `a` is at or after `b` in free-running ring positions.
+#[inline(always)]
+fn at_or_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// The consumer side: a single-consumer ring read with peek and release.
+pub(crate) struct ScRx {
+    pub(crate) cons: ScConsumer<u64>,
+    pub(crate) ring: Ring<u64>,
+}
+
+/// What an rx burst did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RxDone {
+    /// Handles refused (stale, duplicated or garbage): counted as errors.
+    pub(crate) refused: u64,
+    /// The ring's indices were impossible.
+    pub(crate) corrupt: bool,
+}
+
+impl ScRx {
+    /// Receives up to `max` packets into `out`.
+    #[inline]
+    pub(crate) fn rx_burst<'c>(
+        &mut self,
+        cache: &'c MbufCache,
+        out: &mut Vec<Mbuf<'c>>,
+        max: usize,
+    ) -> RxDone {
+        let mut done = RxDone::default();
+        let Ok(view) = self.cons.peek(max) else {
+            done.corrupt = true;
+            return done;
+        };
+        let n = view.len();
+        if n == 0 {
+            return done;
+        }
+        // Acquire: pairs with the producer's Release when it became the owner; read after
+        // the peek and before the release (see the module docs: the owner cannot change
+        // while local entries of it are unreleased here).
+        let owner = self.ring.local_owner().load(Ordering::Acquire);
+        let me = cache.owner().0;
+        // Never more than `out` can take without allocating (the caller sized it).
+        let (a, b) = view.slices();
+        if owner == me {
+            // Our own entries (nearly always all of them when one process holds both
+            // ends): no header access, written straight into `out`.
+            let took = cache.take_local_burst(a, LOCAL, out);
+            if took == a.len() {
+                let took_b = cache.take_local_burst(b, LOCAL, out);
+                if took_b == b.len() {
+                    view.release(n);
+                    return done;
+                }
+                rx_rest(cache, owner, &b[took_b..], out, &mut done);
+            } else {
+                rx_rest(cache, owner, &a[took..], out, &mut done);
+                rx_rest(cache, owner, b, out, &mut done);
+            }
+            view.release(n);
+            return done;
+        }
+        rx_rest(cache, owner, a, out, &mut done);
+        rx_rest(cache, owner, b, out, &mut done);
+        // Every entry is ours now (or refused): the slots go back to the producer.
+        view.release(n);
+        done
+    }
+}
+
+/// Claims `handles` one by one (entries of another process, transit ones, or handles the
+/// burst path stopped at), for an rx burst of a ring whose local owner is `owner`.
+#[inline(never)]
+fn rx_rest<'c>(
+    cache: &'c MbufCache,
+    owner: u32,
+    handles: &[u64],
+    out: &mut Vec<Mbuf<'c>>,
+    done: &mut RxDone,
+) {
+    let me = cache.owner().0;
+    for &h in handles {
+        let got = if h & LOCAL == 0 {
+            cache.adopt(MbufHandle(h))
+        } else if owner == me {
+            cache.take_local(MbufHandle(h & !LOCAL))
+        } else {
+            cache.adopt_from(MbufHandle(h & !LOCAL), OwnerTag(owner))
+        };
+        match got {
+            Ok(m) => out.push(m),
+            Err(_) => done.refused += 1,
+        }
+    }
+}
+
+/// The producer side: a single-producer ring, written locally when this process can be
+/// the ring's owner, through transit otherwise.
+pub(crate) struct SpTx {
+    pub(crate) prod: SpProducer<u64>,
+    pub(crate) ring: Ring<u64>,
+    /// This process is the ring's `local_owner` (only we change it while we produce).
+    owner: bool,
+    /// Our tag.
+    me: u32,
+}
+
+/// Most packets one local burst moves.
+const MAX_LOCAL_BURST: usize = crate::ethdev::MAX_BURST;
+
+impl SpTx {
+    /// The producer of `ring` for the process tagged `me`. A producer before us that was
+    /// killed may have left `local_until` short of entries it wrote but never published,
+    /// or far ahead; what it published is all that counts, so the bound restarts at the
+    /// published tail.
+    pub(crate) fn new(ring: Ring<u64>, prod: SpProducer<u64>, me: OwnerTag) -> SpTx {
+        // Relaxed: we hold the producer role, the only writer of both words.
+        let owner = ring.local_owner().load(Ordering::Relaxed);
+        if owner != me.0 && owner != 0 {
+            let until = ring.local_until().load(Ordering::Relaxed);
+            let tail = prod.position();
+            if !at_or_after(until, tail) {
+                ring.local_until().store(tail, Ordering::Relaxed);
+            }
+        }
+        SpTx {
+            owner: owner == me.0,
+            me: me.0,
+            prod,
+            ring,
+        }
+    }
+
+    /// Becomes the ring's owner if no earlier owner's entries are left in it.
+    #[cold]
+    fn try_own(&mut self) -> bool {
+        let ring = &self.ring;
+        // Relaxed: only the producer (us) writes these.
+        let cur = ring.local_owner().load(Ordering::Relaxed);
+        if cur != 0 && cur != self.me {
+            let until = ring.local_until().load(Ordering::Relaxed);
+            if !at_or_after(ring.cons_tail(), until) {
+                return false;
+            }
+        }
+        ring.local_until().store(
+            self.prod.position().wrapping_add(UNTIL_STEP),
+            Ordering::Relaxed,
+        );
+        // Release: pairs with the consumer's Acquire load after its peek; the entries we
+        // write from now on are published after this (by the ring's R1).
+        ring.local_owner().store(self.me, Ordering::Release);
+        self.owner = true;
+        true
+    }
+
+    /// Sends from the front of `pkts` (removing what went); returns how many. `block` and
+    /// `record` are the queue's in-flight record, used only on the transit path.
+    #[inline]
+    pub(crate) fn tx_burst<'c>(
+        &mut self,
+        cache: &'c MbufCache,
+        pkts: &mut Vec<Mbuf<'c>>,
+        block: &QueueBlock,
+        record: &mut [u64],
+    ) -> usize {
+        if !self.owner && !self.try_own() {
+            return self.tx_transit(cache, pkts, block, record);
+        }
+        // Shared mbufs (clones) cannot be handed off: the first one ends the burst. (No
+        // header read unless this process cloned the mbuf.)
+        let k = pkts
+            .iter()
+            .take(MAX_LOCAL_BURST)
+            .take_while(|m| !m.is_shared())
+            .count();
+        if k == 0 {
+            return 0;
+        }
+        let pos = self.prod.position();
+        let Ok(mut slots) = self.prod.reserve(k) else {
+            return 0;
+        };
+        let room = slots.len();
+        // `local_until` at or past every local entry before any is published. Relaxed:
+        // only we write it; a later owner reads it after our role is released.
+        let end = pos.wrapping_add(room as u32);
+        let until = self.ring.local_until();
+        if !at_or_after(until.load(Ordering::Relaxed), end) {
+            until.store(end.wrapping_add(UNTIL_STEP), Ordering::Relaxed);
+        }
+        let (a, b) = slots.slices();
+        for (slot, m) in a.iter_mut().chain(b.iter_mut()).zip(pkts.drain(..room)) {
+            *slot = match m.into_local() {
+                Ok(h) => h.0 | LOCAL,
+                // Not shared a moment ago, so not now; were it, it is freed and the slot
+                // holds a handle every consumer refuses.
+                Err(m) => {
+                    drop(m);
+                    0
+                }
+            };
+        }
+        slots.commit(room);
+        room
+    }
+
+    /// The transit path (we cannot be the owner yet): each packet tagged TRANSIT and listed
+    /// in the in-flight record with the ring position it goes to.
+    #[cold]
+    fn tx_transit<'c>(
+        &mut self,
+        cache: &'c MbufCache,
+        pkts: &mut Vec<Mbuf<'c>>,
+        block: &QueueBlock,
+        record: &mut [u64],
+    ) -> usize {
+        let k = pkts
+            .iter()
+            .take(record.len())
+            .take_while(|m| !m.is_shared())
+            .count();
+        // Relaxed: read by the next poller after our claim is released (Release/Acquire).
+        block.tx_from.store(self.prod.position(), Ordering::Relaxed);
+        for (i, (slot, m)) in record.iter_mut().zip(pkts.drain(..k)).enumerate() {
+            *slot = m.into_transit().map(|h| h.0).unwrap_or(0);
+            // Release: the handle above before the count that lists it.
+            block.inflight.store(i as u32 + 1, Ordering::Release);
+        }
+        let pushed = self.prod.enqueue_burst(&record[..k]).unwrap_or(0);
+        // Enqueued handles belong to the ring now; the rest come back to the caller.
+        let back: Vec<Mbuf<'c>> = record[pushed..k]
+            .iter()
+            .filter_map(|&h| cache.reclaim(MbufHandle(h)).ok())
+            .collect();
+        block.inflight.store(0, Ordering::Release);
+        if !back.is_empty() {
+            pkts.splice(0..0, back);
+        }
+        pushed
+    }
+
+    /// Gives up the role (the queue is dropped): the bound becomes exact, so the next
+    /// producer becomes the owner as soon as the consumer has passed our last entry.
+    pub(crate) fn release(&mut self) {
+        if self.owner {
+            // Relaxed: the role's release (Release) orders it for the next producer.
+            self.ring
+                .local_until()
+                .store(self.prod.position(), Ordering::Relaxed);
+        }
+    }
+}
