@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use shm::{Memseg, MemzoneKind, Region};
 
-use super::guard::Guarded;
+use super::guard::{Guarded, Quota};
 
 /// Bytes of one packet buffer: the virtio-net header and a frame of up to
 /// `SLOT_BYTES - 12` bytes (more with mergeable rx buffers, spread over several).
@@ -79,7 +79,8 @@ impl PortMemory {
             .len(total as usize)
             .map_raw(&file)
             .map_err(|e| format!("map the port memory: {e}"))?;
-        let guard = Guarded::register(map.as_mut_ptr() as usize, total as usize)?;
+        // One mapping: a share of one slot of the guard's table.
+        let guard = Quota::reserve(1)?.register(map.as_mut_ptr() as usize, total as usize)?;
         let seg = Memseg::create_in_region(Region::from_mmap(map), &format!("{name}_vu"), 0)
             .map_err(|e| e.to_string())?;
         let rings = seg
