@@ -398,7 +398,10 @@ fn reclaim_dead_is_bounded_on_a_free_ring_the_guest_holds_up() {
     let took = t0.elapsed();
     // The trusted reclaim waits STALL_TIMEOUT (10 s) here; this one does not wait.
     // (Miri runs far slower: the bound is for real runs.)
-    assert!(cfg!(miri) || took < Duration::from_millis(100), "took {took:?}");
+    assert!(
+        cfg!(miri) || took < Duration::from_millis(100),
+        "took {took:?}"
+    );
     assert_eq!(r.returned + r.lost, 1000, "{r:?}");
     assert!(r.lost > 0, "a held-up ring cannot take everything: {r:?}");
     assert_eq!(pool.owned_by(DEAD), 0);
