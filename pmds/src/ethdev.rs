@@ -699,6 +699,12 @@ impl Port {
             // Up while a frontend is connected with every vring started.
             return d.ready();
         }
+        if let DriverRes::VirtioUser { dev: Some(d) } = &self.shared.res {
+            // Down for good once the backend took the port's memory away.
+            if d.dropped() {
+                return false;
+            }
+        }
         self.ctrl().link_up.load(Ordering::Relaxed) != 0
     }
 

@@ -382,9 +382,10 @@ impl Primary {
                         p.name, p.memseg
                     ))
                 })?;
+            let guest_writable = primary.is_exported(seg);
             primary
                 .pools
-                .create(seg, p)
+                .create(seg, p, guest_writable)
                 .map_err(|e| PrimaryError::Config(e.to_string()))?;
         }
         primary.check_unique_names()?;
@@ -412,7 +413,7 @@ impl Primary {
                     };
                     primary
                         .pools
-                        .create(&primary.memsegs[0], &req)
+                        .create(&primary.memsegs[0], &req, false)
                         .map_err(|e| {
                             PrimaryError::Config(format!("default mbuf pool: {e} (raise -m)"))
                         })?
@@ -524,7 +525,7 @@ impl Primary {
             memseg: MAIN_MEMSEG.to_string(),
         };
         self.pools
-            .create(&self.memsegs[0], &req)
+            .create(&self.memsegs[0], &req, false)
             .map_err(|e| PrimaryError::Config(e.to_string()))
     }
 
@@ -724,8 +725,9 @@ impl Primary {
             data_room: shm_mempool::DEFAULT_DATA_ROOM,
             memseg: seg.name().to_string(),
         };
+        // In the export group's memseg: guest-writable.
         self.pools
-            .create(seg, &req)
+            .create(seg, &req, true)
             .map_err(|e| format!("guest pool {}: {e}", req.name))?;
         let mut text = d.name.clone();
         for (k, v) in d.args.iter().filter(|(k, _)| k != "queues") {

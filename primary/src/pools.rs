@@ -1,13 +1,18 @@
 //! The primary's mbuf pools: created at start, reported over the control socket, and
 //! cleaned up for a secondary that goes away (its caches flushed, every buffer still tagged
 //! with its process slot returned to the pool) before its slot can be reused.
+//!
+//! A pool in an export segment is guest-writable (its headers, free ring and cache slots):
+//! it is reclaimed through [`GuestPool::reclaim_dead`] only (atomic CAS of the owner words,
+//! the bounded untrusted producer, no cache slot read), so a guest wrecking its own pool
+//! cannot hold the control thread that runs the reclaim.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shm::stats::PoolStats;
 use shm::Memseg;
-use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag, PoolError};
+use shm_mempool::{GuestPool, MbufPool, MbufPoolParams, OwnerTag, PoolError};
 
 use crate::control_server::ControlHooks;
 use crate::MempoolRequest;
@@ -19,24 +24,38 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// objects has ended.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(100);
 
+/// One registered pool.
+#[derive(Debug, Clone)]
+struct Entry {
+    pool: MbufPool,
+    /// In an export segment: a guest can write it.
+    guest_writable: bool,
+}
+
 /// Every pool of this primary, in creation order (pool id = position + 1).
 #[derive(Debug, Default)]
 pub struct PoolRegistry {
-    pools: Mutex<Vec<MbufPool>>,
+    pools: Mutex<Vec<Entry>>,
 }
 
 impl PoolRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<MbufPool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an mbuf pool in `seg` and registers it.
+    /// Creates an mbuf pool in `seg` and registers it; `guest_writable` when `seg` is an
+    /// export segment (then it is reclaimed through the guest-facing path only).
     ///
     /// # Errors
     /// [`PoolError::Create`] (bad parameters, no room, duplicate name).
-    pub fn create(&self, seg: &Memseg, req: &MempoolRequest) -> Result<MbufPool, PoolError> {
+    pub fn create(
+        &self,
+        seg: &Memseg,
+        req: &MempoolRequest,
+        guest_writable: bool,
+    ) -> Result<MbufPool, PoolError> {
         let mut pools = self.lock();
-        if pools.iter().any(|p| p.mempool().name() == req.name) {
+        if pools.iter().any(|e| e.pool.mempool().name() == req.name) {
             return Err(PoolError::Create(format!(
                 "mempool {:?} is given twice",
                 req.name
@@ -45,26 +64,32 @@ impl PoolRegistry {
         let mut params = MbufPoolParams::new(req.count, req.cache_size, pools.len() as u32 + 1);
         params.data_room = req.data_room;
         let pool = MbufPool::create(seg, &req.name, &params)?;
-        pools.push(pool.clone());
+        pools.push(Entry {
+            pool: pool.clone(),
+            guest_writable,
+        });
         Ok(pool)
     }
 
     /// The first pool created (the one ports allocate from).
     pub fn first(&self) -> Option<MbufPool> {
-        self.lock().first().cloned()
+        self.lock().first().map(|e| e.pool.clone())
     }
 
     /// The pool named `name`.
     pub fn get(&self, name: &str) -> Option<MbufPool> {
         self.lock()
             .iter()
-            .find(|p| p.mempool().name() == name)
-            .cloned()
+            .find(|e| e.pool.mempool().name() == name)
+            .map(|e| e.pool.clone())
     }
 
     /// Statistics of every pool.
     pub fn stats(&self) -> Vec<PoolStats> {
-        self.lock().iter().map(|p| p.mempool().stats()).collect()
+        self.lock()
+            .iter()
+            .map(|e| e.pool.mempool().stats())
+            .collect()
     }
 
     /// Returns what a process that left slot `slot` with owner tag `tag` held: the caches
@@ -72,6 +97,8 @@ impl PoolRegistry {
     /// process is going; this waits (up to [`EXIT_WAIT`]) until it is really gone before
     /// touching anything. Returns false, having touched nothing (with a warning), if it
     /// detached but keeps running while holding objects: call again once it has ended.
+    /// Guest-writable pools hold no host cache slot (nobody on the host claims one there)
+    /// and are reclaimed with bounded work whatever the guest writes meanwhile.
     pub fn reclaim_process(
         &self,
         slot: u32,
@@ -92,9 +119,10 @@ impl PoolRegistry {
         start_time: Option<u64>,
     ) -> Option<(u64, u64)> {
         let pools = self.lock().clone();
-        let holds = pools
-            .iter()
-            .any(|p| p.mempool().caches_of(pid) > 0 || p.owned_by(tag) > 0);
+        // `owned_by` is one atomic load per header: bounded on any pool.
+        let holds = pools.iter().any(|e| {
+            (!e.guest_writable && e.pool.mempool().caches_of(pid) > 0) || e.pool.owned_by(tag) > 0
+        });
         if !holds {
             return Some((0, 0));
         }
@@ -109,7 +137,15 @@ impl PoolRegistry {
             std::thread::sleep(Duration::from_millis(2));
         }
         let mut totals = (0, 0);
-        for pool in &pools {
+        for Entry {
+            pool,
+            guest_writable,
+        } in &pools
+        {
+            if *guest_writable {
+                totals.1 += Self::reclaim_guest_writable(pool, slot, pid, tag);
+                continue;
+            }
             let flushed = pool.mempool().flush_caches_of(pid, start_time);
             let reclaimed = pool.reclaim_owner(tag).returned;
             if flushed + reclaimed > 0 {
@@ -122,6 +158,33 @@ impl PoolRegistry {
             totals.1 += reclaimed;
         }
         Some(totals)
+    }
+
+    /// Reclaims slot `slot`'s buffers from the guest-writable `pool`; returns how many
+    /// went back to its free ring.
+    fn reclaim_guest_writable(pool: &MbufPool, slot: u32, pid: u32, tag: OwnerTag) -> u64 {
+        let name = pool.mempool().name();
+        match GuestPool::reclaim_dead(pool, tag) {
+            Ok(r) => {
+                if r.returned > 0 {
+                    tracing::info!(
+                        "guest-writable pool {name}: slot {slot} (pid {pid}) is gone: reclaimed {} mbufs",
+                        r.returned
+                    );
+                }
+                if r.lost > 0 {
+                    tracing::warn!(
+                        "guest-writable pool {name}: {} mbufs of gone slot {slot} could not be returned (its free ring refused them: the guest broke it); they are lost to that pool",
+                        r.lost
+                    );
+                }
+                r.returned
+            }
+            Err(e) => {
+                tracing::warn!("guest-writable pool {name}: slot {slot}: {e}");
+                0
+            }
+        }
     }
 }
 
@@ -186,8 +249,8 @@ mod tests {
             data_room: 256,
             memseg: "main".into(),
         };
-        let pool = reg.create(&seg, &req).unwrap();
-        assert!(reg.create(&seg, &req).is_err(), "duplicate name");
+        let pool = reg.create(&seg, &req, false).unwrap();
+        assert!(reg.create(&seg, &req, false).is_err(), "duplicate name");
         let tag = OwnerTag::process(5);
         let cache = pool.cache(tag).unwrap();
         let mut held = Vec::with_capacity(10);

@@ -118,11 +118,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Allocate COUNT mbufs from POOL and hold them until the primary goes away (exit 3)
-    /// or SIGINT/SIGTERM (frees them, exit 0).
+    /// Allocate COUNT mbufs from each POOL and hold them until the primary goes away
+    /// (exit 3) or SIGINT/SIGTERM (frees them, exit 0). A pool in an export segment
+    /// (`NAME@GROUP`) is used without a cache slot.
     MbufHold {
-        /// Pool name.
-        pool: String,
+        /// Pool names.
+        #[arg(required = true)]
+        pools: Vec<String>,
         /// Mbufs to hold.
         #[arg(long)]
         count: u32,
@@ -329,7 +331,7 @@ pub fn main() -> ExitCode {
             count,
             timeout,
         } => dump_cmd(&cli.eal, port, queue, count, Duration::from_secs(timeout)),
-        Command::MbufHold { pool, count } => mbuf_hold(&cli.eal, &pool, count),
+        Command::MbufHold { pools, count } => mbuf_hold(&cli.eal, &pools, count),
         Command::MbufSend(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
             let t0 = std::time::Instant::now();
             let timeout = Duration::from_secs(a.timeout);
@@ -369,7 +371,7 @@ pub fn main() -> ExitCode {
                     })
             };
             let (rx, tx) = (ring(&rx)?, ring(&tx)?);
-            let cache = p.cache(sec.owner_tag())?;
+            let cache = sec.allocator(&pool, p)?;
             let t0 = std::time::Instant::now();
             let n = crate::pooltool::echo(&cache, &rx, &tx, count, Duration::from_secs(timeout))?;
             Ok(format!(
@@ -380,7 +382,8 @@ pub fn main() -> ExitCode {
             ))
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
-            crate::pooltool::stress(p.mempool(), sec.owner_tag(), ops, seed)
+            let cached = !sec.in_export(&pool);
+            crate::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
                 .map(|n| format!("pool-stress: {n} operations on {pool}"))
         }),
         Command::PoolAudit { pool } => pool_cmd(&cli.eal, &pool, |_, p| {
@@ -492,7 +495,7 @@ fn mbuf_ring_cmd(
                 ring: ring.to_string(),
                 source,
             })?;
-        let cache = p.cache(sec.owner_tag())?;
+        let cache = sec.allocator(pool, p)?;
         f(&cache, &r)
     })
 }
@@ -573,7 +576,9 @@ fn dump_cmd(eal: &EalArgs, port_id: u16, queue: u16, count: u64, timeout: Durati
         let pool = sec
             .mbuf_pool(&port.rx_pool_name())
             .map_err(|e| e.to_string())?;
-        let cache = pool.cache(sec.owner_tag()).map_err(|e| e.to_string())?;
+        let cache = sec
+            .allocator(&port.rx_pool_name(), &pool)
+            .map_err(|e| e.to_string())?;
         let mut rx = port.rx_queue(queue, &cache).map_err(|e| e.to_string())?;
         let mut burst = Vec::with_capacity(32);
         let mut seen = 0u64;
@@ -903,7 +908,7 @@ fn stats(eal: &EalArgs, json: bool) -> ExitCode {
     }
 }
 
-fn mbuf_hold(eal: &EalArgs, name: &str, count: u32) -> ExitCode {
+fn mbuf_hold(eal: &EalArgs, names: &[String], count: u32) -> ExitCode {
     let program = "shmdp-secondary";
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
@@ -916,13 +921,16 @@ fn mbuf_hold(eal: &EalArgs, name: &str, count: u32) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let pool = match sec.mbuf_pool(name) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{program}: error: mempool {name}: {e}");
-            return ExitCode::from(2);
+    let mut pools = Vec::with_capacity(names.len());
+    for name in names {
+        match sec.mbuf_pool(name) {
+            Ok(p) => pools.push(p),
+            Err(e) => {
+                eprintln!("{program}: error: mempool {name}: {e}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     let watch = match sec.watch_primary() {
         Ok(w) => w,
         Err(e) => {
@@ -930,17 +938,24 @@ fn mbuf_hold(eal: &EalArgs, name: &str, count: u32) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cache = match pool.cache(sec.owner_tag()) {
-        Ok(c) => c,
-        Err(e) => {
+    let mut caches = Vec::with_capacity(pools.len());
+    for (name, pool) in names.iter().zip(&pools) {
+        match sec.allocator(name, pool) {
+            Ok(c) => caches.push(c),
+            Err(e) => {
+                eprintln!("{program}: error: {e}");
+                return ExitCode::from(EXIT_POOL_FAILED);
+            }
+        }
+    }
+    let mut held = Vec::with_capacity(count as usize * caches.len());
+    for cache in &caches {
+        let mut some = Vec::with_capacity(count as usize);
+        if let Err(e) = cache.alloc_bulk(&mut some, count as usize) {
             eprintln!("{program}: error: {e}");
             return ExitCode::from(EXIT_POOL_FAILED);
         }
-    };
-    let mut held = Vec::with_capacity(count as usize);
-    if let Err(e) = cache.alloc_bulk(&mut held, count as usize) {
-        eprintln!("{program}: error: {e}");
-        return ExitCode::from(EXIT_POOL_FAILED);
+        held.append(&mut some);
     }
     for (i, m) in held.iter_mut().enumerate() {
         m.append(8)
@@ -948,14 +963,15 @@ fn mbuf_hold(eal: &EalArgs, name: &str, count: u32) -> ExitCode {
             .copy_from_slice(&(i as u64).to_le_bytes());
     }
     println!(
-        "{program}: holding {count} mbufs from {name} (slot {}, pid {})",
+        "{program}: holding {count} mbufs from {} (slot {}, pid {})",
+        names.join(", "),
         sec.slot(),
         std::process::id()
     );
     loop {
         if signals.pending().next().is_some() {
             drop(held);
-            drop(cache);
+            drop(caches);
             sec.detach();
             println!("{program}: freed {count} mbufs and detached");
             return ExitCode::SUCCESS;

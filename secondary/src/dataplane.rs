@@ -43,15 +43,12 @@ pub trait Dataplane {
     /// The owner tag this process's mbufs carry.
     fn owner_tag(&self) -> OwnerTag;
 
-    /// A per-thread mbuf allocator on `pool` for this process (a cache slot on the host,
-    /// none in a guest).
+    /// A per-thread mbuf allocator on `pool` (opened as `name`) for this process: a cache
+    /// slot in the host's own memory, none in guest-writable memory.
     ///
     /// # Errors
     /// [`ObjectError`] when no cache slot is free.
-    fn allocator(&self, pool: &MbufPool) -> Result<MbufCache, ObjectError> {
-        pool.cache(self.owner_tag())
-            .map_err(|e| ObjectError(format!("pool {}: {e}", pool.mempool().name())))
-    }
+    fn allocator(&self, name: &str, pool: &MbufPool) -> Result<MbufCache, ObjectError>;
 }
 
 impl Dataplane for Secondary {
@@ -73,6 +70,10 @@ impl Dataplane for Secondary {
 
     fn owner_tag(&self) -> OwnerTag {
         Secondary::owner_tag(self)
+    }
+
+    fn allocator(&self, name: &str, pool: &MbufPool) -> Result<MbufCache, ObjectError> {
+        Secondary::allocator(self, name, pool).map_err(|e| ObjectError(format!("pool {name}: {e}")))
     }
 }
 
@@ -99,5 +100,11 @@ impl Dataplane for ExportSegment {
 
     fn owner_tag(&self) -> OwnerTag {
         OwnerTag::GUEST
+    }
+
+    fn allocator(&self, name: &str, pool: &MbufPool) -> Result<MbufCache, ObjectError> {
+        // `cache(GUEST)` is uncached: a guest's pid means nothing to the host.
+        pool.cache(OwnerTag::GUEST)
+            .map_err(|e| ObjectError(format!("pool {name}: {e}")))
     }
 }

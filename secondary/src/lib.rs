@@ -283,6 +283,38 @@ impl Secondary {
         shm_mempool::MbufPool::from_mempool(shm_mempool::Mempool::from_memzone(&zone)?)
     }
 
+    /// True when `name` (as given to [`lookup`](Self::lookup)) is in an export segment
+    /// (`NAME@GROUP` of an exported memseg): an object a guest can write.
+    pub fn in_export(&self, name: &str) -> bool {
+        let (_, seg) = shm::names::split_qualified(name);
+        seg.is_some_and(|seg| {
+            self.memsegs
+                .iter()
+                .zip(&self.exported)
+                .any(|(m, &exported)| exported && m.name() == seg)
+        })
+    }
+
+    /// A per-thread allocator on `pool`, opened as `name`: with a cache slot in the
+    /// primary's own memsegs, without one in an export segment. An export pool's cache
+    /// slots are guest-writable, so the primary never reads or flushes them when this
+    /// process dies (it reclaims there through the guest-facing path only): nobody on the
+    /// host holds one.
+    ///
+    /// # Errors
+    /// [`shm_mempool::PoolError::NoCacheSlot`] when every cache slot is held.
+    pub fn allocator(
+        &self,
+        name: &str,
+        pool: &shm_mempool::MbufPool,
+    ) -> Result<shm_mempool::MbufCache, shm_mempool::PoolError> {
+        if self.in_export(name) {
+            pool.uncached(self.owner_tag())
+        } else {
+            pool.cache(self.owner_tag())
+        }
+    }
+
     /// Every port of the process group, by id.
     ///
     /// # Errors

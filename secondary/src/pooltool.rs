@@ -187,15 +187,21 @@ pub fn echo(
     Ok(done)
 }
 
-/// Runs `ops` get/put operations of varying bulk sizes (1..=48) through a cached handle:
+/// Runs `ops` get/put operations of varying bulk sizes (1..=48) through a cached handle
+/// (uncached unless `cached`: a guest-writable pool's cache slots are not the host's):
 /// the pool's objects must all be back and distinct afterwards ([`Mempool::audit`]).
 pub fn stress(
     pool: &Mempool,
     owner: shm_mempool::OwnerTag,
+    cached: bool,
     ops: u64,
     seed: u64,
 ) -> Result<u64, PoolToolError> {
-    let mut h = pool.cache(owner)?;
+    let mut h = if cached {
+        pool.cache(owner)?
+    } else {
+        pool.uncached()
+    };
     let mut held: Vec<u32> = Vec::with_capacity(4096);
     let mut buf = [0u32; 48];
     let mut x = seed | 1;

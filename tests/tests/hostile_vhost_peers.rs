@@ -12,7 +12,9 @@
 //! while the primary polls the rings costs that frontend its connection (the SIGBUS
 //! guard), not the primary its life; a frontend that stalls inside a message loses its
 //! connection. In every case the other port's frontend is still served and the primary's
-//! counters show the error.
+//! counters show the error. A frontend that keeps memory tables alive past its port's
+//! share of the SIGBUS guard loses its connection (counted); another port's tables are
+//! still mapped.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -708,4 +710,93 @@ fn a_vhost_iface_path_that_is_not_our_socket_is_never_removed() {
         .is_symlink());
     let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_file(&victim);
+}
+
+// ---- vhost-user: a frontend that fills the SIGBUS guard -----------------------------
+
+/// `n` sealed one-page memfds and the SET_MEM_TABLE payload naming them (guest-physical
+/// page `first + i` for region `i`).
+fn table(n: usize, first: u64) -> (Vec<std::fs::File>, Vec<u8>) {
+    let files: Vec<_> = (0..n).map(|_| sealed_memfd(4096)).collect();
+    let mut t = (n as u32).to_le_bytes().to_vec();
+    t.extend_from_slice(&[0; 4]);
+    for i in 0..n as u64 {
+        let gpa = (first + i) * 4096;
+        for v in [gpa, 4096, UVA + gpa, 0] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    (files, t)
+}
+
+fn send_table(sock: &UnixStream, n: usize, first: u64) {
+    let (files, t) = table(n, first);
+    let fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+    send(sock, SET_MEM_TABLE, &t, &fds);
+}
+
+/// The device's current memory table (by address), once it differs from `old`.
+fn new_table(
+    dev: &pmds::vhost::VhostDevice,
+    old: Option<usize>,
+) -> Option<Arc<pmds::vhost::mem::GuestMemory>> {
+    let mut got = None;
+    wait_until(Duration::from_secs(5), || {
+        got = dev.snapshot().mem.clone();
+        got.as_ref().map(|m| Arc::as_ptr(m) as usize) != old && got.is_some()
+    });
+    got
+}
+
+#[test]
+fn a_frontend_keeping_tables_past_its_share_of_the_sigbus_guard_loses_only_its_connection() {
+    use pmds::vhost::backend::{GUARD_SHARE, TABLE_REGIONS};
+    use pmds::vhost::VhostDevice;
+    // In this process, so that the test can hold a table alive as a lagging poller would.
+    let (bad, good) = (socket_path("vhquota-bad"), socket_path("vhquota-good"));
+    let dev = VhostDevice::start(&bad, 1, false).unwrap();
+    let other = VhostDevice::start(&good, 1, false).unwrap();
+    let sock = connect(&bad);
+    assert!(features(&sock).is_some());
+    // Full tables, each kept alive (a poller that never lets go): the share holds two.
+    let mut held = Vec::new();
+    let mut last = None;
+    for k in 0..GUARD_SHARE / TABLE_REGIONS {
+        send_table(&sock, TABLE_REGIONS, (k * TABLE_REGIONS) as u64);
+        let t = new_table(&dev, last).expect("a table within the share is mapped");
+        last = Some(Arc::as_ptr(&t) as usize);
+        held.push(t);
+    }
+    assert!(features(&sock).is_some(), "served within its share");
+    let before = dev.protocol_errors.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    send_table(&sock, TABLE_REGIONS, 1000);
+    assert!(closed_within(&sock, Duration::from_secs(5)), "dropped");
+    let took = t0.elapsed();
+    assert_eq!(
+        dev.protocol_errors.load(Ordering::Relaxed),
+        before + 1,
+        "counted"
+    );
+    // The other port maps a full table meanwhile, twice over.
+    let g = connect(&good);
+    assert!(features(&g).is_some());
+    let mut last = None;
+    for k in 0..4 {
+        send_table(&g, TABLE_REGIONS, (k * TABLE_REGIONS) as u64);
+        let t = new_table(&other, last).expect("the other port's table is mapped");
+        last = Some(Arc::as_ptr(&t) as usize);
+    }
+    assert!(features(&g).is_some(), "the other port is served");
+    assert_eq!(other.protocol_errors.load(Ordering::Relaxed), 0);
+    // Once the old tables go, the attacked port takes a new frontend and its table.
+    drop(held);
+    let again = connect(&bad);
+    assert!(features(&again).is_some());
+    send_table(&again, TABLE_REGIONS, 0);
+    assert!(new_table(&dev, None).is_some());
+    assert!(features(&again).is_some(), "served again");
+    println!("a table past the share refused and the connection dropped after {took:?}");
+    pmds::vhost::backend::stop(&dev);
+    pmds::vhost::backend::stop(&other);
 }

@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::mem::GuestMemory;
+use super::guard::Quota;
+use super::mem::{GuestMemory, MAX_REGIONS};
 use super::net::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -109,7 +110,28 @@ pub struct VhostDevice {
     stream: Mutex<Option<UnixStream>>,
     /// Malformed messages and refused requests, for the port's error count.
     pub protocol_errors: AtomicU64,
+    /// This port's share of the SIGBUS guard ([`GUARD_SHARE`] mappings), used by
+    /// whichever frontend is connected.
+    guard: Quota,
 }
+
+/// Most regions one memory table can have: one fd each, at most [`proto::MAX_FDS`] per
+/// message (and [`MAX_REGIONS`] in any case).
+pub const TABLE_REGIONS: usize = if proto::MAX_FDS < MAX_REGIONS {
+    proto::MAX_FDS
+} else {
+    MAX_REGIONS
+};
+
+/// Mappings of frontend memory one port may have guarded at once: two full memory tables
+/// (the one in use and the one replacing it). A frontend asking for more (tables kept
+/// alive past that) loses its request and its connection; other ports' shares are
+/// untouched.
+pub const GUARD_SHARE: usize = 2 * TABLE_REGIONS;
+
+/// How long a `SET_MEM_TABLE` waits for pollers to let go of older tables when the port's
+/// share has no room for the new one.
+const GUARD_WAIT: Duration = Duration::from_millis(500);
 
 fn registry() -> &'static Mutex<Vec<Arc<VhostDevice>>> {
     static DEVICES: OnceLock<Mutex<Vec<Arc<VhostDevice>>>> = OnceLock::new();
@@ -151,6 +173,9 @@ impl VhostDevice {
                 path.display()
             ));
         }
+        // Reserved first: a port beyond the guard's room is refused before it listens.
+        let guard =
+            Quota::reserve(GUARD_SHARE).map_err(|e| format!("iface {}: {e}", path.display()))?;
         let listener = if client {
             None
         } else {
@@ -199,6 +224,7 @@ impl VhostDevice {
             stop: AtomicBool::new(false),
             stream: Mutex::new(None),
             protocol_errors: AtomicU64::new(0),
+            guard,
         });
         let d = dev.clone();
         std::thread::Builder::new()
@@ -452,6 +478,28 @@ impl VhostDevice {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Waits (at most [`GUARD_WAIT`]) until the port's share of the SIGBUS guard has room
+    /// for `regions` more mappings (pollers let go of older tables within a burst).
+    ///
+    /// # Errors
+    /// One line when it has not.
+    fn room_for(&self, regions: usize) -> Result<(), String> {
+        let t0 = Instant::now();
+        loop {
+            let used = self.guard.in_use();
+            if used + regions <= self.guard.limit() {
+                return Ok(());
+            }
+            if t0.elapsed() > GUARD_WAIT {
+                return Err(format!(
+                    "memory table of {regions} regions: {used} mappings of earlier tables are still guarded, and this port's share of the SIGBUS guard is {}",
+                    self.guard.limit()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits (bounded) until the poller of `vring`, if any, has seen generation `g`.
     fn wait_for_poller(&self, vring: usize, g: u64) {
         let s = &self.shared[vring];
@@ -524,7 +572,8 @@ impl Handler {
                 Ok(None)
             }
             Msg::SetMemTable(specs) => {
-                let mem = GuestMemory::map(&specs, files)?;
+                dev.room_for(specs.len())?;
+                let mem = GuestMemory::map_in(&specs, files, &dev.guard)?;
                 let mut c = self.ctl();
                 c.mem = Some(Arc::new(mem));
                 dev.publish(&c);

@@ -46,6 +46,8 @@ pub struct VirtioUserDevice {
     hdr_len: usize,
     rings: Vec<Mutex<Option<DriverRing>>>,
     _calls: Vec<File>,
+    /// The backend took the memory away: the port is stopped (see [`Self::dropped`]).
+    dropped: AtomicBool,
     /// Declared last: dropped after the rings that point into it.
     mem: PortMemory,
 }
@@ -235,6 +237,7 @@ impl VirtioUserDevice {
             hdr_len: header_len(features),
             rings,
             _calls: calls,
+            dropped: AtomicBool::new(false),
             mem,
         });
         registry()
@@ -252,6 +255,41 @@ impl VirtioUserDevice {
     /// The memory shared with the backend.
     pub fn memory(&self) -> &PortMemory {
         &self.mem
+    }
+
+    /// The port was dropped because the backend took its memory away (the SIGBUS guard
+    /// fired on it): its queues move nothing any more and the connection is closed.
+    pub fn dropped(&self) -> bool {
+        // Relaxed: a flag; what it stands for (the guard's hit) is read with Acquire.
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// True when the port is (now) dropped: once per burst, one load of the guard's flag.
+    /// The first caller to see the flag stops the port: one line, the connection shut;
+    /// it alone returns `Some(true)` (count one error), later callers `Some(false)`.
+    #[inline]
+    fn memory_gone(&self) -> Option<bool> {
+        if !self.mem.taken_away() {
+            return None;
+        }
+        Some(self.drop_port())
+    }
+
+    #[cold]
+    fn drop_port(&self) -> bool {
+        // Relaxed: the first swapper logs and shuts; nothing else is ordered by it.
+        if self.dropped.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        tracing::warn!(
+            "{}: virtio-user: the backend took the port's shared memory away (the SIGBUS guard replaced it); port stopped",
+            self.path.display()
+        );
+        // try_lock: a shutdown already holding the socket closes it anyway.
+        if let Ok(sock) = self.sock.try_lock() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        true
     }
 
     /// Asks the backend to stop every ring (all answers within [`SHUTDOWN_TIMEOUT`]; the
@@ -322,6 +360,10 @@ impl VirtioUserQueue {
         max: usize,
     ) -> Outcome {
         let mut o = Outcome::default();
+        if let Some(first) = self.dev.memory_gone() {
+            o.errors = u64::from(first);
+            return o;
+        }
         let hdr = self.dev.hdr_len;
         let slot = SLOT_BYTES as usize;
         let Some(r) = self.ring.as_mut() else {
@@ -417,6 +459,11 @@ impl VirtioUserQueue {
     /// slots the device has used are free again.
     pub fn send(&mut self, pkts: &mut Vec<Mbuf<'_>>) -> Outcome {
         let mut o = Outcome::default();
+        if let Some(first) = self.dev.memory_gone() {
+            // The packets stay the caller's (dropped by the port's tx accounting).
+            o.errors = u64::from(first);
+            return o;
+        }
         let hdr = self.dev.hdr_len;
         let Some(r) = self.ring.as_mut() else {
             return o;
@@ -481,5 +528,71 @@ impl Drop for VirtioUserQueue {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhost::backend::{self, VhostDevice};
+    use shm::{Memseg, Region};
+    use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag};
+    use std::time::Instant;
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A sealed memfd cannot be made to fault from outside (so no process test): the
+    /// guard's flag is raised as its handler would, and the port's side is checked.
+    #[test]
+    fn a_guard_hit_on_the_port_memory_stops_the_port_and_counts_one_error() {
+        let sock = std::env::temp_dir().join(format!("shmdp-vuguard-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let backend = VhostDevice::start(&sock, 1, false).unwrap();
+        let mem = PortMemory::create("vuguard", 2, 64).unwrap();
+        let never = AtomicBool::new(false);
+        let dev =
+            VirtioUserDevice::connect(mem, &sock, 1, 64, Duration::from_secs(5), &never).unwrap();
+        wait("the backend sees the frontend", || backend.is_connected());
+        let seg = Memseg::create_in_region(Region::heap(8 << 20), "vuguard", 1).unwrap();
+        seg.mark_ready();
+        let pool = MbufPool::create(&seg, "m", &MbufPoolParams::new(511, 0, 1)).unwrap();
+        let cache = pool.cache(OwnerTag::PRIMARY).unwrap();
+        let mut rx = VirtioUserQueue::take(dev.clone(), 0).unwrap();
+        let mut tx = VirtioUserQueue::take(dev.clone(), 1).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(rx.receive(&cache, &mut out, 32).errors, 0);
+        assert!(!dev.dropped());
+
+        dev.memory().take_away_for_test();
+        let first = rx.receive(&cache, &mut out, 32);
+        let mut pkts = vec![cache.alloc().unwrap()];
+        let then = tx.send(&mut pkts);
+        assert_eq!(
+            (first.errors, first.packets),
+            (1, 0),
+            "one error, counted once"
+        );
+        assert_eq!(
+            (then.errors, then.packets),
+            (0, 0),
+            "stopped: nothing moves"
+        );
+        assert_eq!(pkts.len(), 1, "what was not sent stays the caller's");
+        assert!(dev.dropped());
+        assert_eq!(rx.receive(&cache, &mut out, 32).errors, 0);
+        assert!(out.is_empty());
+        // The connection is shut: the backend sees its frontend go.
+        wait("the backend sees the frontend go", || {
+            !backend.is_connected()
+        });
+        drop((rx, tx, pkts));
+        stop(&dev);
+        backend::stop(&backend);
     }
 }

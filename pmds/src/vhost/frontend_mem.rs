@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use shm::{Memseg, MemzoneKind, Region};
 
-use super::guard::Guarded;
+use super::guard::{Guarded, Quota};
 
 /// Bytes of one packet buffer: the virtio-net header and a frame of up to
 /// `SLOT_BYTES - 12` bytes (more with mergeable rx buffers, spread over several).
@@ -47,7 +47,7 @@ pub fn vring_bytes(size: u16) -> u64 {
 #[derive(Debug)]
 pub struct PortMemory {
     /// Unregistered before the mapping goes (declared before `seg`).
-    _guard: Guarded,
+    guard: Guarded,
     seg: Memseg,
     file: File,
     rings_off: u64,
@@ -79,7 +79,8 @@ impl PortMemory {
             .len(total as usize)
             .map_raw(&file)
             .map_err(|e| format!("map the port memory: {e}"))?;
-        let guard = Guarded::register(map.as_mut_ptr() as usize, total as usize)?;
+        // One mapping: a share of one slot of the guard's table.
+        let guard = Quota::reserve(1)?.register(map.as_mut_ptr() as usize, total as usize)?;
         let seg = Memseg::create_in_region(Region::from_mmap(map), &format!("{name}_vu"), 0)
             .map_err(|e| e.to_string())?;
         let rings = seg
@@ -90,7 +91,7 @@ impl PortMemory {
             .map_err(|e| e.to_string())?;
         seg.mark_ready();
         Ok(PortMemory {
-            _guard: guard,
+            guard,
             rings_off: rings.offset,
             bufs_off: bufs.offset,
             seg,
@@ -98,6 +99,20 @@ impl PortMemory {
             size,
             vrings,
         })
+    }
+
+    /// The mapping faulted and the SIGBUS guard replaced it with zeros: the backend took
+    /// the memory away (not by shrinking it: the memfd is sealed). The port is to be
+    /// dropped. One atomic load.
+    #[inline]
+    pub fn taken_away(&self) -> bool {
+        self.guard.hit()
+    }
+
+    /// Raises the guard's flag as a fault would (tests of the port's side).
+    #[cfg(test)]
+    pub(crate) fn take_away_for_test(&self) {
+        self.guard.raise_for_test();
     }
 
     /// Our address of the first byte (also its guest-physical address for the backend).

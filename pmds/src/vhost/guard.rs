@@ -20,11 +20,20 @@
 //! cannot change under the handler; other entries may (another thread registering or
 //! dropping a mapping meanwhile), so each is read under a per-slot seqlock and skipped
 //! while it changes. Only kernel-raised faults (`si_code > 0`) are answered.
+//!
+//! The table is shared by every port of the process, and a peer decides how many
+//! mappings it asks for. So nothing registers outside a [`Quota`]: each owner (a
+//! vhost-user port, for whichever frontend is connected to it; a virtio-user port's
+//! memory) reserves its share of the table up front, the reservations never add up to
+//! more than [`SLOTS`], and a registration beyond its owner's share is refused. A
+//! frontend asking for more than its port's share loses its request (and its
+//! connection); it can never make another port's registration fail.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-/// Most mappings guarded at once (64 regions for each of several frontends).
+/// Most mappings guarded at once: the sum of every [`Quota`] (a vhost-user port reserves
+/// `backend::GUARD_SHARE` = 16, a virtio-user port 1: 32 vhost-user ports fit).
 pub const SLOTS: usize = 512;
 
 struct Slot {
@@ -48,6 +57,8 @@ const EMPTY: Slot = Slot {
 
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 static HITS: AtomicU64 = AtomicU64::new(0);
+/// Slots promised to live quotas (at most [`SLOTS`]).
+static RESERVED: AtomicUsize = AtomicUsize::new(0);
 static PREVIOUS: OnceLock<Result<Previous, String>> = OnceLock::new();
 
 impl Slot {
@@ -123,45 +134,134 @@ pub fn install() -> Result<(), String> {
         .map_err(Clone::clone)
 }
 
-/// A registered mapping; unregistered on drop (before its memory is unmapped).
+/// A share of the guard's table: at most `limit` mappings registered through it at once.
+/// The shares of all live quotas add up to at most [`SLOTS`], so a registration within
+/// its quota always finds a slot, whatever other owners do. The reservation lasts until
+/// the quota and every mapping registered through it are gone. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Quota(Arc<QuotaShare>);
+
 #[derive(Debug)]
-pub struct Guarded {
-    slot: usize,
+struct QuotaShare {
+    limit: usize,
+    used: AtomicUsize,
 }
 
-impl Guarded {
+impl Drop for QuotaShare {
+    fn drop(&mut self) {
+        // Relaxed: a counter of promises; the slots themselves are handed over through
+        // each slot's `used` flag.
+        RESERVED.fetch_sub(self.limit, Ordering::Relaxed);
+    }
+}
+
+impl Quota {
+    /// Reserves `limit` slots of the table.
+    ///
+    /// # Errors
+    /// One line when the table has fewer than `limit` slots left unreserved.
+    pub fn reserve(limit: usize) -> Result<Quota, String> {
+        RESERVED
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                r.checked_add(limit).filter(|&t| t <= SLOTS)
+            })
+            .map_err(|r| {
+                format!(
+                    "the SIGBUS guard has {r} of its {SLOTS} peer memory mappings promised to other ports; {limit} more do not fit (use fewer vhost-user ports)"
+                )
+            })?;
+        Ok(Quota(Arc::new(QuotaShare {
+            limit,
+            used: AtomicUsize::new(0),
+        })))
+    }
+
+    /// Most mappings registered through this quota at once.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Mappings registered through this quota now.
+    pub fn in_use(&self) -> usize {
+        // Relaxed: a count; `register` decides with its own read-modify-write.
+        self.0.used.load(Ordering::Relaxed)
+    }
+
     /// Registers `[start, start + len)`, a whole mapping of peer memory that this process
     /// may replace with anonymous memory when it faults. `len` must cover the mapping to
     /// its real end (rounded up to its page size: a hugetlbfs mapping is replaced whole).
     ///
     /// # Errors
-    /// When the handler cannot be installed or the table is full.
-    pub fn register(start: usize, len: usize) -> Result<Guarded, String> {
+    /// When the handler cannot be installed or the quota is used up.
+    pub fn register(&self, start: usize, len: usize) -> Result<Guarded, String> {
         install()?;
-        for (i, s) in TABLE.iter().enumerate() {
-            // Acquire: pairs with the Release in `drop` (the slot's old values are gone).
-            if s.used
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                s.write(|| {
-                    s.hit.store(false, Ordering::Relaxed);
-                    s.len.store(len, Ordering::Relaxed);
-                    s.start.store(start, Ordering::Relaxed);
-                });
-                return Ok(Guarded { slot: i });
+        let share = &self.0;
+        // Relaxed: the count only bounds how many slots this owner may hold; each slot
+        // changes hands through its own `used` flag (Acquire/Release below).
+        share
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u < share.limit).then_some(u + 1)
+            })
+            .map_err(|u| {
+                format!(
+                    "{u} peer memory mappings already guarded for this port, its share of the SIGBUS guard"
+                )
+            })?;
+        // Every holder of a slot counted one in its quota first, and the quotas add up to
+        // at most SLOTS, so a slot is free; a pass can miss one freed behind it, hence a
+        // few passes.
+        for _pass in 0..4 {
+            for (i, s) in TABLE.iter().enumerate() {
+                // Acquire: pairs with the Release in `drop` (the slot's old values are
+                // gone).
+                if s.used
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    s.write(|| {
+                        s.hit.store(false, Ordering::Relaxed);
+                        s.len.store(len, Ordering::Relaxed);
+                        s.start.store(start, Ordering::Relaxed);
+                    });
+                    return Ok(Guarded {
+                        slot: i,
+                        quota: self.0.clone(),
+                    });
+                }
             }
         }
+        share.used.fetch_sub(1, Ordering::Relaxed);
         Err(format!(
             "more than {SLOTS} peer memory regions are mapped in this process"
         ))
     }
+}
 
+/// A registered mapping; unregistered on drop (before its memory is unmapped).
+#[derive(Debug)]
+pub struct Guarded {
+    slot: usize,
+    /// The quota it counts in (kept reserved while this lives).
+    quota: Arc<QuotaShare>,
+}
+
+impl Guarded {
     /// The mapping faulted and was replaced: the peer took its memory away.
     #[inline]
     pub fn hit(&self) -> bool {
         // B2: Acquire, pairs with B2 in `on_sigbus`.
         TABLE[self.slot].hit.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+impl Guarded {
+    /// What the handler does after replacing the mapping, for tests of the owners' side
+    /// (a sealed memfd cannot be made to fault from outside).
+    pub(crate) fn raise_for_test(&self) {
+        // B2: Release, as in `on_sigbus`.
+        TABLE[self.slot].hit.store(true, Ordering::Release);
     }
 }
 
@@ -171,6 +271,8 @@ impl Drop for Guarded {
         s.write(|| s.start.store(0, Ordering::Relaxed));
         // Release: the slot is free only after it stopped naming the mapping.
         s.used.store(false, Ordering::Release);
+        // Relaxed: after the slot is free, so the table never holds more than the quotas.
+        self.quota.used.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -265,7 +367,10 @@ mod tests {
         let p = map.as_mut_ptr();
         // SAFETY: inside the 3-page mapping, the file is that long.
         unsafe { p.wrapping_add(8192).write_volatile(7) };
-        let g = Guarded::register(p as usize, 3 * 4096).unwrap();
+        let g = Quota::reserve(1)
+            .unwrap()
+            .register(p as usize, 3 * 4096)
+            .unwrap();
         assert!(!g.hit());
         let before = hits();
         f.set_len(0).unwrap();
@@ -280,6 +385,29 @@ mod tests {
         drop(g);
         drop(map);
         let _ = f.as_raw_fd();
+    }
+
+    #[test]
+    fn a_quota_refuses_beyond_its_share_and_reservations_never_exceed_the_table() {
+        let q = Quota::reserve(2).unwrap();
+        let (a, b) = (
+            q.register(0x1000, 4096).unwrap(),
+            q.register(0x3000, 4096).unwrap(),
+        );
+        assert_eq!(q.in_use(), 2);
+        assert!(q.register(0x5000, 4096).is_err(), "beyond its share");
+        drop(a);
+        let c = q.register(0x5000, 4096).unwrap();
+        assert!(
+            Quota::reserve(SLOTS).is_err(),
+            "the table is promised to others"
+        );
+        // The mappings keep the reservation (and count) after the quota handle goes.
+        let again = q.clone();
+        drop(q);
+        assert_eq!(again.in_use(), 2);
+        drop((b, c));
+        assert_eq!(again.in_use(), 0);
     }
 
     fn tempfile() -> std::fs::File {

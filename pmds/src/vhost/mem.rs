@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use super::guard::Guarded;
+use super::guard::{Guarded, Quota};
 
 /// One region of the frontend's memory table, as the message gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +83,29 @@ impl std::fmt::Debug for GuestMemory {
 }
 
 impl GuestMemory {
-    /// Maps `files[i]` for `specs[i]`.
+    /// Maps `files[i]` for `specs[i]`, guarded within a quota of its own (reserved for
+    /// as long as the mappings live; the backend uses [`map_in`](Self::map_in) with its
+    /// port's share).
     ///
     /// # Errors
     /// One line when the table is malformed (counts differ, empty or overflowing regions,
     /// overlaps in guest physical space) or a file cannot be mapped.
     pub fn map(specs: &[RegionSpec], files: Vec<File>) -> Result<GuestMemory, String> {
+        let quota = Quota::reserve(specs.len().clamp(1, MAX_REGIONS))
+            .map_err(|e| format!("memory table: {e}"))?;
+        Self::map_in(specs, files, &quota)
+    }
+
+    /// [`map`](Self::map), guarding every mapping within `quota` (the port's share of
+    /// the SIGBUS guard).
+    ///
+    /// # Errors
+    /// As [`map`](Self::map), and when `quota` has room for fewer mappings than `specs`.
+    pub fn map_in(
+        specs: &[RegionSpec],
+        files: Vec<File>,
+        quota: &Quota,
+    ) -> Result<GuestMemory, String> {
         if specs.len() != files.len() || specs.is_empty() || specs.len() > MAX_REGIONS {
             return Err(format!(
                 "memory table: {} regions with {} files (1..={MAX_REGIONS} expected)",
@@ -144,7 +161,8 @@ impl GuestMemory {
                 .len(whole)
                 .map_raw(&file)
                 .map_err(|e| format!("memory table: map region {spec:?}: {e}"))?;
-            let guard = Guarded::register(map.as_mut_ptr() as usize, whole)
+            let guard = quota
+                .register(map.as_mut_ptr() as usize, whole)
                 .map_err(|e| format!("memory table: {e}"))?;
             // SAFETY: `mmap_offset < map_len` = the mapping's length (size > 0).
             let base = unsafe { map.as_mut_ptr().add(spec.mmap_offset as usize) };

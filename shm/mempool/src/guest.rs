@@ -55,6 +55,9 @@ pub use copy::{copy_from_guest, copy_to_guest};
 mod hdr;
 pub use hdr::HeaderCopy;
 use hdr::{hi32, lo32, pair32, quad16, u16_at, Chain};
+#[path = "guest_reclaim.rs"]
+mod reclaim;
+pub use reclaim::{GuestReclaimed, RECLAIM_BUSY_TRIES};
 
 /// Most segments the host accepts in (or builds for) one guest packet.
 pub const GUEST_MAX_SEGS: usize = 32;

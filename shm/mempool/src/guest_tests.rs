@@ -256,6 +256,7 @@ fn the_guest_module_makes_no_reference_into_guest_memory() {
         ("guest.rs", include_str!("guest.rs")),
         ("guest_copy.rs", include_str!("guest_copy.rs")),
         ("guest_hdr.rs", include_str!("guest_hdr.rs")),
+        ("guest_reclaim.rs", include_str!("guest_reclaim.rs")),
     ] {
         check_choke_point(file, src);
     }
@@ -327,4 +328,106 @@ fn guest_copies_are_exact_at_every_alignment_and_length() {
             assert!(out[..a].iter().chain(&out[a + len..]).all(|&b| b == 0xee));
         }
     }
+}
+
+// ---- reclaim of a dead host process's buffers (guest_reclaim.rs) --------------------
+
+use crate::layout::PoolInfo;
+use shm_ring::layout::PROD_OFF;
+use std::time::{Duration, Instant};
+
+const DEAD: OwnerTag = OwnerTag(7);
+const LIVE: OwnerTag = OwnerTag(8);
+
+fn guest_pool() -> (Memseg, MbufPool) {
+    let seg = Memseg::create_in_region(Region::heap(4 << 20), "reclaimtest", 1).unwrap();
+    seg.mark_ready();
+    let pool = MbufPool::create(&seg, "gp", &MbufPoolParams::new(1023, 0, 9)).unwrap();
+    (seg, pool)
+}
+
+/// Offset of the pool's free ring producer head in the memseg, for the "guest".
+fn prod_head_off(seg: &Memseg) -> u64 {
+    let z = seg.lookup("gp").unwrap();
+    let info: PoolInfo = seg.region().read_copy(z.offset).unwrap();
+    z.offset + info.ring_off + PROD_OFF
+}
+
+/// `k` buffers allocated by `tag` and forgotten (as a killed process leaves them).
+fn leave(pool: &MbufPool, tag: OwnerTag, k: usize) {
+    let c = pool.uncached(tag).unwrap();
+    let mut held = Vec::new();
+    c.alloc_bulk(&mut held, k).unwrap();
+    held.into_iter().for_each(std::mem::forget);
+    std::mem::forget(c);
+}
+
+#[test]
+fn reclaim_dead_returns_exactly_the_dead_owners_buffers() {
+    let (_seg, pool) = guest_pool();
+    leave(&pool, DEAD, 300);
+    leave(&pool, LIVE, 20);
+    let r = GuestPool::reclaim_dead(&pool, DEAD).unwrap();
+    assert_eq!(
+        r,
+        GuestReclaimed {
+            returned: 300,
+            lost: 0
+        }
+    );
+    assert_eq!(pool.owned_by(DEAD), 0);
+    assert_eq!(
+        pool.owned_by(LIVE),
+        20,
+        "a live owner's buffers are left alone"
+    );
+    assert_eq!(pool.mempool().stats().available, 1023 - 20);
+    assert!(GuestPool::reclaim_dead(&pool, OwnerTag::GUEST).is_err());
+}
+
+#[test]
+fn reclaim_dead_is_bounded_on_a_free_ring_the_guest_holds_up() {
+    let (seg, pool) = guest_pool();
+    leave(&pool, DEAD, 1000);
+    // The "guest": a reservation on the free ring it never publishes (head past tail).
+    let off = prod_head_off(&seg);
+    let head: u32 = seg.region().read_copy(off).unwrap();
+    seg.region().write(off, &head.wrapping_add(3)).unwrap();
+    let t0 = Instant::now();
+    let r = GuestPool::reclaim_dead(&pool, DEAD).unwrap();
+    let took = t0.elapsed();
+    // The trusted reclaim waits STALL_TIMEOUT (10 s) here; this one does not wait.
+    // (Miri runs far slower: the bound is for real runs.)
+    assert!(
+        cfg!(miri) || took < Duration::from_millis(100),
+        "took {took:?}"
+    );
+    assert_eq!(r.returned + r.lost, 1000, "{r:?}");
+    assert!(r.lost > 0, "a held-up ring cannot take everything: {r:?}");
+    assert_eq!(pool.owned_by(DEAD), 0);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // a racing plain writer, as a guest is
+fn reclaim_dead_is_bounded_on_a_free_ring_a_guest_keeps_rewriting() {
+    let (seg, pool) = guest_pool();
+    leave(&pool, DEAD, 1000);
+    let off = prod_head_off(&seg);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut x = 0x9e37_79b9u32;
+            while !stop.load(Ordering::Relaxed) {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let _ = seg.region().write(off, &x);
+            }
+        });
+        let t0 = Instant::now();
+        let r = GuestPool::reclaim_dead(&pool, DEAD).unwrap();
+        let took = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+        assert_eq!(r.returned + r.lost, 1000, "{r:?}");
+    });
+    assert_eq!(pool.owned_by(DEAD), 0);
 }

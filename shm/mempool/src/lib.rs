@@ -20,7 +20,9 @@
 //!   process start time; a dead owner's slot is recovered (its cache flushed) by the next
 //!   claimer or by the primary ([`Mempool::flush_caches_of`]).
 //! - **Reclaim**: mbuf headers carry an [`OwnerTag`]; when a process dies the primary flushes
-//!   its caches and returns every buffer still tagged with it ([`MbufPool::reclaim_owner`]).
+//!   its caches and returns every buffer still tagged with it ([`MbufPool::reclaim_owner`]);
+//!   a guest-writable pool holds no host cache slot and is reclaimed with bounded work
+//!   through [`GuestPool::reclaim_dead`].
 //!
 //! Differences from DPDK worth knowing: free-list entries are 4-byte indices (half the
 //! bytes of DPDK's pointers per refill or flush); `get_bulk` with `n >= cache_size` and
@@ -34,7 +36,9 @@ pub mod mbuf;
 mod owner;
 mod pool;
 
-pub use guest::{GuestDrop, GuestPool, GuestStats, GUEST_MAX_FRAME, GUEST_MAX_SEGS};
+pub use guest::{
+    GuestDrop, GuestPool, GuestReclaimed, GuestStats, GUEST_MAX_FRAME, GUEST_MAX_SEGS,
+};
 pub use mbuf::{
     Mbuf, MbufCache, MbufError, MbufHandle, MbufHeader, MbufPool, MbufPoolParams, Reclaimed,
     DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,
