@@ -223,13 +223,7 @@ impl SpTx {
         if !self.owner && !self.try_own() {
             return self.tx_transit(cache, pkts, block, record);
         }
-        // Shared mbufs (clones) cannot be handed off: the first one ends the burst. (No
-        // header read unless this process cloned the mbuf.)
-        let k = pkts
-            .iter()
-            .take(MAX_LOCAL_BURST)
-            .take_while(|m| !m.is_shared())
-            .count();
+        let k = pkts.len().min(MAX_LOCAL_BURST);
         if k == 0 {
             return 0;
         }
@@ -246,19 +240,32 @@ impl SpTx {
             until.store(end.wrapping_add(UNTIL_STEP), Ordering::Relaxed);
         }
         let (a, b) = slots.slices();
-        for (slot, m) in a.iter_mut().chain(b.iter_mut()).zip(pkts.drain(..room)) {
-            *slot = match m.into_local() {
-                Ok(h) => h.0 | LOCAL,
-                // Not shared a moment ago, so not now; were it, it is freed and the slot
-                // holds a handle every consumer refuses.
-                Err(m) => {
-                    drop(m);
-                    0
-                }
-            };
+        let mut sent = cache.give_local_burst(pkts, LOCAL, a);
+        if sent == a.len() {
+            sent += cache.give_local_burst(pkts, LOCAL, b);
         }
-        slots.commit(room);
-        room
+        // A clone, or an mbuf of another cache, ended the burst: one by one from there,
+        // until one cannot be handed off (a clone still shared stays the caller's).
+        while sent < room && !pkts.is_empty() {
+            let m = pkts.remove(0);
+            match m.into_local() {
+                Ok(h) => {
+                    let slot = if sent < a.len() {
+                        &mut a[sent]
+                    } else {
+                        &mut b[sent - a.len()]
+                    };
+                    *slot = h.0 | LOCAL;
+                    sent += 1;
+                }
+                Err(m) => {
+                    pkts.insert(0, m);
+                    break;
+                }
+            }
+        }
+        slots.commit(sent);
+        sent
     }
 
     /// The transit path (we cannot be the owner yet): each packet tagged TRANSIT and listed

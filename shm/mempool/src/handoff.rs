@@ -74,19 +74,64 @@ impl MbufCache {
         marker: u64,
         out: &mut Vec<Mbuf<'c>>,
     ) -> usize {
-        let hi = (marker >> 32) | u64::from(self.pool_id);
+        // A handle is good when its high half is `marker | pool id` and its index is in
+        // range: with `want` that high half in place, `h ^ want` is then the index itself
+        // (below `n`), and anything else is at least 2^32. The same value, zero-extended,
+        // is the `Mbuf`'s (index, not-shared) word.
+        let want = (marker & !0xffff_ffff) | (u64::from(self.pool_id) << 32);
+        let n = u64::from(self.n);
         let spare = out.spare_capacity_mut();
-        let mut taken = 0;
-        for (slot, &h) in spare.iter_mut().zip(handles) {
-            if h >> 32 != hi || h as u32 >= self.n {
-                break;
-            }
-            slot.write(Mbuf::from_index(self, h as u32));
-            taken += 1;
-        }
+        let k = spare.len().min(handles.len());
+        let (spare, handles) = (&mut spare[..k], &handles[..k]);
+        // One pass that writes every slot and checks every handle without a branch (an
+        // `Mbuf` written into spare capacity and not counted is simply never used); only
+        // when one was bad is the count cut to the good ones before it.
+        let bad = fill_mbufs(self, spare, handles, want, n);
+        let taken = if bad == 0 {
+            k
+        } else {
+            handles.iter().position(|&h| h ^ want >= n).unwrap_or(k)
+        };
         // SAFETY: the first `taken` spare slots were initialised just above.
         unsafe { out.set_len(out.len() + taken) };
         taken
+    }
+
+    /// [`Mbuf::into_local`] for a burst: for each leading mbuf of `pkts` that came from
+    /// this cache and was never cloned, writes `marker | handle` into `dst` and removes the
+    /// mbuf from `pkts` (its header is not touched: the buffer keeps this process's tag),
+    /// stopping at the first other mbuf or when `dst` is full. Returns how many went.
+    #[inline]
+    pub fn give_local_burst(
+        &self,
+        pkts: &mut Vec<Mbuf<'_>>,
+        marker: u64,
+        dst: &mut [u64],
+    ) -> usize {
+        let hi = marker | (u64::from(self.pool_id) << 32);
+        let k = dst.len().min(pkts.len());
+        let (dst, src) = (&mut dst[..k], &pkts[..k]);
+        let plain = |m: &Mbuf<'_>| std::ptr::eq(m.cache, self) & (mbuf_word(m) >> 32 == 0);
+        // As `take_local_burst`: one branch-free pass; the caller commits only the first `k`
+        // slots, so what was written for a bad one and after it is never used.
+        let bad = write_handles(self, dst, src, hi);
+        let k = if bad == 0 {
+            k
+        } else {
+            src.iter().position(|m| !plain(m)).unwrap_or(k)
+        };
+        // The first `k` leave without being dropped (dropping would free them).
+        let rest = pkts.len() - k;
+        // SAFETY: `k <= len`; the first `k` elements are forgotten (their handles were
+        // written above) by moving the `rest` after them to the front and shortening the
+        // vector, so each remaining element is still owned exactly once.
+        let base = pkts.as_mut_ptr();
+        // SAFETY: `k <= len`: the source range `[k, len)` and the destination `[0, rest)`
+        // are inside the vector (`copy` allows the overlap).
+        unsafe { std::ptr::copy(base.wrapping_add(k), base, rest) };
+        // SAFETY: the first `rest` elements are the (moved) remaining mbufs.
+        unsafe { pkts.set_len(rest) };
+        k
     }
 
     #[cold]
@@ -113,6 +158,102 @@ impl MbufCache {
         }
         self.adopt_with(handle, Claim::Shared(from.0))
     }
+}
+
+/// The (index, maybe_shared) word of an mbuf (see [`MbufCache::take_local_burst`]).
+#[inline(always)]
+fn mbuf_word(m: &Mbuf<'_>) -> u64 {
+    // SAFETY: `repr(C)` (asserted in mbuf.rs) puts `index` and `maybe_shared` (a
+    // `Cell<u32>`, not written while a shared borrow of the mbuf is used here) in one
+    // aligned u64 at offset 8.
+    unsafe { std::ptr::from_ref(m).cast::<u64>().wrapping_add(1).read() }
+}
+
+/// The loop of [`MbufCache::take_local_burst`]: writes `(cache, h ^ want)` as an `Mbuf`
+/// into each slot; non-zero when some `h ^ want` is not below `n`. Vectorised where the
+/// CPU allows (AVX2, detected once).
+#[inline(always)]
+fn fill_mbufs<'c>(
+    cache: &'c MbufCache,
+    spare: &mut [std::mem::MaybeUninit<Mbuf<'c>>],
+    handles: &[u64],
+    want: u64,
+    n: u64,
+) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { fill_mbufs_avx2(cache, spare, handles, want, n) };
+    }
+    fill_mbufs_body(cache, spare, handles, want, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fill_mbufs_avx2<'c>(
+    cache: &'c MbufCache,
+    spare: &mut [std::mem::MaybeUninit<Mbuf<'c>>],
+    handles: &[u64],
+    want: u64,
+    n: u64,
+) -> u64 {
+    fill_mbufs_body(cache, spare, handles, want, n)
+}
+
+#[inline(always)]
+fn fill_mbufs_body<'c>(
+    cache: &'c MbufCache,
+    spare: &mut [std::mem::MaybeUninit<Mbuf<'c>>],
+    handles: &[u64],
+    want: u64,
+    n: u64,
+) -> u64 {
+    let mut bad = 0u64;
+    for (slot, &h) in spare.iter_mut().zip(handles) {
+        let word = h ^ want;
+        bad |= u64::from(word >= n);
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` is a valid, aligned `Mbuf` slot; the cache field (offset 0, asserted
+        // in mbuf.rs) is written as itself,
+        // and the (index, maybe_shared) pair as the one aligned u64 at offset 8 that
+        // `repr(C)` (asserted in mbuf.rs) makes it: the index in the low half, 0 (not
+        // shared) in the high half. (Only counted slots are ever read.)
+        unsafe { p.cast::<&'c MbufCache>().write(cache) };
+        // SAFETY: as above, the aligned u64 at offset 8 of the same slot.
+        unsafe { p.cast::<u64>().wrapping_add(1).write(word) };
+    }
+    bad
+}
+
+/// The loop of [`MbufCache::give_local_burst`]: writes `hi | word` of each mbuf into
+/// `dst`; non-zero when one is of another cache or was cloned. Vectorised where the CPU
+/// allows (AVX2).
+#[inline(always)]
+fn write_handles(cache: &MbufCache, dst: &mut [u64], src: &[Mbuf<'_>], hi: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { write_handles_avx2(cache, dst, src, hi) };
+    }
+    write_handles_body(cache, dst, src, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn write_handles_avx2(cache: &MbufCache, dst: &mut [u64], src: &[Mbuf<'_>], hi: u64) -> u64 {
+    write_handles_body(cache, dst, src, hi)
+}
+
+#[inline(always)]
+fn write_handles_body(cache: &MbufCache, dst: &mut [u64], src: &[Mbuf<'_>], hi: u64) -> u64 {
+    let me = std::ptr::from_ref(cache) as usize as u64;
+    let mut bad = 0u64;
+    for (slot, m) in dst.iter_mut().zip(src) {
+        let w = mbuf_word(m);
+        bad |= (std::ptr::from_ref(m.cache) as usize as u64 ^ me) | (w >> 32);
+        *slot = hi | w;
+    }
+    bad
 }
 
 #[cfg(test)]
@@ -170,6 +311,42 @@ mod tests {
         drop(cp);
         drop(cq);
         assert_eq!(pool.mempool().audit().free, 64);
+    }
+
+    #[test]
+    fn bursts_hand_off_and_take_back_up_to_the_first_odd_one() {
+        let pool = pool();
+        let p = OwnerTag::attached(1, 6);
+        let c = pool.cache(p).unwrap();
+        let mut pkts = Vec::with_capacity(40);
+        for i in 0..20u8 {
+            pkts.push(c.alloc_from(&[i; 8]).unwrap());
+        }
+        // A clone in the middle ends the burst there.
+        let clone = pkts[12].clone_ref();
+        let mut ring = [0u64; 32];
+        let marker = 1 << 63;
+        assert_eq!(c.give_local_burst(&mut pkts, marker, &mut ring), 12);
+        assert_eq!(pkts.len(), 8, "the clone and what follows stay");
+        assert_eq!(pkts[0].data(), &[12u8; 8]);
+        assert!(ring[..12].iter().all(|h| h & marker != 0));
+        // Back: all twelve, then a garbage handle stops the next burst.
+        let mut got = Vec::with_capacity(40);
+        assert_eq!(c.take_local_burst(&ring[..12], marker, &mut got), 12);
+        assert_eq!(got[5].data(), &[5u8; 8]);
+        let h = got.remove(0).into_local().unwrap();
+        let bad = [h.0 | marker, 99 | marker | (1 << 32), h.0 | marker];
+        assert_eq!(
+            c.take_local_burst(&bad, marker, &mut got),
+            1,
+            "out of range"
+        );
+        assert_eq!(c.take_local_burst(&[h.0], marker, &mut got), 0, "no marker");
+        // Never past the vector's capacity.
+        let mut small: Vec<crate::Mbuf<'_>> = Vec::with_capacity(0);
+        assert_eq!(c.take_local_burst(&ring[..12], marker, &mut small), 0);
+        drop((got, pkts, clone, small));
+        assert_eq!(pool.owned_by(p), 0);
     }
 
     #[test]

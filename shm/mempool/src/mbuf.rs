@@ -931,15 +931,29 @@ pub enum MbufError {
 /// An owned packet buffer (possibly a chain of segments). Dropping it frees every segment
 /// into the cache it came from. Not `Send`: it borrows its thread's [`MbufCache`]; to move
 /// a packet to another thread or process, put [`Mbuf::into_transit`]'s handle in a ring.
+///
+/// `repr(C)`: `index` and `maybe_shared` form one aligned 8-byte word at offset 8, which
+/// the burst hand-offs (`handoff.rs`) read and write whole.
+#[repr(C)]
 pub struct Mbuf<'c> {
     pub(crate) cache: &'c MbufCache,
     pub(crate) index: u32,
     /// Set by [`Mbuf::clone_ref`] on both references: only then can the header's
     /// reference count be above 1, so [`Mbuf::is_shared`] reads it only then (every other
     /// way of making an `Mbuf` yields a buffer with one reference).
-    maybe_shared: Cell<bool>,
+    /// (A `u32` beside `index` rather than a `bool`, so that writing a fresh `Mbuf` is
+    /// two 8-byte stores.)
+    pub(crate) maybe_shared: Cell<u32>,
     _not_send: PhantomData<*mut u8>,
 }
+
+const _: () = {
+    assert!(std::mem::offset_of!(Mbuf<'static>, cache) == 0);
+    assert!(std::mem::offset_of!(Mbuf<'static>, index) == 8);
+    assert!(std::mem::offset_of!(Mbuf<'static>, maybe_shared) == 12);
+    assert!(std::mem::size_of::<Mbuf<'static>>() == 16);
+    assert!(std::mem::align_of::<Mbuf<'static>>() == 8);
+};
 
 impl std::fmt::Debug for Mbuf<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -964,7 +978,7 @@ impl<'c> Mbuf<'c> {
         Mbuf {
             cache,
             index,
-            maybe_shared: Cell::new(false),
+            maybe_shared: Cell::new(0),
             _not_send: PhantomData,
         }
     }
@@ -1088,7 +1102,7 @@ impl<'c> Mbuf<'c> {
     pub fn is_shared(&self) -> bool {
         // Acquire: pairs with the AcqRel decrement of a dropped clone, so a caller that sees
         // "not shared" and then writes the data is ordered after that clone's reads.
-        self.maybe_shared.get() && self.hdr().refcnt.load(Ordering::Acquire) > 1
+        self.maybe_shared.get() != 0 && self.hdr().refcnt.load(Ordering::Acquire) > 1
     }
 
     /// The first segment's data.
@@ -1312,9 +1326,9 @@ impl<'c> Mbuf<'c> {
             // Relaxed: a new reference is made from an existing one (as `Arc::clone`).
             self.cache.header(i).refcnt.fetch_add(1, Ordering::Relaxed);
         }
-        self.maybe_shared.set(true);
+        self.maybe_shared.set(1);
         let clone = Mbuf::from_index(self.cache, self.index);
-        clone.maybe_shared.set(true);
+        clone.maybe_shared.set(1);
         clone
     }
 

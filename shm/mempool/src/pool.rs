@@ -652,6 +652,10 @@ fn check_params(name: &str, params: &PoolParams) -> Result<(), PoolError> {
     if params.pool_id == 0 || params.flags & !POOL_F_KNOWN != 0 || params.obj_size == 0 {
         return bad("pool id 0, unknown flags or empty objects".into());
     }
+    if params.pool_id >= 1 << 31 {
+        // The top bit of a handle marks local ring entries (pmds' ring driver).
+        return bad(format!("pool id {} is not below 2^31", params.pool_id));
+    }
     Ok(())
 }
 
