@@ -84,6 +84,9 @@ pub enum SecondaryEvent {
 #[derive(Debug)]
 struct SlotEntry {
     pid: u32,
+    /// The owner tag its buffers carry.
+    owner_tag: u32,
+    program: String,
     conn: UnixStream,
 }
 
@@ -351,6 +354,26 @@ fn refuse_stranger(mut conn: UnixStream, cred: PeerCred, shared: &Shared) {
     }
 }
 
+/// The primary and every attached secondary, with their owner tags. A secondary stays
+/// listed until `secondary_gone` (its reclaim) has returned.
+fn processes(shared: &Shared) -> Vec<control::ProcessRecord> {
+    let mut out = vec![control::ProcessRecord {
+        slot: 0,
+        pid: std::process::id(),
+        owner_tag: shm_mempool::OwnerTag::PRIMARY.0,
+        program: "shmdp-primary".into(),
+    }];
+    out.extend(lock(&shared.slots).iter().enumerate().filter_map(|(i, s)| {
+        s.as_ref().map(|e| control::ProcessRecord {
+            slot: i as u32 + 1,
+            pid: e.pid,
+            owner_tag: e.owner_tag,
+            program: e.program.clone(),
+        })
+    }));
+    out
+}
+
 /// A program name fit for one log line: printable ASCII, at most 64 characters.
 fn sanitize_program(p: &str) -> String {
     p.chars()
@@ -403,6 +426,10 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
             control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?;
             return Ok(());
         }
+        Some(Request::Processes) => {
+            control::send(&mut conn, &Reply::Processes(processes(shared)))?;
+            return Ok(());
+        }
         None => return Ok(()),
         Some(_) => {
             let reason = "expected Hello as the first control message".to_string();
@@ -423,6 +450,8 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
         };
         slots[free] = Some(SlotEntry {
             pid,
+            owner_tag: shm_mempool::OwnerTag::process(free as u32 + 1).0,
+            program: program.clone(),
             conn: conn.try_clone()?,
         });
         free as u32 + 1
@@ -454,6 +483,9 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
                 }
                 Some(Request::PortStats) => {
                     control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?
+                }
+                Some(Request::Processes) => {
+                    control::send(&mut conn, &Reply::Processes(processes(shared)))?
                 }
                 Some(Request::Bye) => return Ok(false),
                 Some(Request::Hello { .. }) => {
@@ -529,6 +561,19 @@ mod tests {
         let r = control::recv::<Reply>(&mut c).unwrap();
         assert!(matches!(r, Some(Reply::Welcome(_))), "{r:?}");
         assert_eq!(s.secondaries(), [(1, std::process::id())]);
+        // A query connection lists the primary and the attached secondary with its tag.
+        let mut q = UnixStream::connect(&path).unwrap();
+        control::send(&mut q, &Request::Processes).unwrap();
+        match control::recv::<Reply>(&mut q).unwrap() {
+            Some(Reply::Processes(list)) => {
+                assert_eq!(list.len(), 2, "{list:?}");
+                assert_eq!(list[0].owner_tag, shm_mempool::OwnerTag::PRIMARY.0);
+                assert_eq!((list[1].slot, list[1].pid), (1, std::process::id()));
+                assert_eq!(list[1].owner_tag, shm_mempool::OwnerTag::process(1).0);
+                assert_eq!(list[1].program, "t[2J");
+            }
+            r => panic!("{r:?}"),
+        }
         s.stop();
         std::fs::remove_dir_all(&dir).unwrap();
     }
