@@ -229,7 +229,8 @@ impl Limit<'_> {
     fn reached(&self, ops: u64) -> bool {
         self.ops.is_some_and(|n| ops >= n)
             || self.stop.load(Ordering::Relaxed)
-            || (ops % 256 == 0 && self.until.is_some_and(|t| std::time::Instant::now() >= t))
+            || (ops.is_multiple_of(256)
+                && self.until.is_some_and(|t| std::time::Instant::now() >= t))
     }
 }
 
