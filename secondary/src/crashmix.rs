@@ -102,7 +102,7 @@ pub fn run(eal: &shm::eal::EalArgs, args: &MixArgs) -> ExitCode {
         Ok(t) => {
             // The tests check every ring and port moved packets after a crash.
             println!(
-                "crash-mix: {} iterations, produced {}, consumed {}, port rx {:?}",
+                "crash-mix: {} iterations, produced {:?}, consumed {:?}, port rx {:?}",
                 t.ops, t.produced, t.consumed, t.port_rx
             );
             sec.detach();
@@ -131,8 +131,8 @@ fn loopback_ports(sec: &crate::Secondary) -> Result<Vec<Port>, String> {
 #[derive(Debug, Default)]
 struct Totals {
     ops: u64,
-    produced: u64,
-    consumed: u64,
+    produced: Vec<u64>,
+    consumed: Vec<u64>,
     port_rx: Vec<u64>,
 }
 
@@ -212,8 +212,8 @@ fn mix(sec: &crate::Secondary, args: &MixArgs) -> Result<Totals, String> {
     let join = |t: std::thread::JoinHandle<u64>| t.join().unwrap_or(0);
     Ok(Totals {
         ops,
-        produced: producers.into_iter().map(join).sum(),
-        consumed: consumers.into_iter().map(join).sum(),
+        produced: producers.into_iter().map(join).collect(),
+        consumed: consumers.into_iter().map(join).collect(),
         port_rx,
     })
 }

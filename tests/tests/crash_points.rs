@@ -147,7 +147,12 @@ fn audit(prefix: &str) -> (Value, bool) {
 /// not exact is reported by the crash scenario, not again here).
 fn check_rings_and_ports(prefix: &str) -> Result<(), String> {
     let (_, was_exact) = audit(prefix);
-    let mut m = mixer(prefix, 99, None, &["--ops", "30000"]);
+    let mut m = mixer(
+        prefix,
+        99,
+        None,
+        &["--ops", "30000", "--produce", "x0", "--consume", "x0"],
+    );
     let st = m
         .wait_exit(Duration::from_secs(30))
         .ok_or("the check mixer did not finish in 30 s (a ring or the pool is stuck)")?;
@@ -159,22 +164,19 @@ fn check_rings_and_ports(prefix: &str) -> Result<(), String> {
         .lines()
         .find(|l| l.contains("iterations"))
         .ok_or(format!("no totals in {out}"))?;
-    let num = |key: &str| -> u64 {
-        line.split(key)
+    // "consumed [a, b]" (rings mix and x0), "port rx [c, d]": every one must be > 0.
+    let list = |key: &str| -> Vec<u64> {
+        line.split(&format!("{key} ["))
             .nth(1)
-            .and_then(|r| r.trim_start().split([',', ' ']).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+            .and_then(|r| r.split(']').next())
+            .map(|r| r.split(", ").map(|n| n.parse().unwrap_or(0)).collect())
+            .unwrap_or_default()
     };
-    if num("consumed") == 0 {
-        return Err(format!("ring mix moved nothing: {line}"));
+    let (consumed, rx) = (list("consumed"), list("port rx"));
+    if consumed.len() != 2 || consumed.contains(&0) {
+        return Err(format!("a ring (mix, x0) moved nothing: {line}"));
     }
-    let rx = line.split("port rx [").nth(1).unwrap_or("");
-    if rx
-        .trim_end_matches(']')
-        .split(", ")
-        .any(|n| n.parse::<u64>().unwrap_or(0) == 0)
-    {
+    if rx.len() != 2 || rx.contains(&0) {
         return Err(format!("a port received nothing: {line}"));
     }
     let (json, exact) = audit(prefix);
@@ -300,7 +302,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let mut p = primary(&prefix);
     let mut delays = Delays(16);
     let mut failures = Vec::new();
-    for round in 0..12 {
+    for round in 0..20 {
         let mut m = mixer(&prefix, 1000 + round, None, &[]);
         assert!(
             m.wait_stdout("crash-mix: running", Duration::from_secs(10)),
