@@ -360,7 +360,7 @@ fn processes(shared: &Shared) -> Vec<control::ProcessRecord> {
     let mut out = vec![control::ProcessRecord {
         slot: 0,
         pid: std::process::id(),
-        owner_tag: shm_mempool::OwnerTag::PRIMARY.0,
+        owner_tag: OwnerTag::PRIMARY.0,
         program: "shmdp-primary".into(),
     }];
     out.extend(lock(&shared.slots).iter().enumerate().filter_map(|(i, s)| {
@@ -438,7 +438,7 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
         }
     };
     let start_time = shm_mempool::process_start_time(pid);
-    let slot = {
+    let (slot, tag) = {
         let mut slots = lock(&shared.slots);
         let Some(free) = slots.iter().position(|s| s.is_none()) else {
             let reason = format!(
@@ -448,17 +448,18 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
             control::send(&mut conn, &Reply::Refused { reason })?;
             return Ok(());
         };
+        let slot = free as u32 + 1;
+        // Relaxed: a counter; the slots mutex orders the attachments themselves.
+        let attachment = shared.attachments.fetch_add(1, Ordering::Relaxed);
+        let tag = OwnerTag::attached(slot, attachment);
         slots[free] = Some(SlotEntry {
             pid,
-            owner_tag: shm_mempool::OwnerTag::process(free as u32 + 1).0,
+            owner_tag: tag.0,
             program: program.clone(),
             conn: conn.try_clone()?,
         });
-        free as u32 + 1
+        (slot, tag)
     };
-    // Relaxed: a counter; the slots mutex orders the attachments themselves.
-    let attachment = shared.attachments.fetch_add(1, Ordering::Relaxed);
-    let tag = OwnerTag::attached(slot, attachment);
     // Attached: no longer subject to eviction (slots are capped on their own).
     unpend(shared, id);
     tracing::info!("secondary attached: slot {slot}, pid {pid}, {program}");
@@ -567,9 +568,9 @@ mod tests {
         match control::recv::<Reply>(&mut q).unwrap() {
             Some(Reply::Processes(list)) => {
                 assert_eq!(list.len(), 2, "{list:?}");
-                assert_eq!(list[0].owner_tag, shm_mempool::OwnerTag::PRIMARY.0);
+                assert_eq!(list[0].owner_tag, OwnerTag::PRIMARY.0);
                 assert_eq!((list[1].slot, list[1].pid), (1, std::process::id()));
-                assert_eq!(list[1].owner_tag, shm_mempool::OwnerTag::process(1).0);
+                assert!(OwnerTag(list[1].owner_tag).is_process());
                 assert_eq!(list[1].program, "t[2J");
             }
             r => panic!("{r:?}"),

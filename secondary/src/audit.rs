@@ -20,7 +20,8 @@
 //! TRANSIT are stale the same way. Handles of other pools are skipped.
 //!
 //! [`gather`] reads the shared memory (the free ring and caches, every `u64` ring of the
-//! primary's memsegs, every port's in-flight records, every header) and asks the primary
+//! primary's memsegs, every port's in-flight records, with the single-producer tx rule of
+//! `tx_from`, every header) and asks the primary
 //! which owner tags are live; [`classify`] is the pure decision, unit-tested on hand-built
 //! situations below.
 
@@ -244,13 +245,36 @@ const INFLIGHT_MAX: u64 = pmds::layout::INFLIGHT_MAX as u64;
 /// # Errors
 /// When the primary cannot be asked, or a memseg's memzone table is unreadable.
 pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, String> {
-    use pmds::layout::{INFLIGHT_OFF, MAX_QUEUES, QUEUES_OFF, QUEUE_BLOCK};
+    use pmds::layout::{QueueBlock, INFLIGHT_OFF, MAX_QUEUES, QUEUES_OFF, QUEUE_BLOCK};
     let live = crate::processes(sec.prefix())
         .map_err(|e| format!("cannot ask the primary for its processes: {e}"))?
         .into_iter()
         // The auditor itself holds nothing, but it is attached and live.
         .map(|p| p.owner_tag)
         .collect();
+    // The ring behind each tx queue of each ring port (by port memzone name and queue),
+    // for the single-producer rule below.
+    let mut tx_rings = std::collections::HashMap::new();
+    for port in sec.ports().map_err(|e| e.to_string())? {
+        if port.driver() != pmds::Driver::Ring {
+            continue;
+        }
+        let named = pmds::DevArgs::parse(port.devargs())
+            .map(|d| {
+                d.get_all("tx_ring")
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for q in 0..port.nb_tx_queues() {
+            let ring = named
+                .get(usize::from(q))
+                .cloned()
+                .unwrap_or_else(|| pmds::ethdev::ring_name(port.name(), q));
+            tx_rings.insert((port.name().to_string(), u64::from(q)), ring);
+        }
+    }
     let snap = pool.mempool().free_list_snapshot();
     let mut input = AuditInput {
         pool_id: pool.mempool().id(),
@@ -260,6 +284,9 @@ pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, Str
         live,
         ..AuditInput::default()
     };
+    // Single-producer rings' producer tails, by name.
+    let mut sp_tails = std::collections::HashMap::new();
+    let mut records = Vec::new();
     for seg in sec.memsegs() {
         let zones = seg.memzones().map_err(|e| format!("{}: {e}", seg.name()))?;
         for z in &zones {
@@ -271,6 +298,9 @@ pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, Str
                     };
                     let mut entries = Vec::new();
                     r.snapshot_into(&mut entries);
+                    if r.mode().single_producer {
+                        sp_tails.insert(z.name.clone(), r.prod_tail());
+                    }
                     input.rings.push(RingContents {
                         name: z.name.clone(),
                         // Relaxed: a quiescent ring; the word is only compared.
@@ -281,12 +311,15 @@ pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, Str
                 shm::MemzoneKind::Port if z.len_bytes >= pmds::layout::PORT_BYTES => {
                     let region = z.region();
                     for q in 0..2 * u64::from(MAX_QUEUES) {
-                        // `inflight` is the second u32 of a queue block.
-                        let Ok(count) =
-                            region.atomic_u32(z.offset + QUEUES_OFF + q * QUEUE_BLOCK + 4)
-                        else {
+                        let block = z.offset + QUEUES_OFF + q * QUEUE_BLOCK;
+                        let field = |off: usize| region.atomic_u32(block + off as u64);
+                        let Ok(count) = field(std::mem::offset_of!(QueueBlock, inflight)) else {
                             continue;
                         };
+                        // Relaxed: a quiescent port; ordered by the poller's claim release.
+                        let tx_from = field(std::mem::offset_of!(QueueBlock, tx_from))
+                            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+                            .unwrap_or(0);
                         // Acquire: pairs with the poller's Release of the count.
                         let k = u64::from(count.load(std::sync::atomic::Ordering::Acquire))
                             .min(INFLIGHT_MAX);
@@ -306,16 +339,33 @@ pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, Str
                             } else {
                                 ("tx", q - u64::from(MAX_QUEUES))
                             };
-                            input.inflight.push(InflightRecord {
-                                name: format!("{}/{dir}/{qi}", z.name),
+                            let ring = (dir == "tx")
+                                .then(|| tx_rings.get(&(z.name.clone(), qi)).cloned())
+                                .flatten();
+                            records.push((
+                                format!("{}/{dir}/{qi}", z.name),
+                                ring,
+                                tx_from,
                                 handles,
-                            });
+                            ));
                         }
                     }
                 }
                 _ => {}
             }
         }
+    }
+    // A tx queue on a single-producer ring lists its burst before the enqueue and records
+    // the ring position of the first handle (`tx_from`): the handles before the ring's
+    // producer tail made it into the ring (they are the ring's), only the rest are in
+    // flight (what the queue's next claimant frees). Other records list only handles in
+    // flight.
+    for (name, ring, tx_from, mut handles) in records {
+        if let Some(tail) = ring.and_then(|r| sp_tails.get(&r).copied()) {
+            let enqueued = (tail.wrapping_sub(tx_from) as usize).min(handles.len());
+            handles.drain(..enqueued);
+        }
+        input.inflight.push(InflightRecord { name, handles });
     }
     Ok(input)
 }
