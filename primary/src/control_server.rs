@@ -84,6 +84,9 @@ pub enum SecondaryEvent {
 #[derive(Debug)]
 struct SlotEntry {
     pid: u32,
+    /// The owner tag its buffers carry.
+    owner_tag: u32,
+    program: String,
     conn: UnixStream,
 }
 
@@ -351,6 +354,26 @@ fn refuse_stranger(mut conn: UnixStream, cred: PeerCred, shared: &Shared) {
     }
 }
 
+/// The primary and every attached secondary, with their owner tags. A secondary stays
+/// listed until `secondary_gone` (its reclaim) has returned.
+fn processes(shared: &Shared) -> Vec<control::ProcessRecord> {
+    let mut out = vec![control::ProcessRecord {
+        slot: 0,
+        pid: std::process::id(),
+        owner_tag: OwnerTag::PRIMARY.0,
+        program: "shmdp-primary".into(),
+    }];
+    out.extend(lock(&shared.slots).iter().enumerate().filter_map(|(i, s)| {
+        s.as_ref().map(|e| control::ProcessRecord {
+            slot: i as u32 + 1,
+            pid: e.pid,
+            owner_tag: e.owner_tag,
+            program: e.program.clone(),
+        })
+    }));
+    out
+}
+
 /// A program name fit for one log line: printable ASCII, at most 64 characters.
 fn sanitize_program(p: &str) -> String {
     p.chars()
@@ -403,6 +426,10 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
             control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?;
             return Ok(());
         }
+        Some(Request::Processes) => {
+            control::send(&mut conn, &Reply::Processes(processes(shared)))?;
+            return Ok(());
+        }
         None => return Ok(()),
         Some(_) => {
             let reason = "expected Hello as the first control message".to_string();
@@ -411,7 +438,7 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
         }
     };
     let start_time = shm_mempool::process_start_time(pid);
-    let slot = {
+    let (slot, tag) = {
         let mut slots = lock(&shared.slots);
         let Some(free) = slots.iter().position(|s| s.is_none()) else {
             let reason = format!(
@@ -421,15 +448,18 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
             control::send(&mut conn, &Reply::Refused { reason })?;
             return Ok(());
         };
+        let slot = free as u32 + 1;
+        // Relaxed: a counter; the slots mutex orders the attachments themselves.
+        let attachment = shared.attachments.fetch_add(1, Ordering::Relaxed);
+        let tag = OwnerTag::attached(slot, attachment);
         slots[free] = Some(SlotEntry {
             pid,
+            owner_tag: tag.0,
+            program: program.clone(),
             conn: conn.try_clone()?,
         });
-        free as u32 + 1
+        (slot, tag)
     };
-    // Relaxed: a counter; the slots mutex orders the attachments themselves.
-    let attachment = shared.attachments.fetch_add(1, Ordering::Relaxed);
-    let tag = OwnerTag::attached(slot, attachment);
     // Attached: no longer subject to eviction (slots are capped on their own).
     unpend(shared, id);
     tracing::info!("secondary attached: slot {slot}, pid {pid}, {program}");
@@ -454,6 +484,9 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
                 }
                 Some(Request::PortStats) => {
                     control::send(&mut conn, &Reply::PortStats(shared.hooks.port_stats()))?
+                }
+                Some(Request::Processes) => {
+                    control::send(&mut conn, &Reply::Processes(processes(shared)))?
                 }
                 Some(Request::Bye) => return Ok(false),
                 Some(Request::Hello { .. }) => {
@@ -529,6 +562,19 @@ mod tests {
         let r = control::recv::<Reply>(&mut c).unwrap();
         assert!(matches!(r, Some(Reply::Welcome(_))), "{r:?}");
         assert_eq!(s.secondaries(), [(1, std::process::id())]);
+        // A query connection lists the primary and the attached secondary with its tag.
+        let mut q = UnixStream::connect(&path).unwrap();
+        control::send(&mut q, &Request::Processes).unwrap();
+        match control::recv::<Reply>(&mut q).unwrap() {
+            Some(Reply::Processes(list)) => {
+                assert_eq!(list.len(), 2, "{list:?}");
+                assert_eq!(list[0].owner_tag, OwnerTag::PRIMARY.0);
+                assert_eq!((list[1].slot, list[1].pid), (1, std::process::id()));
+                assert!(OwnerTag(list[1].owner_tag).is_process());
+                assert_eq!(list[1].program, "t[2J");
+            }
+            r => panic!("{r:?}"),
+        }
         s.stop();
         std::fs::remove_dir_all(&dir).unwrap();
     }

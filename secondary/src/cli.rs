@@ -165,7 +165,14 @@ pub enum Command {
     PoolAudit {
         /// Pool name.
         pool: String,
+        /// Find every mbuf wherever it is (free list, rings, port in-flight records, held
+        /// by a live process) and check each is in exactly one place; print a JSON summary.
+        /// Exit 1 unless exact.
+        #[arg(long)]
+        exact: bool,
     },
+    /// Mixed pool, ring and port work until killed, for the crash-point tests.
+    CrashMix(crate::crashmix::MixArgs),
 }
 
 /// What `ivshmem` does.
@@ -386,7 +393,21 @@ pub fn main() -> ExitCode {
             crate::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
                 .map(|n| format!("pool-stress: {n} operations on {pool}"))
         }),
-        Command::PoolAudit { pool } => pool_cmd(&cli.eal, &pool, |_, p| {
+        Command::CrashMix(a) => crate::crashmix::run(&cli.eal, &a),
+        Command::PoolAudit { pool, exact: true } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            let input =
+                crate::audit::gather(sec, p).map_err(crate::pooltool::PoolToolError::Check)?;
+            let a = crate::audit::classify(&input);
+            let line = serde_json::to_string(&a).expect("serialisable");
+            if a.exact {
+                Ok(line)
+            } else {
+                Err(crate::pooltool::PoolToolError::Check(format!(
+                    "audit not exact: {line}"
+                )))
+            }
+        }),
+        Command::PoolAudit { pool, exact: false } => pool_cmd(&cli.eal, &pool, |_, p| {
             let a = p.mempool().audit();
             let line = serde_json::to_string(&a).expect("serialisable");
             if a.free == u64::from(p.mempool().count()) && a.duplicates == 0 && a.out_of_range == 0

@@ -10,7 +10,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
+pub mod crashmix;
 pub mod dataplane;
 pub mod fwdcmd;
 pub mod ivshmem;
@@ -530,6 +532,23 @@ pub fn pool_stats(prefix: &FilePrefix) -> std::io::Result<Vec<shm::stats::PoolSt
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "unexpected answer to PoolStats",
+        )),
+    }
+}
+
+/// The processes attached to the primary of `prefix` (the primary first), with their owner
+/// tags: a query connection, no process slot (what [`audit`] calls live).
+///
+/// # Errors
+/// If the primary cannot be reached or answers something else.
+pub fn processes(prefix: &FilePrefix) -> std::io::Result<Vec<control::ProcessRecord>> {
+    let dir = shm::runtime::RuntimeDir::for_prefix(prefix);
+    match control::query(&dir, &Request::Processes)? {
+        Reply::Processes(list) => Ok(list),
+        Reply::Refused { reason } => Err(std::io::Error::other(reason)),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unexpected answer to Processes",
         )),
     }
 }

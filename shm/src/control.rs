@@ -50,6 +50,11 @@ pub enum Request {
     PoolStats,
     /// Statistics of every port; allowed on a query connection like `PoolStats`.
     PortStats,
+    /// The processes attached now (the primary first), with the owner tags their buffers
+    /// carry: what an exact pool audit calls live. Allowed on a query connection like
+    /// `PoolStats`. A process is listed until the primary has reclaimed what it held, so
+    /// a dead process missing from the list has been cleaned up.
+    Processes,
 }
 
 /// What the primary answers (or announces).
@@ -70,6 +75,21 @@ pub enum Reply {
     PoolStats(Vec<crate::stats::PoolStats>),
     /// Answer to `PortStats`.
     PortStats(Vec<crate::stats::PortStats>),
+    /// Answer to `Processes`.
+    Processes(Vec<ProcessRecord>),
+}
+
+/// One process attached to the primary (or the primary itself, slot 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Process slot (0 = the primary).
+    pub slot: u32,
+    /// Pid.
+    pub pid: u32,
+    /// The owner tag written into the headers of the mbufs it holds.
+    pub owner_tag: u32,
+    /// Program name it gave in its Hello.
+    pub program: String,
 }
 
 /// The primary's greeting.

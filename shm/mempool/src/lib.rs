@@ -35,6 +35,7 @@ pub mod layout;
 pub mod mbuf;
 mod owner;
 mod pool;
+mod snapshot;
 
 pub use guest::{
     GuestDrop, GuestPool, GuestReclaimed, GuestStats, GUEST_MAX_FRAME, GUEST_MAX_SEGS,
@@ -45,6 +46,7 @@ pub use mbuf::{
 };
 pub use owner::{pid_alive, process_gone, process_start_time, OwnerTag};
 pub use pool::{pool_bytes, Audit, CacheStats, Mempool, PoolCache, PoolParams, PoolStats};
+pub use snapshot::{CacheSnapshot, FreeListSnapshot};
 
 /// Mempool errors.
 #[derive(Debug, thiserror::Error)]

@@ -68,7 +68,7 @@ impl PoolShared {
         unsafe { self.counters.as_ref() }
     }
 
-    fn slot_header(&self, slot: u32) -> &CacheSlotHeader {
+    pub(crate) fn slot_header(&self, slot: u32) -> &CacheSlotHeader {
         debug_assert!(slot < CACHE_SLOTS);
         // SAFETY: `slot < CACHE_SLOTS` (callers iterate that range), so the header lies in
         // the span checked at open; 64-byte aligned; all fields are atomics.
@@ -81,7 +81,7 @@ impl PoolShared {
         }
     }
 
-    fn slot_objs(&self, slot: u32) -> *mut u32 {
+    pub(crate) fn slot_objs(&self, slot: u32) -> *mut u32 {
         // In bounds for `slot < CACHE_SLOTS`: the array follows the slot's 64-byte header.
         self.caches
             .as_ptr()
