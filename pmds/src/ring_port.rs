@@ -118,6 +118,7 @@ impl ScRx {
         }
         rx_rest(cache, owner, a, out, &mut done);
         rx_rest(cache, owner, b, out, &mut done);
+        shm::crash_point!("ring_port.rx_before_release");
         // Every entry is ours now (or refused): the slots go back to the producer.
         view.release(n);
         done
@@ -264,6 +265,7 @@ impl SpTx {
                 }
             }
         }
+        shm::crash_point!("ring_port.tx_before_commit");
         slots.commit(sent);
         sent
     }
@@ -289,8 +291,10 @@ impl SpTx {
             *slot = m.into_transit().map(|h| h.0).unwrap_or(0);
             // Release: the handle above before the count that lists it.
             block.inflight.store(i as u32 + 1, Ordering::Release);
+            shm::crash_point!("ring_port.tx_transit_listed");
         }
         let pushed = self.prod.enqueue_burst(&record[..k]).unwrap_or(0);
+        shm::crash_point!("ring_port.tx_transit_enqueued");
         // Enqueued handles belong to the ring now; the rest come back to the caller.
         let back: Vec<Mbuf<'c>> = record[pushed..k]
             .iter()

@@ -31,6 +31,8 @@
 
 pub mod guest;
 mod handoff;
+// The crash points of shm::crash, for this crate's protocols.
+pub(crate) use shm::crash_point;
 pub mod layout;
 pub mod mbuf;
 mod owner;

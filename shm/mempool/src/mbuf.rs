@@ -527,11 +527,29 @@ impl MbufCache {
         h.next = 0;
     }
 
+    /// Takes one free buffer for this process: its header is reset (tagged as ours)
+    /// while it is still in the cache, and only then is it taken out, so a kill at any
+    /// point leaves it in the cache (whose recovery frees it, whatever its tag) or ours
+    /// (tagged: the primary's reclaim finds it). Handles without a cache take it from the
+    /// ring first (no record: they serve guests and export pools, not crash-exact).
+    #[inline(always)]
+    fn take_fresh(&self) -> Option<u32> {
+        let cache = self.cache();
+        if let Some(index) = cache.peek_top() {
+            self.reset(index);
+            crate::crash_point!("mbuf.alloc_after_tag");
+            self.cache().take_top();
+            return Some(index);
+        }
+        let index = self.cache().get()?;
+        self.reset(index);
+        Some(index)
+    }
+
     /// Allocates one empty mbuf (`rte_pktmbuf_alloc`); `None` when the pool is empty.
     #[inline]
     pub fn alloc(&self) -> Option<Mbuf<'_>> {
-        let index = self.cache().get()?;
-        self.reset(index);
+        let index = self.take_fresh()?;
         Some(Mbuf::from_index(self, index))
     }
 
@@ -545,8 +563,7 @@ impl MbufCache {
         if len > room {
             return None;
         }
-        let index = self.cache().get()?;
-        self.reset(index);
+        let index = self.take_fresh()?;
         let h = self.header_mut(index);
         // `len <= room <= u16::MAX`.
         h.data_len = len as u16;
@@ -568,6 +585,22 @@ impl MbufCache {
     #[inline]
     pub fn alloc_bulk<'c>(&'c self, out: &mut Vec<Mbuf<'c>>, n: usize) -> Result<(), PoolError> {
         let start = out.len();
+        if self.cache().cached() as usize >= n {
+            // Crash-exact, one at a time from the cache (as `alloc`).
+            for _ in 0..n {
+                match self.take_fresh() {
+                    Some(i) => out.push(Mbuf::from_index(self, i)),
+                    None => {
+                        out.truncate(start);
+                        return Err(PoolError::Exhausted {
+                            pool: self.pool.mempool().name().to_string(),
+                            wanted: n,
+                        });
+                    }
+                }
+            }
+            return Ok(());
+        }
         let mut idx = [0u32; 64];
         let mut left = n;
         while left > 0 {
@@ -593,8 +626,7 @@ impl MbufCache {
     /// `into_transit`, in one pass over the header. `None` when the pool is empty.
     #[inline]
     pub fn alloc_in_transit(&self) -> Option<(MbufHandle, *mut u8, u32)> {
-        let index = self.cache().get()?;
-        self.reset(index);
+        let index = self.take_fresh()?;
         let room = self.buf_len - u32::from(self.headroom);
         let h = self.header_mut(index);
         // `room <= buf_len <= u16::MAX` (checked when the pool was made).
@@ -643,8 +675,7 @@ impl MbufCache {
         let room = (self.buf_len - u32::from(self.headroom)) as usize;
         if bytes.len() <= room {
             // One segment: write the data and lengths directly.
-            let index = self.cache().get().ok_or_else(exhausted)?;
-            self.reset(index);
+            let index = self.take_fresh().ok_or_else(exhausted)?;
             let h = self.header_mut(index);
             h.data_len = bytes.len() as u16;
             h.pkt_len = bytes.len() as u32;
@@ -852,10 +883,24 @@ impl MbufCache {
         }
     }
 
-    /// Marks a buffer free and puts it into the cache.
+    /// Puts a buffer into the cache and then marks it free. A buffer never reaches the
+    /// free ring before it is marked (a full cache is flushed before this one goes in), so
+    /// a kill at any point leaves it ours (tagged: reclaimed by tag) or in the cache (whose
+    /// recovery marks what it frees).
     #[inline(always)]
     fn put_free(&self, index: u32) {
+        let cache = self.cache();
         let h = self.header(index);
+        if cache.slot().is_some() {
+            if !cache.has_room() {
+                cache.flush_excess();
+            }
+            cache.put(index);
+            crate::crash_point!("mbuf.free_after_put");
+            h.refcnt.store(0, Ordering::Relaxed);
+            h.owner.store(OwnerTag::FREE.0, Ordering::Relaxed);
+            return;
+        }
         h.refcnt.store(0, Ordering::Relaxed);
         h.owner.store(OwnerTag::FREE.0, Ordering::Relaxed);
         self.cache().put(index);

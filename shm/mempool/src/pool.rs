@@ -122,6 +122,22 @@ impl PoolShared {
         let n = self.info.obj_count;
         let before = tmp.len();
         tmp.retain(|&i| i < n);
+        if self.info.flags & POOL_F_MBUF != 0 {
+            // A buffer being allocated or freed when its owner died is in the cache with
+            // the owner's tag: marked free here, so the reclaim by tag that follows does
+            // not free it a second time.
+            for &i in &tmp {
+                let hdr = crate::mbuf::header_ptr(self.objs, self.info.obj_size, i);
+                // SAFETY: `i < obj_count`: the header lies in the objects span checked at
+                // open; only its atomic fields are touched (host pools only: export pools
+                // are never flushed).
+                let h = unsafe { &*hdr };
+                let (owner, refcnt) = (&h.owner, &h.refcnt);
+                // Relaxed: the owner is dead; the ring's Release publishes them onwards.
+                owner.store(crate::owner::OwnerTag::FREE.0, Ordering::Relaxed);
+                refcnt.store(0, Ordering::Relaxed);
+            }
+        }
         if tmp.len() != before {
             self.trouble(
                 Trouble::BadHandle,
@@ -984,6 +1000,94 @@ impl PoolCache {
             "put of out-of-range object indices",
         );
         self.put_bulk(&good)
+    }
+
+    /// Crash-exact allocation, step 1: makes sure the cache holds at least one object
+    /// (refilling it from the free ring) and returns the top one, still in the cache: the
+    /// caller records its new owner (the mbuf header's tag) and then takes it with
+    /// [`take_top`](Self::take_top). A process killed in between leaves the object in its
+    /// cache, whose recovery frees it whatever its tag says. `None`: the pool is empty (or
+    /// this handle has no cache; use [`get`](Self::get) then).
+    #[inline]
+    pub(crate) fn peek_top(&mut self) -> Option<u32> {
+        if self.len == 0 && (self.size <= 1 || !self.refill(1)) {
+            return None;
+        }
+        // SAFETY: `0 < len <= CACHE_OBJS`: inside this slot's index array, owned here.
+        let obj = unsafe { self.objs.wrapping_add(self.len as usize - 1).read() };
+        if obj < self.n {
+            return Some(obj);
+        }
+        // A bad index in our own cache: dropped (counted), try the next.
+        self.len -= 1;
+        self.publish_len();
+        self.pool
+            .shared
+            .trouble(Trouble::BadHandle, 1, "a cache held an out-of-range index");
+        self.peek_top()
+    }
+
+    /// Crash-exact allocation, step 2: takes the object [`peek_top`](Self::peek_top)
+    /// returned out of the cache.
+    #[inline(always)]
+    pub(crate) fn take_top(&mut self) {
+        self.len -= 1;
+        self.publish_len();
+    }
+
+    /// Refills the cache so that it holds at least `k` (`k <= size`) objects; false when
+    /// the free ring has too few.
+    #[inline(never)]
+    fn refill(&mut self, k: u32) -> bool {
+        if self.len >= k {
+            return true;
+        }
+        let req = k + (self.size - self.len);
+        // SAFETY: `len < k <= size <= 512`, and `len + req = k + size <= 1024 =
+        // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
+        let room = unsafe {
+            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), req as usize)
+        };
+        match self.consumer.dequeue_bulk(room) {
+            Ok(got) if got == req as usize => {
+                self.len += req;
+                self.publish_len();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves the objects above the cache's size to the free ring (DPDK's flush of a cache
+    /// over its threshold), without allocating.
+    #[inline(never)]
+    pub(crate) fn flush_excess(&mut self) {
+        if self.len <= self.size {
+            return;
+        }
+        // SAFETY: `size < len <= CACHE_OBJS` indices in the owned array.
+        let excess = unsafe {
+            std::slice::from_raw_parts(
+                self.objs.wrapping_add(self.size as usize),
+                (self.len - self.size) as usize,
+            )
+        };
+        let pushed = self.producer.enqueue_burst(excess).unwrap_or(0);
+        if pushed < excess.len() {
+            self.pool.shared.trouble(
+                Trouble::PutFail,
+                (excess.len() - pushed) as u64,
+                "free ring full on a cache flush (an object was freed twice?)",
+            );
+        }
+        self.len = self.size;
+        self.publish_len();
+    }
+
+    /// True when [`put`](Self::put) of one object goes into the cache without a flush.
+    #[inline(always)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.len < self.flush_threshold
     }
 
     /// Returns one object.
