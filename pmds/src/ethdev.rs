@@ -1471,7 +1471,7 @@ impl<'c> TxQueue<'c> {
                         INFLIGHT_MAX,
                     )
                 };
-                let sent = sp.tx_burst(self.cache, pkts, self.claim.block(), record);
+                let sent = sp.tx_burst(self.cache, pkts, Some((self.claim.block(), record)));
                 self.claim.count(sent as u64, 0);
                 return sent;
             }

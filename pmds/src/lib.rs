@@ -19,8 +19,9 @@ pub mod devargs;
 pub mod ethdev;
 pub mod layout;
 pub mod pcap_file;
-mod ring_port;
+pub mod ring_port;
 pub mod vhost;
 
 pub use devargs::{DevArgs, Driver};
 pub use ethdev::{Port, PortError, PortSetup, PortStats, QueueStats, RxQueue, TxQueue};
+pub use ring_port::{MbufReceiver, MbufSender};

@@ -167,18 +167,16 @@ const MAX_LOCAL_BURST: usize = crate::ethdev::MAX_BURST;
 
 impl SpTx {
     /// The producer of `ring` for the process tagged `me`. A producer before us that was
-    /// killed may have left `local_until` short of entries it wrote but never published,
-    /// or far ahead; what it published is all that counts, so the bound restarts at the
+    /// killed may have left `local_until` far ahead of what it published (it reserves
+    /// ahead); what it published is all that counts, so the bound restarts at the
     /// published tail.
     pub(crate) fn new(ring: Ring<u64>, prod: SpProducer<u64>, me: OwnerTag) -> SpTx {
         // Relaxed: we hold the producer role, the only writer of both words.
         let owner = ring.local_owner().load(Ordering::Relaxed);
         if owner != me.0 && owner != 0 {
-            let until = ring.local_until().load(Ordering::Relaxed);
-            let tail = prod.position();
-            if !at_or_after(until, tail) {
-                ring.local_until().store(tail, Ordering::Relaxed);
-            }
+            // Every local entry is published, so below the tail: the tail is a bound, and
+            // an exact one, whatever the earlier producer reserved ahead.
+            ring.local_until().store(prod.position(), Ordering::Relaxed);
         }
         SpTx {
             owner: owner == me.0,
@@ -211,18 +209,21 @@ impl SpTx {
         true
     }
 
-    /// Sends from the front of `pkts` (removing what went); returns how many. `block` and
-    /// `record` are the queue's in-flight record, used only on the transit path.
+    /// Sends from the front of `pkts` (removing what went); returns how many. `record` is
+    /// the queue's in-flight record, used only on the transit path; without one (an
+    /// application ring) nothing is sent until this process can be the owner.
     #[inline]
     pub(crate) fn tx_burst<'c>(
         &mut self,
         cache: &'c MbufCache,
         pkts: &mut Vec<Mbuf<'c>>,
-        block: &QueueBlock,
-        record: &mut [u64],
+        record: Option<(&QueueBlock, &mut [u64])>,
     ) -> usize {
         if !self.owner && !self.try_own() {
-            return self.tx_transit(cache, pkts, block, record);
+            return match record {
+                Some((block, record)) => self.tx_transit(cache, pkts, block, record),
+                None => 0,
+            };
         }
         let k = pkts.len().min(MAX_LOCAL_BURST);
         if k == 0 {
@@ -291,10 +292,8 @@ impl SpTx {
             *slot = m.into_transit().map(|h| h.0).unwrap_or(0);
             // Release: the handle above before the count that lists it.
             block.inflight.store(i as u32 + 1, Ordering::Release);
-            shm::crash_point!("ring_port.tx_transit_listed");
         }
         let pushed = self.prod.enqueue_burst(&record[..k]).unwrap_or(0);
-        shm::crash_point!("ring_port.tx_transit_enqueued");
         // Enqueued handles belong to the ring now; the rest come back to the caller.
         let back: Vec<Mbuf<'c>> = record[pushed..k]
             .iter()
@@ -316,5 +315,91 @@ impl SpTx {
                 .local_until()
                 .store(self.prod.position(), Ordering::Relaxed);
         }
+    }
+}
+
+/// Sends mbufs through a single-producer ring of handles, crash-exact and at pointer speed
+/// (see the [module docs](self)): what a process does that moves packets to another one
+/// (or to itself) through an application ring instead of a port. Pair it with
+/// [`MbufReceiver`] on the ring's single consumer.
+pub struct MbufSender {
+    tx: SpTx,
+}
+
+impl std::fmt::Debug for MbufSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbufSender")
+            .field("ring", &self.tx.ring.name())
+            .finish()
+    }
+}
+
+impl MbufSender {
+    /// Claims the producer role of `ring` (single-producer) for the process tagged `me`.
+    ///
+    /// # Errors
+    /// The ring's error: not single-producer, role taken, corrupt.
+    pub fn new(ring: &Ring<u64>, me: OwnerTag) -> Result<MbufSender, shm_ring::RingError> {
+        let prod = ring.sp_producer()?;
+        Ok(MbufSender {
+            tx: SpTx::new(ring.clone(), prod, me),
+        })
+    }
+
+    /// Sends from the front of `pkts` (what went leaves it); returns how many. Nothing goes
+    /// while entries of an earlier producer process are still queued (it returns 0, as
+    /// for a full ring), nor a clone still shared.
+    pub fn send<'c>(&mut self, cache: &'c MbufCache, pkts: &mut Vec<Mbuf<'c>>) -> usize {
+        self.tx.tx_burst(cache, pkts, None)
+    }
+}
+
+impl Drop for MbufSender {
+    fn drop(&mut self) {
+        self.tx.release();
+    }
+}
+
+/// Receives mbufs from a single-consumer ring that an [`MbufSender`] (or a ring port's tx
+/// queue) feeds: a kill at any point loses nothing (what was peeked stays in the ring
+/// until claimed).
+pub struct MbufReceiver {
+    rx: ScRx,
+}
+
+impl std::fmt::Debug for MbufReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbufReceiver")
+            .field("ring", &self.rx.ring.name())
+            .finish()
+    }
+}
+
+impl MbufReceiver {
+    /// Claims the consumer role of `ring` (single-consumer).
+    ///
+    /// # Errors
+    /// The ring's error: not single-consumer, role taken, corrupt.
+    pub fn new(ring: &Ring<u64>) -> Result<MbufReceiver, shm_ring::RingError> {
+        Ok(MbufReceiver {
+            rx: ScRx {
+                cons: ring.sc_consumer()?,
+                ring: ring.clone(),
+            },
+        })
+    }
+
+    /// Receives up to `max` mbufs into `out` (give it the capacity: nothing is allocated);
+    /// returns how many arrived and how many handles were refused (stale or garbage,
+    /// counted in the pool's statistics too).
+    pub fn recv<'c>(
+        &mut self,
+        cache: &'c MbufCache,
+        out: &mut Vec<Mbuf<'c>>,
+        max: usize,
+    ) -> (usize, u64) {
+        let before = out.len();
+        let done = self.rx.rx_burst(cache, out, max);
+        (out.len() - before, done.refused)
     }
 }

@@ -350,6 +350,9 @@ fn producer(
     stop: &AtomicBool,
 ) -> u64 {
     let mut total = 0u64;
+    if ring.mode().single_producer && ring.mode().single_consumer {
+        return local_producer(pool, tag, ring, rng, stop);
+    }
     let mp = !ring.mode().single_producer;
     let (mut sp, mut mpp) = (None, None);
     if mp {
@@ -405,6 +408,9 @@ fn consumer(
     stop: &AtomicBool,
 ) -> u64 {
     let mut total = 0u64;
+    if ring.mode().single_producer && ring.mode().single_consumer {
+        return local_consumer(pool, tag, ring, rng, stop);
+    }
     let (mut sc, mut mc) = (None, None);
     if ring.mode().single_consumer {
         sc = ring.sc_consumer().ok();
@@ -437,6 +443,86 @@ fn consumer(
             drop(cache.adopt(MbufHandle(h)));
         }
         if got == 0 {
+            std::thread::yield_now();
+        }
+    }
+    total
+}
+
+/// [`producer`] on an SP/SC ring: through `pmds::MbufSender`, the crash-exact hand-off.
+fn local_producer(
+    pool: &MbufPool,
+    tag: OwnerTag,
+    ring: &Ring<u64>,
+    mut rng: Rng,
+    stop: &AtomicBool,
+) -> u64 {
+    let Ok(mut tx) = pmds::MbufSender::new(ring, tag) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    let mut left = 0u64;
+    let mut cache = None;
+    while !stop.load(Ordering::Relaxed) {
+        if left == 0 {
+            drop(cache.take());
+            left = 100 + rng.next() % 2000;
+        }
+        left -= 1;
+        if cache.is_none() {
+            cache = pool.cache(tag).ok();
+        }
+        let Some(cache) = cache.as_ref() else {
+            return total;
+        };
+        let k = rng.size(48);
+        let mut pkts = Vec::with_capacity(64);
+        while pkts.len() < k {
+            let Some(m) = cache.alloc() else { break };
+            pkts.push(m);
+        }
+        let sent = tx.send(cache, &mut pkts);
+        total += sent as u64;
+        // What did not fit is freed.
+        drop(pkts);
+        if sent == 0 {
+            std::thread::yield_now();
+        }
+    }
+    total
+}
+
+/// [`consumer`] on an SP/SC ring: through `pmds::MbufReceiver`.
+fn local_consumer(
+    pool: &MbufPool,
+    tag: OwnerTag,
+    ring: &Ring<u64>,
+    mut rng: Rng,
+    stop: &AtomicBool,
+) -> u64 {
+    let Ok(mut rx) = pmds::MbufReceiver::new(ring) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    let mut left = 0u64;
+    let mut cache = None;
+    while !stop.load(Ordering::Relaxed) {
+        if left == 0 {
+            drop(cache.take());
+            left = 100 + rng.next() % 2000;
+        }
+        left -= 1;
+        if cache.is_none() {
+            cache = pool.cache(tag).ok();
+        }
+        let Some(cache) = cache.as_ref() else {
+            return total;
+        };
+        let mut got = Vec::with_capacity(64);
+        let (n, _refused) = rx.recv(cache, &mut got, 64);
+        total += n as u64;
+        drop(got);
+        if n == 0 {
             std::thread::yield_now();
         }
     }

@@ -21,12 +21,10 @@ pub const POINTS: &[&str] = &[
     // cache but not yet marked free.
     "mbuf.alloc_after_tag",
     "mbuf.free_after_put",
-    // pmds ring ports: an rx burst claimed but not released; local entries written but
-    // not published; the transit path with handles listed, and after the enqueue.
+    // pmds ring ports (and MbufSender/MbufReceiver): an rx burst claimed but not
+    // released; local entries written but not published.
     "ring_port.rx_before_release",
     "ring_port.tx_before_commit",
-    "ring_port.tx_transit_listed",
-    "ring_port.tx_transit_enqueued",
 ];
 
 /// Marks a crash point (see the [module docs](crate::crash)). `$name` must be listed in
