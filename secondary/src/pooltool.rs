@@ -176,7 +176,7 @@ impl Transfer {
 fn stalled(spins: &mut u32, last: Instant, timeout: Duration) -> bool {
     std::hint::spin_loop();
     *spins = spins.wrapping_add(1);
-    *spins % 1024 == 0 && last.elapsed() > timeout
+    *spins & 1023 == 0 && last.elapsed() > timeout
 }
 
 /// Writes packet `seq`'s bytes into `data` (its whole length): the sequence number, then,
