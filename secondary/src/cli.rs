@@ -290,6 +290,25 @@ pub struct MbufRingArgs {
     /// Give up after this many seconds without progress.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Bench mode: move packets in bursts of N (allocation, enqueue, dequeue), spinning
+    /// instead of yielding while waiting, one-segment frames only; the receiver's rate then
+    /// runs from its first packet. Default: one packet at a time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512))]
+    burst: Option<u16>,
+    /// Bench mode (also without --burst): write and check only the sequence number in the
+    /// first 8 bytes of each frame (and its length), not the whole payload.
+    #[arg(long)]
+    seq_only: bool,
+}
+
+impl MbufRingArgs {
+    /// The bench mode's options, if `--burst` or `--seq-only` was given.
+    fn burst_opts(&self) -> Option<crate::pooltool::BurstOpts> {
+        (self.burst.is_some() || self.seq_only).then(|| crate::pooltool::BurstOpts {
+            burst: usize::from(self.burst.unwrap_or(1)),
+            seq_only: self.seq_only,
+        })
+    }
 }
 
 /// Exit code when a pool operation or check failed.
@@ -342,6 +361,27 @@ pub fn main() -> ExitCode {
         Command::MbufSend(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
             let t0 = std::time::Instant::now();
             let timeout = Duration::from_secs(a.timeout);
+            if let Some(opts) = a.burst_opts() {
+                return crate::pooltool::send_bursts(
+                    cache,
+                    r,
+                    a.count,
+                    a.size as usize,
+                    opts,
+                    timeout,
+                )
+                .map(|t| {
+                    format!(
+                        "sent {} packets of {} B from {} into {} in bursts of {} ({:.2} Mpps)",
+                        t.packets,
+                        a.size,
+                        a.pool,
+                        a.ring,
+                        opts.burst,
+                        t.mpps()
+                    )
+                });
+            }
             crate::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "sent {n} packets of {} B from {} into {} ({:.2} Mpps)",
@@ -355,6 +395,20 @@ pub fn main() -> ExitCode {
         Command::MbufRecv(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
             let t0 = std::time::Instant::now();
             let timeout = Duration::from_secs(a.timeout);
+            if let Some(opts) = a.burst_opts() {
+                let what = if opts.seq_only {
+                    "sequence"
+                } else {
+                    "payloads"
+                };
+                return crate::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
+                    .map(|t| {
+                        format!(
+                            "received {} packets from {} in bursts of {}, {what} ok ({:.2} Mpps from the first packet)",
+                            t.packets, a.ring, opts.burst, t.mpps()
+                        )
+                    });
+            }
             crate::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "received {n} packets from {}, payloads ok ({:.2} Mpps)",

@@ -139,3 +139,58 @@ fn two_processes_ten_million_operations_lose_nothing() {
     assert_eq!(s["bad_handle"], 0, "{s}");
     assert_eq!(s["put_fail"], 0, "{s}");
 }
+
+/// The bench mode of `mbuf-send` / `mbuf-recv` (`bench/xproc-vs-dpdk.sh`): bursts through
+/// an SP/SC ring, sequence-only and whole-payload checks, a count that is not a multiple
+/// of the burst; every buffer back in the pool at the end.
+#[test]
+fn burst_mode_send_and_recv_across_processes() {
+    let prefix = unique_prefix("mpburst");
+    let _p = primary(
+        &prefix,
+        &["--mempool", "mbufs=8191:512", "--ring", "xfer=1024:sp_sc"],
+    );
+    for (count, size, burst, seq_only) in
+        [("100000", "64", "32", true), ("1001", "200", "7", false)]
+    {
+        let mut args = vec![
+            "mbufs",
+            "xfer",
+            "--count",
+            count,
+            "--size",
+            size,
+            "--burst",
+            burst,
+            "--timeout",
+            "20",
+        ];
+        if seq_only {
+            args.push("--seq-only");
+        }
+        let mut recv = secondary(&prefix, &[&["mbuf-recv"], &args[..]].concat());
+        let mut send = secondary(&prefix, &[&["mbuf-send"], &args[..]].concat());
+        let (code, out, err) = finish(&mut send, 60);
+        assert_eq!(code, 0, "{out} {err}");
+        assert!(
+            out.contains(&format!(
+                "sent {count} packets of {size} B from mbufs into xfer in bursts of {burst}"
+            )),
+            "{out}"
+        );
+        let (code, out, err) = finish(&mut recv, 60);
+        assert_eq!(code, 0, "{out} {err}");
+        let what = if seq_only { "sequence" } else { "payloads" };
+        assert!(
+            out.contains(&format!(
+                "received {count} packets from xfer in bursts of {burst}, {what} ok"
+            )),
+            "{out}"
+        );
+    }
+    let s = pool_stats(&prefix, "mbufs");
+    assert_eq!(s["available"], 8191, "{s}");
+    for counter in ["bad_handle", "double_free", "corrupt_header"] {
+        assert_eq!(s[counter], 0, "{counter}: {s}");
+    }
+}
