@@ -16,7 +16,16 @@
 //! name used in code and missing from the list is a test failure (debug builds assert it).
 
 /// Every crash point, by protocol. Names are `protocol.step`.
-pub const POINTS: &[&str] = &[];
+pub const POINTS: &[&str] = &[
+    // shm-ring, multi-producer enqueue: head CAS won, slots not written; slots written,
+    // tail not published.
+    "ring.mp_after_head_cas",
+    "ring.mp_after_copy",
+    // shm-ring, multi-consumer dequeue: head CAS won, slots not copied; copied, tail not
+    // published.
+    "ring.mc_after_head_cas",
+    "ring.mc_after_copy",
+];
 
 /// Marks a crash point (see the [module docs](crate::crash)). `$name` must be listed in
 /// [`POINTS`].

@@ -6,7 +6,10 @@
 //! 64    64   RingCtrl   failed flag, corruption counter
 //! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
 //! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
-//! 640   ...  slots[slot_count] of elem_size bytes each
+//! 640   8192 records     REC_COUNT OpRecords, one per multi-role handle, REC_STRIDE apart
+//!                       (64-byte record + guard line): owner, start time, range, state,
+//!                       repairer (see `records.rs`)
+//! 8832  ...  slots[slot_count] of elem_size bytes each
 //! ```
 //!
 //! Each head and each tail has a cache line of its own, followed by a guard line that keeps
@@ -22,12 +25,12 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64};
 
 /// First bytes of every ring.
 pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
-pub const RING_LAYOUT_MAJOR: u16 = 2;
+pub const RING_LAYOUT_MAJOR: u16 = 3;
 /// Layout minor version.
 pub const RING_LAYOUT_MINOR: u16 = 0;
 /// Offset of [`RingCtrl`].
@@ -36,8 +39,16 @@ pub const CTRL_OFF: u64 = 64;
 pub const PROD_OFF: u64 = 128;
 /// Offset of the consumers' [`HeadTail`].
 pub const CONS_OFF: u64 = 384;
+/// Offset of the reservation records ([`OpRecord`]).
+pub const RECS_OFF: u64 = 640;
+/// Number of reservation records: the most multi-role handles (all processes, all clones)
+/// that can be recorded at once. A handle made when none is free is unrecorded.
+pub const REC_COUNT: usize = 64;
+/// Bytes from one record to the next: the record's line and a guard line, so that two
+/// handles' records never share a line or an adjacent-line prefetch pair.
+pub const REC_STRIDE: u64 = 128;
 /// Offset of slot 0; also the header size.
-pub const SLOTS_OFF: u64 = 640;
+pub const SLOTS_OFF: u64 = RECS_OFF + REC_COUNT as u64 * REC_STRIDE;
 /// Largest slot count.
 pub const MAX_SLOTS: u32 = 1 << 31;
 
@@ -80,6 +91,46 @@ pub struct RingCtrl {
     pub failed: AtomicU32,
     /// How many times corruption was detected.
     pub corrupt_events: AtomicU32,
+    /// Hole elements published and not yet skipped by a consumer: while non-zero,
+    /// consumers look for holes in what they dequeue (may stay above zero if a consumer
+    /// dies between skipping and counting: that costs a scan, never correctness).
+    pub holes: AtomicU32,
+    /// Reservations of dead owners repaired (voided, published or adopted) by survivors
+    /// or [`crate::Ring::repair_dead`].
+    pub repairs: AtomicU32,
+    /// Ranges handed over (finished, owner gone) and not yet published: while non-zero,
+    /// an operation short of slots (elements) helps publish them.
+    pub handed: AtomicU32,
+}
+
+/// One multi-role handle's reservation record (see `records.rs` for the protocol).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct OpRecord {
+    /// `side << 32 | pid` of the handle holding the record; 0 = free.
+    pub owner: AtomicU64,
+    /// Start time of the owner process (`/proc/PID/stat` field 22), 0 if unknown.
+    pub start_time: AtomicU64,
+    /// `len << 32 | start` of the current (or last) reservation.
+    pub range: AtomicU64,
+    /// `seq << 32 | state` of the current (or last) operation.
+    pub state: AtomicU64,
+    /// `tag << 32 | pid` of whoever holds the right to repair this record's reservation
+    /// (0 = nobody).
+    pub repairer: AtomicU64,
+}
+
+impl OpRecord {
+    /// A free record.
+    pub(crate) fn new() -> OpRecord {
+        OpRecord {
+            owner: AtomicU64::new(0),
+            start_time: AtomicU64::new(0),
+            range: AtomicU64::new(0),
+            state: AtomicU64::new(0),
+            repairer: AtomicU64::new(0),
+        }
+    }
 }
 
 /// One side's indices: the head and the owner word on one cache line, the tail on another,
@@ -132,10 +183,14 @@ const _: () = {
     use std::mem::size_of;
     assert!(size_of::<RingInfo>() == 64);
     assert!(size_of::<RingCtrl>() == 64);
+    assert!(size_of::<OpRecord>() == 64);
+    assert!(SLOTS_OFF == 8832);
     assert!(size_of::<HeadTail>() == 256);
     assert!(std::mem::offset_of!(HeadTail, tail) == 128);
 };
 // Under loom the atomics are larger; they must still fit the reserved space.
 const _: () = assert!(std::mem::size_of::<RingCtrl>() <= (PROD_OFF - CTRL_OFF) as usize);
 const _: () = assert!(std::mem::size_of::<HeadTail>() <= (CONS_OFF - PROD_OFF) as usize);
-const _: () = assert!(std::mem::size_of::<HeadTail>() <= (SLOTS_OFF - CONS_OFF) as usize);
+const _: () = assert!(std::mem::size_of::<HeadTail>() <= (RECS_OFF - CONS_OFF) as usize);
+const _: () = assert!(std::mem::size_of::<OpRecord>() <= REC_STRIDE as usize);
+const _: () = assert!(SLOTS_OFF.is_multiple_of(64));
