@@ -13,6 +13,9 @@ use crate::records::{new_token, pack_state, pid_alive, ST_DONE};
 use crate::sync::Ordering;
 use crate::{Element, RingError};
 
+#[path = "hooks.rs"]
+mod hooks;
+
 /// Clamps a slice length to what one operation can move.
 #[inline(always)]
 fn want(len: usize, capacity: u32) -> u32 {

@@ -597,4 +597,6 @@ impl<T: Element> Ring<T> {
 }
 
 #[cfg(all(test, not(loom)))]
+mod repair_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;
