@@ -19,8 +19,10 @@
 //! `head - other_tail` above the capacity is impossible in a healthy ring; when it persists
 //! after re-reading our own head, the operation returns [`RingError::Corrupt`], bumps the
 //! ring's corruption counter and marks it failed. A multi-producer (consumer) waiting for
-//! an earlier peer to publish gives up with [`RingError::Stalled`] after
-//! [`STALL_TIMEOUT`] (the peer died between reserving and publishing).
+//! an earlier peer to publish repairs the peer's range if its owner is gone, and hands
+//! its own finished range over after [`crate::HANDOVER_AFTER`] (see `records.rs`); only
+//! an unrecorded handle (record table full) gives up, with [`RingError::Stalled`] after
+//! its [`STALL_TIMEOUT`].
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -35,8 +37,8 @@ use crate::records::{
 use crate::sync::{spin, yield_now, AtomicU32, Ordering};
 use crate::{Element, RingError};
 
-/// How long a multi-producer (consumer) waits for an earlier one to publish, unless the
-/// handle sets another limit.
+/// How long an unrecorded multi-producer (consumer) waits for an earlier one to publish,
+/// unless the handle sets another limit.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a short operation takes what it can (burst) or nothing (bulk).
@@ -301,6 +303,7 @@ impl<T: Element> RingCore<T> {
         // A3: Acquire so that the other side's tail, loaded below, is not older than the
         // tail that justified this head (pairs with R3).
         let mut old = own.head.load(Ordering::Acquire);
+        let mut wrote = false;
         loop {
             let mut have = avail(old, *cache);
             if have > self.capacity || have < n {
@@ -332,7 +335,7 @@ impl<T: Element> RingCore<T> {
                 _ => n.min(have),
             };
             if take == 0 {
-                if let Some(r) = rec {
+                if let Some(r) = rec.filter(|_| wrote) {
                     // Relaxed: an IDLE record claims nothing, whoever sees it.
                     r.state.store(pack_state(seq, ST_IDLE), Ordering::Relaxed);
                 }
@@ -342,6 +345,7 @@ impl<T: Element> RingCore<T> {
                 // Relaxed: published by the CAS below (R3/A5).
                 r.range.store(pack_range(old, take), Ordering::Relaxed);
                 r.state.store(pack_state(seq, ST_INTENT), Ordering::Relaxed);
+                wrote = true;
             }
             // R3: Release, so a peer that loads this head with Acquire (A3) also sees the
             // other side's tail that justified the move; without it a peer could pair our

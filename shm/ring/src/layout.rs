@@ -6,10 +6,11 @@
 //! 64    64   RingCtrl   failed flag, corruption counter
 //! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
 //! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
-//! 640   8192 records     REC_COUNT OpRecords, one per multi-role handle, REC_STRIDE apart
-//!                       (64-byte record + guard line): owner, start time, range, state,
-//!                       repairer (see `records.rs`)
-//! 8832  ...  slots[slot_count] of elem_size bytes each
+//! 640   16384 records    REC_COUNT (128) OpRecords, one per multi-role handle (a mempool
+//!                       cache holds two), REC_STRIDE (128) apart: a 64-byte record and a
+//!                       guard line: owner, start time, range, state, repairer
+//!                       (see [`crate::records`])
+//! 17024 ...  slots[slot_count] of elem_size bytes each
 //! ```
 //!
 //! Each head and each tail has a cache line of its own, followed by a guard line that keeps
@@ -43,7 +44,7 @@ pub const CONS_OFF: u64 = 384;
 pub const RECS_OFF: u64 = 640;
 /// Number of reservation records: the most multi-role handles (all processes, all clones)
 /// that can be recorded at once. A handle made when none is free is unrecorded.
-pub const REC_COUNT: usize = 64;
+pub const REC_COUNT: usize = 128;
 /// Bytes from one record to the next: the record's line and a guard line, so that two
 /// handles' records never share a line or an adjacent-line prefetch pair.
 pub const REC_STRIDE: u64 = 128;
@@ -184,7 +185,7 @@ const _: () = {
     assert!(size_of::<RingInfo>() == 64);
     assert!(size_of::<RingCtrl>() == 64);
     assert!(size_of::<OpRecord>() == 64);
-    assert!(SLOTS_OFF == 8832);
+    assert!(SLOTS_OFF == 17024);
     assert!(size_of::<HeadTail>() == 256);
     assert!(std::mem::offset_of!(HeadTail, tail) == 128);
 };

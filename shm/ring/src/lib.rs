@@ -24,6 +24,16 @@
 //!   bounded (no CAS retry or wait a guest can prolong), copies slots with volatile
 //!   accesses and keeps a single-role side's head privately ([`UntrustedProducer`]).
 //!
+//! - **Crash repair**: a process killed between its head CAS and its tail publication
+//!   does not brick a multi-producer (consumer) ring. Every multi-role handle holds a
+//!   reservation record in the ring's header and writes its range there before the CAS;
+//!   a survivor blocked at the tail finds the record, sees its owner is dead and repairs:
+//!   an unwritten producer range becomes holes ([`Element::HOLE`], which dequeues skip),
+//!   a written one is published, a dead consumer's uncopied elements are adopted. The
+//!   primary calls [`Ring::repair_dead`] when it reclaims a process; a caller that logs
+//!   [`MpProducer::next_op_seq`] learns from [`Ring::record_of`] whether that operation
+//!   took effect. Diagram and proof sketch: [`records`].
+//!
 //! Why it is faster than `rte_ring`: each handle keeps a private copy of the other side's
 //! tail and only re-reads the shared one when that copy says the ring is full (empty), so
 //! in steady state a burst touches one shared cache line instead of two; single-role sides
@@ -35,7 +45,7 @@
 mod core;
 mod handles;
 pub mod layout;
-mod records;
+pub mod records;
 mod sync;
 mod untrusted;
 

@@ -45,11 +45,19 @@
 //!   the next claimer when no record is free, and keep their last state until then, so
 //!   [`crate::Ring::record_of`] can tell a caller whether operation `#s` completed.
 //!
-//! Not done (yet): a live owner stopped between its CAS and its DONE store (SIGSTOP)
-//! still holds the tail until it resumes; voiding it would need the owner's DONE store
-//! to become a CAS (one RMW on a private line per operation) and the producer to
-//! re-check its record before publishing. Waiters behind it hand over and return, but
-//! nothing passes it.
+//! **Not done: voiding a live, stopped owner.** A producer stopped (SIGSTOP) after its
+//! CAS still holds the tail until it resumes: waiters behind it hand over and return
+//! success, consumers see nothing new meanwhile. Voiding it safely needs more than a CAS
+//! on the state: a producer stopped *in the middle of its copy* would, on resuming,
+//! write into slots that were turned into holes, published, consumed and possibly reused
+//! (a stale element in someone else's slot). So the owner must first move its record
+//! INTENT→WRITING with an RMW (only an untouched INTENT range may be voided, a WRITING one
+//! is waited for), and move WRITING→DONE with a second RMW (a voided-meanwhile owner
+//! returns 0); its tail publication must become a CAS (a helper may have published a
+//! DONE range). That is two RMWs on a private line and an RMW on the tail per operation,
+//! the cost to measure before adopting it. A consumer can be voided more cheaply (its
+//! late reads are harmless; one CAS INTENT→DONE after the copy), but the voider then
+//! needs room for the elements, as for a dead one.
 //!
 //! Memory-ordering pairs (labels continue those of `core.rs`):
 //! - **A5**: a repairer loads the head with Acquire before reading records: every record
