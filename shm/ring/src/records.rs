@@ -15,6 +15,7 @@
 //!                        │ rec 7: INTENT │ rec 2: DONE │ rec 9: INTENT │
 //!                        t               t+n7          ...             (free slots)
 //!   every range in [tail, head) is the range of exactly one record that is not IDLE
+//!   (unless an unrecorded handle made it: untrusted host handles, or a full table)
 //! ```
 //!
 //! - **Attributable at every instant**: the record is written before the CAS that gives
@@ -44,6 +45,20 @@
 //! - **Records of dead owners** whose operation is no longer pending are recovered by
 //!   the next claimer when no record is free, and keep their last state until then, so
 //!   [`crate::Ring::record_of`] can tell a caller whether operation `#s` completed.
+//!
+//! **Why nothing is lost or duplicated.** Only two kinds of writer move a tail from `t`:
+//! the live owner of the range at `t` (a plain store, after seeing the tail at `t`), and
+//! the holder of the repair right of a *gone* owner's record at `t` (a CAS from `t`); a
+//! gone owner never stores again, and the right is exclusive (a repairer's token in the
+//! record; a dead repairer's right is taken over, a live one's waited for), so the tail
+//! moves past each range once. A repairer writes holes only into a dead producer's range
+//! (nobody else writes it: it is reserved and its owner is dead) and reads a dead
+//! consumer's range only while the tail is still before it (producers cannot reuse it).
+//! A producer's elements are either all published (DONE: its copy finished before the
+//! death) or all holes (the owner died before DONE; its caller still has them, and
+//! [`crate::Ring::record_of`] says VOIDED): never a prefix of one operation. A dead
+//! consumer's elements are either with its caller (DONE) or handed to the adopter or to
+//! the primary ([`RepairReport::returned`]).
 //!
 //! **Not done: voiding a live, stopped owner.** A producer stopped (SIGSTOP) after its
 //! CAS still holds the tail until it resumes: waiters behind it hand over and return
