@@ -430,7 +430,9 @@ impl<T: Element> RingCore<T> {
                 };
                 if waited >= next_look {
                     next_look = waited.saturating_add(REPAIR_EVERY);
-                    if let Step::Moved = self.repair_at(PROD, tail, w.token, room, &mut adopted) {
+                    if let Step::Moved =
+                        self.repair_at(PROD, tail, w.token, room, &mut adopted, w.rec.map(|r| r.1))
+                    {
                         continue;
                     }
                 }

@@ -136,6 +136,16 @@ fn unpack(w: u64) -> (u32, u32) {
     (w as u32, (w >> 32) as u32)
 }
 
+/// A state word as (state, seq); its bits 8.. of the low half are the adopted count.
+fn unpack_state(w: u64) -> (u32, u32) {
+    (w as u32 & 0xff, (w >> 32) as u32)
+}
+
+/// Elements a consumer operation adopted (bits 8..32 of the state's low half).
+fn adopted_of(w: u64) -> u32 {
+    w as u32 >> 8
+}
+
 /// True while the process `pid` exists (a zombie counts as existing).
 pub fn pid_alive(pid: u32) -> bool {
     #[cfg(loom)]
@@ -234,6 +244,11 @@ pub struct RecordView {
     pub len: u32,
     /// The range is still between that side's tail and head (not yet published).
     pub pending: bool,
+    /// Consumer records: elements of a dead consumer's reservation that this operation
+    /// adopted, stored in its output after its own `len` (so the output holds
+    /// `len + adopted` slots' worth, holes skipped). Recorded before the adopted range
+    /// leaves the ring, so a caller that dies mid-operation loses nothing.
+    pub adopted: u32,
 }
 
 impl RecordView {
@@ -301,7 +316,7 @@ impl<T: Element> RingCore<T> {
         if tok != 0 && !token_gone(tok) {
             return false;
         }
-        let (st, _) = unpack(r.state.load(Ordering::Acquire));
+        let (st, _) = unpack_state(r.state.load(Ordering::Acquire));
         let (start, _) = unpack(r.range.load(Ordering::Relaxed));
         st == ST_IDLE || !self.pending(owner >> 32 == SIDE_PROD, start)
     }
@@ -369,7 +384,7 @@ impl<T: Element> RingCore<T> {
         for _ in 0..SCAN {
             let t = ht.tail.load(Ordering::Acquire);
             let mut adopted = 0;
-            match self.repair_at(prod, t, token, &mut none, &mut adopted) {
+            match self.repair_at(prod, t, token, &mut none, &mut adopted, None) {
                 Step::Moved if ht.tail.load(Ordering::Acquire) != t => continue,
                 _ => break,
             }
@@ -386,6 +401,7 @@ impl<T: Element> RingCore<T> {
         token: u64,
         room: &mut [T],
         adopted: &mut u32,
+        mine: Option<&OpRecord>,
     ) -> Step {
         let (ht, side) = self.side(prod);
         // A5: every record written before a head CAS up to here is visible.
@@ -405,7 +421,7 @@ impl<T: Element> RingCore<T> {
             }
             // A6: pairs with R6 (and with a repairer's Release of VOIDED).
             let sw = r.state.load(Ordering::Acquire);
-            let (st, _) = unpack(sw);
+            let (st, _) = unpack_state(sw);
             let (start, len) = unpack(r.range.load(Ordering::Relaxed));
             if st == ST_IDLE || start != t || len == 0 || len > span {
                 continue;
@@ -416,7 +432,7 @@ impl<T: Element> RingCore<T> {
             }
             if st == ST_INTENT {
                 intents += 1;
-                if found.is_some_and(|(_, w, _)| unpack(w).0 != ST_INTENT) {
+                if found.is_some_and(|(_, w, _)| unpack_state(w).0 != ST_INTENT) {
                     continue;
                 }
             }
@@ -425,12 +441,12 @@ impl<T: Element> RingCore<T> {
         let Some((i, sw, len)) = found else {
             return Step::Nothing;
         };
-        if unpack(sw).0 == ST_INTENT && intents > 1 {
+        if unpack_state(sw).0 == ST_INTENT && intents > 1 {
             // Two dead owners tried the same head; only one CAS succeeded and the records
             // do not say which: leave it for the operator (never seen outside a model).
             return Step::Nothing;
         }
-        self.repair_record(prod, i, sw, t, len, token, room, adopted)
+        self.repair_record(prod, i, sw, t, len, token, room, adopted, mine)
     }
 
     /// Repairs record `i` (state word `sw`, range `[t, t+len)`): takes the repair right,
@@ -446,6 +462,7 @@ impl<T: Element> RingCore<T> {
         token: u64,
         room: &mut [T],
         adopted: &mut u32,
+        mine: Option<&OpRecord>,
     ) -> Step {
         let (ht, _) = self.side(prod);
         let r = self.record(i);
@@ -467,7 +484,7 @@ impl<T: Element> RingCore<T> {
             r.repairer.store(0, Ordering::Release);
             return Step::Nothing;
         }
-        let (st, seq) = unpack(cur);
+        let (st, seq) = unpack_state(cur);
         if st == ST_INTENT {
             if prod {
                 // A2: consumers released these slots (the dead producer's CAS was
@@ -488,6 +505,13 @@ impl<T: Element> RingCore<T> {
                 // A1: the producers published these slots.
                 let _ = self.prod().tail.load(Ordering::Acquire);
                 let at = *adopted as usize;
+                if let Some(m) = mine {
+                    // Our own record says how many we adopted before they leave the
+                    // ring (only we write it; the tail CAS below publishes it too).
+                    let (_, my_seq) = unpack_state(m.state.load(Ordering::Relaxed));
+                    let low = ST_DONE | (*adopted + len) << 8;
+                    m.state.store(pack_state(my_seq, low), Ordering::Release);
+                }
                 // SAFETY: a dead consumer's reservation of published slots; producers
                 // do not overwrite them before the tail passes, and we hold the right.
                 unsafe { self.read_slots(t, &mut room[at..at + len as usize]) };
@@ -529,7 +553,8 @@ impl<T: Element> RingCore<T> {
                 continue;
             }
             let producer = owner >> 32 == SIDE_PROD;
-            let (st, seq) = unpack(r.state.load(Ordering::Acquire));
+            let sw = r.state.load(Ordering::Acquire);
+            let (st, seq) = unpack_state(sw);
             let (start, len) = unpack(r.range.load(Ordering::Relaxed));
             let state = match st {
                 ST_INTENT => OpState::Reserving,
@@ -548,6 +573,7 @@ impl<T: Element> RingCore<T> {
                     start,
                     len,
                     pending,
+                    adopted: adopted_of(sw),
                 },
             ));
         }
@@ -588,7 +614,7 @@ impl<T: Element> RingCore<T> {
                     crate::sync::yield_now();
                 }
                 let sw = r.state.load(Ordering::Acquire);
-                if unpack(sw).0 == ST_INTENT && self.pending(v.producer, v.start) {
+                if unpack_state(sw).0 == ST_INTENT && self.pending(v.producer, v.start) {
                     if v.producer {
                         // A2, as in `repair_record`.
                         let _ = self.cons().tail.load(Ordering::Acquire);
@@ -609,7 +635,7 @@ impl<T: Element> RingCore<T> {
                     }
                     // R7.
                     r.state
-                        .store(pack_state(unpack(sw).1, ST_VOIDED), Ordering::Release);
+                        .store(pack_state(unpack_state(sw).1, ST_VOIDED), Ordering::Release);
                 }
                 r.repairer.store(0, Ordering::Release);
             } else if v.pending {
@@ -632,7 +658,7 @@ impl<T: Element> RingCore<T> {
                 let (ht, _) = self.side(prod);
                 let t = ht.tail.load(Ordering::Acquire);
                 let mut adopted = 0;
-                match self.repair_at(prod, t, token, &mut none, &mut adopted) {
+                match self.repair_at(prod, t, token, &mut none, &mut adopted, None) {
                     Step::Moved if ht.tail.load(Ordering::Acquire) != t => continue,
                     _ => break,
                 }

@@ -13,8 +13,8 @@ use shm::Region;
 use shm_ring::{Ring, SyncMode};
 
 fn ring(capacity: u32, mode: SyncMode) -> Ring<u64> {
-    let region = Region::heap(16384);
-    Ring::init(&region, 0, 16384, "loom", capacity, mode).unwrap()
+    let region = Region::heap(32768);
+    Ring::init(&region, 0, 32768, "loom", capacity, mode).unwrap()
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
