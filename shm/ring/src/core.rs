@@ -500,8 +500,9 @@ impl Published {
     }
 }
 
-/// Drops hole elements from `buf` (keeping the order of the rest) if any hole may be in
-/// the ring, and returns how many elements are left. One Relaxed load when there are
+/// Drops hole elements from `buf` (keeping the order of the rest, and leaving holes in
+/// the positions freed at its end) if any hole may be in the ring, and returns how many
+/// elements are left. One Relaxed load when there are
 /// none: a hole's count is raised before the tail CAS that published it (R7), and our
 /// slots were made visible by an Acquire of that tail or a later one (A1).
 #[inline(always)]
@@ -522,6 +523,12 @@ fn skip_holes_slow<T: Element>(ctrl: &RingCtrl, buf: &mut [T]) -> usize {
         }
     }
     let skipped = (buf.len() - kept) as u32;
+    // The vacated tail of `buf` gets holes again, not stale copies: a recovery that
+    // reads the record's `len + adopted` positions and drops holes finds each element
+    // once.
+    for x in &mut buf[kept..] {
+        *x = T::HOLE;
+    }
     if skipped != 0 {
         // Relaxed: a hint (see `RingCtrl::holes`).
         let _ = ctrl

@@ -193,3 +193,19 @@ fn unrecorded_handles_still_time_out() {
     slow.__reserve(&[1], true).unwrap();
     assert_eq!(un.enqueue_bulk(&[2]), Err(RingError::Stalled));
 }
+
+#[test]
+fn skipped_holes_leave_holes_not_stale_copies_behind_the_kept_elements() {
+    let r = ring(SyncMode::MP_MC);
+    let mut dead = r.mp_producer().unwrap();
+    let mut live = dead.clone();
+    live.enqueue_bulk(&[1]).unwrap();
+    dead.__reserve(&[100, 101], false).unwrap();
+    dead.__die(dead_pid());
+    live.enqueue_bulk(&[2, 3]).unwrap();
+    let mut c = r.mc_consumer().unwrap();
+    let mut out = [0u64; 8];
+    assert_eq!(c.dequeue_burst(&mut out).unwrap(), 3);
+    assert_eq!(out[..5], [1, 2, 3, u64::HOLE, u64::HOLE]);
+    assert_eq!(out[5..], [0; 3], "untouched beyond what was taken");
+}
