@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use shm::Region;
 
-use crate::layout::{HeadTail, OpRecord, RingCtrl, REC_STRIDE};
+use crate::layout::{HeadTail, OpRecord, RingCtrl, TailLine, REC_STRIDE};
 use crate::records::{
     pack_range, pack_state, Step, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, ST_IDLE, ST_INTENT,
 };
@@ -151,6 +151,7 @@ impl<T: Element> RingCore<T> {
 
     /// Records corruption and returns the error describing it.
     #[cold]
+    #[inline(never)]
     pub(crate) fn corrupt(&self) -> RingError {
         self.ctrl().failed.store(1, Ordering::Relaxed);
         self.ctrl().corrupt_events.fetch_add(1, Ordering::Relaxed);
@@ -265,7 +266,7 @@ impl<T: Element> RingCore<T> {
         // slots were written, pairs with R1).
         *cache = other.tail.load(Ordering::Acquire);
         let mut have = self.available::<PROD>(head, *cache);
-        if have < n && self.ctrl().handed.load(Ordering::Relaxed) != 0 {
+        if have < n && other.tail.handed.load(Ordering::Relaxed) != 0 {
             // Short: maybe the other (multi) side has finished ranges nobody published.
             self.help_publish(!PROD);
             *cache = other.tail.load(Ordering::Acquire);
@@ -282,16 +283,15 @@ impl<T: Element> RingCore<T> {
     /// tail of the other side (a stale value only under-estimates what is available).
     #[inline(always)]
     ///
-    /// With a record `rec`, each attempt first writes `(old, take)` and `(seq, INTENT)`
-    /// into it (two stores on the handle's own line), published by the CAS's Release (R3,
-    /// read by repairers with A5); an attempt that ends with nothing reserved resets the
-    /// record to IDLE.
+    /// With a record (index `rec`), each attempt first writes `(old, take)` and `(seq,
+    /// INTENT)` into it (two stores on the handle's own line), published by the CAS's
+    /// Release (R3, read by repairers with A5); a failed attempt resets it to IDLE.
     pub(crate) fn multi_reserve<const PROD: bool>(
         &self,
         n: u32,
         how: Behaviour,
         cache: &mut u32,
-        rec: Option<&OpRecord>,
+        rec: Option<u32>,
         seq: u32,
     ) -> Result<(u32, u32), RingError> {
         let (own, other) = if PROD {
@@ -303,7 +303,6 @@ impl<T: Element> RingCore<T> {
         // A3: Acquire so that the other side's tail, loaded below, is not older than the
         // tail that justified this head (pairs with R3).
         let mut old = own.head.load(Ordering::Acquire);
-        let mut wrote = false;
         loop {
             let mut have = avail(old, *cache);
             if have > self.capacity || have < n {
@@ -312,7 +311,7 @@ impl<T: Element> RingCore<T> {
                 have = avail(old, *cache);
                 if have < n
                     && have <= self.capacity
-                    && self.ctrl().handed.load(Ordering::Relaxed) != 0
+                    && other.tail.handed.load(Ordering::Relaxed) != 0
                 {
                     // Short: maybe the other side has finished ranges nobody published.
                     self.help_publish(!PROD);
@@ -335,17 +334,13 @@ impl<T: Element> RingCore<T> {
                 _ => n.min(have),
             };
             if take == 0 {
-                if let Some(r) = rec.filter(|_| wrote) {
-                    // Relaxed: an IDLE record claims nothing, whoever sees it.
-                    r.state.store(pack_state(seq, ST_IDLE), Ordering::Relaxed);
-                }
                 return Ok((old, 0));
             }
-            if let Some(r) = rec {
+            if let Some(i) = rec {
+                let r = self.record(i as usize);
                 // Relaxed: published by the CAS below (R3/A5).
                 r.range.store(pack_range(old, take), Ordering::Relaxed);
                 r.state.store(pack_state(seq, ST_INTENT), Ordering::Relaxed);
-                wrote = true;
             }
             // R3: Release, so a peer that loads this head with Acquire (A3) also sees the
             // other side's tail that justified the move; without it a peer could pair our
@@ -358,7 +353,16 @@ impl<T: Element> RingCore<T> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok((old, take)),
-                Err(cur) => old = cur,
+                Err(cur) => {
+                    if let Some(i) = rec {
+                        // Relaxed: an IDLE record claims nothing, whoever sees it; the
+                        // next attempt (if any) rewrites it.
+                        self.record(i as usize)
+                            .state
+                            .store(pack_state(seq, ST_IDLE), Ordering::Relaxed);
+                    }
+                    old = cur;
+                }
             }
         }
     }
@@ -388,6 +392,7 @@ impl<T: Element> RingCore<T> {
     }
 
     #[cold]
+    #[inline(never)]
     fn wait_for_tail<const PROD: bool>(
         &self,
         ht: &HeadTail,
@@ -506,15 +511,16 @@ impl Published {
 /// none: a hole's count is raised before the tail CAS that published it (R7), and our
 /// slots were made visible by an Acquire of that tail or a later one (A1).
 #[inline(always)]
-pub(crate) fn skip_holes<T: Element>(ctrl: &RingCtrl, buf: &mut [T]) -> usize {
-    if ctrl.holes.load(Ordering::Relaxed) == 0 {
+pub(crate) fn skip_holes<T: Element>(line: &TailLine, buf: &mut [T]) -> usize {
+    if line.holes.load(Ordering::Relaxed) == 0 {
         return buf.len();
     }
-    skip_holes_slow(ctrl, buf)
+    skip_holes_slow(line, buf)
 }
 
 #[cold]
-fn skip_holes_slow<T: Element>(ctrl: &RingCtrl, buf: &mut [T]) -> usize {
+#[inline(never)]
+fn skip_holes_slow<T: Element>(line: &TailLine, buf: &mut [T]) -> usize {
     let mut kept = 0;
     for i in 0..buf.len() {
         if !buf[i].is_hole() {
@@ -530,8 +536,8 @@ fn skip_holes_slow<T: Element>(ctrl: &RingCtrl, buf: &mut [T]) -> usize {
         *x = T::HOLE;
     }
     if skipped != 0 {
-        // Relaxed: a hint (see `RingCtrl::holes`).
-        let _ = ctrl
+        // Relaxed: a hint (see `TailLine::holes`).
+        let _ = line
             .holes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
                 Some(h.saturating_sub(skipped))

@@ -312,6 +312,7 @@ impl<T: Element> MpProducer<T> {
 
     /// After a hand-over: the old record belongs to the ring now, claim another.
     #[cold]
+    #[inline(never)]
     fn reclaim(&mut self) {
         self.rec = self.core.claim_record(true, self.seq);
     }
@@ -326,7 +327,7 @@ impl<T: Element> MpProducer<T> {
         let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
         let (old, take) =
             self.core
-                .multi_reserve::<true>(n, how, &mut self.cons_tail, rec.map(|r| r.1), seq)?;
+                .multi_reserve::<true>(n, how, &mut self.cons_tail, self.rec, seq)?;
         if take == 0 {
             return Ok(0);
         }
@@ -458,7 +459,10 @@ impl<T: Element> ScConsumer<T> {
         unsafe { self.core.read_slots(self.head, &mut out[..take as usize]) };
         self.release(take);
         if self.holes {
-            return Ok(skip_holes(self.core.ctrl(), &mut out[..take as usize]));
+            return Ok(skip_holes(
+                &self.core.prod().tail,
+                &mut out[..take as usize],
+            ));
         }
         Ok(take as usize)
     }
@@ -507,7 +511,7 @@ impl<T: Element> ScConsumer<T> {
             // we release it.
             let mut v = [unsafe { self.core.slot_ptr(self.head).read() }];
             self.release(1);
-            if !self.holes || skip_holes(self.core.ctrl(), &mut v) == 1 {
+            if !self.holes || skip_holes(&self.core.prod().tail, &mut v) == 1 {
                 return Ok(Some(v[0]));
             }
         }
@@ -639,6 +643,7 @@ impl<T: Element> McConsumer<T> {
     }
 
     #[cold]
+    #[inline(never)]
     fn reclaim(&mut self) {
         self.rec = self.core.claim_record(false, self.seq);
     }
@@ -655,7 +660,7 @@ impl<T: Element> McConsumer<T> {
         let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
         let (old, take) =
             self.core
-                .multi_reserve::<false>(n, how, &mut self.prod_tail, rec.map(|r| r.1), seq)?;
+                .multi_reserve::<false>(n, how, &mut self.prod_tail, self.rec, seq)?;
         if take == 0 {
             return Ok((0, 0));
         }
@@ -682,7 +687,7 @@ impl<T: Element> McConsumer<T> {
             self.reclaim();
         }
         let got = take as usize + p.adopted() as usize;
-        Ok((take, skip_holes(self.core.ctrl(), &mut out[..got])))
+        Ok((take, skip_holes(&self.core.prod().tail, &mut out[..got])))
     }
 
     #[inline(always)]

@@ -21,7 +21,7 @@ impl<T: Element> MpProducer<T> {
             n,
             Behaviour::Variable,
             &mut self.cons_tail,
-            rec,
+            self.rec,
             seq,
         )?;
         self.seq = seq;
@@ -81,7 +81,7 @@ impl<T: Element> McConsumer<T> {
             n,
             Behaviour::Variable,
             &mut self.prod_tail,
-            rec,
+            self.rec,
             seq,
         )?;
         self.seq = seq;

@@ -92,16 +92,9 @@ pub struct RingCtrl {
     pub failed: AtomicU32,
     /// How many times corruption was detected.
     pub corrupt_events: AtomicU32,
-    /// Hole elements published and not yet skipped by a consumer: while non-zero,
-    /// consumers look for holes in what they dequeue (may stay above zero if a consumer
-    /// dies between skipping and counting: that costs a scan, never correctness).
-    pub holes: AtomicU32,
     /// Reservations of dead owners repaired (voided, published or adopted) by survivors
     /// or [`crate::Ring::repair_dead`].
     pub repairs: AtomicU32,
-    /// Ranges handed over (finished, owner gone) and not yet published: while non-zero,
-    /// an operation short of slots (elements) helps publish them.
-    pub handed: AtomicU32,
 }
 
 /// One multi-role handle's reservation record (see `records.rs` for the protocol).
@@ -156,21 +149,37 @@ impl HeadTail {
             head: AtomicU32::new(0),
             owner: AtomicU32::new(0),
             _head_guard: GuardLine([0; 64]),
-            tail: TailLine(AtomicU32::new(0)),
+            tail: TailLine {
+                tail: AtomicU32::new(0),
+                handed: AtomicU32::new(0),
+                holes: AtomicU32::new(0),
+            },
             _tail_guard: GuardLine([0; 64]),
         }
     }
 }
 
-/// The tail word, alone on its cache line; dereferences to the atomic.
+/// The tail word, alone on its cache line with two rarely written hints that the other
+/// side reads next to the tail it loads anyway (same line: no extra miss, no pointer
+/// chase); dereferences to the tail.
 #[repr(C, align(64))]
 #[derive(Debug)]
-pub struct TailLine(AtomicU32);
+pub struct TailLine {
+    tail: AtomicU32,
+    /// Ranges of this side handed over (finished, owner gone) and not yet published:
+    /// while non-zero, an operation of the other side short of slots (elements) helps
+    /// publish them.
+    pub handed: AtomicU32,
+    /// Producer side only: hole elements published and not yet skipped by a consumer;
+    /// while non-zero, consumers look for holes in what they dequeue (it may stay above
+    /// zero if a consumer dies between skipping and counting: a scan, never an error).
+    pub holes: AtomicU32,
+}
 
 impl std::ops::Deref for TailLine {
     type Target = AtomicU32;
     fn deref(&self) -> &AtomicU32 {
-        &self.0
+        &self.tail
     }
 }
 

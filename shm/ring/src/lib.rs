@@ -293,9 +293,7 @@ impl<T: Element> Ring<T> {
         let fresh = RingCtrl {
             failed: sync::AtomicU32::new(0),
             corrupt_events: sync::AtomicU32::new(0),
-            holes: sync::AtomicU32::new(0),
             repairs: sync::AtomicU32::new(0),
-            handed: sync::AtomicU32::new(0),
         };
         // SAFETY: see above.
         unsafe { ctrl.as_ptr().write(fresh) };

@@ -367,15 +367,20 @@ impl<T: Element> RingCore<T> {
             .owner
             .store(side << 32, Ordering::Release);
         // Relaxed: a hint read by helpers, who then load the owner words with Acquire.
-        self.ctrl().handed.fetch_add(1, Ordering::Relaxed);
+        self.side(prod)
+            .0
+            .tail
+            .handed
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes ranges handed over on side `prod` that are at its tail, if any were
     /// handed over: called by operations short of slots (elements) and by waiters.
     #[cold]
+    #[inline(never)]
     pub(crate) fn help_publish(&self, prod: bool) {
         // Relaxed: a hint (see `hand_over`).
-        if self.ctrl().handed.load(Ordering::Relaxed) == 0 {
+        if self.side(prod).0.tail.handed.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut none: [T; 0] = [];
@@ -496,7 +501,7 @@ impl<T: Element> RingCore<T> {
                     unsafe { self.slot_ptr(t.wrapping_add(k)).write(T::HOLE) };
                 }
                 // Relaxed: published by the tail CAS (R7).
-                self.ctrl().holes.fetch_add(len, Ordering::Relaxed);
+                self.prod().tail.holes.fetch_add(len, Ordering::Relaxed);
             } else {
                 if (room.len() as u32).saturating_sub(*adopted) < len {
                     r.repairer.store(0, Ordering::Release);
@@ -529,10 +534,10 @@ impl<T: Element> RingCore<T> {
             // Relaxed: statistics and a hint.
             self.ctrl().repairs.fetch_add(1, Ordering::Relaxed);
             if r.owner.load(Ordering::Relaxed) as u32 == 0 {
-                let _ =
-                    self.ctrl()
-                        .handed
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| h.checked_sub(1));
+                let _ = ht
+                    .tail
+                    .handed
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| h.checked_sub(1));
             }
         }
         r.repairer.store(0, Ordering::Release);
@@ -622,7 +627,7 @@ impl<T: Element> RingCore<T> {
                             // SAFETY: the dead owner's reservation; we hold the right.
                             unsafe { self.slot_ptr(v.start.wrapping_add(k)).write(T::HOLE) };
                         }
-                        self.ctrl().holes.fetch_add(v.len, Ordering::Relaxed);
+                        self.prod().tail.holes.fetch_add(v.len, Ordering::Relaxed);
                         rep.voided += 1;
                     } else {
                         // A1, as in `repair_record`.
@@ -645,7 +650,11 @@ impl<T: Element> RingCore<T> {
                 // Gone for good: anyone at the tail publishes it, a claimer frees it.
                 let side = if v.producer { SIDE_PROD } else { SIDE_CONS };
                 r.owner.store(side << 32, Ordering::Release);
-                self.ctrl().handed.fetch_add(1, Ordering::Relaxed);
+                self.side(v.producer)
+                    .0
+                    .tail
+                    .handed
+                    .fetch_add(1, Ordering::Relaxed);
                 handed.push((v.producer, v.start));
             } else {
                 r.owner.store(0, Ordering::Release);
