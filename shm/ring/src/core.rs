@@ -131,15 +131,11 @@ impl<T: Element> RingCore<T> {
     #[inline(always)]
     pub(crate) fn record(&self, i: usize) -> &OpRecord {
         debug_assert!(i < crate::records::SCAN);
-        // SAFETY: `new`'s contract: SCAN initialised records REC_STRIDE apart, kept
-        // mapped by `self.region`.
-        unsafe {
-            &*self
-                .recs
-                .as_ptr()
-                .add(i * REC_STRIDE as usize)
-                .cast::<OpRecord>()
-        }
+        // SAFETY: `new`'s contract: SCAN records REC_STRIDE apart start at `recs`, so the
+        // offset stays inside the table.
+        let p = unsafe { self.recs.as_ptr().add(i * REC_STRIDE as usize) };
+        // SAFETY: an initialised, aligned record kept mapped by `self.region`.
+        unsafe { &*p.cast::<OpRecord>() }
     }
 
     /// Address of the slot for free-running index `idx` (masked: always in bounds).
