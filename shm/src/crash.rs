@@ -25,6 +25,14 @@ pub const POINTS: &[&str] = &[
     // released; local entries written but not published.
     "ring_port.rx_before_release",
     "ring_port.tx_before_commit",
+    // shm-ring, multi-producer enqueue: head CAS won, slots not written; slots written,
+    // tail not published.
+    "ring.mp_after_head_cas",
+    "ring.mp_after_copy",
+    // shm-ring, multi-consumer dequeue: head CAS won, slots not copied; copied, tail not
+    // published.
+    "ring.mc_after_head_cas",
+    "ring.mc_after_copy",
 ];
 
 /// Marks a crash point (see the [module docs](crate::crash)). `$name` must be listed in

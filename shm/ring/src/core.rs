@@ -19,8 +19,10 @@
 //! `head - other_tail` above the capacity is impossible in a healthy ring; when it persists
 //! after re-reading our own head, the operation returns [`RingError::Corrupt`], bumps the
 //! ring's corruption counter and marks it failed. A multi-producer (consumer) waiting for
-//! an earlier peer to publish gives up with [`RingError::Stalled`] after
-//! [`STALL_TIMEOUT`] (the peer died between reserving and publishing).
+//! an earlier peer to publish repairs the peer's range if its owner is gone, and hands
+//! its own finished range over after [`crate::HANDOVER_AFTER`] (see `records.rs`); only
+//! an unrecorded handle (record table full) gives up, with [`RingError::Stalled`] after
+//! its [`STALL_TIMEOUT`].
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -28,12 +30,15 @@ use std::time::{Duration, Instant};
 
 use shm::Region;
 
-use crate::layout::{HeadTail, RingCtrl};
+use crate::layout::{HeadTail, OpRecord, RingCtrl, TailLine, REC_STRIDE};
+use crate::records::{
+    pack_range, pack_state, Step, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, ST_IDLE, ST_INTENT,
+};
 use crate::sync::{spin, yield_now, AtomicU32, Ordering};
 use crate::{Element, RingError};
 
-/// How long a multi-producer (consumer) waits for an earlier one to publish, unless the
-/// handle sets another limit.
+/// How long an unrecorded multi-producer (consumer) waits for an earlier one to publish,
+/// unless the handle sets another limit.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a short operation takes what it can (burst) or nothing (bulk).
@@ -51,6 +56,7 @@ pub(crate) struct RingCore<T> {
     prod: NonNull<HeadTail>,
     cons: NonNull<HeadTail>,
     ctrl: NonNull<RingCtrl>,
+    recs: NonNull<u8>,
     slots: NonNull<T>,
     pub(crate) mask: u32,
     pub(crate) capacity: u32,
@@ -76,13 +82,16 @@ unsafe impl<T: Element> Sync for RingCore<T> {}
 
 impl<T: Element> RingCore<T> {
     /// # Safety
-    /// `prod`, `cons` and `ctrl` must point at initialised, aligned structures and `slots`
-    /// at `mask + 1` aligned `T` slots, all inside `region`.
+    /// `prod`, `cons` and `ctrl` must point at initialised, aligned structures, `recs` at
+    /// [`crate::records::SCAN`] initialised [`OpRecord`]s [`REC_STRIDE`] bytes apart,
+    /// and `slots` at `mask + 1` aligned `T` slots, all inside `region`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn new(
         region: Region,
         prod: NonNull<HeadTail>,
         cons: NonNull<HeadTail>,
         ctrl: NonNull<RingCtrl>,
+        recs: NonNull<u8>,
         slots: NonNull<T>,
         mask: u32,
         capacity: u32,
@@ -91,6 +100,7 @@ impl<T: Element> RingCore<T> {
             prod,
             cons,
             ctrl,
+            recs,
             slots,
             mask,
             capacity,
@@ -117,6 +127,17 @@ impl<T: Element> RingCore<T> {
         unsafe { self.ctrl.as_ref() }
     }
 
+    /// Reservation record `i` (`i < SCAN`; callers index only below it).
+    #[inline(always)]
+    pub(crate) fn record(&self, i: usize) -> &OpRecord {
+        debug_assert!(i < crate::records::SCAN);
+        // SAFETY: `new`'s contract: SCAN records REC_STRIDE apart start at `recs`, so the
+        // offset stays inside the table.
+        let p = unsafe { self.recs.as_ptr().add(i * REC_STRIDE as usize) };
+        // SAFETY: an initialised, aligned record kept mapped by `self.region`.
+        unsafe { &*p.cast::<OpRecord>() }
+    }
+
     /// Address of the slot for free-running index `idx` (masked: always in bounds).
     #[inline(always)]
     pub(crate) fn slot_ptr(&self, idx: u32) -> *mut T {
@@ -126,6 +147,7 @@ impl<T: Element> RingCore<T> {
 
     /// Records corruption and returns the error describing it.
     #[cold]
+    #[inline(never)]
     pub(crate) fn corrupt(&self) -> RingError {
         self.ctrl().failed.store(1, Ordering::Relaxed);
         self.ctrl().corrupt_events.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +261,13 @@ impl<T: Element> RingCore<T> {
         // A2 (producers: consumers released the slots, pairs with R2) / A1 (consumers: the
         // slots were written, pairs with R1).
         *cache = other.tail.load(Ordering::Acquire);
-        let have = self.available::<PROD>(head, *cache);
+        let mut have = self.available::<PROD>(head, *cache);
+        if have < n && other.tail.handed.load(Ordering::Relaxed) != 0 {
+            // Short: maybe the other (multi) side has finished ranges nobody published.
+            self.help_publish(!PROD);
+            *cache = other.tail.load(Ordering::Acquire);
+            have = self.available::<PROD>(head, *cache);
+        }
         if have > self.capacity {
             return Err(self.corrupt());
         }
@@ -250,11 +278,17 @@ impl<T: Element> RingCore<T> {
     /// `[old, old + take)` with a CAS on this side's head. `cache` is this handle's last seen
     /// tail of the other side (a stale value only under-estimates what is available).
     #[inline(always)]
+    ///
+    /// With a record (index `rec`), each attempt first writes `(old, take)` and `(seq,
+    /// INTENT)` into it (two stores on the handle's own line), published by the CAS's
+    /// Release (R3, read by repairers with A5); a failed attempt resets it to IDLE.
     pub(crate) fn multi_reserve<const PROD: bool>(
         &self,
         n: u32,
         how: Behaviour,
         cache: &mut u32,
+        rec: Option<u32>,
+        seq: u32,
     ) -> Result<(u32, u32), RingError> {
         let (own, other) = if PROD {
             (self.prod(), self.cons())
@@ -271,6 +305,15 @@ impl<T: Element> RingCore<T> {
                 // A2 (producers: pairs with R2) / A1 (consumers: pairs with R1).
                 *cache = other.tail.load(Ordering::Acquire);
                 have = avail(old, *cache);
+                if have < n
+                    && have <= self.capacity
+                    && other.tail.handed.load(Ordering::Relaxed) != 0
+                {
+                    // Short: maybe the other side has finished ranges nobody published.
+                    self.help_publish(!PROD);
+                    *cache = other.tail.load(Ordering::Acquire);
+                    have = avail(old, *cache);
+                }
                 if have > self.capacity {
                     // Either our head is stale (a peer moved it: retry) or the indices are
                     // impossible.
@@ -289,6 +332,12 @@ impl<T: Element> RingCore<T> {
             if take == 0 {
                 return Ok((old, 0));
             }
+            if let Some(i) = rec {
+                let r = self.record(i as usize);
+                // Relaxed: published by the CAS below (R3/A5).
+                r.range.store(pack_range(old, take), Ordering::Relaxed);
+                r.state.store(pack_state(seq, ST_INTENT), Ordering::Relaxed);
+            }
             // R3: Release, so a peer that loads this head with Acquire (A3) also sees the
             // other side's tail that justified the move; without it a peer could pair our
             // head with an older tail and see an impossible distance (found by loom).
@@ -300,45 +349,65 @@ impl<T: Element> RingCore<T> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok((old, take)),
-                Err(cur) => old = cur,
+                Err(cur) => {
+                    if let Some(i) = rec {
+                        // Relaxed: an IDLE record claims nothing, whoever sees it; the
+                        // next attempt (if any) rewrites it.
+                        self.record(i as usize)
+                            .state
+                            .store(pack_state(seq, ST_IDLE), Ordering::Relaxed);
+                    }
+                    old = cur;
+                }
             }
         }
     }
 
-    /// Waits until earlier multi-producers (consumers) have published up to `old`, then
-    /// publishes `[old, old + n)` with a Release store of `ht.tail` (R1 for producers, R2
-    /// for consumers).
+    /// Waits until earlier multi-producers (`PROD`) or consumers have published up to
+    /// `old`, then publishes `[old, old + n)` with a Release store of the tail (R1 for
+    /// producers, R2 for consumers). While waiting it repairs ranges of gone owners at the
+    /// tail (`records.rs`); a consumer adopts a dead consumer's uncopied elements into
+    /// `room` when they fit. With a record (`rec`, already DONE), it hands its range over
+    /// after [`HANDOVER_AFTER`] instead of waiting on.
     #[inline(always)]
-    pub(crate) fn publish_after_peers(
+    pub(crate) fn publish_after_peers<const PROD: bool>(
+        &self,
+        old: u32,
+        n: u32,
+        w: &mut Waiter<'_>,
+        room: &mut [T],
+    ) -> Result<Published, RingError> {
+        let ht = if PROD { self.prod() } else { self.cons() };
+        // A4: Acquire, so our Release below also carries the earlier peers' slot accesses.
+        if ht.tail.load(Ordering::Acquire) != old {
+            return self.wait_for_tail::<PROD>(ht, old, n, w, room);
+        }
+        // R1 (producers) / R2 (consumers).
+        ht.tail.store(old.wrapping_add(n), Ordering::Release);
+        Ok(Published::Done { adopted: 0 })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_for_tail<const PROD: bool>(
         &self,
         ht: &HeadTail,
         old: u32,
         n: u32,
-        stall_timeout: Duration,
-    ) -> Result<(), RingError> {
-        // A4: Acquire, so our Release below also carries the earlier peers' slot accesses.
-        if ht.tail.load(Ordering::Acquire) != old {
-            self.wait_for_tail(ht, old, stall_timeout)?;
-        }
-        // R1 (producers) / R2 (consumers).
-        ht.tail.store(old.wrapping_add(n), Ordering::Release);
-        Ok(())
-    }
-
-    #[cold]
-    fn wait_for_tail(
-        &self,
-        ht: &HeadTail,
-        old: u32,
-        stall_timeout: Duration,
-    ) -> Result<(), RingError> {
+        w: &mut Waiter<'_>,
+        room: &mut [T],
+    ) -> Result<Published, RingError> {
         let mut spins: u32 = 0;
         let mut since: Option<Instant> = None;
+        let mut next_look = REPAIR_FIRST;
+        let mut adopted = 0u32;
         loop {
             // A4 (as above).
             let tail = ht.tail.load(Ordering::Acquire);
             if tail == old {
-                return Ok(());
+                // R1 (producers) / R2 (consumers).
+                ht.tail.store(old.wrapping_add(n), Ordering::Release);
+                return Ok(Published::Done { adopted });
             }
             // A healthy tail is behind our reservation by less than the capacity.
             if old.wrapping_sub(tail) > self.capacity {
@@ -353,14 +422,29 @@ impl<T: Element> RingCore<T> {
             }
             // The earlier peer may be preempted (more threads than cores): let it run.
             yield_now();
-            if spins.is_multiple_of(64) {
-                // Another handle already gave up on this ring: so do we.
-                if self.ctrl().failed.load(Ordering::Relaxed) != 0 {
-                    return Err(RingError::Stalled);
+            if cfg!(loom) || spins.is_multiple_of(64) {
+                // Under loom time does not pass: look at the records on every turn.
+                let waited = if cfg!(loom) {
+                    Duration::MAX
+                } else {
+                    since.get_or_insert_with(Instant::now).elapsed()
+                };
+                if waited >= next_look {
+                    next_look = waited.saturating_add(REPAIR_EVERY);
+                    if let Step::Moved =
+                        self.repair_at(PROD, tail, w.token, room, &mut adopted, w.rec.map(|r| r.1))
+                    {
+                        continue;
+                    }
                 }
-                let start = *since.get_or_insert_with(Instant::now);
-                if start.elapsed() > stall_timeout {
-                    self.ctrl().failed.store(1, Ordering::Relaxed);
+                if let Some((idx, _)) = w.rec {
+                    // Not under loom, where time does not pass: the models wait for the
+                    // peer (a hand-over is covered by the unit tests).
+                    if !cfg!(loom) && waited >= HANDOVER_AFTER {
+                        self.hand_over(idx, PROD);
+                        return Ok(Published::HandedOver { adopted });
+                    }
+                } else if waited > w.stall_timeout {
                     return Err(RingError::Stalled);
                 }
             }
@@ -383,6 +467,79 @@ impl<T: Element> RingCore<T> {
             &self.cons().owner
         }
     }
+}
+
+/// What a multi-producer (consumer) waiting at the tail brings along: its record (index
+/// and reference) if it has one, its repair token, and its stall limit (used only without
+/// a record).
+pub(crate) struct Waiter<'a> {
+    pub(crate) rec: Option<(u32, &'a OpRecord)>,
+    pub(crate) token: u64,
+    pub(crate) stall_timeout: Duration,
+}
+
+/// How a multi-role operation's range got published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// By us; `adopted` elements of a dead consumer were copied into the room too.
+    Done {
+        /// Elements adopted.
+        adopted: u32,
+    },
+    /// Handed over to the ring (the handle needs a new record).
+    HandedOver {
+        /// Elements adopted.
+        adopted: u32,
+    },
+}
+
+impl Published {
+    pub(crate) fn adopted(self) -> u32 {
+        match self {
+            Published::Done { adopted } | Published::HandedOver { adopted } => adopted,
+        }
+    }
+}
+
+/// Drops hole elements from `buf` (keeping the order of the rest, and leaving holes in
+/// the positions freed at its end) if any hole may be in the ring, and returns how many
+/// elements are left. One Relaxed load when there are
+/// none: a hole's count is raised before the tail CAS that published it (R7), and our
+/// slots were made visible by an Acquire of that tail or a later one (A1).
+#[inline(always)]
+pub(crate) fn skip_holes<T: Element>(line: &TailLine, buf: &mut [T]) -> usize {
+    if line.holes.load(Ordering::Relaxed) == 0 {
+        return buf.len();
+    }
+    skip_holes_slow(line, buf)
+}
+
+#[cold]
+#[inline(never)]
+fn skip_holes_slow<T: Element>(line: &TailLine, buf: &mut [T]) -> usize {
+    let mut kept = 0;
+    for i in 0..buf.len() {
+        if !buf[i].is_hole() {
+            buf[kept] = buf[i];
+            kept += 1;
+        }
+    }
+    let skipped = (buf.len() - kept) as u32;
+    // The vacated tail of `buf` gets holes again, not stale copies: a recovery that
+    // reads the record's `len + adopted` positions and drops holes finds each element
+    // once.
+    for x in &mut buf[kept..] {
+        *x = T::HOLE;
+    }
+    if skipped != 0 {
+        // Relaxed: a hint (see `TailLine::holes`).
+        let _ = line
+            .holes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                Some(h.saturating_sub(skipped))
+            });
+    }
+    kept
 }
 
 /// Copies a short run of elements (`dst` and `src` of equal length) four at a time as

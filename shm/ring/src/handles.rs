@@ -8,9 +8,13 @@
 
 use std::time::Duration;
 
-use crate::core::{Behaviour, RingCore, STALL_TIMEOUT};
+use crate::core::{skip_holes, Behaviour, Published, RingCore, Waiter, STALL_TIMEOUT};
+use crate::records::{new_token, pack_state, pid_alive, ST_DONE};
 use crate::sync::Ordering;
 use crate::{Element, RingError};
+
+#[path = "hooks.rs"]
+mod hooks;
 
 /// Clamps a slice length to what one operation can move.
 #[inline(always)]
@@ -58,25 +62,6 @@ impl<T: Element> Drop for Claim<T> {
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    #[cfg(loom)]
-    {
-        let _ = pid;
-        true
-    }
-    #[cfg(not(loom))]
-    {
-        use nix::errno::Errno;
-        let Ok(raw) = i32::try_from(pid) else {
-            return false;
-        };
-        !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-            Err(Errno::ESRCH)
-        )
     }
 }
 
@@ -255,10 +240,17 @@ impl<T: Element> WriteSlots<'_, T> {
 }
 
 /// A producer of a multi-producer ring. Multi-producer safe: clone it for each thread.
+///
+/// Each handle (each clone) holds a reservation record in the ring (see the crate docs),
+/// so that its operations can be repaired if its process dies mid-way; when the table is
+/// full the handle is unrecorded ([`MpProducer::record`] is None) and works as before.
 pub struct MpProducer<T: Element> {
     core: RingCore<T>,
     cons_tail: u32,
     stall_timeout: Duration,
+    rec: Option<u32>,
+    seq: u32,
+    token: u64,
 }
 
 impl<T: Element> Clone for MpProducer<T> {
@@ -267,6 +259,17 @@ impl<T: Element> Clone for MpProducer<T> {
             core: self.core.clone(),
             cons_tail: self.cons_tail,
             stall_timeout: self.stall_timeout,
+            rec: self.core.claim_record(true, 0),
+            seq: 0,
+            token: new_token(),
+        }
+    }
+}
+
+impl<T: Element> Drop for MpProducer<T> {
+    fn drop(&mut self) {
+        if let Some(i) = self.rec {
+            self.core.release_record(i);
         }
     }
 }
@@ -281,17 +284,42 @@ impl<T: Element> MpProducer<T> {
     pub(crate) fn new(core: RingCore<T>) -> Self {
         // A2: pairs with R2.
         let cons_tail = core.cons().tail.load(Ordering::Acquire);
+        let rec = core.claim_record(true, 0);
         MpProducer {
             core,
             cons_tail,
             stall_timeout: STALL_TIMEOUT,
+            rec,
+            seq: 0,
+            token: new_token(),
         }
     }
 
-    /// How long to wait for an earlier producer to publish before declaring the ring
-    /// stalled (default [`STALL_TIMEOUT`]).
+    /// How long an unrecorded handle waits for an earlier producer to publish before
+    /// giving up with [`RingError::Stalled`] (default [`STALL_TIMEOUT`]). A recorded
+    /// handle never gives up: it hands its finished range over after
+    /// [`crate::HANDOVER_AFTER`] and returns success.
     pub fn set_stall_timeout(&mut self, limit: Duration) {
         self.stall_timeout = limit;
+    }
+
+    /// Index of this handle's reservation record, None if unrecorded (table full).
+    pub fn record(&self) -> Option<usize> {
+        self.rec.map(|i| i as usize)
+    }
+
+    /// Sequence number the next operation that reserves slots will carry in the record
+    /// (an operation that moves nothing does not use one up). Log it before the
+    /// operation; [`crate::Ring::record_of`] tells later whether it completed.
+    pub fn next_op_seq(&self) -> u32 {
+        self.seq.wrapping_add(1)
+    }
+
+    /// After a hand-over: the old record belongs to the ring now, claim another.
+    #[cold]
+    #[inline(never)]
+    fn reclaim(&mut self) {
+        self.rec = self.core.claim_record(true, self.seq);
     }
 
     #[inline(always)]
@@ -300,17 +328,35 @@ impl<T: Element> MpProducer<T> {
         if how == Behaviour::Fixed && n as usize != items.len() {
             return Ok(0);
         }
-        let (old, take) = self
-            .core
-            .multi_reserve::<true>(n, how, &mut self.cons_tail)?;
+        let seq = self.seq.wrapping_add(1);
+        let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
+        let (old, take) =
+            self.core
+                .multi_reserve::<true>(n, how, &mut self.cons_tail, self.rec, seq)?;
         if take == 0 {
             return Ok(0);
         }
+        self.seq = seq;
+        shm::crash_point!("ring.mp_after_head_cas");
         // SAFETY: the CAS in `multi_reserve` gave this producer `[old, old + take)`, which
         // the consumers had released (A2).
         unsafe { self.core.write_slots(old, &items[..take as usize]) };
-        self.core
-            .publish_after_peers(self.core.prod(), old, take, self.stall_timeout)?;
+        if let Some((_, r)) = rec {
+            // R6: the slots are written; pairs with A6 in repairers.
+            r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
+        }
+        shm::crash_point!("ring.mp_after_copy");
+        let mut w = Waiter {
+            rec,
+            token: self.token,
+            stall_timeout: self.stall_timeout,
+        };
+        let p = self
+            .core
+            .publish_after_peers::<true>(old, take, &mut w, &mut [])?;
+        if let Published::HandedOver { .. } = p {
+            self.reclaim();
+        }
         Ok(take as usize)
     }
 
@@ -362,6 +408,8 @@ pub struct ScConsumer<T: Element> {
     core: RingCore<T>,
     head: u32,
     prod_tail: u32,
+    /// The producer side is multi: repaired reservations may leave holes.
+    holes: bool,
     _claim: Claim<T>,
 }
 
@@ -374,7 +422,7 @@ impl<T: Element> std::fmt::Debug for ScConsumer<T> {
 }
 
 impl<T: Element> ScConsumer<T> {
-    pub(crate) fn new(core: RingCore<T>) -> Result<Self, RingError> {
+    pub(crate) fn new(core: RingCore<T>, holes: bool) -> Result<Self, RingError> {
         let claim = Claim::take(&core, false)?;
         // Resume after what the previous consumer released (R2's value).
         let head = core.cons().tail.load(Ordering::Acquire);
@@ -388,6 +436,7 @@ impl<T: Element> ScConsumer<T> {
             core,
             head,
             prod_tail,
+            holes,
             _claim: claim,
         })
     }
@@ -419,6 +468,12 @@ impl<T: Element> ScConsumer<T> {
         // single consumer reads them before releasing.
         unsafe { self.core.read_slots(self.head, &mut out[..take as usize]) };
         self.release(take);
+        if self.holes {
+            return Ok(skip_holes(
+                &self.core.prod().tail,
+                &mut out[..take as usize],
+            ));
+        }
         Ok(take as usize)
     }
 
@@ -432,7 +487,9 @@ impl<T: Element> ScConsumer<T> {
         self.head = new;
     }
 
-    /// Single consumer. Dequeues exactly `out.len()` elements or none; returns the count.
+    /// Single consumer. Dequeues exactly `out.len()` elements or none; returns the count
+    /// (lower when holes were skipped, on a multi-producer ring: see
+    /// [`McConsumer::dequeue_bulk`]).
     ///
     /// # Errors
     /// [`RingError::Corrupt`] if the ring's indices are impossible.
@@ -456,18 +513,23 @@ impl<T: Element> ScConsumer<T> {
     /// [`RingError::Corrupt`].
     #[inline]
     pub fn dequeue(&mut self) -> Result<Option<T>, RingError> {
-        if self.avail(1)? == 0 {
-            return Ok(None);
+        loop {
+            if self.avail(1)? == 0 {
+                return Ok(None);
+            }
+            // SAFETY: the slot at `head` was published (A1 in `avail`) and is ours until
+            // we release it.
+            let mut v = [unsafe { self.core.slot_ptr(self.head).read() }];
+            self.release(1);
+            if !self.holes || skip_holes(&self.core.prod().tail, &mut v) == 1 {
+                return Ok(Some(v[0]));
+            }
         }
-        // SAFETY: the slot at `head` was published (A1 in `avail`) and is ours until we
-        // release it.
-        let v = unsafe { self.core.slot_ptr(self.head).read() };
-        self.release(1);
-        Ok(Some(v))
     }
 
     /// Single consumer. Zero-copy: looks at up to `n` available elements in place; release
-    /// them with [`ReadSlots::release`] (dropping the view releases nothing).
+    /// them with [`ReadSlots::release`] (dropping the view releases nothing). On a
+    /// multi-producer ring the view may hold holes ([`Element::is_hole`]): skip them.
     ///
     /// # Errors
     /// [`RingError::Corrupt`].
@@ -520,10 +582,17 @@ impl<T: Element> ReadSlots<'_, T> {
 }
 
 /// A consumer of a multi-consumer ring. Multi-consumer safe: clone it for each thread.
+///
+/// Recorded like [`MpProducer`]. Dequeues skip holes (what a repaired producer
+/// reservation leaves, see the crate docs), and a consumer waiting behind a dead
+/// consumer's uncopied range takes those elements too when its output has room.
 pub struct McConsumer<T: Element> {
     core: RingCore<T>,
     prod_tail: u32,
     stall_timeout: Duration,
+    rec: Option<u32>,
+    seq: u32,
+    token: u64,
 }
 
 impl<T: Element> Clone for McConsumer<T> {
@@ -532,6 +601,17 @@ impl<T: Element> Clone for McConsumer<T> {
             core: self.core.clone(),
             prod_tail: self.prod_tail,
             stall_timeout: self.stall_timeout,
+            rec: self.core.claim_record(false, 0),
+            seq: 0,
+            token: new_token(),
+        }
+    }
+}
+
+impl<T: Element> Drop for McConsumer<T> {
+    fn drop(&mut self) {
+        if let Some(i) = self.rec {
+            self.core.release_record(i);
         }
     }
 }
@@ -546,65 +626,121 @@ impl<T: Element> McConsumer<T> {
     pub(crate) fn new(core: RingCore<T>) -> Self {
         // A1: pairs with R1.
         let prod_tail = core.prod().tail.load(Ordering::Acquire);
+        let rec = core.claim_record(false, 0);
         McConsumer {
             core,
             prod_tail,
             stall_timeout: STALL_TIMEOUT,
+            rec,
+            seq: 0,
+            token: new_token(),
         }
     }
 
-    /// How long to wait for an earlier consumer to release before declaring the ring
-    /// stalled (default [`STALL_TIMEOUT`]).
+    /// As [`MpProducer::set_stall_timeout`], for an earlier consumer.
     pub fn set_stall_timeout(&mut self, limit: Duration) {
         self.stall_timeout = limit;
     }
 
-    #[inline(always)]
-    fn dequeue_n(&mut self, out: &mut [T], how: Behaviour) -> Result<usize, RingError> {
-        let n = want(out.len(), self.core.capacity);
-        if how == Behaviour::Fixed && n as usize != out.len() {
-            return Ok(0);
-        }
-        let (old, take) = self
-            .core
-            .multi_reserve::<false>(n, how, &mut self.prod_tail)?;
-        if take == 0 {
-            return Ok(0);
-        }
-        // SAFETY: the CAS in `multi_reserve` gave this consumer `[old, old + take)`, which
-        // the producers had published (A1).
-        unsafe { self.core.read_slots(old, &mut out[..take as usize]) };
-        self.core
-            .publish_after_peers(self.core.cons(), old, take, self.stall_timeout)?;
-        Ok(take as usize)
+    /// Index of this handle's reservation record, None if unrecorded (table full).
+    pub fn record(&self) -> Option<usize> {
+        self.rec.map(|i| i as usize)
     }
 
-    /// Multi-consumer safe. Dequeues exactly `out.len()` elements or none.
+    /// As [`MpProducer::next_op_seq`].
+    pub fn next_op_seq(&self) -> u32 {
+        self.seq.wrapping_add(1)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reclaim(&mut self) {
+        self.rec = self.core.claim_record(false, self.seq);
+    }
+
+    /// Reserves, copies and publishes; returns (slots consumed, elements kept in `out`
+    /// after dropping holes and adding adopted elements).
+    #[inline(always)]
+    fn dequeue_raw(&mut self, out: &mut [T], how: Behaviour) -> Result<(u32, usize), RingError> {
+        let n = want(out.len(), self.core.capacity);
+        if how == Behaviour::Fixed && n as usize != out.len() {
+            return Ok((0, 0));
+        }
+        let seq = self.seq.wrapping_add(1);
+        let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
+        let (old, take) =
+            self.core
+                .multi_reserve::<false>(n, how, &mut self.prod_tail, self.rec, seq)?;
+        if take == 0 {
+            return Ok((0, 0));
+        }
+        self.seq = seq;
+        shm::crash_point!("ring.mc_after_head_cas");
+        let (mine, room) = out.split_at_mut(take as usize);
+        // SAFETY: the CAS in `multi_reserve` gave this consumer `[old, old + take)`, which
+        // the producers had published (A1).
+        unsafe { self.core.read_slots(old, mine) };
+        if let Some((_, r)) = rec {
+            // R6: the slots are copied out; pairs with A6 in repairers.
+            r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
+        }
+        shm::crash_point!("ring.mc_after_copy");
+        let mut w = Waiter {
+            rec,
+            token: self.token,
+            stall_timeout: self.stall_timeout,
+        };
+        let p = self
+            .core
+            .publish_after_peers::<false>(old, take, &mut w, room)?;
+        if let Published::HandedOver { .. } = p {
+            self.reclaim();
+        }
+        let got = take as usize + p.adopted() as usize;
+        Ok((take, skip_holes(&self.core.prod().tail, &mut out[..got])))
+    }
+
+    #[inline(always)]
+    fn dequeue_n(&mut self, out: &mut [T], how: Behaviour) -> Result<usize, RingError> {
+        Ok(self.dequeue_raw(out, how)?.1)
+    }
+
+    /// Multi-consumer safe. Takes exactly `out.len()` slots or none; returns the number of
+    /// elements stored at the front of `out`, which is `out.len()` or 0 except when some
+    /// of the slots taken were holes (a repaired producer reservation): they are skipped,
+    /// so the count is lower.
     ///
     /// # Errors
-    /// [`RingError::Corrupt`], [`RingError::Stalled`].
+    /// [`RingError::Corrupt`]; [`RingError::Stalled`] (unrecorded handles only).
     #[inline]
     pub fn dequeue_bulk(&mut self, out: &mut [T]) -> Result<usize, RingError> {
         self.dequeue_n(out, Behaviour::Fixed)
     }
 
-    /// Multi-consumer safe. Dequeues up to `out.len()` elements; returns how many.
+    /// Multi-consumer safe. Dequeues up to `out.len()` elements; returns how many (holes
+    /// skipped; elements of a dead consumer's range adopted while waiting are included).
     ///
     /// # Errors
-    /// [`RingError::Corrupt`], [`RingError::Stalled`].
+    /// As [`McConsumer::dequeue_bulk`].
     #[inline]
     pub fn dequeue_burst(&mut self, out: &mut [T]) -> Result<usize, RingError> {
         self.dequeue_n(out, Behaviour::Variable)
     }
 
-    /// Multi-consumer safe. Dequeues one element, `Ok(None)` when empty.
+    /// Multi-consumer safe. Dequeues one element (skipping holes), `Ok(None)` when empty.
     ///
     /// # Errors
-    /// [`RingError::Corrupt`], [`RingError::Stalled`].
+    /// As [`McConsumer::dequeue_bulk`].
     #[inline]
     pub fn dequeue(&mut self) -> Result<Option<T>, RingError> {
         let mut v = [T::new_zeroed()];
-        Ok((self.dequeue_n(&mut v, Behaviour::Fixed)? == 1).then_some(v[0]))
+        loop {
+            match self.dequeue_raw(&mut v, Behaviour::Fixed)? {
+                (_, 1) => return Ok(Some(v[0])),
+                (0, _) => return Ok(None),
+                _ => {}
+            }
+        }
     }
 
     /// Elements in the ring.

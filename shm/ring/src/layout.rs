@@ -7,7 +7,11 @@
 //!                       local-until position) for the users' ownership protocol
 //! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
 //! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
-//! 640   ...  slots[slot_count] of elem_size bytes each
+//! 640   16384 records    REC_COUNT (128) OpRecords, one per multi-role handle (a mempool
+//!                       cache holds two), REC_STRIDE (128) apart: a 64-byte record and a
+//!                       guard line: owner, start time, range, state, repairer
+//!                       (see [`crate::records`])
+//! 17024 ...  slots[slot_count] of elem_size bytes each
 //! ```
 //!
 //! Each head and each tail has a cache line of its own, followed by a guard line that keeps
@@ -23,22 +27,30 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64};
 
 /// First bytes of every ring.
 pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
-pub const RING_LAYOUT_MAJOR: u16 = 2;
+pub const RING_LAYOUT_MAJOR: u16 = 3;
 /// Layout minor version.
-pub const RING_LAYOUT_MINOR: u16 = 1;
+pub const RING_LAYOUT_MINOR: u16 = 0;
 /// Offset of [`RingCtrl`].
 pub const CTRL_OFF: u64 = 64;
 /// Offset of the producers' [`HeadTail`].
 pub const PROD_OFF: u64 = 128;
 /// Offset of the consumers' [`HeadTail`].
 pub const CONS_OFF: u64 = 384;
+/// Offset of the reservation records ([`OpRecord`]).
+pub const RECS_OFF: u64 = 640;
+/// Number of reservation records: the most multi-role handles (all processes, all clones)
+/// that can be recorded at once. A handle made when none is free is unrecorded.
+pub const REC_COUNT: usize = 128;
+/// Bytes from one record to the next: the record's line and a guard line, so that two
+/// handles' records never share a line or an adjacent-line prefetch pair.
+pub const REC_STRIDE: u64 = 128;
 /// Offset of slot 0; also the header size.
-pub const SLOTS_OFF: u64 = 640;
+pub const SLOTS_OFF: u64 = RECS_OFF + REC_COUNT as u64 * REC_STRIDE;
 /// Largest slot count.
 pub const MAX_SLOTS: u32 = 1 << 31;
 
@@ -88,6 +100,39 @@ pub struct RingCtrl {
     /// Hand-off word: a position at or past every local entry (free-running, as the
     /// indices). Written only by the single producer.
     pub local_until: AtomicU32,
+    /// Reservations of dead owners repaired (voided, published or adopted) by survivors
+    /// or [`crate::Ring::repair_dead`].
+    pub repairs: AtomicU32,
+}
+
+/// One multi-role handle's reservation record (see `records.rs` for the protocol).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct OpRecord {
+    /// `side << 32 | pid` of the handle holding the record; 0 = free.
+    pub owner: AtomicU64,
+    /// Start time of the owner process (`/proc/PID/stat` field 22), 0 if unknown.
+    pub start_time: AtomicU64,
+    /// `len << 32 | start` of the current (or last) reservation.
+    pub range: AtomicU64,
+    /// `seq << 32 | state` of the current (or last) operation.
+    pub state: AtomicU64,
+    /// `tag << 32 | pid` of whoever holds the right to repair this record's reservation
+    /// (0 = nobody).
+    pub repairer: AtomicU64,
+}
+
+impl OpRecord {
+    /// A free record.
+    pub(crate) fn new() -> OpRecord {
+        OpRecord {
+            owner: AtomicU64::new(0),
+            start_time: AtomicU64::new(0),
+            range: AtomicU64::new(0),
+            state: AtomicU64::new(0),
+            repairer: AtomicU64::new(0),
+        }
+    }
 }
 
 /// One side's indices: the head and the owner word on one cache line, the tail on another,
@@ -112,21 +157,37 @@ impl HeadTail {
             head: AtomicU32::new(0),
             owner: AtomicU32::new(0),
             _head_guard: GuardLine([0; 64]),
-            tail: TailLine(AtomicU32::new(0)),
+            tail: TailLine {
+                tail: AtomicU32::new(0),
+                handed: AtomicU32::new(0),
+                holes: AtomicU32::new(0),
+            },
             _tail_guard: GuardLine([0; 64]),
         }
     }
 }
 
-/// The tail word, alone on its cache line; dereferences to the atomic.
+/// The tail word, alone on its cache line with two rarely written hints that the other
+/// side reads next to the tail it loads anyway (same line: no extra miss, no pointer
+/// chase); dereferences to the tail.
 #[repr(C, align(64))]
 #[derive(Debug)]
-pub struct TailLine(AtomicU32);
+pub struct TailLine {
+    tail: AtomicU32,
+    /// Ranges of this side handed over (finished, owner gone) and not yet published:
+    /// while non-zero, an operation of the other side short of slots (elements) helps
+    /// publish them.
+    pub handed: AtomicU32,
+    /// Producer side only: hole elements published and not yet skipped by a consumer;
+    /// while non-zero, consumers look for holes in what they dequeue (it may stay above
+    /// zero if a consumer dies between skipping and counting: a scan, never an error).
+    pub holes: AtomicU32,
+}
 
 impl std::ops::Deref for TailLine {
     type Target = AtomicU32;
     fn deref(&self) -> &AtomicU32 {
-        &self.0
+        &self.tail
     }
 }
 
@@ -140,10 +201,14 @@ const _: () = {
     use std::mem::size_of;
     assert!(size_of::<RingInfo>() == 64);
     assert!(size_of::<RingCtrl>() == 64);
+    assert!(size_of::<OpRecord>() == 64);
+    assert!(SLOTS_OFF == 17024);
     assert!(size_of::<HeadTail>() == 256);
     assert!(std::mem::offset_of!(HeadTail, tail) == 128);
 };
 // Under loom the atomics are larger; they must still fit the reserved space.
 const _: () = assert!(std::mem::size_of::<RingCtrl>() <= (PROD_OFF - CTRL_OFF) as usize);
 const _: () = assert!(std::mem::size_of::<HeadTail>() <= (CONS_OFF - PROD_OFF) as usize);
-const _: () = assert!(std::mem::size_of::<HeadTail>() <= (SLOTS_OFF - CONS_OFF) as usize);
+const _: () = assert!(std::mem::size_of::<HeadTail>() <= (RECS_OFF - CONS_OFF) as usize);
+const _: () = assert!(std::mem::size_of::<OpRecord>() <= REC_STRIDE as usize);
+const _: () = assert!(SLOTS_OFF.is_multiple_of(64));

@@ -24,6 +24,16 @@
 //!   bounded (no CAS retry or wait a guest can prolong), copies slots with volatile
 //!   accesses and keeps a single-role side's head privately ([`UntrustedProducer`]).
 //!
+//! - **Crash repair**: a process killed between its head CAS and its tail publication
+//!   does not brick a multi-producer (consumer) ring. Every multi-role handle holds a
+//!   reservation record in the ring's header and writes its range there before the CAS;
+//!   a survivor blocked at the tail finds the record, sees its owner is dead and repairs:
+//!   an unwritten producer range becomes holes ([`Element::HOLE`], which dequeues skip),
+//!   a written one is published, a dead consumer's uncopied elements are adopted. The
+//!   primary calls [`Ring::repair_dead`] when it reclaims a process; a caller that logs
+//!   [`MpProducer::next_op_seq`] learns from [`Ring::record_of`] whether that operation
+//!   took effect. Diagram and proof sketch: [`records`].
+//!
 //! Why it is faster than `rte_ring`: each handle keeps a private copy of the other side's
 //! tail and only re-reads the shared one when that copy says the ring is full (empty), so
 //! in steady state a burst touches one shared cache line instead of two; single-role sides
@@ -35,6 +45,7 @@
 mod core;
 mod handles;
 pub mod layout;
+pub mod records;
 mod sync;
 mod untrusted;
 
@@ -48,17 +59,42 @@ pub use handles::{
     McConsumer, MpProducer, ReadSlots, RingFull, ScConsumer, SpProducer, WriteSlots,
 };
 use layout::*;
+pub use records::{
+    pid_alive, process_start_time, OpState, RecordView, RepairReport, HANDOVER_AFTER, REPAIR_EVERY,
+    REPAIR_FIRST,
+};
 pub use untrusted::{
     UntrustedConsumer, UntrustedProducer, UNTRUSTED_CAS_TRIES, UNTRUSTED_PUBLISH_SPINS,
 };
 
 /// A ring element: plain bytes of 4, 8, 16 or 32 bytes that any bit pattern makes valid
 /// (what a peer wrote into a slot is a value to validate, never undefined behaviour).
-pub trait Element: Copy + FromBytes + IntoBytes + Immutable + Send + Sync + 'static {}
-impl Element for u32 {}
-impl Element for u64 {}
-impl Element for [u64; 2] {}
-impl Element for [u64; 4] {}
+///
+/// [`Element::HOLE`] (all bits set) is reserved: it is what a repaired producer
+/// reservation leaves in its slots, and consumers skip it. Never enqueue it.
+pub trait Element:
+    Copy + PartialEq + FromBytes + IntoBytes + Immutable + Send + Sync + 'static
+{
+    /// The hole value: all bits set.
+    const HOLE: Self;
+    /// True for [`Element::HOLE`].
+    #[inline(always)]
+    fn is_hole(&self) -> bool {
+        *self == Self::HOLE
+    }
+}
+impl Element for u32 {
+    const HOLE: u32 = u32::MAX;
+}
+impl Element for u64 {
+    const HOLE: u64 = u64::MAX;
+}
+impl Element for [u64; 2] {
+    const HOLE: [u64; 2] = [u64::MAX; 2];
+}
+impl Element for [u64; 4] {
+    const HOLE: [u64; 4] = [u64::MAX; 4];
+}
 
 /// Producer and consumer synchronisation, chosen when the ring is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +158,8 @@ pub enum RingError {
         /// Consumer tail seen.
         cons_tail: u32,
     },
-    /// An earlier multi-producer (consumer) reserved slots and never published them within
-    /// [`STALL_TIMEOUT`] (it probably died). The ring is marked failed.
+    /// An unrecorded multi-producer (consumer) waited [`STALL_TIMEOUT`] for an earlier one
+    /// that neither published nor could be repaired (recorded handles never return it).
     #[error("ring stalled: a peer reserved slots and never published them")]
     Stalled,
     /// Untrusted handles only: nothing moved this time (the CAS budget ran out against a
@@ -269,6 +305,7 @@ impl<T: Element> Ring<T> {
             corrupt_events: sync::AtomicU32::new(0),
             local_owner: sync::AtomicU32::new(0),
             local_until: sync::AtomicU32::new(0),
+            repairs: sync::AtomicU32::new(0),
         };
         // SAFETY: see above.
         unsafe { ctrl.as_ptr().write(fresh) };
@@ -276,6 +313,13 @@ impl<T: Element> Ring<T> {
         unsafe { prod.as_ptr().write(HeadTail::new()) };
         // SAFETY: see above.
         unsafe { cons.as_ptr().write(HeadTail::new()) };
+        for i in 0..records::SCAN as u64 {
+            let rec = region
+                .span_of::<OpRecord>(off + RECS_OFF + i * REC_STRIDE, 1)
+                .map_err(oob)?;
+            // SAFETY: as above.
+            unsafe { rec.as_ptr().write(OpRecord::new()) };
+        }
         region.write(off, &info).map_err(oob)?;
         Self::open(region, off, len_bytes)
     }
@@ -358,18 +402,23 @@ impl<T: Element> Ring<T> {
         let ctrl = region.span_of::<RingCtrl>(off + CTRL_OFF, 1).map_err(e)?;
         let prod = region.span_of::<HeadTail>(off + PROD_OFF, 1).map_err(e)?;
         let cons = region.span_of::<HeadTail>(off + CONS_OFF, 1).map_err(e)?;
+        let recs = region
+            .span_of::<u8>(off + RECS_OFF, REC_COUNT as u64 * REC_STRIDE)
+            .map_err(e)?;
         let slots: NonNull<T> = region
             .span_of::<T>(off + SLOTS_OFF, u64::from(info.slot_count))
             .map_err(e)?;
-        // SAFETY: every span was bounds- and alignment-checked in `region` above; the
-        // headers were initialised by `init` (any bytes are valid atomics outside loom),
-        // and the core keeps `region` alive.
+        // SAFETY: every span was bounds- and alignment-checked in `region` above (the
+        // records' span is 64-aligned because RECS_OFF is and the zone is); the headers
+        // and records were initialised by `init` (any bytes are valid atomics outside
+        // loom), and the core keeps `region` alive.
         let core = unsafe {
             core::RingCore::new(
                 region.clone(),
                 prod,
                 cons,
                 ctrl,
+                recs,
                 slots,
                 info.slot_count - 1,
                 info.capacity,
@@ -405,7 +454,8 @@ impl<T: Element> Ring<T> {
         }
     }
 
-    /// Elements in the ring now.
+    /// Elements in the ring now (holes of repaired reservations not yet skipped by a
+    /// consumer included).
     pub fn count(&self) -> usize {
         self.core.count() as usize
     }
@@ -461,6 +511,34 @@ impl<T: Element> Ring<T> {
             .ctrl()
             .corrupt_events
             .load(sync::Ordering::Relaxed)
+    }
+
+    /// Reservations repaired so far (voided, adopted or published by a survivor or by
+    /// [`Ring::repair_dead`]).
+    pub fn repairs(&self) -> u32 {
+        self.core.ctrl().repairs.load(sync::Ordering::Relaxed)
+    }
+
+    /// The reservation records held by the process `pid` (started at `start_time`, as
+    /// [`process_start_time`] gives it; 0 matches any), live or dead: what each one's
+    /// last operation is doing. A caller that logged [`MpProducer::next_op_seq`] before an
+    /// operation learns from [`RecordView::completed`] whether it took effect.
+    pub fn record_of(&self, pid: u32, start_time: u64) -> Vec<RecordView> {
+        self.core
+            .records_of(pid, start_time)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// For the primary, when it reclaims a dead process: repairs and frees every record
+    /// of `pid` (started at `start_time`, 0 = any). A producer reservation not fully
+    /// written becomes holes (nothing was enqueued: the caller still owns those
+    /// elements); a consumer reservation not copied out gives its elements back in
+    /// [`RepairReport::returned`] (they have left the ring: put them back); finished ones
+    /// are published. Records of a live owner are left alone (counted).
+    pub fn repair_dead(&self, pid: u32, start_time: u64) -> RepairReport<T> {
+        self.core.repair_dead(pid, start_time)
     }
 
     /// Copies the elements between the consumer and producer tails into `out` (cleared
@@ -532,7 +610,7 @@ impl<T: Element> Ring<T> {
                 asked: "single-consumer",
             });
         }
-        ScConsumer::new(self.core.clone())
+        ScConsumer::new(self.core.clone(), !self.mode().single_producer)
     }
 
     /// A consumer of an MC ring.
@@ -563,5 +641,7 @@ impl<T: Element> Ring<T> {
     }
 }
 
+#[cfg(all(test, not(loom)))]
+mod repair_tests;
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -2,6 +2,10 @@
 //! bound) of producers and consumers on a tiny ring delivers each element exactly once,
 //! in each producer's order, and never reports corruption.
 //!
+//! The repair models: a producer (consumer) that "dies" right after its head CAS or its
+//! copy (the thread stops; its record is relabelled with a pid no process has) and a
+//! survivor that must finish anyway, repairing the dead one's range.
+//!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-ring --release --test loom`
 #![cfg(loom)]
 
@@ -9,8 +13,8 @@ use shm::Region;
 use shm_ring::{Ring, SyncMode};
 
 fn ring(capacity: u32, mode: SyncMode) -> Ring<u64> {
-    let region = Region::heap(4096);
-    Ring::init(&region, 0, 4096, "loom", capacity, mode).unwrap()
+    let region = Region::heap(32768);
+    Ring::init(&region, 0, 32768, "loom", capacity, mode).unwrap()
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -127,4 +131,79 @@ fn an_untrusted_host_producer_and_a_trusted_guest_producer_each_deliver_once() {
         assert_eq!(got, if sent == 1 { vec![1, 2] } else { vec![1] });
         assert!(!r.is_failed());
     });
+}
+
+/// A pid no thread of the model has: the dying handle's "process".
+const DEAD: u32 = u32::MAX - 7;
+
+#[test]
+fn a_producer_dying_after_its_head_cas_is_repaired_by_the_survivor() {
+    // Two producers and a consumer; one producer stops for good after its CAS (with or
+    // without its copy). The survivor's element is delivered once; the dead one's
+    // elements are either all there (copied) or absent (holes), never a stale slot.
+    for copy in [false, true] {
+        model(move || {
+            let r = ring(2, SyncMode::MP_SC);
+            let mut a = r.mp_producer().unwrap();
+            let mut b = a.clone();
+            let ta = loom::thread::spawn(move || {
+                let (_, n) = a.__reserve(&[1], copy).unwrap();
+                a.__die(DEAD);
+                n
+            });
+            let tb = loom::thread::spawn(move || assert_eq!(b.enqueue_bulk(&[2]).unwrap(), 1));
+            let mut c = r.sc_consumer().unwrap();
+            let mut got: Vec<u64> = c.dequeue().unwrap().into_iter().collect();
+            let reserved = ta.join().unwrap();
+            tb.join().unwrap();
+            // Nobody may be waiting behind the dead range: the primary's reclaim
+            // repairs it.
+            let rep = r.repair_dead(DEAD, 0);
+            assert_eq!(rep.records, 1);
+            while let Some(v) = c.dequeue().unwrap() {
+                got.push(v);
+            }
+            assert_eq!(reserved, 1);
+            let want: &[u64] = if copy { &[1, 2] } else { &[2] };
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, want, "got {got:?}");
+            assert!(!r.is_failed());
+        });
+    }
+}
+
+#[test]
+fn a_consumer_dying_after_its_head_cas_is_adopted_by_the_survivor() {
+    // Two elements, two consumers; one stops after its CAS for one element (before or
+    // after its copy). The survivor asks for two: it gets its own and, if the dead one
+    // had not copied, the dead one's too; nothing is seen twice and the ring ends empty.
+    for copy in [false, true] {
+        model(move || {
+            let r = ring(2, SyncMode::SP_MC);
+            let mut p = r.sp_producer().unwrap();
+            p.enqueue_bulk(&[7, 8]).unwrap();
+            let mut c1 = r.mc_consumer().unwrap();
+            let mut c2 = c1.clone();
+            let t1 = loom::thread::spawn(move || {
+                let mut one = [0u64; 1];
+                let (_, n) = c1.__reserve(&mut one, copy).unwrap();
+                c1.__die(DEAD);
+                (n == 1 && copy).then_some(one[0])
+            });
+            let mut out = [0u64; 2];
+            let mut got: Vec<u64> = Vec::new();
+            while got.len() + usize::from(copy) < 2 {
+                let n = c2.dequeue_burst(&mut out).unwrap();
+                got.extend_from_slice(&out[..n]);
+                loom::thread::yield_now();
+            }
+            if let Some(v) = t1.join().unwrap() {
+                got.push(v);
+            }
+            got.sort_unstable();
+            assert_eq!(got, [7, 8]);
+            assert_eq!(r.count(), 0);
+        });
+    }
 }

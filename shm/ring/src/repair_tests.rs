@@ -1,0 +1,211 @@
+//! Unit tests of the reservation records: a handle "dies" at each step of an MP enqueue or
+//! MC dequeue (test hooks relabel its record with a dead pid), survivors keep working and
+//! repair, the primary's `repair_dead` returns what a dead consumer never copied, and a
+//! waiter behind a live slow peer hands its range over instead of stalling.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+fn ring(mode: SyncMode) -> Ring<u64> {
+    let region = Region::heap(64 << 10);
+    Ring::init(&region, 0, 64 << 10, "repair", 16, mode).unwrap()
+}
+
+/// A pid that no process has now: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    assert!(!pid_alive(pid));
+    pid
+}
+
+fn drain(c: &mut ScConsumer<u64>) -> Vec<u64> {
+    let mut out = [0u64; 16];
+    let n = c.dequeue_burst(&mut out).unwrap();
+    out[..n].to_vec()
+}
+
+#[test]
+fn a_producer_dead_after_its_head_cas_becomes_holes_and_survivors_go_on() {
+    let r = ring(SyncMode::MP_SC);
+    let mut dead = r.mp_producer().unwrap();
+    let mut live = dead.clone();
+    let mut c = r.sc_consumer().unwrap();
+    live.enqueue_bulk(&[1]).unwrap();
+    let seq = dead.next_op_seq();
+    assert_eq!(dead.__reserve(&[100, 101], false).unwrap().1, 2);
+    let pid = dead_pid();
+    dead.__die(pid);
+    // Repaired at once, or (on a loaded machine, the first look later than the
+    // hand-over bound) handed over and published by the consumer's help: same result.
+    assert_eq!(live.enqueue_bulk(&[2, 3]).unwrap(), 2);
+    assert_eq!(r.count(), 5, "holes count until skipped");
+    assert_eq!(drain(&mut c), [1, 2, 3]);
+    assert!(r.repairs() >= 1);
+    let v = r.record_of(pid, 0);
+    assert_eq!(v.len(), 1);
+    assert_eq!(
+        (v[0].seq, v[0].state, v[0].pending),
+        (seq, OpState::Voided, false)
+    );
+    assert!(!v[0].completed(seq));
+    let rep = r.repair_dead(pid, 0);
+    assert_eq!((rep.records, rep.voided, rep.left_pending), (1, 0, 0));
+    assert!(r.record_of(pid, 0).is_empty(), "freed");
+    // The ring is whole: fill it to capacity and drain it.
+    let all: Vec<u64> = (10..26).collect();
+    assert_eq!(live.enqueue_bulk(&all).unwrap(), 16);
+    assert_eq!(drain(&mut c), all);
+}
+
+#[test]
+fn a_producer_dead_after_its_copy_is_published_by_the_survivor() {
+    let r = ring(SyncMode::MP_MC);
+    let mut dead = r.mp_producer().unwrap();
+    let mut live = dead.clone();
+    let mut c = r.mc_consumer().unwrap();
+    let seq = dead.next_op_seq();
+    dead.__reserve(&[100, 101], true).unwrap();
+    let pid = dead_pid();
+    dead.__die(pid);
+    assert_eq!(live.enqueue_burst(&[1]).unwrap(), 1);
+    let mut out = [0u64; 8];
+    assert_eq!(c.dequeue_burst(&mut out).unwrap(), 3);
+    assert_eq!(out[..3], [100, 101, 1]);
+    let v = r.record_of(pid, 0);
+    assert!(v[0].completed(seq), "{v:?}");
+}
+
+#[test]
+fn a_consumer_dead_after_its_head_cas_is_adopted_by_a_survivor_with_room() {
+    let r = ring(SyncMode::SP_MC);
+    let mut p = r.sp_producer().unwrap();
+    p.enqueue_bulk(&[1, 2, 3, 4, 5, 6]).unwrap();
+    let mut dead = r.mc_consumer().unwrap();
+    let mut live = dead.clone();
+    let mut buf = [0u64; 2];
+    assert_eq!(dead.__reserve(&mut buf, false).unwrap(), (0, 2));
+    let pid = dead_pid();
+    dead.__die(pid);
+    let mut out = [0u64; 8];
+    let n = live.dequeue_burst(&mut out).unwrap();
+    assert_eq!(
+        out[..n],
+        [3, 4, 5, 6, 1, 2],
+        "own elements, then the adopted ones"
+    );
+    assert_eq!(r.count(), 0);
+    assert_eq!(r.record_of(pid, 0)[0].state, OpState::Voided);
+    // The survivor's own record says so (a caller dying now would know from it).
+    let mine = r.record_of(std::process::id(), 0);
+    let v = mine
+        .iter()
+        .find(|v| Some(v.index) == live.record())
+        .unwrap();
+    assert_eq!((v.seq, v.len, v.adopted), (live.next_op_seq() - 1, 4, 2));
+    assert!(v.completed(v.seq));
+}
+
+#[test]
+fn a_dead_consumers_elements_come_back_from_repair_dead_when_no_survivor_has_room() {
+    let r = ring(SyncMode::MP_MC);
+    let mut p = r.mp_producer().unwrap();
+    p.enqueue_bulk(&[1, 2, 3, 4]).unwrap();
+    let mut dead = r.mc_consumer().unwrap();
+    let mut live = dead.clone();
+    let mut buf = [0u64; 2];
+    dead.__reserve(&mut buf, false).unwrap();
+    let pid = dead_pid();
+    dead.__die(pid);
+    // The survivor's bulk has no room: it hands its own range over and returns.
+    let mut out = [0u64; 2];
+    let t = Instant::now();
+    assert_eq!(live.dequeue_bulk(&mut out).unwrap(), 2);
+    assert_eq!(out, [3, 4]);
+    assert!(t.elapsed() >= HANDOVER_AFTER);
+    // The primary reclaims the dead process: its two elements come back, and the tail
+    // passes both ranges.
+    let rep = r.repair_dead(pid, 0);
+    assert_eq!(rep.returned, [1, 2]);
+    assert_eq!(rep.left_pending, 0);
+    assert_eq!(r.count(), 0);
+    let all: Vec<u64> = (10..26).collect();
+    assert_eq!(p.enqueue_bulk(&all).unwrap(), 16, "every slot usable again");
+}
+
+#[test]
+fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
+    let r = ring(SyncMode::MP_SC);
+    let mut slow = r.mp_producer().unwrap();
+    let mut fast = slow.clone();
+    let mut c = r.sc_consumer().unwrap();
+    let (old, take) = slow.__reserve(&[7], true).unwrap();
+    // The slow one is alive (this process): nothing repairs it; the fast one hands over.
+    let t = Instant::now();
+    assert_eq!(fast.enqueue_bulk(&[8]).unwrap(), 1);
+    assert!(t.elapsed() >= HANDOVER_AFTER);
+    assert!(
+        fast.record().is_some(),
+        "a fresh record after the hand-over"
+    );
+    assert!(
+        drain(&mut c).is_empty(),
+        "nothing published before the slow one"
+    );
+    slow.__publish(old, take).unwrap();
+    // The consumer, short of elements, publishes the handed-over range.
+    assert_eq!(drain(&mut c), [7, 8]);
+    assert_eq!(fast.enqueue_bulk(&[9]).unwrap(), 1);
+    assert_eq!(drain(&mut c), [9]);
+}
+
+#[test]
+fn records_are_claimed_per_clone_freed_on_drop_and_recovered_from_dead_owners() {
+    let r = ring(SyncMode::MP_MC);
+    let mut hs: Vec<MpProducer<u64>> = Vec::new();
+    let first = r.mp_producer().unwrap();
+    for _ in 1..layout::REC_COUNT {
+        hs.push(first.clone());
+    }
+    let idx: std::collections::HashSet<_> = hs.iter().map(|h| h.record().unwrap()).collect();
+    assert_eq!(idx.len(), layout::REC_COUNT - 1);
+    assert!(first.clone().record().is_none(), "table full: unrecorded");
+    // A dead owner's idle record is recovered by the next claimer.
+    let pid = dead_pid();
+    hs.pop().unwrap().__die(pid);
+    assert!(first.clone().record().is_some());
+    drop(hs);
+    assert!(r.mc_consumer().unwrap().record().is_some());
+}
+
+#[test]
+fn unrecorded_handles_still_time_out() {
+    let r = ring(SyncMode::MP_SC);
+    let mut hs: Vec<MpProducer<u64>> = Vec::new();
+    let mut slow = r.mp_producer().unwrap();
+    for _ in 1..layout::REC_COUNT {
+        hs.push(slow.clone());
+    }
+    let mut un = slow.clone();
+    assert!(un.record().is_none());
+    un.set_stall_timeout(Duration::from_millis(30));
+    slow.__reserve(&[1], true).unwrap();
+    assert_eq!(un.enqueue_bulk(&[2]), Err(RingError::Stalled));
+}
+
+#[test]
+fn skipped_holes_leave_holes_not_stale_copies_behind_the_kept_elements() {
+    let r = ring(SyncMode::MP_MC);
+    let mut dead = r.mp_producer().unwrap();
+    let mut live = dead.clone();
+    live.enqueue_bulk(&[1]).unwrap();
+    dead.__reserve(&[100, 101], false).unwrap();
+    dead.__die(dead_pid());
+    live.enqueue_bulk(&[2, 3]).unwrap();
+    let mut c = r.mc_consumer().unwrap();
+    let mut out = [0u64; 8];
+    assert_eq!(c.dequeue_burst(&mut out).unwrap(), 3);
+    assert_eq!(out[..5], [1, 2, 3, u64::HOLE, u64::HOLE]);
+    assert_eq!(out[5..], [0; 3], "untouched beyond what was taken");
+}
