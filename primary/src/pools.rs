@@ -146,7 +146,14 @@ impl PoolRegistry {
                 totals.1 += Self::reclaim_guest_writable(pool, slot, pid, tag);
                 continue;
             }
-            let flushed = pool.mempool().flush_caches_of(pid, start_time);
+            // In this order: the caches' recovery reads the free ring's records of the
+            // process (did its last refill or flush take effect?), the ring's repair then
+            // settles what it left reserved, and only then are its buffers taken by tag
+            // (a buffer in its cache with its tag was marked free by the recovery).
+            let flushed = pool.mempool().flush_caches_of(pid, start_time)
+                + pool
+                    .mempool()
+                    .repair_free_ring(pid, start_time.unwrap_or(0));
             let reclaimed = pool.reclaim_owner(tag).returned;
             if flushed + reclaimed > 0 {
                 tracing::info!(

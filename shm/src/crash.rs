@@ -21,6 +21,10 @@ pub const POINTS: &[&str] = &[
     // cache but not yet marked free.
     "mbuf.alloc_after_tag",
     "mbuf.free_after_put",
+    // shm-mempool caches: a refill's dequeue done, the cache length not yet raised; a
+    // flush's enqueue done, the length not yet lowered.
+    "cache.refill_after_dequeue",
+    "cache.flush_after_enqueue",
     // pmds ring ports (and MbufSender/MbufReceiver): an rx burst claimed but not
     // released; local entries written but not published.
     "ring_port.rx_before_release",

@@ -30,7 +30,7 @@ pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
 /// Layout major version; readers refuse any other.
 pub const POOL_LAYOUT_MAJOR: u16 = 1;
 /// Layout minor version.
-pub const POOL_LAYOUT_MINOR: u16 = 0;
+pub const POOL_LAYOUT_MINOR: u16 = 1;
 /// Size of [`PoolInfo`].
 pub const POOL_INFO_SIZE: u64 = 256;
 /// Offset of [`PoolCounters`].
@@ -142,9 +142,23 @@ pub struct CacheSlotHeader {
     /// Indices held in the cache (the owner's copy is authoritative; this one is written
     /// after every operation so a reclaimer knows what to flush).
     pub len: AtomicU32,
+    /// The free-ring operation in progress between this cache and the free ring, so that
+    /// a recovery after a kill knows where its objects are: `CACHE_OP_*` kind in bits
+    /// 0..2, the handle's ring record index in bits 8..16 (0 = none in progress).
+    pub op: AtomicU32,
+    /// The ring operation's sequence number (`next_op_seq` before it started).
+    pub op_seq: AtomicU32,
+    /// First cache position the operation moves (refill: where it copies to; flush:
+    /// the first one it sends).
+    pub op_from: AtomicU32,
     /// Zero.
-    pub reserved: [u32; 11],
+    pub reserved: [u32; 8],
 }
+
+/// [`CacheSlotHeader::op`] kind: a refill from the free ring (a consumer operation).
+pub const CACHE_OP_REFILL: u32 = 1;
+/// [`CacheSlotHeader::op`] kind: a flush to the free ring (a producer operation).
+pub const CACHE_OP_FLUSH: u32 = 2;
 
 /// `owner_pid` value while a cache is being recovered.
 pub const SLOT_RECOVERING: u32 = u32::MAX;

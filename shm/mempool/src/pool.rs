@@ -108,17 +108,56 @@ impl PoolShared {
         }
     }
 
-    /// Flushes the cache in `slot` to the free ring after its owner died; `slot`'s owner
-    /// word must already be ours (`SLOT_RECOVERING` or our pid). Returns objects flushed.
-    fn flush_slot(&self, slot: u32, producer: &mut MpProducer<u32>) -> u32 {
-        let hdr = self.slot_header(slot);
+    /// How many leading cache positions of dead process `pid`'s cache in `slot` hold its
+    /// objects: the published length, corrected by the free-ring operation it recorded
+    /// (`CacheSlotHeader::op`) if it died inside one. The ring's record of that
+    /// operation says whether it took effect: a refill that did has copied its objects
+    /// (holes skipped, the rest holes) whether or not the length says so; a flush that
+    /// did has sent its objects away whether or not the length was lowered. One that did
+    /// not (or never started) moved nothing: the ring's repair voids or returns its range.
+    fn recovered_len(&self, hdr: &CacheSlotHeader, pid: u32) -> u32 {
         let len = hdr.len.load(Ordering::Acquire).min(CACHE_OBJS);
+        // Acquire: pairs with `begin_op`'s Release (a recoverer racing nothing, in fact:
+        // the owner is dead).
+        let op = hdr.op.load(Ordering::Acquire);
+        if op == 0 {
+            return len;
+        }
+        let (kind, rec) = (op & 3, ((op >> 8) & 0xff) as usize);
+        let (seq, from) = (
+            hdr.op_seq.load(Ordering::Relaxed),
+            hdr.op_from.load(Ordering::Relaxed).min(CACHE_OBJS),
+        );
+        let start = hdr.start_time.load(Ordering::Relaxed);
+        let took = self.ring.record_of(pid, start).into_iter().find(|v| {
+            v.index == rec
+                && v.producer == (kind == CACHE_OP_FLUSH)
+                && v.seq == seq
+                && v.state == shm_ring::OpState::Done
+        });
+        hdr.op.store(0, Ordering::Relaxed);
+        match (kind, took) {
+            (CACHE_OP_REFILL, Some(v)) => len
+                .max(from.saturating_add(v.len).saturating_add(v.adopted))
+                .min(CACHE_OBJS),
+            (CACHE_OP_FLUSH, Some(_)) => from.min(len),
+            _ => len,
+        }
+    }
+
+    /// Flushes the cache in `slot` of dead process `pid` to the free ring; `slot`'s owner
+    /// word must already be ours (`SLOT_RECOVERING` or our pid). Returns objects flushed.
+    fn flush_slot(&self, slot: u32, pid: u32, producer: &mut MpProducer<u32>) -> u32 {
+        let hdr = self.slot_header(slot);
+        let len = self.recovered_len(hdr, pid);
         let mut tmp = vec![0u32; len as usize];
         // SAFETY: `len <= CACHE_OBJS` indices inside the slot's array; the owner is dead
         // (or is us) so nobody writes them now; plain u32 reads.
         unsafe {
             std::ptr::copy_nonoverlapping(self.slot_objs(slot), tmp.as_mut_ptr(), len as usize)
         };
+        // Holes a refill's dequeue left (the ring's skipped positions) are no objects.
+        tmp.retain(|&i| i != u32::MAX);
         let n = self.info.obj_count;
         let before = tmp.len();
         tmp.retain(|&i| i < n);
@@ -456,6 +495,7 @@ impl Mempool {
             size: 0,
             flush_threshold: 0,
             n: self.shared.info.obj_count,
+            flush_from: 0,
         }
     }
 
@@ -487,7 +527,7 @@ impl Mempool {
                 }
                 if pass == 1 {
                     let mut producer = sh.ring.mp_producer().expect("MP/MC");
-                    sh.flush_slot(slot, &mut producer);
+                    sh.flush_slot(slot, cur, &mut producer);
                     sh.counters()
                         .caches_recovered
                         .fetch_add(1, Ordering::Relaxed);
@@ -517,6 +557,32 @@ impl Mempool {
             let recorded = hdr.start_time.load(Ordering::Acquire);
             cur == pid && (recorded == 0 || start_time.is_none_or(|t| t == recorded))
         })
+    }
+
+    /// Repairs what dead process `pid` (started at `start_time`, 0 = any) left inside an
+    /// operation on the free ring (shm-ring's `repair_dead`: a reservation it never wrote
+    /// becomes holes, one it wrote is published, the objects of one it was taking out are
+    /// returned) and puts the returned objects back. Call after
+    /// [`flush_caches_of`](Self::flush_caches_of), whose recovery reads the ring's records
+    /// of that process first. Returns how many objects went back.
+    pub fn repair_free_ring(&self, pid: u32, start_time: u64) -> u64 {
+        let sh = &self.shared;
+        let report = sh.ring.repair_dead(pid, start_time);
+        let n = sh.info.obj_count;
+        let back: Vec<u32> = report.returned.into_iter().filter(|&i| i < n).collect();
+        if back.is_empty() {
+            return 0;
+        }
+        let mut producer = sh.ring.mp_producer().expect("MP/MC");
+        let pushed = producer.enqueue_burst(&back).unwrap_or(0);
+        if pushed < back.len() {
+            sh.trouble(
+                Trouble::PutFail,
+                (back.len() - pushed) as u64,
+                "free ring full while repairing a dead process's reservation",
+            );
+        }
+        pushed as u64
     }
 
     /// Cache slots held by `pid`.
@@ -555,7 +621,7 @@ impl Mempool {
             {
                 continue;
             }
-            total += u64::from(sh.flush_slot(slot, &mut producer));
+            total += u64::from(sh.flush_slot(slot, cur, &mut producer));
             sh.counters()
                 .caches_recovered
                 .fetch_add(1, Ordering::Relaxed);
@@ -741,6 +807,8 @@ pub struct PoolCache {
     size: u32,
     flush_threshold: u32,
     n: u32,
+    /// First cache position of the flush being recorded (see `begin_op`).
+    flush_from: u32,
 }
 
 // SAFETY: `objs` points into the pool's region, kept mapped by `pool`; the slot belongs to
@@ -825,16 +893,9 @@ impl PoolCache {
         if n >= self.size {
             return self.get_from_ring(out);
         }
-        // Refill: what is asked plus enough to bring the cache back to its size.
-        let req = n + (self.size - self.len);
-        // SAFETY: `len < n < size <= 512`, and `len + req = n + size <= 1024 =
-        // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
-        let room = unsafe {
-            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), req as usize)
-        };
-        match self.consumer.dequeue_bulk(room) {
-            Ok(k) if k == req as usize => self.len += req,
-            _ => return self.get_from_ring(out),
+        // Refill (recorded): what is asked plus enough to bring the cache back to its size.
+        if !self.refill(n) {
+            return self.get_from_ring(out);
         }
         self.get_bulk(out)
     }
@@ -848,6 +909,12 @@ impl PoolCache {
                     return self.reject_bad_get(out);
                 }
                 Ok(())
+            }
+            Ok(k) if k > 0 => {
+                // Fewer than asked (the ring skipped holes): all or none, so they go back.
+                let back: Vec<u32> = out[..k].to_vec();
+                self.put_to_ring(&back);
+                self.get_failed(out.len())
             }
             Ok(_) | Err(_) => self.get_failed(out.len()),
         }
@@ -956,6 +1023,9 @@ impl PoolCache {
         // Over the threshold: flush the whole cache, then start it again with these.
         // SAFETY: `len <= flush_threshold < CACHE_OBJS` indices in the owned array.
         let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
+        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
+        self.flush_from = 0;
+        self.begin_op(CACHE_OP_FLUSH, rec, seq);
         let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
         if pushed < all.len() {
             self.pool.shared.trouble(
@@ -969,6 +1039,7 @@ impl PoolCache {
         dst.copy_from_slice(objs);
         self.len = n;
         self.publish_len();
+        self.end_op();
         objs.len()
     }
 
@@ -1048,13 +1119,51 @@ impl PoolCache {
         let room = unsafe {
             std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), req as usize)
         };
-        match self.consumer.dequeue_bulk(room) {
-            Ok(got) if got == req as usize => {
-                self.len += req;
-                self.publish_len();
-                true
-            }
-            _ => false,
+        let (rec, seq) = (self.consumer.record(), self.consumer.next_op_seq());
+        self.begin_op(CACHE_OP_REFILL, rec, seq);
+        let got = self.consumer.dequeue_bulk(room).unwrap_or(0) as u32;
+        // (Fewer than asked when the ring skipped holes: what came is ours all the same.)
+        crate::crash_point!("cache.refill_after_dequeue");
+        self.len += got;
+        self.publish_len();
+        self.end_op();
+        self.len >= k
+    }
+
+    /// Records the free-ring operation about to start (see [`CacheSlotHeader::op`]):
+    /// its kind, the ring record of the handle doing it and its sequence number, and the
+    /// cache position it starts from (the current length for a refill, the size for a
+    /// flush of the excess, 0 for a flush of everything: see the callers). Nothing is
+    /// recorded without a slot or when the ring had no record for the handle.
+    #[inline(always)]
+    fn begin_op(&self, kind: u32, rec: Option<usize>, seq: u32) {
+        let (Some(slot), Some(rec)) = (self.slot, rec) else {
+            return;
+        };
+        let from = if kind == CACHE_OP_REFILL {
+            self.len
+        } else {
+            self.flush_from
+        };
+        let h = self.pool.shared.slot_header(slot);
+        // Relaxed, then Release on `op`: a recoverer reads them after this process died
+        // (its stores are all visible then); the order keeps a live reader consistent.
+        h.op_seq.store(seq, Ordering::Relaxed);
+        h.op_from.store(from, Ordering::Relaxed);
+        h.op.store(kind | ((rec as u32 & 0xff) << 8), Ordering::Release);
+    }
+
+    /// The operation [`begin_op`](Self::begin_op) recorded is over (its effect published
+    /// in the cache length).
+    #[inline(always)]
+    fn end_op(&self) {
+        if let Some(slot) = self.slot {
+            // Release: after the length that holds the operation's effect.
+            self.pool
+                .shared
+                .slot_header(slot)
+                .op
+                .store(0, Ordering::Release);
         }
     }
 
@@ -1072,7 +1181,11 @@ impl PoolCache {
                 (self.len - self.size) as usize,
             )
         };
+        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
+        self.flush_from = self.size;
+        self.begin_op(CACHE_OP_FLUSH, rec, seq);
         let pushed = self.producer.enqueue_burst(excess).unwrap_or(0);
+        crate::crash_point!("cache.flush_after_enqueue");
         if pushed < excess.len() {
             self.pool.shared.trouble(
                 Trouble::PutFail,
@@ -1082,6 +1195,7 @@ impl PoolCache {
         }
         self.len = self.size;
         self.publish_len();
+        self.end_op();
     }
 
     /// True when [`put`](Self::put) of one object goes into the cache without a flush.
@@ -1121,12 +1235,19 @@ impl PoolCache {
         if self.slot.is_none() || self.len == 0 {
             return;
         }
-        // SAFETY: `len <= CACHE_OBJS` indices in the owned array.
+        // SAFETY: `len <= CACHE_OBJS` indices in the owned array, which stays ours (and
+        // unchanged) while the ring copies them.
         let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
-        let all = all.to_vec();
+        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
+        self.flush_from = 0;
+        self.begin_op(CACHE_OP_FLUSH, rec, seq);
+        let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
+        if pushed < all.len() {
+            self.put_failed(all.len() - pushed);
+        }
         self.len = 0;
-        self.put_to_ring(&all);
         self.publish_len();
+        self.end_op();
     }
 }
 
