@@ -128,7 +128,8 @@ pub fn classify(input: &AuditInput) -> ExactAudit {
     };
     let free_lists = std::iter::once(&input.free_ring).chain(&input.caches);
     for list in free_lists {
-        for &i in list {
+        // Holes (all bits set) are positions a ring repair emptied, not objects.
+        for &i in list.iter().filter(|&&i| i != u32::MAX) {
             match seen.get_mut(i as usize) {
                 Some(s) => s.free += 1,
                 None => {

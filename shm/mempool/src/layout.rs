@@ -28,9 +28,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First bytes of every mempool.
 pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
 /// Layout major version; readers refuse any other.
-pub const POOL_LAYOUT_MAJOR: u16 = 1;
+pub const POOL_LAYOUT_MAJOR: u16 = 2;
 /// Layout minor version.
-pub const POOL_LAYOUT_MINOR: u16 = 1;
+pub const POOL_LAYOUT_MINOR: u16 = 0;
 /// Size of [`PoolInfo`].
 pub const POOL_INFO_SIZE: u64 = 256;
 /// Offset of [`PoolCounters`].
@@ -171,12 +171,23 @@ const _: () = {
     assert!(CACHE_SLOT_STRIDE.is_multiple_of(64));
 };
 
+/// Room the free ring keeps beyond the objects for holes: the positions a repaired dead
+/// producer's reservation leaves (see shm-ring's records) take capacity until a consumer
+/// skips them, and the objects of that reservation, still in the dead process's cache,
+/// must then fit too. Two full caches' worth covers the flushes in flight.
+pub const HOLE_ROOM: u32 = 2 * CACHE_OBJS;
+
+/// Capacity of the free ring of a pool of `obj_count` objects.
+pub fn free_ring_capacity(obj_count: u32) -> Option<u32> {
+    obj_count.checked_add(HOLE_ROOM)
+}
+
 /// Where everything goes for a pool of `obj_count` objects of `obj_size` bytes (already a
 /// multiple of [`OBJ_ALIGN`]): `(ring_off, ring_len, objs_off, total_len)`, or `None` on
 /// overflow or a count the ring cannot hold.
 pub fn pool_offsets(obj_count: u32, obj_size: u32) -> Option<(u64, u64, u64, u64)> {
     let ring_off = CACHES_OFF + u64::from(CACHE_SLOTS) * CACHE_SLOT_STRIDE;
-    let ring_len = shm_ring::ring_bytes::<u32>(obj_count)?;
+    let ring_len = shm_ring::ring_bytes::<u32>(free_ring_capacity(obj_count)?)?;
     let objs_off = (ring_off + ring_len).next_multiple_of(OBJ_ALIGN);
     let total = objs_off.checked_add(u64::from(obj_count).checked_mul(u64::from(obj_size))?)?;
     Some((ring_off, ring_len, objs_off, total))

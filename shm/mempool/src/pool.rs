@@ -147,7 +147,11 @@ impl PoolShared {
 
     /// Flushes the cache in `slot` of dead process `pid` to the free ring; `slot`'s owner
     /// word must already be ours (`SLOT_RECOVERING` or our pid). Returns objects flushed.
-    fn flush_slot(&self, slot: u32, pid: u32, producer: &mut MpProducer<u32>) -> u32 {
+    ///
+    /// The producer it pushes with is made after the cache's length is settled: making it
+    /// claims a ring record, which may recycle the dead process's records that the
+    /// settling reads.
+    fn flush_slot(&self, slot: u32, pid: u32) -> u32 {
         let hdr = self.slot_header(slot);
         let len = self.recovered_len(hdr, pid);
         let mut tmp = vec![0u32; len as usize];
@@ -184,6 +188,7 @@ impl PoolShared {
                 "a dead owner's cache held out-of-range indices",
             );
         }
+        let mut producer = self.ring.mp_producer().expect("MP/MC");
         let pushed = producer.enqueue_burst(&tmp).unwrap_or(0);
         if pushed < tmp.len() {
             self.trouble(
@@ -293,7 +298,7 @@ impl Mempool {
             off + ring_off,
             ring_len,
             name,
-            params.count,
+            free_ring_capacity(params.count).ok_or_else(|| bad("too large".into()))?,
             SyncMode::MP_MC,
         )
         .map_err(|e| bad(e.to_string()))?;
@@ -401,7 +406,9 @@ impl Mempool {
             .map_err(oob)?;
         let ring = Ring::<u32>::open(region, off + info.ring_off, info.ring_len)
             .map_err(|e| bad(format!("pool {name}: free ring: {e}")))?;
-        if ring.capacity() != info.obj_count as usize || ring.mode() != SyncMode::MP_MC {
+        if Some(ring.capacity() as u32) != free_ring_capacity(info.obj_count)
+            || ring.mode() != SyncMode::MP_MC
+        {
             return Err(bad(format!("pool {name}: free ring has the wrong shape")));
         }
         Ok(Mempool {
@@ -526,8 +533,7 @@ impl Mempool {
                     continue;
                 }
                 if pass == 1 {
-                    let mut producer = sh.ring.mp_producer().expect("MP/MC");
-                    sh.flush_slot(slot, cur, &mut producer);
+                    sh.flush_slot(slot, cur);
                     sh.counters()
                         .caches_recovered
                         .fetch_add(1, Ordering::Relaxed);
@@ -606,7 +612,7 @@ impl Mempool {
 
     fn recover_slots(&self, dead: impl Fn(u32, &CacheSlotHeader) -> bool) -> u64 {
         let sh = &self.shared;
-        let mut producer = sh.ring.mp_producer().expect("MP/MC");
+
         let mut total = 0u64;
         for slot in 0..CACHE_SLOTS {
             let hdr = sh.slot_header(slot);
@@ -621,7 +627,7 @@ impl Mempool {
             {
                 continue;
             }
-            total += u64::from(sh.flush_slot(slot, cur, &mut producer));
+            total += u64::from(sh.flush_slot(slot, cur));
             sh.counters()
                 .caches_recovered
                 .fetch_add(1, Ordering::Relaxed);
