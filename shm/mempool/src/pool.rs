@@ -575,7 +575,18 @@ impl Mempool {
         let sh = &self.shared;
         let report = sh.ring.repair_dead(pid, start_time);
         let n = sh.info.obj_count;
-        let back: Vec<u32> = report.returned.into_iter().filter(|&i| i < n).collect();
+        let mut back: Vec<u32> = report.returned.into_iter().filter(|&i| i < n).collect();
+        if report.left_pending + report.published > 0 {
+            // A range handed to the ring is released by the next consumer at the tail: be
+            // that consumer now (one object out, and back in below), so the ring is whole
+            // again before anyone counts it.
+            if let Ok(mut c) = sh.ring.mc_consumer() {
+                let mut one = [0u32; 1];
+                if let Ok(1) = c.dequeue_burst(&mut one) {
+                    back.extend(one.iter().filter(|&&i| i < n));
+                }
+            }
+        }
         if back.is_empty() {
             return 0;
         }
