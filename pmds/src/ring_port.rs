@@ -160,6 +160,9 @@ pub(crate) struct SpTx {
     owner: bool,
     /// Our tag.
     me: u32,
+    /// A guest (`OwnerTag::GUEST`) never hands off locally: the host's guest-facing side
+    /// takes only transit handles of the guest's pool through its choke point.
+    transit_only: bool,
 }
 
 /// Most packets one local burst moves.
@@ -178,9 +181,11 @@ impl SpTx {
             // an exact one, whatever the earlier producer reserved ahead.
             ring.local_until().store(prod.position(), Ordering::Relaxed);
         }
+        let transit_only = me == OwnerTag::GUEST;
         SpTx {
-            owner: owner == me.0,
+            owner: owner == me.0 && !transit_only,
             me: me.0,
+            transit_only,
             prod,
             ring,
         }
@@ -219,7 +224,7 @@ impl SpTx {
         pkts: &mut Vec<Mbuf<'c>>,
         record: Option<(&QueueBlock, &mut [u64])>,
     ) -> usize {
-        if !self.owner && !self.try_own() {
+        if self.transit_only || (!self.owner && !self.try_own()) {
             return match record {
                 Some((block, record)) => self.tx_transit(cache, pkts, block, record),
                 None => 0,
