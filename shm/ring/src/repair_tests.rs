@@ -27,6 +27,7 @@ fn drain(c: &mut ScConsumer<u64>) -> Vec<u64> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn a_producer_dead_after_its_head_cas_becomes_holes_and_survivors_go_on() {
     let r = ring(SyncMode::MP_SC);
     let mut dead = r.mp_producer().unwrap();
@@ -60,6 +61,7 @@ fn a_producer_dead_after_its_head_cas_becomes_holes_and_survivors_go_on() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn a_producer_dead_after_its_copy_is_published_by_the_survivor() {
     let r = ring(SyncMode::MP_MC);
     let mut dead = r.mp_producer().unwrap();
@@ -78,6 +80,7 @@ fn a_producer_dead_after_its_copy_is_published_by_the_survivor() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn a_consumer_dead_after_its_head_cas_is_adopted_by_a_survivor_with_room() {
     let r = ring(SyncMode::SP_MC);
     let mut p = r.sp_producer().unwrap();
@@ -108,6 +111,7 @@ fn a_consumer_dead_after_its_head_cas_is_adopted_by_a_survivor_with_room() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn a_dead_consumers_elements_come_back_from_repair_dead_when_no_survivor_has_room() {
     let r = ring(SyncMode::MP_MC);
     let mut p = r.mp_producer().unwrap();
@@ -135,6 +139,7 @@ fn a_dead_consumers_elements_come_back_from_repair_dead_when_no_survivor_has_roo
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
     let r = ring(SyncMode::MP_SC);
     let mut slow = r.mp_producer().unwrap();
@@ -161,6 +166,7 @@ fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn records_are_claimed_per_clone_freed_on_drop_and_recovered_from_dead_owners() {
     let r = ring(SyncMode::MP_MC);
     let mut hs: Vec<MpProducer<u64>> = Vec::new();
@@ -180,6 +186,7 @@ fn records_are_claimed_per_clone_freed_on_drop_and_recovered_from_dead_owners() 
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn unrecorded_handles_still_time_out() {
     let r = ring(SyncMode::MP_SC);
     let mut hs: Vec<MpProducer<u64>> = Vec::new();
@@ -195,6 +202,7 @@ fn unrecorded_handles_still_time_out() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn skipped_holes_leave_holes_not_stale_copies_behind_the_kept_elements() {
     let r = ring(SyncMode::MP_MC);
     let mut dead = r.mp_producer().unwrap();
