@@ -165,6 +165,10 @@ pub(crate) struct SpTx {
     transit_only: bool,
 }
 
+/// How long a producer leaving a ring waits for a live consumer in another process to
+/// take its local entries (see [`SpTx::release`]).
+pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most packets one local burst moves.
 const MAX_LOCAL_BURST: usize = crate::ethdev::MAX_BURST;
 
@@ -313,8 +317,24 @@ impl SpTx {
 
     /// Gives up the role (the queue is dropped): the bound becomes exact, so the next
     /// producer becomes the owner as soon as the consumer has passed our last entry.
+    ///
+    /// Local entries still queued carry our tag, and when this process ends the primary
+    /// returns every buffer with its tag, those too (the consumer then refuses the stale
+    /// entries): so a producer that leaves while another live process consumes the ring
+    /// first waits (up to [`DRAIN_WAIT`]) for it to take what was sent.
     pub(crate) fn release(&mut self) {
         if self.owner {
+            let consumer = self.ring.consumer_pid();
+            if consumer != 0 && consumer != std::process::id() {
+                let end = self.prod.position();
+                let t0 = std::time::Instant::now();
+                while !at_or_after(self.ring.cons_tail(), end)
+                    && t0.elapsed() < DRAIN_WAIT
+                    && shm_mempool::pid_alive(consumer)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
             // Relaxed: the role's release (Release) orders it for the next producer.
             self.ring
                 .local_until()

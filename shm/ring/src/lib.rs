@@ -492,6 +492,12 @@ impl<T: Element> Ring<T> {
         &self.core.ctrl().local_until
     }
 
+    /// Pid holding the single-consumer role (0: none, or a multi-consumer ring).
+    pub fn consumer_pid(&self) -> u32 {
+        // Relaxed: a hint for a producer deciding whether to wait for a live consumer.
+        self.core.cons().owner.load(sync::Ordering::Relaxed)
+    }
+
     /// The producers' tail: the position after the last published element.
     pub fn prod_tail(&self) -> u32 {
         // Acquire: pairs with the producer's Release publish (R1), so the elements before
