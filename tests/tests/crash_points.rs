@@ -259,7 +259,6 @@ fn crash_once(primary: &mut Proc, prefix: &str, spec: &str, seed: u64) -> Result
 }
 
 #[test]
-#[ignore = "issue 16 open: the harness still finds windows of the free ring's dead-consumer repair (ring.mc_*) and under 1000 random kills; run with --ignored"]
 fn every_crash_point_loses_and_duplicates_nothing() {
     let mut failures = Vec::new();
     for (k, point) in shm::crash::POINTS.iter().enumerate() {
@@ -298,7 +297,6 @@ impl Delays {
 }
 
 #[test]
-#[ignore = "issue 16 open: the harness still finds windows of the free ring's dead-consumer repair (ring.mc_*) and under 1000 random kills; run with --ignored"]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let prefix = unique_prefix("cprand");
     let mut p = primary(&prefix);
@@ -342,7 +340,6 @@ fn attached(prefix: &str) -> usize {
 /// 5-100 ms after it started; then the audit must be exact and everything still works.
 /// `SHMDP_SOAK_KILLS` changes the count.
 #[test]
-#[ignore = "issue 16 open: the harness still finds windows of the free ring's dead-consumer repair (ring.mc_*) and under 1000 random kills; run with --ignored"]
 fn soak_1000_random_kills_under_load() {
     let kills: u32 = std::env::var("SHMDP_SOAK_KILLS")
         .ok()

@@ -585,35 +585,40 @@ impl MbufCache {
     #[inline]
     pub fn alloc_bulk<'c>(&'c self, out: &mut Vec<Mbuf<'c>>, n: usize) -> Result<(), PoolError> {
         let start = out.len();
-        if self.cache().cached() as usize >= n {
-            // Crash-exact, one at a time from the cache (as `alloc`).
-            for _ in 0..n {
-                match self.take_fresh() {
-                    Some(i) => out.push(Mbuf::from_index(self, i)),
-                    None => {
-                        out.truncate(start);
-                        return Err(PoolError::Exhausted {
-                            pool: self.pool.mempool().name().to_string(),
-                            wanted: n,
-                        });
-                    }
-                }
-            }
-            return Ok(());
-        }
         let mut idx = [0u32; 64];
         let mut left = n;
         while left > 0 {
             let k = left.min(idx.len());
-            if let Err(e) = self.cache().get_bulk(&mut idx[..k]) {
+            // Crash-exact (as `alloc`): the top `k` of the cache are tagged while still in
+            // it, then taken; handles without a cache take them from the ring first.
+            let Some(got) = self.cache().peek_top_bulk(&mut idx[..k]) else {
+                if let Err(e) = self.cache().get_bulk(&mut idx[..k]) {
+                    out.truncate(start);
+                    return Err(e);
+                }
+                for &i in &idx[..k] {
+                    self.reset(i);
+                    out.push(Mbuf::from_index(self, i));
+                }
+                left -= k;
+                continue;
+            };
+            if got == 0 {
                 out.truncate(start);
-                return Err(e);
+                return Err(PoolError::Exhausted {
+                    pool: self.pool.mempool().name().to_string(),
+                    wanted: n,
+                });
             }
-            for &i in &idx[..k] {
+            for &i in &idx[..got] {
                 self.reset(i);
+            }
+            crate::crash_point!("mbuf.alloc_after_tag");
+            self.cache().take_top_n(got as u32);
+            for &i in &idx[..got] {
                 out.push(Mbuf::from_index(self, i));
             }
-            left -= k;
+            left -= got;
         }
         Ok(())
     }

@@ -47,50 +47,8 @@ impl OwnerTag {
     }
 }
 
-/// True while a process with this pid exists (it may be a zombie, or a reused pid: see
-/// [`process_start_time`]).
-pub fn pid_alive(pid: u32) -> bool {
-    use nix::errno::Errno;
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-        Err(Errno::ESRCH)
-    )
-}
-
-/// True once a process has finished: no such pid, or a zombie (exited, not yet reaped by
-/// its parent). A process that is still running its exit path counts as alive.
-pub fn process_gone(pid: u32) -> bool {
-    if !pid_alive(pid) {
-        return true;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X" | "x"))
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), which
-/// with the pid identifies one process for ever; `None` if it does not exist.
-/// (Always `None` under Miri, which cannot read /proc.)
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    if cfg!(miri) {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3; field 22 is the 20th from there.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+// Liveness of a holder: one implementation, in shm-ring (its records need it too).
+pub use shm_ring::{pid_alive, process_gone, process_start_time};
 
 #[cfg(test)]
 mod tests {

@@ -1115,6 +1115,48 @@ impl PoolCache {
         self.peek_top()
     }
 
+    /// Crash-exact bulk allocation, step 1 (as [`peek_top`](Self::peek_top) for up to
+    /// `out.len()` objects, at most the cache's size): refills the cache if it holds fewer
+    /// and copies its top objects, still in the cache, into `out`, topmost last; returns
+    /// how many (0: the pool is empty). The caller tags them and then takes them with
+    /// [`take_top_n`](Self::take_top_n). `None`: this handle has no cache.
+    #[inline]
+    pub(crate) fn peek_top_bulk(&mut self, out: &mut [u32]) -> Option<usize> {
+        if self.size <= 1 {
+            return None;
+        }
+        let want = (out.len() as u32).min(self.size);
+        if self.len < want && !self.refill(want) {
+            // Fewer free than asked: whatever the cache holds (the caller fails all or
+            // none, and its drops put them back).
+            if self.len == 0 {
+                return Some(0);
+            }
+        }
+        let k = want.min(self.len);
+        // SAFETY: `k <= len <= CACHE_OBJS`: the top `k` positions of this slot's index
+        // array, which this handle owns.
+        let top = unsafe {
+            std::slice::from_raw_parts(self.objs.wrapping_add((self.len - k) as usize), k as usize)
+        };
+        if copy_checked(&mut out[..k as usize], top, self.n) {
+            // A bad index in our own cache: the one-at-a-time path weeds it (counted).
+            return Some(usize::from(self.peek_top().is_some_and(|i| {
+                out[0] = i;
+                true
+            })));
+        }
+        Some(k as usize)
+    }
+
+    /// Crash-exact bulk allocation, step 2: takes the `k` objects
+    /// [`peek_top_bulk`](Self::peek_top_bulk) returned out of the cache.
+    #[inline(always)]
+    pub(crate) fn take_top_n(&mut self, k: u32) {
+        self.len -= k;
+        self.publish_len();
+    }
+
     /// Crash-exact allocation, step 2: takes the object [`peek_top`](Self::peek_top)
     /// returned out of the cache.
     #[inline(always)]
@@ -1130,21 +1172,30 @@ impl PoolCache {
         if self.len >= k {
             return true;
         }
-        let req = k + (self.size - self.len);
-        // SAFETY: `len < k <= size <= 512`, and `len + req = k + size <= 1024 =
-        // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
-        let room = unsafe {
-            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), req as usize)
-        };
-        let (rec, seq) = (self.consumer.record(), self.consumer.next_op_seq());
-        self.begin_op(CACHE_OP_REFILL, rec, seq);
-        let got = self.consumer.dequeue_bulk(room).unwrap_or(0) as u32;
-        // (Fewer than asked when the ring skipped holes: what came is ours all the same.)
-        crate::crash_point!("cache.refill_after_dequeue");
-        self.len += got;
-        self.publish_len();
-        self.end_op();
-        self.len >= k
+        // What is asked plus enough to bring the cache back to its size; if the ring has
+        // fewer, just what is asked.
+        for req in [k + (self.size - self.len), k - self.len] {
+            // SAFETY: `len < k <= size <= 512`, and `len + req <= k + size <= 1024 =
+            // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
+            let room = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.objs.wrapping_add(self.len as usize),
+                    req as usize,
+                )
+            };
+            let (rec, seq) = (self.consumer.record(), self.consumer.next_op_seq());
+            self.begin_op(CACHE_OP_REFILL, rec, seq);
+            let got = self.consumer.dequeue_bulk(room).unwrap_or(0) as u32;
+            // (Fewer than asked when the ring skipped holes: what came is ours all the same.)
+            crate::crash_point!("cache.refill_after_dequeue");
+            self.len += got;
+            self.publish_len();
+            self.end_op();
+            if self.len >= k {
+                return true;
+            }
+        }
+        false
     }
 
     /// Records the free-ring operation about to start (see [`CacheSlotHeader::op`]):

@@ -4,7 +4,7 @@
 
 use super::{want, McConsumer, MpProducer};
 use crate::core::{Behaviour, Published, Waiter};
-use crate::records::{pack_state, ST_DONE};
+use crate::records::{pack_range, pack_state, ST_DONE, ST_INTENT};
 use crate::sync::Ordering;
 use crate::{Element, RingError};
 
@@ -66,6 +66,19 @@ impl<T: Element> MpProducer<T> {
             );
         }
     }
+
+    /// Test hook (crash models): as [`McConsumer::__failed_attempt`].
+    #[doc(hidden)]
+    pub fn __failed_attempt(&mut self, start: u32, len: u32) {
+        if let Some(i) = self.rec {
+            let r = self.core.record(i as usize);
+            r.range.store(pack_range(start, len), Ordering::Relaxed);
+            r.state.store(
+                pack_state(self.seq.wrapping_add(1), ST_INTENT),
+                Ordering::Release,
+            );
+        }
+    }
 }
 
 impl<T: Element> McConsumer<T> {
@@ -121,6 +134,21 @@ impl<T: Element> McConsumer<T> {
             // Release: as in `MpProducer::__die`.
             r.owner.store(
                 crate::records::SIDE_CONS << 32 | u64::from(pid),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Test hook (crash models): the record of an attempt whose head CAS failed, left as
+    /// a process killed right after that CAS leaves it: INTENT for `[start, start+len)`,
+    /// the head untouched.
+    #[doc(hidden)]
+    pub fn __failed_attempt(&mut self, start: u32, len: u32) {
+        if let Some(i) = self.rec {
+            let r = self.core.record(i as usize);
+            r.range.store(pack_range(start, len), Ordering::Relaxed);
+            r.state.store(
+                pack_state(self.seq.wrapping_add(1), ST_INTENT),
                 Ordering::Release,
             );
         }

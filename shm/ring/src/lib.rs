@@ -60,8 +60,8 @@ pub use handles::{
 };
 use layout::*;
 pub use records::{
-    pid_alive, process_start_time, OpState, RecordView, RepairReport, HANDOVER_AFTER, REPAIR_EVERY,
-    REPAIR_FIRST,
+    pid_alive, process_gone, process_start_time, OpState, RecordView, RepairReport, HANDOVER_AFTER,
+    REPAIR_EVERY, REPAIR_FIRST,
 };
 pub use untrusted::{
     UntrustedConsumer, UntrustedProducer, UNTRUSTED_CAS_TRIES, UNTRUSTED_PUBLISH_SPINS,

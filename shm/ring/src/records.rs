@@ -169,6 +169,25 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// True once a process has finished: no such pid, or a zombie (exited, not yet reaped by
+/// its parent: its memory is gone, it writes nothing more). A process still running its
+/// exit path counts as alive. Reads `/proc` (cold paths only).
+pub fn process_gone(pid: u32) -> bool {
+    if !pid_alive(pid) {
+        return true;
+    }
+    if cfg!(any(loom, miri)) {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// Start time of process `pid` (`/proc/PID/stat` field 22, clock ticks since boot), or
 /// None when unknown. Together with the pid it names one process, even after pid reuse.
 pub fn process_start_time(pid: u32) -> Option<u64> {
@@ -203,7 +222,9 @@ pub(crate) fn owner_gone(owner: u64, start_time: u64) -> bool {
     if pid == std::process::id() {
         return false;
     }
-    if !pid_alive(pid) {
+    // A zombie is gone: the primary repairs a killed process once it is one (its parent
+    // may not have reaped it yet).
+    if process_gone(pid) {
         return true;
     }
     start_time != 0 && process_start_time(pid).is_some_and(|t| t != start_time)
@@ -275,6 +296,21 @@ pub struct RepairReport<T> {
     pub left_pending: u32,
     /// Records whose owner is alive (not touched).
     pub alive: u32,
+    /// Stale reservations freed: a head CAS that failed (another record took that
+    /// range) before the owner rewrote its record.
+    pub stale: u32,
+}
+
+/// Whether a dead owner's INTENT record took its range ([`RingCore::intent_claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Its head CAS took the range.
+    Won,
+    /// Another record took it (this one is a failed attempt).
+    Lost,
+    /// Not decidable now (a live rival, or dead rivals of different lengths that the
+    /// head and the other records do not tell apart).
+    Unknown,
 }
 
 /// Outcome of one repair attempt at the tail.
@@ -396,6 +432,72 @@ impl<T: Element> RingCore<T> {
         }
     }
 
+    /// Whether the dead owner's INTENT record `i` (range `[start, start+len)` on side
+    /// `prod`) is the one whose head CAS took that range. Several records can name the
+    /// same start: an owner whose CAS failed keeps its INTENT until it rewrites it, and
+    /// a process killed there (or a thread of it, killed with a peer that won) leaves a
+    /// stale one. A finished (DONE) or repaired (VOIDED) rival is the winner; a live rival
+    /// in INTENT decides itself soon (it copies, or rewrites its record). Among dead
+    /// INTENT rivals only, the winner's range ends where the next one begins (the head,
+    /// or another record's start); equal lengths cannot be told apart and need not be:
+    /// the lowest index is taken as the winner, the others as stale.
+    pub(crate) fn intent_claim(&self, prod: bool, i: usize, start: u32, len: u32) -> Claim {
+        let (ht, side) = self.side(prod);
+        let mut rivals: Vec<(usize, u32)> = Vec::new();
+        for j in 0..SCAN {
+            if j == i {
+                continue;
+            }
+            let r = self.record(j);
+            // Acquire, A6: as in `repair_at`.
+            let owner = r.owner.load(Ordering::Acquire);
+            if owner >> 32 != side {
+                continue;
+            }
+            let (st, _) = unpack_state(r.state.load(Ordering::Acquire));
+            let (s, l) = unpack(r.range.load(Ordering::Relaxed));
+            if st == ST_IDLE || s != start || l == 0 {
+                continue;
+            }
+            if st != ST_INTENT {
+                return Claim::Lost;
+            }
+            if !owner_gone(owner, r.start_time.load(Ordering::Relaxed)) {
+                return Claim::Unknown;
+            }
+            rivals.push((j, l));
+        }
+        if rivals.is_empty() {
+            return Claim::Won;
+        }
+        // A5: the head and every record written before the CAS that moved it.
+        let head = ht.head.load(Ordering::Acquire);
+        let boundary = |l: u32| {
+            let end = start.wrapping_add(l);
+            end == head
+                || (0..SCAN).any(|j| {
+                    let r = self.record(j);
+                    let owner = r.owner.load(Ordering::Acquire);
+                    let (st, _) = unpack_state(r.state.load(Ordering::Acquire));
+                    owner >> 32 == side
+                        && st != ST_IDLE
+                        && unpack(r.range.load(Ordering::Relaxed)).0 == end
+                })
+        };
+        rivals.push((i, len));
+        let fits: Vec<(usize, u32)> = rivals.into_iter().filter(|&(_, l)| boundary(l)).collect();
+        match fits.first() {
+            Some(&(_, l0)) if fits.iter().all(|&(_, l)| l == l0) => {
+                if fits.iter().map(|&(j, _)| j).min() == Some(i) {
+                    Claim::Won
+                } else {
+                    Claim::Lost
+                }
+            }
+            _ => Claim::Unknown,
+        }
+    }
+
     /// One look at the records for the range starting at the tail `t` of side `prod`;
     /// repairs it if its owner is gone. `room` receives the elements of a dead
     /// consumer's uncopied range when they fit (`adopted` counts them).
@@ -447,9 +549,25 @@ impl<T: Element> RingCore<T> {
             return Step::Nothing;
         };
         if unpack_state(sw).0 == ST_INTENT && intents > 1 {
-            // Two dead owners tried the same head; only one CAS succeeded and the records
-            // do not say which: leave it for the operator (never seen outside a model).
-            return Step::Nothing;
+            // Several dead owners tried the same head; only one CAS succeeded: repair the
+            // winner if the records tell which (`intent_claim`), else leave it.
+            let winner = (0..SCAN).find_map(|j| {
+                let r = self.record(j);
+                let owner = r.owner.load(Ordering::Acquire);
+                let w = r.state.load(Ordering::Acquire);
+                let (s, l) = unpack(r.range.load(Ordering::Relaxed));
+                (owner >> 32 == side
+                    && unpack_state(w).0 == ST_INTENT
+                    && s == t
+                    && l != 0
+                    && l <= span
+                    && self.intent_claim(prod, j, t, l) == Claim::Won)
+                    .then_some((j, w, l))
+            });
+            let Some((i, sw, len)) = winner else {
+                return Step::Nothing;
+            };
+            return self.repair_record(prod, i, sw, t, len, token, room, adopted, mine);
         }
         self.repair_record(prod, i, sw, t, len, token, room, adopted, mine)
     }
@@ -594,6 +712,7 @@ impl<T: Element> RingCore<T> {
             returned: Vec::new(),
             left_pending: 0,
             alive: 0,
+            stale: 0,
         };
         let token = new_token();
         let mut handed = Vec::new();
@@ -619,7 +738,28 @@ impl<T: Element> RingCore<T> {
                     crate::sync::yield_now();
                 }
                 let sw = r.state.load(Ordering::Acquire);
-                if unpack_state(sw).0 == ST_INTENT && self.pending(v.producer, v.start) {
+                let mut claim = Claim::Won;
+                if unpack_state(sw).0 == ST_INTENT {
+                    // A live rival at the same start decides within its operation.
+                    for _ in 0..10_000 {
+                        claim = self.intent_claim(v.producer, i, v.start, v.len);
+                        if claim != Claim::Unknown {
+                            break;
+                        }
+                        crate::sync::yield_now();
+                    }
+                }
+                if claim == Claim::Lost {
+                    // A failed attempt: nothing of the range was ever this record's.
+                    r.repairer.store(0, Ordering::Release);
+                    r.owner.store(0, Ordering::Release);
+                    rep.stale += 1;
+                    continue;
+                }
+                if unpack_state(sw).0 == ST_INTENT
+                    && claim == Claim::Won
+                    && self.pending(v.producer, v.start)
+                {
                     if v.producer {
                         // A2, as in `repair_record`.
                         let _ = self.cons().tail.load(Ordering::Acquire);

@@ -217,3 +217,59 @@ fn skipped_holes_leave_holes_not_stale_copies_behind_the_kept_elements() {
     assert_eq!(out[..5], [1, 2, 3, u64::HOLE, u64::HOLE]);
     assert_eq!(out[5..], [0; 3], "untouched beyond what was taken");
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_failed_attempt_at_the_same_start_as_a_dead_winner_is_stale_not_returned_again() {
+    // Two threads of one process at the same head: one's CAS won and it copied (DONE),
+    // the other's failed; the process was killed before either went on.
+    let r = ring(SyncMode::MP_MC);
+    let mut p = r.mp_producer().unwrap();
+    p.enqueue_bulk(&[1, 2, 3, 4]).unwrap();
+    let mut winner = r.mc_consumer().unwrap();
+    let mut loser = winner.clone();
+    let mut buf = [0u64; 2];
+    assert_eq!(winner.__reserve(&mut buf, true).unwrap(), (0, 2));
+    loser.__failed_attempt(0, 2);
+    let pid = dead_pid();
+    winner.__die(pid);
+    loser.__die(pid);
+    let rep = r.repair_dead(pid, 0);
+    assert!(rep.returned.is_empty(), "the winner copied them: {rep:?}");
+    assert_eq!((rep.stale, rep.published), (1, 1));
+    assert_eq!(r.count(), 2, "only 3 and 4 are left");
+    // The same with the winner not yet copied: its elements come back once.
+    let mut p2 = r.mp_producer().unwrap();
+    p2.enqueue_bulk(&[5]).unwrap();
+    let mut winner = r.mc_consumer().unwrap();
+    let mut loser = winner.clone();
+    let mut buf = [0u64; 2];
+    assert_eq!(winner.__reserve(&mut buf, false).unwrap(), (2, 2));
+    loser.__failed_attempt(2, 2);
+    let pid = dead_pid();
+    winner.__die(pid);
+    loser.__die(pid);
+    let rep = r.repair_dead(pid, 0);
+    assert_eq!(rep.returned, [3, 4], "{rep:?}");
+    assert_eq!(rep.stale, 1);
+    assert_eq!(r.count(), 1);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_dead_producers_failed_attempt_does_not_hole_a_published_range() {
+    let r = ring(SyncMode::MP_MC);
+    let mut winner = r.mp_producer().unwrap();
+    let mut loser = winner.clone();
+    assert_eq!(winner.__reserve(&[7, 8], true).unwrap(), (0, 2));
+    loser.__failed_attempt(0, 3);
+    let pid = dead_pid();
+    winner.__die(pid);
+    loser.__die(pid);
+    let rep = r.repair_dead(pid, 0);
+    assert_eq!((rep.voided, rep.stale, rep.published), (0, 1, 1), "{rep:?}");
+    let mut c = r.mc_consumer().unwrap();
+    let mut out = [0u64; 4];
+    assert_eq!(c.dequeue_burst(&mut out).unwrap(), 2);
+    assert_eq!(out[..2], [7, 8]);
+}
