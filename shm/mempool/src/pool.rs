@@ -759,22 +759,42 @@ fn check_params(name: &str, params: &PoolParams) -> Result<(), PoolError> {
 }
 
 /// Copies object indices and reports whether any is out of range (`>= limit`), in one
-/// pass: eight at a time as fixed-size arrays (plain vector moves and compares, no
-/// `memcpy` call), then the rest one by one.
+/// pass: eight at a time as fixed-size arrays (plain vector moves, no `memcpy` call), then
+/// the rest one by one. The range check is [`out_of_range_bits`]: signed arithmetic that
+/// baseline x86-64 (SSE2, which has no unsigned 32-bit compare) vectorizes.
 #[inline(always)]
 fn copy_checked(dst: &mut [u32], src: &[u32], limit: u32) -> bool {
-    let mut bad = false;
+    // One accumulator per lane, so the loop is two vector moves and a few vector ORs.
+    let mut lanes = [0u32; 8];
     let (d8, d1) = dst.as_chunks_mut::<8>();
     let (s8, s1) = src.as_chunks::<8>();
     for (d, s) in d8.iter_mut().zip(s8) {
-        *d = *s;
-        bad |= s.iter().fold(false, |b, &i| b | (i >= limit));
+        let v = *s;
+        *d = v;
+        for k in 0..8 {
+            lanes[k] |= out_of_range_bits(v[k], limit);
+        }
     }
+    let mut acc = lanes.iter().fold(0, |a, &b| a | b);
     for (d, s) in d1.iter_mut().zip(s1) {
         *d = *s;
-        bad |= *s >= limit;
+        acc |= out_of_range_bits(*s, limit);
     }
-    bad
+    acc >> 31 != 0
+}
+
+/// True when any of `objs` is `>= limit` (as [`copy_checked`], without the copy).
+#[inline(always)]
+fn any_out_of_range(objs: &[u32], limit: u32) -> bool {
+    objs.iter().fold(0u32, |acc, &i| acc | out_of_range_bits(i, limit)) >> 31 != 0
+}
+
+/// A word whose top bit is set when `i >= limit`, for `1 <= limit <= 2^31` (object counts
+/// are below 2^31): `limit - 1 - i` goes negative for `limit <= i < limit + 2^31`, and `i`
+/// itself has the top bit from 2^31 on. (For `limit == 0` every `i` sets it.)
+#[inline(always)]
+fn out_of_range_bits(i: u32, limit: u32) -> u32 {
+    limit.wrapping_sub(1).wrapping_sub(i) | i
 }
 
 /// True when the process that claimed a cache slot is gone (pid dead, or alive with another
@@ -922,7 +942,7 @@ impl PoolCache {
         match self.consumer.dequeue_bulk(out) {
             Ok(k) if k == out.len() => {
                 let limit = self.n;
-                if out.iter().fold(false, |bad, &i| bad | (i >= limit)) {
+                if any_out_of_range(out, limit) {
                     return self.reject_bad_get(out);
                 }
                 Ok(())
@@ -1020,7 +1040,7 @@ impl PoolCache {
     #[inline(never)]
     fn put_uncached(&mut self, objs: &[u32]) -> usize {
         let nobj = self.n;
-        if objs.iter().fold(false, |bad, &i| bad | (i >= nobj)) {
+        if any_out_of_range(objs, nobj) {
             return self.put_filtered(objs);
         }
         self.put_to_ring(objs)
@@ -1030,7 +1050,7 @@ impl PoolCache {
     #[inline(never)]
     fn put_slow(&mut self, objs: &[u32]) -> usize {
         let nobj = self.n;
-        if objs.iter().fold(false, |bad, &i| bad | (i >= nobj)) {
+        if any_out_of_range(objs, nobj) {
             return self.put_filtered(objs);
         }
         let n = objs.len() as u32;
@@ -1334,5 +1354,35 @@ impl Drop for PoolCache {
                 Ordering::Relaxed,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod range_check_tests {
+    use super::{any_out_of_range, copy_checked, out_of_range_bits};
+
+    #[test]
+    fn the_signed_range_check_agrees_with_the_unsigned_compare() {
+        for limit in [1u32, 2, 100, 2047, (1 << 31) - 1, 1 << 31] {
+            for i in [
+                0,
+                limit - 1,
+                limit,
+                limit.wrapping_add(1),
+                (1 << 31) - 1,
+                1 << 31,
+                (1u32 << 31).wrapping_add(limit),
+                (1u32 << 31).wrapping_add(limit).wrapping_sub(1),
+                u32::MAX,
+            ] {
+                assert_eq!(out_of_range_bits(i, limit) >> 31 != 0, i >= limit, "{i} {limit}");
+            }
+        }
+        let src: Vec<u32> = (0..21).collect();
+        let mut dst = vec![0; 21];
+        assert!(!copy_checked(&mut dst, &src, 21));
+        assert_eq!(dst, src);
+        assert!(copy_checked(&mut dst, &src, 20));
+        assert!(any_out_of_range(&src, 20) && !any_out_of_range(&src, 21));
     }
 }
