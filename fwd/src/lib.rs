@@ -734,6 +734,8 @@ fn poll(
         tx_key.push(s.tx.map(|t| (t, s.queue)));
     }
     let mut pacer = Pacer::new(cfg, activity, t0, stop);
+    // io without retries moves ring-port handles directly where it can (`forward_to`).
+    let io_direct = cfg.mode == Mode::Io && !cfg.tx_retry;
     let mut sent_by_stream = vec![0u64; streams.len()];
     let mut rounds = 0u32;
     loop {
@@ -742,6 +744,22 @@ fn poll(
             match (rx_of[k].as_mut(), tx_key[k]) {
                 (Some(q), tx) => {
                     let r = s.rx.unwrap_or_default();
+                    if let (Some(key), true) = (tx, io_direct) {
+                        // io between ring ports of this process: handles move ring to
+                        // ring, no mbuf made (what testpmd's io over net_ring does).
+                        let txq = lanes.tx.get_mut(&key).expect("claimed above");
+                        if let Some((n, sent)) = q.forward_to(txq, cfg.burst, &mut buf) {
+                            let left = (n - sent) as u64;
+                            moved += n;
+                            mine[r].rx_packets += n as u64;
+                            mine[r].forwarded += sent as u64;
+                            mine[r].tx_full += left;
+                            mine[key.0].tx_packets += sent as u64;
+                            mine[key.0].tx_dropped += left;
+                            buf.clear();
+                            continue;
+                        }
+                    }
                     let n = q.rx_burst(&mut buf, cfg.burst);
                     if n == 0 {
                         continue;

@@ -1207,6 +1207,39 @@ impl<'c> RxQueue<'c> {
         &self.port
     }
 
+    /// io forwarding of up to `max` packets from this queue to `tx` without making mbufs,
+    /// where it can be done: both are ring queues of host processes and every packet
+    /// waiting is a local entry of this process (it sent them: a loopback forwarded by one
+    /// lcore, testpmd's io over `net_ring`). The handles move from ring to ring; both
+    /// ports count them. `None`: use [`rx_burst`](Self::rx_burst) and
+    /// [`TxQueue::tx_burst`] (nothing was taken). `Some((received, sent))`: those not sent
+    /// (the tx ring was full) are in `unsent` (give it the capacity of a burst), to drop.
+    #[inline]
+    pub fn forward_to(
+        &mut self,
+        tx: &mut TxQueue<'c>,
+        max: usize,
+        unsent: &mut Vec<Mbuf<'c>>,
+    ) -> Option<(usize, usize)> {
+        if self.guest.is_some() || tx.guest.is_some() || !tx.port.is_started() {
+            return None;
+        }
+        let (RxKind::Ring(RingRx::Sc(rx)), TxKind::Ring(RingTx::Sp(sp))) =
+            (&mut self.kind, &mut tx.kind)
+        else {
+            return None;
+        };
+        if !self.port.is_started() {
+            return Some((0, 0));
+        }
+        let (n, sent) = crate::ring_port::forward_local(rx, sp, self.cache, max, unsent)?;
+        if n > 0 {
+            self.claim.count(n as u64, 0);
+            tx.claim.count(sent as u64, 0);
+        }
+        Some((n, sent))
+    }
+
     /// Receives up to `max` packets (at most [`MAX_BURST`]) into `out`; returns how many.
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf<'c>>, max: usize) -> usize {
         if !self.port.is_started() {

@@ -80,6 +80,49 @@ fn ring_loopback_moves_packets_and_counts_them() {
 }
 
 #[test]
+fn io_forwarding_between_two_ring_ports_moves_handles_and_drops_what_does_not_fit() {
+    let e = env(256);
+    let (p0, p1) = (
+        e.port(0, "net_ring0", 64).unwrap(),
+        e.port(1, "net_ring1", 16).unwrap(),
+    );
+    let cache = e.pool.cache(OwnerTag(2)).unwrap();
+    let (mut rx0, mut tx0) = (
+        p0.rx_queue(0, &cache).unwrap(),
+        p0.tx_queue(0, &cache).unwrap(),
+    );
+    let (mut rx1, mut tx1) = (
+        p1.rx_queue(0, &cache).unwrap(),
+        p1.tx_queue(0, &cache).unwrap(),
+    );
+    let mut pkts = Vec::with_capacity(64);
+    for i in 0..40u8 {
+        pkts.push(cache.alloc_from(&[i; 60]).unwrap());
+    }
+    assert_eq!(tx0.tx_burst(&mut pkts), 40);
+    let mut unsent = Vec::with_capacity(64);
+    // Port 1's ring holds 16: 40 received, 16 forwarded, 24 handed back to drop.
+    assert_eq!(rx0.forward_to(&mut tx1, 64, &mut unsent), Some((40, 16)));
+    assert_eq!(unsent.len(), 24);
+    assert_eq!(unsent[0].data(), &[16u8; 60], "the first that did not fit");
+    unsent.clear();
+    assert_eq!(e.pool.mempool().stats().available, 256 - 16);
+    let mut got = Vec::with_capacity(64);
+    assert_eq!(rx1.rx_burst(&mut got, 64), 16);
+    assert_eq!(got[5].data(), &[5u8; 60]);
+    assert_eq!((p0.stats().rx_packets, p1.stats().tx_packets), (40, 16));
+    // And back: sent the general way, forwarded directly, received the general way.
+    drop(got.pop());
+    assert_eq!(tx1.tx_burst(&mut got), 15);
+    assert_eq!(rx1.forward_to(&mut tx0, 64, &mut unsent), Some((15, 15)));
+    assert_eq!(rx0.rx_burst(&mut got, 64), 15);
+    assert_eq!(got[14].data(), &[14u8; 60]);
+    drop((got, unsent, pkts, rx0, tx0, rx1, tx1));
+    drop(cache);
+    assert_eq!(e.pool.mempool().stats().available, 256);
+}
+
+#[test]
 fn a_full_ring_keeps_the_rest_with_the_caller() {
     let e = env(64);
     let port = e.port(0, "net_ring0", 4).unwrap();

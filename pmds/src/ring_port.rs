@@ -125,6 +125,104 @@ impl ScRx {
     }
 }
 
+/// io forwarding from one ring port to another, both held by this process: when every
+/// entry of the rx burst is a local entry of ours and we own the tx ring, the handles
+/// move from ring to ring as they are (`rte_ring` to `rte_ring`, as testpmd's io over
+/// `net_ring`), no mbuf made or touched. `None`: the burst needs the general path (an
+/// entry of another process, a transit one, a tx ring we do not own yet); nothing was
+/// taken then. `Some((received, sent))`: `received` left the rx ring, `sent` of them went
+/// into the tx ring, and the rest (the tx ring was full) are pushed into `unsent` as mbufs
+/// for the caller to drop, as testpmd drops what its tx burst did not take.
+///
+/// Crash-exact as the two halves are: the entries are in the tx ring (committed) before
+/// they leave the rx ring, so a kill in between leaves them in both, both local entries
+/// carrying this process's tag; its end returns every buffer with that tag, and the
+/// copies left in the rings are then refused as stale (no buffer lost, none used twice).
+#[inline]
+pub(crate) fn forward_local<'c>(
+    rx: &mut ScRx,
+    tx: &mut SpTx,
+    cache: &'c MbufCache,
+    max: usize,
+    unsent: &mut Vec<Mbuf<'c>>,
+) -> Option<(usize, usize)> {
+    if tx.transit_only || (!tx.owner && !tx.try_own()) {
+        return None;
+    }
+    let view = rx.cons.peek(max.min(MAX_LOCAL_BURST)).ok()?;
+    let n = view.len();
+    if n == 0 {
+        return Some((0, 0));
+    }
+    // Acquire: as in `ScRx::rx_burst`.
+    if rx.ring.local_owner().load(Ordering::Acquire) != cache.owner().0 {
+        return None;
+    }
+    let (a, b) = view.slices();
+    if !cache.all_local(a, LOCAL)
+        || !cache.all_local(b, LOCAL)
+        || unsent.capacity() - unsent.len() < n
+    {
+        return None;
+    }
+    let pos = tx.prod.position();
+    let Ok(mut slots) = tx.prod.reserve(n) else {
+        return None;
+    };
+    let room = slots.len();
+    // `local_until` at or past every local entry before any is published (as `tx_burst`).
+    let end = pos.wrapping_add(room as u32);
+    let until = tx.ring.local_until();
+    if !at_or_after(until.load(Ordering::Relaxed), end) {
+        until.store(end.wrapping_add(UNTIL_STEP), Ordering::Relaxed);
+    }
+    let (da, db) = slots.slices();
+    copy_wrapped((a, b), (da, db));
+    shm::crash_point!("ring_port.tx_before_commit");
+    slots.commit(room);
+    if room < n {
+        // The tx ring was full: the rest are ours, made mbufs to be dropped.
+        let (ra, rb) = if room < a.len() {
+            (&a[room..], b)
+        } else {
+            (&b[..0], &b[room - a.len()..])
+        };
+        cache.take_local_burst(ra, LOCAL, unsent);
+        cache.take_local_burst(rb, LOCAL, unsent);
+    }
+    shm::crash_point!("ring_port.rx_before_release");
+    view.release(n);
+    Some((n, room))
+}
+
+/// Copies the front of `a ‖ b` (a ring's two-part view) into `da ‖ db` (a reservation's
+/// two parts), as many as `da ‖ db` holds: at most three slice copies.
+#[inline(always)]
+fn copy_wrapped((a, b): (&[u64], &[u64]), (da, db): (&mut [u64], &mut [u64])) {
+    let room = da.len() + db.len();
+    let (mut i, mut j) = (0usize, 0usize);
+    // Walk both sides in runs: each step copies the longest run that is contiguous in
+    // both source and destination.
+    let mut done = 0;
+    while done < room {
+        let (s, si) = if i < a.len() {
+            (a, i)
+        } else {
+            (b, i - a.len())
+        };
+        let (d, dj): (&mut [u64], usize) = if j < da.len() {
+            (&mut *da, j)
+        } else {
+            (&mut *db, j - da.len())
+        };
+        let k = (s.len() - si).min(d.len() - dj).min(room - done);
+        d[dj..dj + k].copy_from_slice(&s[si..si + k]);
+        i += k;
+        j += k;
+        done += k;
+    }
+}
+
 /// Claims `handles` one by one (entries of another process, transit ones, or handles the
 /// burst path stopped at), for an rx burst of a ring whose local owner is `owner`.
 #[inline(never)]

@@ -786,7 +786,10 @@ fn copy_checked(dst: &mut [u32], src: &[u32], limit: u32) -> bool {
 /// True when any of `objs` is `>= limit` (as [`copy_checked`], without the copy).
 #[inline(always)]
 fn any_out_of_range(objs: &[u32], limit: u32) -> bool {
-    objs.iter().fold(0u32, |acc, &i| acc | out_of_range_bits(i, limit)) >> 31 != 0
+    objs.iter()
+        .fold(0u32, |acc, &i| acc | out_of_range_bits(i, limit))
+        >> 31
+        != 0
 }
 
 /// A word whose top bit is set when `i >= limit`, for `1 <= limit <= 2^31` (object counts
@@ -1375,7 +1378,11 @@ mod range_check_tests {
                 (1u32 << 31).wrapping_add(limit).wrapping_sub(1),
                 u32::MAX,
             ] {
-                assert_eq!(out_of_range_bits(i, limit) >> 31 != 0, i >= limit, "{i} {limit}");
+                assert_eq!(
+                    out_of_range_bits(i, limit) >> 31 != 0,
+                    i >= limit,
+                    "{i} {limit}"
+                );
             }
         }
         let src: Vec<u32> = (0..21).collect();
