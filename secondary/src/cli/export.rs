@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::ports::fwd_on;
 use super::session::AllStats;
-use super::{Command, IvshmemCommand};
+use super::{echo_line, Command, IvshmemCommand};
+use crate::ivshmem::ExportSegment;
 
 /// `--ivshmem DEV COMMAND`: the commands that make sense on an export segment, mapped to
 /// their `ivshmem` forms.
@@ -164,24 +165,12 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                 count,
                 timeout,
             } => {
-                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
-                let cache = pool
-                    .uncached(shm_mempool::OwnerTag::GUEST)
-                    .map_err(|e| e.to_string())?;
+                let cache = guest_cache(&seg, &pool)?;
                 let (rx, tx) = (
                     seg.ring(&rx).map_err(|e| e.to_string())?,
                     seg.ring(&tx).map_err(|e| e.to_string())?,
                 );
-                let t0 = std::time::Instant::now();
-                let n =
-                    crate::pooltool::echo(&cache, &rx, &tx, count, Duration::from_secs(timeout))
-                        .map_err(|e| e.to_string())?;
-                Ok(format!(
-                    "echoed {n} packets from {} to {} ({:.3} Mpps)",
-                    rx.name(),
-                    tx.name(),
-                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
-                ))
+                echo_line(&cache, &rx, &tx, count, timeout).map_err(|e| e.to_string())
             }
             IvshmemCommand::Scribble { .. } => unreachable!("handled above"),
             IvshmemCommand::Stats { json } => {
@@ -222,10 +211,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                 count,
                 timeout,
             } => {
-                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
-                let cache = pool
-                    .uncached(shm_mempool::OwnerTag::GUEST)
-                    .map_err(|e| e.to_string())?;
+                let cache = guest_cache(&seg, &pool)?;
                 let ring = seg.ring(&rx).map_err(|e| e.to_string())?;
                 let lines =
                     crate::pooltool::dump_ring(&cache, &ring, count, Duration::from_secs(timeout))
@@ -238,10 +224,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                 count,
                 size,
             } => {
-                let pool = seg.mbuf_pool(&pool).map_err(|e| e.to_string())?;
-                let cache = pool
-                    .uncached(shm_mempool::OwnerTag::GUEST)
-                    .map_err(|e| e.to_string())?;
+                let cache = guest_cache(&seg, &pool)?;
                 let tx = seg.ring(&tx).map_err(|e| e.to_string())?;
                 let n = crate::pooltool::send(
                     &cache,
@@ -265,4 +248,12 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// An allocator of the segment's pool `name` as a guest has it: no cache slot (a guest's
+/// pid means nothing to the host), the guest's owner tag.
+fn guest_cache(seg: &ExportSegment, name: &str) -> Result<shm_mempool::MbufCache, String> {
+    let pool = seg.mbuf_pool(name).map_err(|e| e.to_string())?;
+    pool.uncached(shm_mempool::OwnerTag::GUEST)
+        .map_err(|e| e.to_string())
 }

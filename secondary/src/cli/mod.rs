@@ -148,14 +148,7 @@ pub fn main() -> ExitCode {
             };
             let (rx, tx) = (ring(&rx)?, ring(&tx)?);
             let cache = sec.allocator(&pool, p)?;
-            let t0 = std::time::Instant::now();
-            let n = crate::pooltool::echo(&cache, &rx, &tx, count, Duration::from_secs(timeout))?;
-            Ok(format!(
-                "echoed {n} packets from {} to {} ({:.3} Mpps)",
-                rx.name(),
-                tx.name(),
-                n as f64 / t0.elapsed().as_secs_f64() / 1e6
-            ))
+            echo_line(&cache, &rx, &tx, count, timeout)
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             let cached = !sec.in_export(&pool);
@@ -204,6 +197,25 @@ pub fn main() -> ExitCode {
             })
         }),
     }
+}
+
+/// Echoes `count` packets from `rx` to `tx` (`mbuf-echo`, `ivshmem echo`; `timeout`
+/// seconds without a packet end it) and says how many at what rate.
+fn echo_line(
+    cache: &shm_mempool::MbufCache,
+    rx: &shm_ring::Ring<u64>,
+    tx: &shm_ring::Ring<u64>,
+    count: u64,
+    timeout: u64,
+) -> Result<String, crate::pooltool::PoolToolError> {
+    let t0 = std::time::Instant::now();
+    let n = crate::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
+    Ok(format!(
+        "echoed {n} packets from {} to {} ({:.3} Mpps)",
+        rx.name(),
+        tx.name(),
+        n as f64 / t0.elapsed().as_secs_f64() / 1e6
+    ))
 }
 
 /// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); shared by every

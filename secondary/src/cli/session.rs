@@ -14,37 +14,20 @@ use signal_hook::iterator::Signals;
 use shm::eal::EalArgs;
 
 use super::{EXIT_POOL_FAILED, EXIT_PRIMARY_GONE, EXIT_RING_FAILED};
-use crate::{PrimaryGone, Secondary};
+use crate::{PrimaryGone, PrimaryWatch, Secondary};
 
 pub(super) fn ring_cmd(
     eal: &EalArgs,
     name: &str,
     f: impl FnOnce(&shm_ring::Ring<u64>) -> Result<String, crate::ringtool::RingToolError>,
 ) -> ExitCode {
-    let program = "shmdp-secondary";
-    let sec = match attach_or_report(program, eal) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let ring = match sec.ring(name) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{program}: error: ring {name}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = f(&ring);
-    sec.detach();
-    match result {
-        Ok(line) => {
-            println!("{program}: {line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            ExitCode::from(EXIT_RING_FAILED)
-        }
-    }
+    on_object(
+        eal,
+        ("ring", name),
+        Secondary::ring,
+        |_, ring| f(ring),
+        EXIT_RING_FAILED,
+    )
 }
 
 pub(super) fn pool_cmd(
@@ -52,20 +35,39 @@ pub(super) fn pool_cmd(
     name: &str,
     f: impl FnOnce(&Secondary, &shm_mempool::MbufPool) -> Result<String, crate::pooltool::PoolToolError>,
 ) -> ExitCode {
+    on_object(
+        eal,
+        ("mempool", name),
+        Secondary::mbuf_pool,
+        f,
+        EXIT_POOL_FAILED,
+    )
+}
+
+/// Attaches, finds the object `name` (a `kind`, for messages) with `find`, runs `f` on it,
+/// drops it and detaches; prints `f`'s line (exit 0) or its error (exit `failed`). Exit 2
+/// when attaching or finding fails.
+fn on_object<T, E: std::fmt::Display, F: std::fmt::Display>(
+    eal: &EalArgs,
+    (kind, name): (&str, &str),
+    find: impl FnOnce(&Secondary, &str) -> Result<T, E>,
+    f: impl FnOnce(&Secondary, &T) -> Result<String, F>,
+    failed: u8,
+) -> ExitCode {
     let program = "shmdp-secondary";
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let pool = match sec.mbuf_pool(name) {
-        Ok(p) => p,
+    let object = match find(&sec, name) {
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("{program}: error: mempool {name}: {e}");
+            eprintln!("{program}: error: {kind} {name}: {e}");
             return ExitCode::from(2);
         }
     };
-    let result = f(&sec, &pool);
-    drop(pool);
+    let result = f(&sec, &object);
+    drop(object);
     sec.detach();
     match result {
         Ok(line) => {
@@ -74,7 +76,7 @@ pub(super) fn pool_cmd(
         }
         Err(e) => {
             eprintln!("{program}: error: {e}");
-            ExitCode::from(EXIT_POOL_FAILED)
+            ExitCode::from(failed)
         }
     }
 }
@@ -142,12 +144,9 @@ pub(super) fn stats(eal: &EalArgs, json: bool) -> ExitCode {
 
 pub(super) fn mbuf_hold(eal: &EalArgs, names: &[String], count: u32) -> ExitCode {
     let program = "shmdp-secondary";
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match signals_or_report(program) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
@@ -163,12 +162,9 @@ pub(super) fn mbuf_hold(eal: &EalArgs, names: &[String], count: u32) -> ExitCode
             }
         }
     }
-    let watch = match sec.watch_primary() {
+    let watch = match watch_or_report(program, &sec) {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("{program}: error: cannot watch the control connection: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut caches = Vec::with_capacity(pools.len());
     for (name, pool) in names.iter().zip(&pools) {
@@ -214,6 +210,23 @@ pub(super) fn mbuf_hold(eal: &EalArgs, names: &[String], count: u32) -> ExitCode
             return ExitCode::from(EXIT_PRIMARY_GONE);
         }
     }
+}
+
+/// SIGINT and SIGTERM, to be polled; exit 2 (said on stderr) if they cannot be caught.
+fn signals_or_report(program: &str) -> Result<Signals, ExitCode> {
+    Signals::new([SIGINT, SIGTERM]).map_err(|e| {
+        eprintln!("{program}: error: cannot install signal handlers: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// A watch on the primary's end of the control connection; exit 2 (said on stderr) if
+/// there is none.
+fn watch_or_report(program: &str, sec: &Secondary) -> Result<PrimaryWatch, ExitCode> {
+    sec.watch_primary().map_err(|e| {
+        eprintln!("{program}: error: cannot watch the control connection: {e}");
+        ExitCode::from(2)
+    })
 }
 
 pub(super) fn attach_or_report(program: &str, eal: &EalArgs) -> Result<Secondary, ExitCode> {
@@ -269,23 +282,17 @@ fn print_info(info: &crate::AttachInfo) {
 /// (exit 0). Used by `shmdp-secondary monitor` and by `shmdp-primary --proc-type
 /// secondary|auto` when another primary is running.
 pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match signals_or_report(program) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let watch = match sec.watch_primary() {
+    let watch = match watch_or_report(program, &sec) {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("{program}: error: cannot watch the control connection: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let info = sec.info();
     if !quiet_info {
