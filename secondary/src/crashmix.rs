@@ -25,6 +25,8 @@ use pmds::{Driver, Port, RxQueue, TxQueue};
 use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool, OwnerTag};
 use shm_ring::Ring;
 
+use crate::ringside::RingSide;
+
 /// Options of `crash-mix`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MixArgs {
@@ -341,31 +343,22 @@ fn main_loop(
     }
 }
 
-/// Returns how many mbufs it enqueued.
-fn producer(
+/// Runs `step` until `stop` with a cache of `pool`'s, taken anew every 100 to 2100 steps
+/// (dropping the old one, which flushes it and frees its slot, is a step of the protocols
+/// too). `step` returns how many mbufs it moved (after 0 the thread yields), or `None` to
+/// end; returns the sum. Ends too when no cache slot is free.
+fn with_rotating_cache(
     pool: &MbufPool,
     tag: OwnerTag,
-    ring: &Ring<u64>,
-    mut rng: Rng,
+    rng: &mut Rng,
     stop: &AtomicBool,
+    mut step: impl FnMut(&MbufCache, &mut Rng) -> Option<u64>,
 ) -> u64 {
     let mut total = 0u64;
-    if ring.mode().single_producer && ring.mode().single_consumer {
-        return local_producer(pool, tag, ring, rng, stop);
-    }
-    let mp = !ring.mode().single_producer;
-    let (mut sp, mut mpp) = (None, None);
-    if mp {
-        mpp = ring.mp_producer().ok();
-    } else {
-        sp = ring.sp_producer().ok();
-    }
-    let mut handles = Vec::with_capacity(64);
     let mut left = 0u64;
     let mut cache = None;
     while !stop.load(Ordering::Relaxed) {
         if left == 0 {
-            // A new cache now and then: the old one is flushed and its slot freed.
             drop(cache.take());
             left = 100 + rng.next() % 2000;
         }
@@ -376,27 +369,44 @@ fn producer(
         let Some(cache) = cache.as_ref() else {
             return total;
         };
+        let Some(moved) = step(cache, rng) else {
+            return total;
+        };
+        total += moved;
+        if moved == 0 {
+            std::thread::yield_now();
+        }
+    }
+    total
+}
+
+/// Returns how many mbufs it enqueued.
+fn producer(
+    pool: &MbufPool,
+    tag: OwnerTag,
+    ring: &Ring<u64>,
+    mut rng: Rng,
+    stop: &AtomicBool,
+) -> u64 {
+    if ring.mode().single_producer && ring.mode().single_consumer {
+        return local_producer(pool, tag, ring, rng, stop);
+    }
+    let mut side = RingSide::producer(ring).ok();
+    let mut handles = Vec::with_capacity(64);
+    with_rotating_cache(pool, tag, &mut rng, stop, |cache, rng| {
         let k = rng.size(48);
         while handles.len() < k {
             let Some(m) = cache.alloc() else { break };
             handles.push(m.into_transit().expect("a fresh mbuf is not shared").0);
         }
-        let pushed = match (&mut sp, &mut mpp) {
-            (Some(p), _) => p.enqueue_burst(&handles).unwrap_or(0),
-            (_, Some(p)) => p.enqueue_burst(&handles).unwrap_or(0),
-            _ => return total,
-        };
-        total += pushed as u64;
+        let pushed = side.as_mut()?.put_burst(&handles).unwrap_or(0);
         handles.drain(..pushed);
         // What did not fit is still ours, in transit: take it back and free it.
         for h in handles.drain(..) {
             drop(cache.adopt(MbufHandle(h)));
         }
-        if pushed == 0 {
-            std::thread::yield_now();
-        }
-    }
-    total
+        Some(pushed as u64)
+    })
 }
 
 /// Returns how many mbufs it dequeued.
@@ -407,46 +417,19 @@ fn consumer(
     mut rng: Rng,
     stop: &AtomicBool,
 ) -> u64 {
-    let mut total = 0u64;
     if ring.mode().single_producer && ring.mode().single_consumer {
         return local_consumer(pool, tag, ring, rng, stop);
     }
-    let (mut sc, mut mc) = (None, None);
-    if ring.mode().single_consumer {
-        sc = ring.sc_consumer().ok();
-    } else {
-        mc = ring.mc_consumer().ok();
-    }
+    let mut side = RingSide::consumer(ring).ok();
     let mut handles = [0u64; 64];
-    let mut left = 0u64;
-    let mut cache = None;
-    while !stop.load(Ordering::Relaxed) {
-        if left == 0 {
-            drop(cache.take());
-            left = 100 + rng.next() % 2000;
-        }
-        left -= 1;
-        if cache.is_none() {
-            cache = pool.cache(tag).ok();
-        }
-        let Some(cache) = cache.as_ref() else {
-            return total;
-        };
-        let got = match (&mut sc, &mut mc) {
-            (Some(c), _) => c.dequeue_burst(&mut handles).unwrap_or(0),
-            (_, Some(c)) => c.dequeue_burst(&mut handles).unwrap_or(0),
-            _ => return total,
-        };
-        total += got as u64;
+    with_rotating_cache(pool, tag, &mut rng, stop, |cache, _| {
+        let got = side.as_mut()?.take_burst(&mut handles).unwrap_or(0);
         for &h in &handles[..got] {
             // Refused handles (stale entries after a crash) are counted by the pool.
             drop(cache.adopt(MbufHandle(h)));
         }
-        if got == 0 {
-            std::thread::yield_now();
-        }
-    }
-    total
+        Some(got as u64)
+    })
 }
 
 /// [`producer`] on an SP/SC ring: through `pmds::MbufSender`, the crash-exact hand-off.
@@ -460,21 +443,7 @@ fn local_producer(
     let Ok(mut tx) = pmds::MbufSender::new(ring, tag) else {
         return 0;
     };
-    let mut total = 0u64;
-    let mut left = 0u64;
-    let mut cache = None;
-    while !stop.load(Ordering::Relaxed) {
-        if left == 0 {
-            drop(cache.take());
-            left = 100 + rng.next() % 2000;
-        }
-        left -= 1;
-        if cache.is_none() {
-            cache = pool.cache(tag).ok();
-        }
-        let Some(cache) = cache.as_ref() else {
-            return total;
-        };
+    with_rotating_cache(pool, tag, &mut rng, stop, |cache, rng| {
         let k = rng.size(48);
         let mut pkts = Vec::with_capacity(64);
         while pkts.len() < k {
@@ -482,14 +451,10 @@ fn local_producer(
             pkts.push(m);
         }
         let sent = tx.send(cache, &mut pkts);
-        total += sent as u64;
         // What did not fit is freed.
         drop(pkts);
-        if sent == 0 {
-            std::thread::yield_now();
-        }
-    }
-    total
+        Some(sent as u64)
+    })
 }
 
 /// [`consumer`] on an SP/SC ring: through `pmds::MbufReceiver`.
@@ -503,28 +468,10 @@ fn local_consumer(
     let Ok(mut rx) = pmds::MbufReceiver::new(ring) else {
         return 0;
     };
-    let mut total = 0u64;
-    let mut left = 0u64;
-    let mut cache = None;
-    while !stop.load(Ordering::Relaxed) {
-        if left == 0 {
-            drop(cache.take());
-            left = 100 + rng.next() % 2000;
-        }
-        left -= 1;
-        if cache.is_none() {
-            cache = pool.cache(tag).ok();
-        }
-        let Some(cache) = cache.as_ref() else {
-            return total;
-        };
+    with_rotating_cache(pool, tag, &mut rng, stop, |cache, _| {
         let mut got = Vec::with_capacity(64);
         let (n, _refused) = rx.recv(cache, &mut got, 64);
-        total += n as u64;
         drop(got);
-        if n == 0 {
-            std::thread::yield_now();
-        }
-    }
-    total
+        Some(n as u64)
+    })
 }

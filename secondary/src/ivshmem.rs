@@ -125,17 +125,7 @@ impl ExportSegment {
     /// # Errors
     /// [`IvshmemError::Io`] or [`IvshmemError::BadMeta`].
     pub fn map(path: &Path) -> Result<ExportSegment, IvshmemError> {
-        let io = |source| IvshmemError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        let map = memmap2::MmapOptions::new().map_raw(&file).map_err(io)?;
-        let region = Region::from_mmap(map);
+        let region = map_rw(path)?;
         let mut block = vec![0u8; ivshmem_meta::BLOCK_SIZE];
         region
             .read_bytes(META_OFFSET, &mut block)
@@ -337,12 +327,8 @@ impl ExportSegment {
     }
 }
 
-/// Overwrites the whole segment at `path` with pseudo-random bytes `rounds` times: what a
-/// hostile or broken guest can do, for robustness tests (the host must survive it).
-///
-/// # Errors
-/// When the segment cannot be mapped.
-pub fn scribble(path: &Path, rounds: u32, seed: u64) -> Result<u64, IvshmemError> {
+/// Maps the segment file (or BAR2 `resource2`) at `path` shared, read and write.
+fn map_rw(path: &Path) -> Result<Region, IvshmemError> {
     let io = |source| IvshmemError::Io {
         path: path.to_path_buf(),
         source,
@@ -352,7 +338,17 @@ pub fn scribble(path: &Path, rounds: u32, seed: u64) -> Result<u64, IvshmemError
         .write(true)
         .open(path)
         .map_err(io)?;
-    let region = Region::from_mmap(memmap2::MmapOptions::new().map_raw(&file).map_err(io)?);
+    let map = memmap2::MmapOptions::new().map_raw(&file).map_err(io)?;
+    Ok(Region::from_mmap(map))
+}
+
+/// Overwrites the whole segment at `path` with pseudo-random bytes `rounds` times: what a
+/// hostile or broken guest can do, for robustness tests (the host must survive it).
+///
+/// # Errors
+/// When the segment cannot be mapped.
+pub fn scribble(path: &Path, rounds: u32, seed: u64) -> Result<u64, IvshmemError> {
+    let region = map_rw(path)?;
     let mut x = seed | 1;
     let mut chunk = [0u8; 4096];
     let mut written = 0u64;

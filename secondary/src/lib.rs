@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod fwdcmd;
 pub mod ivshmem;
 pub mod pooltool;
+mod ringside;
 pub mod ringtool;
 
 use std::os::unix::net::UnixStream;

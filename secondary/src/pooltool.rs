@@ -5,8 +5,10 @@
 use std::time::{Duration, Instant};
 
 use shm::stats::PoolStats;
-use shm_mempool::{MbufCache, MbufHandle, Mempool, PoolError};
+use shm_mempool::{Mbuf, MbufCache, MbufHandle, Mempool, PoolError};
 use shm_ring::{Ring, RingError};
+
+use crate::ringside::RingSide;
 
 /// What went wrong in a pool tool.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +53,7 @@ pub fn send(
     size: usize,
     timeout: Duration,
 ) -> Result<u64, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let mut enq = RingSide::producer(ring).map_err(ring_err)?;
     let mut bytes = Vec::with_capacity(size.max(8));
     let mut last = Instant::now();
@@ -75,10 +74,7 @@ pub fn send(
                 break;
             }
             if last.elapsed() > timeout {
-                return Err(PoolToolError::Timeout(format!(
-                    "ring {} stayed full for {timeout:?}",
-                    ring.name()
-                )));
+                return Err(ring_full(ring, timeout));
             }
             std::thread::yield_now();
         }
@@ -100,10 +96,7 @@ pub fn receive(
     size: usize,
     timeout: Duration,
 ) -> Result<u64, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let mut deq = RingSide::consumer(ring).map_err(ring_err)?;
     let mut want = Vec::with_capacity(size.max(8));
     let mut got = 0;
@@ -111,9 +104,7 @@ pub fn receive(
     while got < count {
         let Some(raw) = deq.take().map_err(ring_err)? else {
             if last.elapsed() > timeout {
-                return Err(PoolToolError::Timeout(format!(
-                    "received {got} of {count} packets; nothing for {timeout:?}"
-                )));
+                return Err(nothing_for(got, count, timeout));
             }
             std::thread::yield_now();
             continue;
@@ -204,6 +195,72 @@ fn frame_ok(seq: u64, data: &[u8], seq_only: bool) -> bool {
                 .all(|(i, &b)| b == (seq as usize).wrapping_mul(31).wrapping_add(i) as u8))
 }
 
+/// Wraps a ring error with the name of `ring`.
+fn ring_error(ring: &Ring<u64>) -> impl Fn(RingError) -> PoolToolError + Copy + '_ {
+    move |source| PoolToolError::Ring {
+        ring: ring.name().to_string(),
+        source,
+    }
+}
+
+/// `ring` had no room for `timeout`.
+#[cold]
+fn ring_full(ring: &Ring<u64>, timeout: Duration) -> PoolToolError {
+    PoolToolError::Timeout(format!("ring {} stayed full for {timeout:?}", ring.name()))
+}
+
+/// Nothing arrived for `timeout` after `got` of `count` packets.
+#[cold]
+fn nothing_for(got: u64, count: u64, timeout: Duration) -> PoolToolError {
+    PoolToolError::Timeout(format!(
+        "received {got} of {count} packets; nothing for {timeout:?}"
+    ))
+}
+
+/// Bench mode: allocates `n` one-segment mbufs into `mbufs`, spinning while the pool is
+/// empty (`wait`: the spin count, the time of the last progress and the timeout, as
+/// [`stalled`] takes them).
+#[inline]
+fn alloc_burst<'c>(
+    cache: &'c MbufCache,
+    mbufs: &mut Vec<Mbuf<'c>>,
+    n: usize,
+    (spins, last, timeout): (&mut u32, Instant, Duration),
+) -> Result<(), PoolToolError> {
+    while cache.alloc_bulk(mbufs, n).is_err() {
+        if stalled(spins, last, timeout) {
+            return Err(PoolToolError::Timeout(format!(
+                "pool {} stayed empty for {timeout:?}",
+                cache.pool().mempool().name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bench mode: appends `size` bytes (within the data room, checked by the caller) to the
+/// fresh mbuf `m` and writes packet `seq`'s frame into them.
+#[inline]
+fn fill_frame(m: &mut Mbuf<'_>, seq: u64, size: usize, seq_only: bool) {
+    let data = m
+        .append(size)
+        .expect("a fresh mbuf has the data room checked above");
+    write_frame(seq, data, seq_only);
+}
+
+/// Bench mode: packet `got` must be `size` bytes holding [`write_frame`]'s frame.
+#[inline]
+fn check_frame(got: u64, m: &Mbuf<'_>, size: usize, seq_only: bool) -> Result<(), PoolToolError> {
+    if m.pkt_len() as usize != size || !frame_ok(got, m.data(), seq_only) {
+        return Err(PoolToolError::Check(format!(
+            "packet {got}: not the frame sent ({} bytes, {} segments)",
+            m.pkt_len(),
+            m.nb_segs()
+        )));
+    }
+    Ok(())
+}
+
 /// [`send`] in bursts: allocates `opts.burst` one-segment mbufs at a time
 /// (`rte_pktmbuf_alloc_bulk`), appends `size` bytes to each and writes the frame, and
 /// enqueues the burst's handles, spinning while the pool is empty or the ring full (up to
@@ -220,10 +277,7 @@ pub fn send_bursts(
     opts: BurstOpts,
     timeout: Duration,
 ) -> Result<Transfer, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let burst = opts.burst.clamp(1, MAX_BURST);
     let room = (cache.pool().data_room() as usize).min(u16::MAX as usize);
     if size < 8 || size > room {
@@ -243,20 +297,9 @@ pub fn send_bursts(
     let mut last = t0;
     while seq < count {
         let n = (count - seq).min(burst as u64) as usize;
-        if cache.alloc_bulk(&mut mbufs, n).is_err() {
-            if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "pool {} stayed empty for {timeout:?}",
-                    cache.pool().mempool().name()
-                )));
-            }
-            continue;
-        }
+        alloc_burst(cache, &mut mbufs, n, (&mut spins, last, timeout))?;
         for (k, (mut m, h)) in mbufs.drain(..).zip(handles.iter_mut()).enumerate() {
-            let data = m
-                .append(size)
-                .expect("a fresh mbuf has the data room checked above");
-            write_frame(seq + k as u64, data, opts.seq_only);
+            fill_frame(&mut m, seq + k as u64, size, opts.seq_only);
             *h = m.into_transit().expect("a fresh mbuf is not shared").0;
         }
         let mut done = 0;
@@ -266,10 +309,7 @@ pub fn send_bursts(
                 done += k;
                 last = Instant::now();
             } else if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "ring {} stayed full for {timeout:?}",
-                    ring.name()
-                )));
+                return Err(ring_full(ring, timeout));
             }
         }
         seq += n as u64;
@@ -293,10 +333,7 @@ pub fn receive_bursts(
     opts: BurstOpts,
     timeout: Duration,
 ) -> Result<Transfer, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let burst = opts.burst.clamp(1, MAX_BURST);
     if ring.mode().single_producer && ring.mode().single_consumer {
         return receive_local(cache, ring, count, size, opts, timeout);
@@ -311,9 +348,7 @@ pub fn receive_bursts(
         let n = deq.take_burst(&mut handles[..want]).map_err(ring_err)?;
         if n == 0 {
             if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "received {got} of {count} packets; nothing for {timeout:?}"
-                )));
+                return Err(nothing_for(got, count, timeout));
             }
             continue;
         }
@@ -323,13 +358,7 @@ pub fn receive_bursts(
             let m = cache
                 .adopt(MbufHandle(raw))
                 .map_err(|e| PoolToolError::Check(format!("packet {got}: {e}")))?;
-            if m.pkt_len() as usize != size || !frame_ok(got, m.data(), opts.seq_only) {
-                return Err(PoolToolError::Check(format!(
-                    "packet {got}: not the frame sent ({} bytes, {} segments)",
-                    m.pkt_len(),
-                    m.nb_segs()
-                )));
-            }
+            check_frame(got, &m, size, opts.seq_only)?;
             got += 1;
         }
     }
@@ -350,10 +379,7 @@ fn send_local(
     opts: BurstOpts,
     timeout: Duration,
 ) -> Result<Transfer, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let burst = opts.burst.clamp(1, MAX_BURST);
     let mut tx = pmds::MbufSender::new(ring, cache.owner()).map_err(ring_err)?;
     let mut mbufs = Vec::with_capacity(burst);
@@ -362,29 +388,15 @@ fn send_local(
     let mut last = t0;
     while seq < count {
         let n = (count - seq).min(burst as u64) as usize;
-        if cache.alloc_bulk(&mut mbufs, n).is_err() {
-            if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "pool {} stayed empty for {timeout:?}",
-                    cache.pool().mempool().name()
-                )));
-            }
-            continue;
-        }
+        alloc_burst(cache, &mut mbufs, n, (&mut spins, last, timeout))?;
         for (k, m) in mbufs.iter_mut().enumerate() {
-            let data = m
-                .append(size)
-                .expect("a fresh mbuf has the data room checked above");
-            write_frame(seq + k as u64, data, opts.seq_only);
+            fill_frame(m, seq + k as u64, size, opts.seq_only);
         }
         while !mbufs.is_empty() {
             if tx.send(cache, &mut mbufs) > 0 {
                 last = Instant::now();
             } else if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "ring {} stayed full for {timeout:?}",
-                    ring.name()
-                )));
+                return Err(ring_full(ring, timeout));
             }
         }
         seq += n as u64;
@@ -404,10 +416,7 @@ fn receive_local(
     opts: BurstOpts,
     timeout: Duration,
 ) -> Result<Transfer, PoolToolError> {
-    let ring_err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let ring_err = ring_error(ring);
     let burst = opts.burst.clamp(1, MAX_BURST);
     let mut rx = pmds::MbufReceiver::new(ring).map_err(ring_err)?;
     let mut pkts = Vec::with_capacity(burst);
@@ -424,22 +433,14 @@ fn receive_local(
         }
         if n == 0 {
             if stalled(&mut spins, last, timeout) {
-                return Err(PoolToolError::Timeout(format!(
-                    "received {got} of {count} packets; nothing for {timeout:?}"
-                )));
+                return Err(nothing_for(got, count, timeout));
             }
             continue;
         }
         last = Instant::now();
         first.get_or_insert(last);
         for m in pkts.drain(..) {
-            if m.pkt_len() as usize != size || !frame_ok(got, m.data(), opts.seq_only) {
-                return Err(PoolToolError::Check(format!(
-                    "packet {got}: not the frame sent ({} bytes, {} segments)",
-                    m.pkt_len(),
-                    m.nb_segs()
-                )));
-            }
+            check_frame(got, &m, size, opts.seq_only)?;
             got += 1;
         }
     }
@@ -461,19 +462,12 @@ pub fn echo(
     count: u64,
     timeout: Duration,
 ) -> Result<u64, PoolToolError> {
-    let err = |ring: &Ring<u64>| {
-        let name = ring.name().to_string();
-        move |source| PoolToolError::Ring {
-            ring: name.clone(),
-            source,
-        }
-    };
-    let mut deq = RingSide::consumer(rx).map_err(err(rx))?;
-    let mut enq = RingSide::producer(tx).map_err(err(tx))?;
+    let mut deq = RingSide::consumer(rx).map_err(ring_error(rx))?;
+    let mut enq = RingSide::producer(tx).map_err(ring_error(tx))?;
     let mut done = 0;
     let mut last = Instant::now();
     while done < count {
-        let Some(raw) = deq.take().map_err(err(rx))? else {
+        let Some(raw) = deq.take().map_err(ring_error(rx))? else {
             if last.elapsed() > timeout {
                 return Err(PoolToolError::Timeout(format!(
                     "echoed {done} of {count} packets; nothing for {timeout:?}"
@@ -487,12 +481,9 @@ pub fn echo(
             .adopt(MbufHandle(raw))
             .map_err(|e| PoolToolError::Check(format!("packet {done}: {e}")))?;
         let handle = m.into_transit().expect("an adopted mbuf is not shared");
-        while !enq.put(handle.0).map_err(err(tx))? {
+        while !enq.put(handle.0).map_err(ring_error(tx))? {
             if last.elapsed() > timeout {
-                return Err(PoolToolError::Timeout(format!(
-                    "ring {} stayed full for {timeout:?}",
-                    tx.name()
-                )));
+                return Err(ring_full(tx, timeout));
             }
             std::thread::yield_now();
         }
@@ -583,10 +574,7 @@ pub fn dump_ring(
     count: u64,
     timeout: Duration,
 ) -> Result<Vec<String>, PoolToolError> {
-    let err = |source| PoolToolError::Ring {
-        ring: ring.name().to_string(),
-        source,
-    };
+    let err = ring_error(ring);
     let mut deq = RingSide::consumer(ring).map_err(err)?;
     let mut lines = Vec::new();
     let mut last = Instant::now();
@@ -642,71 +630,6 @@ pub fn print_stats(stats: &[PoolStats]) {
             "  get_fail {} put_fail {} bad_handle {} double_free {} corrupt_header {} reclaimed {} caches_recovered {}",
             p.get_fail, p.put_fail, p.bad_handle, p.double_free, p.corrupt_header, p.reclaimed, p.caches_recovered
         );
-    }
-}
-
-/// Either kind of producer or consumer of a ring of handles.
-enum RingSide {
-    Sp(shm_ring::SpProducer<u64>),
-    Mp(shm_ring::MpProducer<u64>),
-    Sc(shm_ring::ScConsumer<u64>),
-    Mc(shm_ring::McConsumer<u64>),
-}
-
-impl RingSide {
-    fn producer(ring: &Ring<u64>) -> Result<RingSide, RingError> {
-        if ring.mode().single_producer {
-            ring.sp_producer().map(RingSide::Sp)
-        } else {
-            ring.mp_producer().map(RingSide::Mp)
-        }
-    }
-
-    fn consumer(ring: &Ring<u64>) -> Result<RingSide, RingError> {
-        if ring.mode().single_consumer {
-            ring.sc_consumer().map(RingSide::Sc)
-        } else {
-            ring.mc_consumer().map(RingSide::Mc)
-        }
-    }
-
-    /// Enqueues one handle; false when the ring is full.
-    fn put(&mut self, v: u64) -> Result<bool, RingError> {
-        let n = match self {
-            RingSide::Sp(p) => p.enqueue_burst(&[v])?,
-            RingSide::Mp(p) => p.enqueue_burst(&[v])?,
-            _ => unreachable!("producer side"),
-        };
-        Ok(n == 1)
-    }
-
-    /// Enqueues as many of `v` as fit; how many did.
-    #[inline]
-    fn put_burst(&mut self, v: &[u64]) -> Result<usize, RingError> {
-        match self {
-            RingSide::Sp(p) => p.enqueue_burst(v),
-            RingSide::Mp(p) => p.enqueue_burst(v),
-            _ => unreachable!("producer side"),
-        }
-    }
-
-    /// Dequeues up to `out.len()` handles; how many.
-    #[inline]
-    fn take_burst(&mut self, out: &mut [u64]) -> Result<usize, RingError> {
-        match self {
-            RingSide::Sc(c) => c.dequeue_burst(out),
-            RingSide::Mc(c) => c.dequeue_burst(out),
-            _ => unreachable!("consumer side"),
-        }
-    }
-
-    /// Dequeues one handle, if any.
-    fn take(&mut self) -> Result<Option<u64>, RingError> {
-        match self {
-            RingSide::Sc(c) => c.dequeue(),
-            RingSide::Mc(c) => c.dequeue(),
-            _ => unreachable!("consumer side"),
-        }
     }
 }
 

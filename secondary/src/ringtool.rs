@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use shm_ring::{Ring, RingError};
 
+use crate::ringside::RingSide;
+
 /// Most producers a drain tracks.
 pub const MAX_PRODUCERS: u64 = 1 << 15;
 const SEQ_MASK: u64 = (1 << 48) - 1;
@@ -76,6 +78,17 @@ fn err(ring: &Ring<u64>, source: RingError) -> RingToolError {
     }
 }
 
+/// No progress on `ring` for `timeout` after `done` of `want` elements.
+#[cold]
+fn timed_out(ring: &Ring<u64>, timeout: Duration, done: u64, want: u64) -> RingToolError {
+    RingToolError::Timeout {
+        ring: ring.name().into(),
+        secs: timeout.as_secs(),
+        done,
+        want,
+    }
+}
+
 /// Enqueues `count` elements `producer_id << 48 | seq` in bursts of `burst`, waiting while
 /// the ring is full, and giving up after `timeout` without progress.
 ///
@@ -91,13 +104,7 @@ pub fn fill(
     let burst = burst.clamp(1, 256);
     let mut buf = vec![0u64; burst];
     let mut seq = 0u64;
-    let mut sp = None;
-    let mut mp = None;
-    if ring.mode().single_producer {
-        sp = Some(ring.sp_producer().map_err(|e| err(ring, e))?);
-    } else {
-        mp = Some(ring.mp_producer().map_err(|e| err(ring, e))?);
-    }
+    let mut producer = RingSide::producer(ring).map_err(|e| err(ring, e))?;
     let start = Instant::now();
     let mut last_progress = start;
     while seq < count {
@@ -105,20 +112,10 @@ pub fn fill(
         for (j, b) in buf[..k].iter_mut().enumerate() {
             *b = producer_id << 48 | (seq + j as u64);
         }
-        let n = match (&mut sp, &mut mp) {
-            (Some(p), _) => p.enqueue_burst(&buf[..k]),
-            (_, Some(p)) => p.enqueue_burst(&buf[..k]),
-            _ => unreachable!("one producer is set"),
-        }
-        .map_err(|e| err(ring, e))?;
+        let n = producer.put_burst(&buf[..k]).map_err(|e| err(ring, e))?;
         if n == 0 {
             if last_progress.elapsed() > timeout {
-                return Err(RingToolError::Timeout {
-                    ring: ring.name().into(),
-                    secs: timeout.as_secs(),
-                    done: seq,
-                    want: count,
-                });
+                return Err(timed_out(ring, timeout, seq, count));
             }
             std::thread::yield_now();
             continue;
@@ -148,32 +145,18 @@ pub fn drain(
     let burst = burst.clamp(1, 256);
     let mut expect = vec![0u64; producers as usize];
     let mut buf = vec![0u64; burst];
-    let mut sc = None;
-    let mut mc = None;
-    if ring.mode().single_consumer {
-        sc = Some(ring.sc_consumer().map_err(|e| err(ring, e))?);
-    } else {
-        mc = Some(ring.mc_consumer().map_err(|e| err(ring, e))?);
-    }
+    let mut consumer = RingSide::consumer(ring).map_err(|e| err(ring, e))?;
     let mut done = 0u64;
     let mut start = None;
     let mut last_progress = Instant::now();
     while done < count {
         let k = ((count - done) as usize).min(burst);
-        let n = match (&mut sc, &mut mc) {
-            (Some(c), _) => c.dequeue_burst(&mut buf[..k]),
-            (_, Some(c)) => c.dequeue_burst(&mut buf[..k]),
-            _ => unreachable!("one consumer is set"),
-        }
-        .map_err(|e| err(ring, e))?;
+        let n = consumer
+            .take_burst(&mut buf[..k])
+            .map_err(|e| err(ring, e))?;
         if n == 0 {
             if last_progress.elapsed() > timeout {
-                return Err(RingToolError::Timeout {
-                    ring: ring.name().into(),
-                    secs: timeout.as_secs(),
-                    done,
-                    want: count,
-                });
+                return Err(timed_out(ring, timeout, done, count));
             }
             std::thread::yield_now();
             continue;

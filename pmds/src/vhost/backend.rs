@@ -27,7 +27,7 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::guard::Quota;
@@ -37,6 +37,7 @@ use super::net::{
     VIRTIO_NET_F_MRG_RXBUF,
 };
 use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
+use super::registry::Registry;
 use super::vring::VringAddrs;
 use super::wire::{self, WireError};
 
@@ -133,27 +134,17 @@ pub const GUARD_SHARE: usize = 2 * TABLE_REGIONS;
 /// share has no room for the new one.
 const GUARD_WAIT: Duration = Duration::from_millis(500);
 
-fn registry() -> &'static Mutex<Vec<Arc<VhostDevice>>> {
-    static DEVICES: OnceLock<Mutex<Vec<Arc<VhostDevice>>>> = OnceLock::new();
-    DEVICES.get_or_init(Default::default)
-}
+/// The devices started in this process.
+static DEVICES: Registry<VhostDevice> = Registry::new();
 
 /// The backend serving socket `path` in this process, if one was started here.
 pub fn find(path: &Path) -> Option<Arc<VhostDevice>> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|d| d.path == path)
-        .cloned()
+    DEVICES.find(|d| d.path == path)
 }
 
 /// Stops backend `dev` and removes the socket it listened on.
 pub fn stop(dev: &Arc<VhostDevice>) {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|d| !Arc::ptr_eq(d, dev));
+    DEVICES.remove(dev);
     dev.shutdown();
 }
 
@@ -231,10 +222,7 @@ impl VhostDevice {
             .name(format!("vhost {}", path.display()))
             .spawn(move || d.serve(listener))
             .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(dev.clone());
+        DEVICES.add(dev.clone());
         Ok(dev)
     }
 

@@ -15,7 +15,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shm_mempool::{Mbuf, MbufCache};
@@ -29,6 +29,7 @@ use super::net::{
 };
 use super::peer_copy::{append_from_peer, copy_from_peer};
 use super::proto::{self, code, PROTOCOL_F_MQ};
+use super::registry::Registry;
 use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 use super::wire::{self, Until, WireError};
 
@@ -52,28 +53,18 @@ pub struct VirtioUserDevice {
     mem: PortMemory,
 }
 
-fn registry() -> &'static Mutex<Vec<Arc<VirtioUserDevice>>> {
-    static DEVICES: OnceLock<Mutex<Vec<Arc<VirtioUserDevice>>>> = OnceLock::new();
-    DEVICES.get_or_init(Default::default)
-}
+/// The devices started in this process.
+static DEVICES: Registry<VirtioUserDevice> = Registry::new();
 
 /// The virtio-user device of socket `path` in this process, if connected here.
 pub fn find(path: &Path) -> Option<Arc<VirtioUserDevice>> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|d| d.path == path)
-        .cloned()
+    DEVICES.find(|d| d.path == path)
 }
 
 /// Stops device `dev`: the backend stops its rings, the buffers still posted go back to
 /// the pool, the connection closes.
 pub fn stop(dev: &Arc<VirtioUserDevice>) {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|d| !Arc::ptr_eq(d, dev));
+    DEVICES.remove(dev);
     dev.shutdown();
 }
 
@@ -240,10 +231,7 @@ impl VirtioUserDevice {
             dropped: AtomicBool::new(false),
             mem,
         });
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(dev.clone());
+        DEVICES.add(dev.clone());
         Ok(dev)
     }
 

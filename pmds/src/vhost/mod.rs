@@ -54,6 +54,7 @@ pub mod mem;
 pub mod net;
 pub mod peer_copy;
 pub mod proto;
+mod registry;
 #[cfg_attr(
     not(test),
     deny(

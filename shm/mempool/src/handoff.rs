@@ -190,7 +190,7 @@ impl MbufCache {
 /// The (index, maybe_shared) word of an mbuf (see [`MbufCache::take_local_burst`]).
 #[inline(always)]
 fn mbuf_word(m: &Mbuf<'_>) -> u64 {
-    // SAFETY: `repr(C)` (asserted in mbuf.rs) puts `index` and `maybe_shared` (a
+    // SAFETY: `repr(C)` (asserted in mbuf/packet.rs) puts `index` and `maybe_shared` (a
     // `Cell<u32>`, not written while a shared borrow of the mbuf is used here) in one
     // aligned u64 at offset 8.
     unsafe { std::ptr::from_ref(m).cast::<u64>().wrapping_add(1).read() }
@@ -241,9 +241,9 @@ fn fill_mbufs_body<'c>(
         bad |= u64::from(word >= n);
         let p = slot.as_mut_ptr();
         // SAFETY: `p` is a valid, aligned `Mbuf` slot; the cache field (offset 0, asserted
-        // in mbuf.rs) is written as itself,
+        // in mbuf/packet.rs) is written as itself,
         // and the (index, maybe_shared) pair as the one aligned u64 at offset 8 that
-        // `repr(C)` (asserted in mbuf.rs) makes it: the index in the low half, 0 (not
+        // `repr(C)` (asserted in mbuf/packet.rs) makes it: the index in the low half, 0 (not
         // shared) in the high half. (Only counted slots are ever read.)
         unsafe { p.cast::<&'c MbufCache>().write(cache) };
         // SAFETY: as above, the aligned u64 at offset 8 of the same slot.

@@ -1,0 +1,233 @@
+//! Command line of `shmdp-secondary`.
+//!
+//! Where it sits: `shmdp-secondary`'s `main` is [`main`] here; `shmdp-primary` reuses
+//! [`init_logging`] and [`monitor`]. Files: the clap definitions (`args.rs`); the commands
+//! that attach to a primary, run and detach, and their error reporting (`session.rs`);
+//! forwarding and dumping on ports (`ports.rs`); the `ivshmem` commands on an export
+//! segment (`export.rs`). The dispatch from subcommand to tool is [`main`].
+
+mod args;
+mod export;
+mod ports;
+mod session;
+
+pub use args::{Command, IvshmemCommand, MbufRingArgs, SecondaryCli};
+pub use session::monitor;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shm::eal::ProcType;
+
+use export::{ivshmem_cmd, on_ivshmem};
+use ports::{dump_cmd, fwd_cmd};
+use session::{info, mbuf_hold, mbuf_ring_cmd, pool_cmd, ring_cmd, stats};
+
+/// Exit code when the primary went away while we were attached.
+pub const EXIT_PRIMARY_GONE: u8 = 3;
+
+/// Exit code when a pool operation or check failed.
+pub const EXIT_POOL_FAILED: u8 = 1;
+
+/// Exit code when a ring operation or check failed.
+pub const EXIT_RING_FAILED: u8 = 1;
+
+/// Runs `shmdp-secondary` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli: SecondaryCli = shm::eal::parse_args_or_exit("shmdp-secondary");
+    init_logging();
+    if cli.eal.proc_type == Some(ProcType::Primary) {
+        eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
+        return ExitCode::from(2);
+    }
+    if let Some(dev) = &cli.ivshmem {
+        return on_ivshmem(dev, cli.command, cli.eal.lcores.clone());
+    }
+    match cli.command {
+        Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
+        Command::Monitor => monitor("shmdp-secondary", &cli.eal, true),
+        Command::RingFill {
+            ring,
+            count,
+            producer_id,
+            burst,
+            timeout,
+        } => ring_cmd(&cli.eal, &ring, |r| {
+            crate::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout)).map(
+                |m| {
+                    format!(
+                        "filled {} elements into {ring} ({:.2} Mpps)",
+                        m.count,
+                        m.mpps()
+                    )
+                },
+            )
+        }),
+        Command::Stats { json } => stats(&cli.eal, json),
+        Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
+        Command::Ivshmem { dev, command } => ivshmem_cmd(&dev, command),
+        Command::Dump {
+            port,
+            queue,
+            count,
+            timeout,
+        } => dump_cmd(&cli.eal, port, queue, count, Duration::from_secs(timeout)),
+        Command::MbufHold { pools, count } => mbuf_hold(&cli.eal, &pools, count),
+        Command::MbufSend(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
+            let t0 = std::time::Instant::now();
+            let timeout = Duration::from_secs(a.timeout);
+            if let Some(opts) = a.burst_opts() {
+                return crate::pooltool::send_bursts(
+                    cache,
+                    r,
+                    a.count,
+                    a.size as usize,
+                    opts,
+                    timeout,
+                )
+                .map(|t| {
+                    format!(
+                        "sent {} packets of {} B from {} into {} in bursts of {} ({:.2} Mpps)",
+                        t.packets,
+                        a.size,
+                        a.pool,
+                        a.ring,
+                        opts.burst,
+                        t.mpps()
+                    )
+                });
+            }
+            crate::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
+                format!(
+                    "sent {n} packets of {} B from {} into {} ({:.2} Mpps)",
+                    a.size,
+                    a.pool,
+                    a.ring,
+                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                )
+            })
+        }),
+        Command::MbufRecv(a) => mbuf_ring_cmd(&cli.eal, &a.pool, &a.ring, |cache, r| {
+            let t0 = std::time::Instant::now();
+            let timeout = Duration::from_secs(a.timeout);
+            if let Some(opts) = a.burst_opts() {
+                let what = if opts.seq_only {
+                    "sequence"
+                } else {
+                    "payloads"
+                };
+                return crate::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
+                    .map(|t| {
+                        format!(
+                            "received {} packets from {} in bursts of {}, {what} ok ({:.2} Mpps from the first packet)",
+                            t.packets, a.ring, opts.burst, t.mpps()
+                        )
+                    });
+            }
+            crate::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
+                format!(
+                    "received {n} packets from {}, payloads ok ({:.2} Mpps)",
+                    a.ring,
+                    n as f64 / t0.elapsed().as_secs_f64() / 1e6
+                )
+            })
+        }),
+        Command::MbufEcho {
+            pool,
+            rx,
+            tx,
+            count,
+            timeout,
+        } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            let ring = |name: &str| {
+                sec.ring(name)
+                    .map_err(|source| crate::pooltool::PoolToolError::Ring {
+                        ring: name.to_string(),
+                        source,
+                    })
+            };
+            let (rx, tx) = (ring(&rx)?, ring(&tx)?);
+            let cache = sec.allocator(&pool, p)?;
+            echo_line(&cache, &rx, &tx, count, timeout)
+        }),
+        Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            let cached = !sec.in_export(&pool);
+            crate::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
+                .map(|n| format!("pool-stress: {n} operations on {pool}"))
+        }),
+        Command::CrashMix(a) => crate::crashmix::run(&cli.eal, &a),
+        Command::PoolAudit { pool, exact: true } => pool_cmd(&cli.eal, &pool, |sec, p| {
+            let input =
+                crate::audit::gather(sec, p).map_err(crate::pooltool::PoolToolError::Check)?;
+            let a = crate::audit::classify(&input);
+            let line = serde_json::to_string(&a).expect("serialisable");
+            if a.exact {
+                Ok(line)
+            } else {
+                Err(crate::pooltool::PoolToolError::Check(format!(
+                    "audit not exact: {line}"
+                )))
+            }
+        }),
+        Command::PoolAudit { pool, exact: false } => pool_cmd(&cli.eal, &pool, |_, p| {
+            let a = p.mempool().audit();
+            let line = serde_json::to_string(&a).expect("serialisable");
+            if a.free == u64::from(p.mempool().count()) && a.duplicates == 0 && a.out_of_range == 0
+            {
+                Ok(format!("audit ok: {line}"))
+            } else {
+                Err(crate::pooltool::PoolToolError::Check(format!(
+                    "audit failed: {line}"
+                )))
+            }
+        }),
+        Command::RingDrain {
+            ring,
+            count,
+            producers,
+            burst,
+            timeout,
+        } => ring_cmd(&cli.eal, &ring, |r| {
+            crate::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
+                format!(
+                    "drained {} elements from {ring}: {producers} producers, all in order ({:.2} Mpps)",
+                    m.count,
+                    m.mpps()
+                )
+            })
+        }),
+    }
+}
+
+/// Echoes `count` packets from `rx` to `tx` (`mbuf-echo`, `ivshmem echo`; `timeout`
+/// seconds without a packet end it) and says how many at what rate.
+fn echo_line(
+    cache: &shm_mempool::MbufCache,
+    rx: &shm_ring::Ring<u64>,
+    tx: &shm_ring::Ring<u64>,
+    count: u64,
+    timeout: u64,
+) -> Result<String, crate::pooltool::PoolToolError> {
+    let t0 = std::time::Instant::now();
+    let n = crate::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
+    Ok(format!(
+        "echoed {n} packets from {} to {} ({:.3} Mpps)",
+        rx.name(),
+        tx.name(),
+        n as f64 / t0.elapsed().as_secs_f64() / 1e6
+    ))
+}
+
+/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); shared by every
+/// shmdp binary.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,266 @@
+//! Cache slots and dead owners: claiming a slot (taking over a dead owner's after
+//! flushing it), settling a dead process's cache length from the free-ring operation it
+//! recorded, flushing dead caches back to the free ring, and repairing what a dead process
+//! left inside a free-ring operation.
+//!
+//! Where it sits: in [`crate::pool`]; [`Mempool::cache`] claims through it, and the
+//! primary calls [`Mempool::flush_caches_of`] and [`Mempool::repair_free_ring`] when a
+//! secondary dies (before the mbuf reclaim by tag, `crate::mbuf`).
+
+use std::sync::atomic::Ordering;
+
+use super::{Mempool, PoolShared, Trouble};
+use crate::layout::*;
+use crate::owner::{pid_alive, process_start_time, OwnerTag};
+use crate::PoolError;
+
+impl PoolShared {
+    /// How many leading cache positions of dead process `pid`'s cache in `slot` hold its
+    /// objects: the published length, corrected by the free-ring operation it recorded
+    /// (`CacheSlotHeader::op`) if it died inside one. The ring's record of that
+    /// operation says whether it took effect: a refill that did has copied its objects
+    /// (holes skipped, the rest holes) whether or not the length says so; a flush that
+    /// did has sent its objects away whether or not the length was lowered. One that did
+    /// not (or never started) moved nothing: the ring's repair voids or returns its range.
+    fn recovered_len(&self, hdr: &CacheSlotHeader, pid: u32) -> u32 {
+        let len = hdr.len.load(Ordering::Acquire).min(CACHE_OBJS);
+        // Acquire: pairs with `begin_op`'s Release (a recoverer racing nothing, in fact:
+        // the owner is dead).
+        let op = hdr.op.load(Ordering::Acquire);
+        if op == 0 {
+            return len;
+        }
+        let (kind, rec) = (op & 3, ((op >> 8) & 0xff) as usize);
+        let (seq, from) = (
+            hdr.op_seq.load(Ordering::Relaxed),
+            hdr.op_from.load(Ordering::Relaxed).min(CACHE_OBJS),
+        );
+        let start = hdr.start_time.load(Ordering::Relaxed);
+        let took = self.ring.record_of(pid, start).into_iter().find(|v| {
+            v.index == rec
+                && v.producer == (kind == CACHE_OP_FLUSH)
+                && v.seq == seq
+                && v.state == shm_ring::OpState::Done
+        });
+        hdr.op.store(0, Ordering::Relaxed);
+        match (kind, took) {
+            (CACHE_OP_REFILL, Some(v)) => len
+                .max(from.saturating_add(v.len).saturating_add(v.adopted))
+                .min(CACHE_OBJS),
+            (CACHE_OP_FLUSH, Some(_)) => from.min(len),
+            _ => len,
+        }
+    }
+
+    /// Flushes the cache in `slot` of dead process `pid` to the free ring; `slot`'s owner
+    /// word must already be ours (`SLOT_RECOVERING` or our pid). Returns objects flushed.
+    ///
+    /// The producer it pushes with is made after the cache's length is settled: making it
+    /// claims a ring record, which may recycle the dead process's records that the
+    /// settling reads.
+    fn flush_slot(&self, slot: u32, pid: u32) -> u32 {
+        let hdr = self.slot_header(slot);
+        let len = self.recovered_len(hdr, pid);
+        let mut tmp = vec![0u32; len as usize];
+        // SAFETY: `len <= CACHE_OBJS` indices inside the slot's array; the owner is dead
+        // (or is us) so nobody writes them now; plain u32 reads.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.slot_objs(slot), tmp.as_mut_ptr(), len as usize)
+        };
+        // Holes a refill's dequeue left (the ring's skipped positions) are no objects.
+        tmp.retain(|&i| i != u32::MAX);
+        let n = self.info.obj_count;
+        let before = tmp.len();
+        tmp.retain(|&i| i < n);
+        if self.info.flags & POOL_F_MBUF != 0 {
+            // A buffer being allocated or freed when its owner died is in the cache with
+            // the owner's tag: marked free here, so the reclaim by tag that follows does
+            // not free it a second time.
+            for &i in &tmp {
+                let hdr = crate::mbuf::header_ptr(self.objs, self.info.obj_size, i);
+                // SAFETY: `i < obj_count`: the header lies in the objects span checked at
+                // open; only its atomic fields are touched (host pools only: export pools
+                // are never flushed).
+                let h = unsafe { &*hdr };
+                let (owner, refcnt) = (&h.owner, &h.refcnt);
+                // Relaxed: the owner is dead; the ring's Release publishes them onwards.
+                owner.store(crate::owner::OwnerTag::FREE.0, Ordering::Relaxed);
+                refcnt.store(0, Ordering::Relaxed);
+            }
+        }
+        if tmp.len() != before {
+            self.trouble(
+                Trouble::BadHandle,
+                (before - tmp.len()) as u64,
+                "a dead owner's cache held out-of-range indices",
+            );
+        }
+        let mut producer = self.ring.mp_producer().expect("MP/MC");
+        let pushed = producer.enqueue_burst(&tmp).unwrap_or(0);
+        if pushed < tmp.len() {
+            self.trouble(
+                Trouble::PutFail,
+                (tmp.len() - pushed) as u64,
+                "free ring full while flushing a cache (duplicate indices?)",
+            );
+        }
+        hdr.len.store(0, Ordering::Relaxed);
+        pushed as u32
+    }
+}
+
+impl Mempool {
+    pub(super) fn claim_slot(&self, owner: OwnerTag) -> Result<u32, PoolError> {
+        let me = std::process::id();
+        let my_start = process_start_time(me).unwrap_or(0);
+        let sh = &self.shared;
+        // Free slots first, then dead owners' slots.
+        for pass in 0..2 {
+            for slot in 0..CACHE_SLOTS {
+                let hdr = sh.slot_header(slot);
+                let cur = hdr.owner_pid.load(Ordering::Acquire);
+                let take = if pass == 0 {
+                    cur == 0
+                } else {
+                    cur != 0 && cur != SLOT_RECOVERING && owner_dead(cur, hdr)
+                };
+                if !take {
+                    continue;
+                }
+                // Acquire: pairs with the Release that freed the slot (or the dead owner's
+                // last stores, visible since it is gone), so its `len` and array are current.
+                if hdr
+                    .owner_pid
+                    .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                if pass == 1 {
+                    sh.flush_slot(slot, cur);
+                    sh.counters()
+                        .caches_recovered
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "mempool {}: cache slot {slot} of dead pid {cur} recovered",
+                        sh.name
+                    );
+                }
+                hdr.len.store(0, Ordering::Relaxed);
+                hdr.owner_tag.store(owner.0, Ordering::Relaxed);
+                hdr.start_time.store(my_start, Ordering::Release);
+                return Ok(slot);
+            }
+        }
+        Err(PoolError::NoCacheSlot {
+            pool: sh.name.clone(),
+            slots: CACHE_SLOTS,
+        })
+    }
+
+    /// Flushes the caches held by `pid` back to the free ring and frees their slots;
+    /// returns how many objects went back. The caller knows the process is gone; with
+    /// `start_time` (its /proc start time) a slot claimed by a later process that reused
+    /// the pid is left alone.
+    pub fn flush_caches_of(&self, pid: u32, start_time: Option<u64>) -> u64 {
+        self.recover_slots(|cur, hdr| {
+            let recorded = hdr.start_time.load(Ordering::Acquire);
+            cur == pid && (recorded == 0 || start_time.is_none_or(|t| t == recorded))
+        })
+    }
+
+    /// Repairs what dead process `pid` (started at `start_time`, 0 = any) left inside an
+    /// operation on the free ring (shm-ring's `repair_dead`: a reservation it never wrote
+    /// becomes holes, one it wrote is published, the objects of one it was taking out are
+    /// returned) and puts the returned objects back. Call after
+    /// [`flush_caches_of`](Self::flush_caches_of), whose recovery reads the ring's records
+    /// of that process first. Returns how many objects went back.
+    pub fn repair_free_ring(&self, pid: u32, start_time: u64) -> u64 {
+        let sh = &self.shared;
+        let report = sh.ring.repair_dead(pid, start_time);
+        let n = sh.info.obj_count;
+        let mut back: Vec<u32> = report.returned.into_iter().filter(|&i| i < n).collect();
+        if report.left_pending + report.published > 0 {
+            // A range handed to the ring is released by the next consumer at the tail: be
+            // that consumer now (one object out, and back in below), so the ring is whole
+            // again before anyone counts it.
+            if let Ok(mut c) = sh.ring.mc_consumer() {
+                let mut one = [0u32; 1];
+                if let Ok(1) = c.dequeue_burst(&mut one) {
+                    back.extend(one.iter().filter(|&&i| i < n));
+                }
+            }
+        }
+        if back.is_empty() {
+            return 0;
+        }
+        let mut producer = sh.ring.mp_producer().expect("MP/MC");
+        let pushed = producer.enqueue_burst(&back).unwrap_or(0);
+        if pushed < back.len() {
+            sh.trouble(
+                Trouble::PutFail,
+                (back.len() - pushed) as u64,
+                "free ring full while repairing a dead process's reservation",
+            );
+        }
+        pushed as u64
+    }
+
+    /// Cache slots held by `pid`.
+    pub fn caches_of(&self, pid: u32) -> u32 {
+        (0..CACHE_SLOTS)
+            .filter(|&slot| {
+                self.shared
+                    .slot_header(slot)
+                    .owner_pid
+                    .load(Ordering::Relaxed)
+                    == pid
+            })
+            .count() as u32
+    }
+
+    /// Flushes every cache whose owner process is dead (pid gone or reused); returns how
+    /// many objects went back.
+    pub fn flush_dead_caches(&self) -> u64 {
+        self.recover_slots(owner_dead)
+    }
+
+    fn recover_slots(&self, dead: impl Fn(u32, &CacheSlotHeader) -> bool) -> u64 {
+        let sh = &self.shared;
+
+        let mut total = 0u64;
+        for slot in 0..CACHE_SLOTS {
+            let hdr = sh.slot_header(slot);
+            let cur = hdr.owner_pid.load(Ordering::Acquire);
+            if cur == 0 || cur == SLOT_RECOVERING || !dead(cur, hdr) {
+                continue;
+            }
+            if hdr
+                .owner_pid
+                .compare_exchange(cur, SLOT_RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            total += u64::from(sh.flush_slot(slot, cur));
+            sh.counters()
+                .caches_recovered
+                .fetch_add(1, Ordering::Relaxed);
+            hdr.start_time.store(0, Ordering::Relaxed);
+            hdr.owner_tag.store(0, Ordering::Relaxed);
+            // Release: the flush and cleared fields are visible to the next claimer.
+            hdr.owner_pid.store(0, Ordering::Release);
+        }
+        total
+    }
+}
+
+/// True when the process that claimed a cache slot is gone (pid dead, or alive with another
+/// start time: a reused pid).
+fn owner_dead(pid: u32, hdr: &CacheSlotHeader) -> bool {
+    if !pid_alive(pid) {
+        return true;
+    }
+    let recorded = hdr.start_time.load(Ordering::Acquire);
+    recorded != 0 && process_start_time(pid).is_some_and(|t| t != recorded)
+}
