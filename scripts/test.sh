@@ -13,6 +13,9 @@ cargo test -p shm-ring -p shm-mempool --benches
 echo "== loom: ring protocols"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p shm-ring --release --test loom
+echo "== loom: mempool cache refill/flush crash exactness"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
+  cargo test -p shm-ring --release --test loom_cache
 
 echo "== fuzz: every cargo-fuzz target for a fixed time"
 if [ "${CI:-}" = true ] || cargo +nightly fuzz --version >/dev/null 2>&1; then

@@ -6,6 +6,9 @@
 //! slots and recovering dead owners' caches and free-ring operations (`recovery.rs`);
 //! statistics and the free-list audit (`stats.rs`); the per-thread handle and its
 //! get/put fast and slow paths (`cache.rs`).
+//!
+//! The refill/flush protocol and its recovery are model-checked, a death after every step,
+//! by shm-ring's `tests/loom_cache.rs` (keep that model in step with these files).
 
 mod cache;
 mod mempool;

@@ -72,6 +72,14 @@ impl PoolShared {
         let n = self.info.obj_count;
         let before = tmp.len();
         tmp.retain(|&i| i < n);
+        let bad = before - tmp.len();
+        // An index at two positions is one object: a refill killed inside the ring's
+        // compaction of skipped holes (shm-ring `skip_holes`: a move is two stores) leaves
+        // it twice (shm-ring's `tests/loom_cache.rs` shows it).
+        let before = tmp.len();
+        tmp.sort_unstable();
+        tmp.dedup();
+        let dups = before - tmp.len();
         if self.info.flags & POOL_F_MBUF != 0 {
             // A buffer being allocated or freed when its owner died is in the cache with
             // the owner's tag: marked free here, so the reclaim by tag that follows does
@@ -88,11 +96,18 @@ impl PoolShared {
                 refcnt.store(0, Ordering::Relaxed);
             }
         }
-        if tmp.len() != before {
+        if bad != 0 {
             self.trouble(
                 Trouble::BadHandle,
-                (before - tmp.len()) as u64,
+                bad as u64,
                 "a dead owner's cache held out-of-range indices",
+            );
+        }
+        if dups != 0 {
+            // Not counted as a double free: a kill at the wrong instant does it.
+            tracing::info!(
+                "mempool {}: {dups} index(es) twice in a dead cache",
+                self.name
             );
         }
         let mut producer = self.ring.mp_producer().expect("MP/MC");
