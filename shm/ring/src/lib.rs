@@ -537,6 +537,16 @@ impl<T: Element> Ring<T> {
             .collect()
     }
 
+    /// Record `index` if its owner handed it over (an operation that finished its copy
+    /// and then waited [`HANDOVER_AFTER`] for an earlier peer gives its range to the ring,
+    /// and the handle claims a fresh record): [`Ring::record_of`] no longer lists it under
+    /// the owner's pid, so a caller that logged the record's index and
+    /// [`MpProducer::next_op_seq`] before the operation looks here. `None` when the record
+    /// is not a handed-over one (in use by someone, or free).
+    pub fn handed_record(&self, index: usize) -> Option<RecordView> {
+        self.core.handed_view(index)
+    }
+
     /// For the primary, when it reclaims a dead process: repairs and frees every record
     /// of `pid` (started at `start_time`, 0 = any). A producer reservation not fully
     /// written becomes holes (nothing was enqueued: the caller still owns those

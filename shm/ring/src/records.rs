@@ -662,6 +662,40 @@ impl<T: Element> RingCore<T> {
         Step::Moved
     }
 
+    /// Record `i` if it was handed over (owner pid 0, a side set: see `hand_over`), as
+    /// [`crate::Ring::handed_record`] gives it.
+    pub(crate) fn handed_view(&self, i: usize) -> Option<RecordView> {
+        if i >= SCAN {
+            return None;
+        }
+        let r = self.record(i);
+        // Acquire: pairs with `hand_over`'s Release (the DONE state before the owner word).
+        let owner = r.owner.load(Ordering::Acquire);
+        if owner as u32 != 0 || owner >> 32 == 0 {
+            return None;
+        }
+        let producer = owner >> 32 == SIDE_PROD;
+        let sw = r.state.load(Ordering::Acquire);
+        let (st, seq) = unpack_state(sw);
+        let (start, len) = unpack(r.range.load(Ordering::Relaxed));
+        let state = match st {
+            ST_INTENT => OpState::Reserving,
+            ST_DONE => OpState::Done,
+            ST_VOIDED => OpState::Voided,
+            _ => OpState::Idle,
+        };
+        Some(RecordView {
+            index: i,
+            producer,
+            seq,
+            state,
+            start,
+            len,
+            pending: st != ST_IDLE && len != 0 && self.pending(producer, start),
+            adopted: adopted_of(sw),
+        })
+    }
+
     /// Every record whose owner word names `pid` (and `start_time` when both are known).
     pub(crate) fn records_of(&self, pid: u32, start_time: u64) -> Vec<(usize, RecordView)> {
         let mut out = Vec::new();

@@ -147,9 +147,18 @@ fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
     let mut c = r.sc_consumer().unwrap();
     let (old, take) = slow.__reserve(&[7], true).unwrap();
     // The slow one is alive (this process): nothing repairs it; the fast one hands over.
+    let (rec, seq) = (fast.record().unwrap(), fast.next_op_seq());
+    assert!(r.handed_record(rec).is_none(), "in use, not handed over");
     let t = Instant::now();
     assert_eq!(fast.enqueue_bulk(&[8]).unwrap(), 1);
     assert!(t.elapsed() >= HANDOVER_AFTER);
+    // Its operation is no longer listed under its pid, but the handed record says it
+    // took effect (what a cache's recovery asks after a kill right here).
+    let v = r.handed_record(rec).expect("handed over");
+    assert_eq!(
+        (v.seq, v.state, v.producer, v.pending),
+        (seq, OpState::Done, true, true)
+    );
     assert!(
         fast.record().is_some(),
         "a fresh record after the hand-over"

@@ -36,12 +36,20 @@ impl PoolShared {
             hdr.op_from.load(Ordering::Relaxed).min(CACHE_OBJS),
         );
         let start = hdr.start_time.load(Ordering::Relaxed);
-        let took = self.ring.record_of(pid, start).into_iter().find(|v| {
+        let ours = |v: &shm_ring::RecordView| {
             v.index == rec
                 && v.producer == (kind == CACHE_OP_FLUSH)
                 && v.seq == seq
                 && v.state == shm_ring::OpState::Done
-        });
+        };
+        // Under the dead pid, or handed over to the ring (it finished its copy, then waited
+        // for an earlier peer: it took effect all the same).
+        let took = self
+            .ring
+            .record_of(pid, start)
+            .into_iter()
+            .find(ours)
+            .or_else(|| self.ring.handed_record(rec).filter(ours));
         hdr.op.store(0, Ordering::Relaxed);
         match (kind, took) {
             (CACHE_OP_REFILL, Some(v)) => len
