@@ -3,7 +3,8 @@
 //! the right role types.
 //!
 //! Memory-ordering pairs (each label appears at both sites):
-//! - **R1/A1**: a producer's Release store of `prod.tail` publishes the slots it wrote; a
+//! - **R1/A1**: a producer's Release store (or CAS, once its record is DONE: a waiter may
+//!   publish it too) of `prod.tail` publishes the slots it wrote; a
 //!   consumer's Acquire load of `prod.tail` makes them visible before it reads them.
 //! - **R2/A2**: a consumer's Release store of `cons.tail` says it has finished reading
 //!   slots; a producer's Acquire load of `cons.tail` orders that before it overwrites them.
@@ -19,8 +20,10 @@
 //! `head - other_tail` above the capacity is impossible in a healthy ring; when it persists
 //! after re-reading our own head, the operation returns [`RingError::Corrupt`], bumps the
 //! ring's corruption counter and marks it failed. A multi-producer (consumer) waiting for
-//! an earlier peer to publish repairs the peer's range if its owner is gone, and hands
-//! its own finished range over after [`crate::HANDOVER_AFTER`] (see `records.rs`); only
+//! an earlier peer to publish repairs the peer's range if its owner is gone, publishes it
+//! if it is finished, voids it if its live owner left it untouched longer than
+//! [`crate::VOID_AFTER`] (stopped), and hands its own finished range over after
+//! [`crate::HANDOVER_AFTER`] (see `records.rs`); only
 //! an unrecorded handle (record table full) gives up, with [`RingError::Stalled`] after
 //! its [`STALL_TIMEOUT`].
 
@@ -484,7 +487,11 @@ impl<T: Element> RingCore<T> {
                 continue;
             }
             // The earlier peer may be preempted (more threads than cores): let it run.
-            yield_now();
+            // (Under loom after the look: a yield there runs the peer on, and the models
+            // must also see a look while the peer is stopped.)
+            if !cfg!(loom) {
+                yield_now();
+            }
             if cfg!(loom) || spins.is_multiple_of(64) {
                 // Under loom time does not pass: look at the records on every turn.
                 let waited = if cfg!(loom) {
@@ -510,6 +517,9 @@ impl<T: Element> RingCore<T> {
                 } else if waited > w.stall_timeout {
                     return Err(RingError::Stalled);
                 }
+            }
+            if cfg!(loom) {
+                yield_now();
             }
         }
     }
