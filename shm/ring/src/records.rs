@@ -54,6 +54,7 @@
 //!     few ns: a process stopped inside one still holds the tail until it resumes);
 //!   - VOIDED: a repairer that died before publishing: published again (a producer's
 //!     holes rewritten first).
+//!
 //!   The held time is stamped in [`TailLine::stuck`](crate::layout::TailLine::stuck) by
 //!   the first look at a tail value and compared by later ones, from any process.
 //!   Every repair happens under the record's repair right (a CAS of the repairer's token
