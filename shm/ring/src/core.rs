@@ -470,13 +470,13 @@ impl<T: Element> RingCore<T> {
                 }
                 continue;
             }
-            let ahead = tail.wrapping_sub(old);
-            if w.rec.is_some() && ahead != 0 && ahead <= self.capacity {
-                // A helper published our DONE range (only a record's range is helped).
-                return Ok(Published::Done { adopted });
-            }
-            // A healthy tail is behind our reservation by less than the capacity.
+            // A healthy tail is behind our reservation by at most the capacity.
             if old.wrapping_sub(tail) > self.capacity {
+                if w.rec.is_some() {
+                    // Past our start: a helper published our DONE range (only a record's
+                    // range is helped), and the ring may have gone on any distance since.
+                    return Ok(Published::Done { adopted });
+                }
                 return Err(self.corrupt());
             }
             spins = spins.wrapping_add(1);

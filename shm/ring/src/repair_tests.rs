@@ -426,3 +426,56 @@ fn a_dead_producers_failed_attempt_does_not_hole_a_published_range() {
     assert_eq!(c.dequeue_burst(&mut out).unwrap(), 2);
     assert_eq!(out[..2], [7, 8]);
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and timing")]
+fn objects_cycling_through_a_free_ring_survive_a_stopped_producer_exactly() {
+    // The mempool's use: N objects cycle (dequeue a bulk, enqueue it back) through an
+    // MP/MC ring with spare room while one producer is stopped inside an enqueue for a
+    // while (voided meanwhile) and then resumes: every object is in the ring once at the end.
+    let region = Region::heap(1 << 20);
+    let mut r: Ring<u64> = Ring::init(&region, 0, 1 << 20, "cyc", 1024, SyncMode::MP_MC).unwrap();
+    r.__set_void_after_ms(20);
+    let n_obj = 500u64;
+    let mut p = r.mp_producer().unwrap();
+    p.enqueue_bulk(&(0..n_obj).collect::<Vec<_>>()).unwrap();
+    let mut stopped = r.mp_producer().unwrap();
+    let mut sc = r.mc_consumer().unwrap();
+    let mut held = [0u64; 8];
+    assert_eq!(sc.dequeue_bulk(&mut held).unwrap(), 8);
+    let (old, take) = stopped.__reserve(&held, false).unwrap();
+    assert_eq!(take, 8);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for k in 0..3usize {
+            let (mut p, mut c) = (r.mp_producer().unwrap(), r.mc_consumer().unwrap());
+            let stop = &stop;
+            s.spawn(move || {
+                let mut buf = vec![0u64; 1 + k * 7];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = c.dequeue_bulk(&mut buf).unwrap();
+                    let mut off = 0;
+                    while off < got {
+                        off += p.enqueue_burst(&buf[off..got]).unwrap();
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(stopped.__resume(old, &held).unwrap(), 0, "voided meanwhile");
+        assert_eq!(stopped.enqueue_bulk(&held).unwrap(), 8);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut all = Vec::new();
+    let mut buf = [0u64; 64];
+    loop {
+        let k = sc.dequeue_burst(&mut buf).unwrap();
+        if k == 0 && r.count() == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..k]);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..n_obj).collect::<Vec<_>>());
+}
