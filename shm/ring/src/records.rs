@@ -96,9 +96,11 @@
 //! Left open: a repairer stopped while it holds a right (a few instructions) holds that
 //! range until it resumes; two live INTENTs at the same start (one a failed attempt
 //! stopped before its reset) are not told apart; a consumer range voided while no waiter
-//! has room for it stays until one has (a mempool refill asks for exactly what fits, so a
-//! refill stopped inside the free ring costs every refill behind it a hand-over wait while
-//! it stays stopped); a repairer killed between recording an adoption and its VOIDED CAS
+//! has room for it stays until one has. A mempool refill asks for exactly what fits, so a
+//! refill stopped inside the free ring is never voided: the consumer tail stays at it,
+//! refills behind it hand over (a 20 ms wait each), and after about a ring's capacity of
+//! frees the producers find the ring full and the pool drops (counts as `put_fail`) what
+//! it cannot put back. A repairer killed between recording an adoption and its VOIDED CAS
 //! leaves the elements counted twice.
 //!
 //! Memory-ordering pairs (labels continue those of `core.rs`):
