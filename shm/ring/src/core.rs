@@ -3,7 +3,8 @@
 //! the right role types.
 //!
 //! Memory-ordering pairs (each label appears at both sites):
-//! - **R1/A1**: a producer's Release store of `prod.tail` publishes the slots it wrote; a
+//! - **R1/A1**: a producer's Release store (or CAS, once its record is DONE: a waiter may
+//!   publish it too) of `prod.tail` publishes the slots it wrote; a
 //!   consumer's Acquire load of `prod.tail` makes them visible before it reads them.
 //! - **R2/A2**: a consumer's Release store of `cons.tail` says it has finished reading
 //!   slots; a producer's Acquire load of `cons.tail` orders that before it overwrites them.
@@ -19,8 +20,10 @@
 //! `head - other_tail` above the capacity is impossible in a healthy ring; when it persists
 //! after re-reading our own head, the operation returns [`RingError::Corrupt`], bumps the
 //! ring's corruption counter and marks it failed. A multi-producer (consumer) waiting for
-//! an earlier peer to publish repairs the peer's range if its owner is gone, and hands
-//! its own finished range over after [`crate::HANDOVER_AFTER`] (see `records.rs`); only
+//! an earlier peer to publish repairs the peer's range if its owner is gone, publishes it
+//! if it is finished, voids it if its live owner left it untouched longer than
+//! [`crate::VOID_AFTER`] (stopped), and hands its own finished range over after
+//! [`crate::HANDOVER_AFTER`] (see `records.rs`); only
 //! an unrecorded handle (record table full) gives up, with [`RingError::Stalled`] after
 //! its [`STALL_TIMEOUT`].
 
@@ -32,7 +35,8 @@ use shm::Region;
 
 use crate::layout::{HeadTail, OpRecord, RingCtrl, TailLine, REC_STRIDE};
 use crate::records::{
-    pack_range, pack_state, Step, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, ST_IDLE, ST_INTENT,
+    pack_range, pack_state, Step, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, ST_BUSY, ST_DONE,
+    ST_IDLE, ST_INTENT, VOID_AFTER,
 };
 use crate::sync::{spin, yield_now, AtomicU32, Ordering};
 use crate::{Element, RingError};
@@ -60,6 +64,10 @@ pub(crate) struct RingCore<T> {
     slots: NonNull<T>,
     pub(crate) mask: u32,
     pub(crate) capacity: u32,
+    /// How long (ms) a range must have held the tail before a waiter may void a live
+    /// owner's untouched reservation ([`VOID_AFTER`]; 0 = at once, `u32::MAX` = never:
+    /// the loom models choose, as time does not pass there).
+    pub(crate) void_after_ms: u32,
     region: Region,
     _elem: PhantomData<T>,
 }
@@ -104,6 +112,11 @@ impl<T: Element> RingCore<T> {
             slots,
             mask,
             capacity,
+            void_after_ms: if cfg!(loom) {
+                u32::MAX
+            } else {
+                VOID_AFTER.as_millis() as u32
+            },
             region,
             _elem: PhantomData,
         }
@@ -363,12 +376,35 @@ impl<T: Element> RingCore<T> {
         }
     }
 
+    /// Takes the owner's exclusive right to finish its reservation: its record moves
+    /// from INTENT to BUSY (a producer before its copy, a consumer after it). False when
+    /// a waiter voided the reservation first (the owner then calls
+    /// [`RingCore::wait_voided`] and tries again: a producer's caller still holds its
+    /// elements, a consumer discards its copy).
+    #[inline(always)]
+    pub(crate) fn begin_busy(&self, r: &OpRecord, seq: u32) -> bool {
+        // Relaxed: only exclusion is needed (a voider's CAS of INTENT to VOIDED and this one
+        // cannot both succeed); slot accesses are ordered by R1/R2 and by the tail loads
+        // (A1/A2) that justified the reservation.
+        r.state
+            .compare_exchange(
+                pack_state(seq, ST_INTENT),
+                pack_state(seq, ST_BUSY),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Waits until earlier multi-producers (`PROD`) or consumers have published up to
-    /// `old`, then publishes `[old, old + n)` with a Release store of the tail (R1 for
-    /// producers, R2 for consumers). While waiting it repairs ranges of gone owners at the
-    /// tail (`records.rs`); a consumer adopts a dead consumer's uncopied elements into
-    /// `room` when they fit. With a record (`rec`, already DONE), it hands its range over
-    /// after [`HANDOVER_AFTER`] instead of waiting on.
+    /// `old`, then publishes `[old, old + n)` (R1 for producers, R2 for consumers). The
+    /// caller's record (if any) is BUSY: nobody else publishes a BUSY range, so at the
+    /// tail a plain Release store publishes it and the record becomes DONE afterwards.
+    /// Otherwise the record becomes DONE first (R6: from then on a waiter may publish it
+    /// for us) and [`RingCore::publish_done`] waits. While waiting it repairs ranges of
+    /// gone or long-stopped owners at the tail (`records.rs`); a consumer adopts a dead
+    /// (voided) consumer's uncopied elements into `room` when they fit. With a record it
+    /// hands its range over after [`HANDOVER_AFTER`] instead of waiting on.
     #[inline(always)]
     pub(crate) fn publish_after_peers<const PROD: bool>(
         &self,
@@ -379,24 +415,37 @@ impl<T: Element> RingCore<T> {
     ) -> Result<Published, RingError> {
         let ht = if PROD { self.prod() } else { self.cons() };
         // A4: Acquire, so our Release below also carries the earlier peers' slot accesses.
-        if ht.tail.load(Ordering::Acquire) != old {
-            return self.wait_for_tail::<PROD>(ht, old, n, w, room);
+        if ht.tail.load(Ordering::Acquire) == old {
+            // R1 (producers) / R2 (consumers). A store, not a CAS: our record is BUSY (or
+            // we have none), and no helper publishes a BUSY range.
+            ht.tail.store(old.wrapping_add(n), Ordering::Release);
+            if let Some((_, r)) = w.rec {
+                // Relaxed: BUSY with the range no longer pending already reads as done
+                // (`records_of`); DONE only tidies the record.
+                r.state.store(pack_state(w.seq, ST_DONE), Ordering::Relaxed);
+            }
+            return Ok(Published::Done { adopted: 0 });
         }
-        // R1 (producers) / R2 (consumers).
-        ht.tail.store(old.wrapping_add(n), Ordering::Release);
-        Ok(Published::Done { adopted: 0 })
+        if let Some((_, r)) = w.rec {
+            // R6: our copy is finished (pairs with A6 in helpers, who may now publish it).
+            r.state.store(pack_state(w.seq, ST_DONE), Ordering::Release);
+        }
+        self.publish_done::<PROD>(old, n, w, room)
     }
 
+    /// The slow half of [`RingCore::publish_after_peers`], for a reservation whose record
+    /// is DONE (or that has none): waits for the tail, then publishes with a CAS (a
+    /// helper may have published a DONE range for us: then the tail is past `old`).
     #[cold]
     #[inline(never)]
-    fn wait_for_tail<const PROD: bool>(
+    pub(crate) fn publish_done<const PROD: bool>(
         &self,
-        ht: &HeadTail,
         old: u32,
         n: u32,
         w: &mut Waiter<'_>,
         room: &mut [T],
     ) -> Result<Published, RingError> {
+        let ht = if PROD { self.prod() } else { self.cons() };
         let mut spins: u32 = 0;
         let mut since: Option<Instant> = None;
         let mut next_look = REPAIR_FIRST;
@@ -405,12 +454,29 @@ impl<T: Element> RingCore<T> {
             // A4 (as above).
             let tail = ht.tail.load(Ordering::Acquire);
             if tail == old {
-                // R1 (producers) / R2 (consumers).
-                ht.tail.store(old.wrapping_add(n), Ordering::Release);
-                return Ok(Published::Done { adopted });
+                // R1 (producers) / R2 (consumers); a CAS: a helper may publish a DONE
+                // range too (exactly one of us moves the tail from `old`).
+                if ht
+                    .tail
+                    .compare_exchange(
+                        old,
+                        old.wrapping_add(n),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return Ok(Published::Done { adopted });
+                }
+                continue;
             }
-            // A healthy tail is behind our reservation by less than the capacity.
+            // A healthy tail is behind our reservation by at most the capacity.
             if old.wrapping_sub(tail) > self.capacity {
+                if w.rec.is_some() {
+                    // Past our start: a helper published our DONE range (only a record's
+                    // range is helped), and the ring may have gone on any distance since.
+                    return Ok(Published::Done { adopted });
+                }
                 return Err(self.corrupt());
             }
             spins = spins.wrapping_add(1);
@@ -421,7 +487,11 @@ impl<T: Element> RingCore<T> {
                 continue;
             }
             // The earlier peer may be preempted (more threads than cores): let it run.
-            yield_now();
+            // (Under loom after the look: a yield there runs the peer on, and the models
+            // must also see a look while the peer is stopped.)
+            if !cfg!(loom) {
+                yield_now();
+            }
             if cfg!(loom) || spins.is_multiple_of(64) {
                 // Under loom time does not pass: look at the records on every turn.
                 let waited = if cfg!(loom) {
@@ -448,6 +518,35 @@ impl<T: Element> RingCore<T> {
                     return Err(RingError::Stalled);
                 }
             }
+            if cfg!(loom) {
+                yield_now();
+            }
+        }
+    }
+
+    /// After [`RingCore::begin_busy`] failed: waits until the voided range `[old, ..)`
+    /// of side `PROD` is published by its voider (helping if the voider died), so that
+    /// the owner's next attempt may rewrite its record.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn wait_voided<const PROD: bool>(&self, old: u32, token: u64) {
+        let ht = if PROD { self.prod() } else { self.cons() };
+        let mut spins: u32 = 0;
+        loop {
+            // A4-style Acquire: the voider's tail CAS (R7) and what came before it (its
+            // hole writes) happen before our next attempt.
+            let tail = ht.tail.load(Ordering::Acquire);
+            let head = ht.head.load(Ordering::Acquire);
+            if old.wrapping_sub(tail) >= head.wrapping_sub(tail) {
+                return;
+            }
+            spins = spins.wrapping_add(1);
+            yield_now();
+            if cfg!(loom) || spins.is_multiple_of(64) {
+                let mut none: [T; 0] = [];
+                let mut adopted = 0;
+                let _ = self.repair_at(PROD, tail, token, &mut none, &mut adopted, None);
+            }
         }
     }
 
@@ -470,10 +569,12 @@ impl<T: Element> RingCore<T> {
 }
 
 /// What a multi-producer (consumer) waiting at the tail brings along: its record (index
-/// and reference) if it has one, its repair token, and its stall limit (used only without
-/// a record).
+/// and reference) if it has one, its operation's sequence number, its repair token, and
+/// its stall limit (used only without a record).
 pub(crate) struct Waiter<'a> {
     pub(crate) rec: Option<(u32, &'a OpRecord)>,
+    /// Sequence number of the operation (what its record's state carries).
+    pub(crate) seq: u32,
     pub(crate) token: u64,
     pub(crate) stall_timeout: Duration,
 }

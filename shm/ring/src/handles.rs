@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::core::{skip_holes, Behaviour, Published, RingCore, Waiter, STALL_TIMEOUT};
-use crate::records::{new_token, pack_state, pid_alive, ST_DONE};
+use crate::records::{new_token, pid_alive};
 use crate::sync::Ordering;
 use crate::{Element, RingError};
 
@@ -330,24 +330,31 @@ impl<T: Element> MpProducer<T> {
         }
         let seq = self.seq.wrapping_add(1);
         let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
-        let (old, take) =
-            self.core
-                .multi_reserve::<true>(n, how, &mut self.cons_tail, self.rec, seq)?;
-        if take == 0 {
-            return Ok(0);
-        }
-        self.seq = seq;
-        shm::crash_point!("ring.mp_after_head_cas");
+        let (old, take) = loop {
+            let (old, take) =
+                self.core
+                    .multi_reserve::<true>(n, how, &mut self.cons_tail, self.rec, seq)?;
+            if take == 0 {
+                return Ok(0);
+            }
+            self.seq = seq;
+            shm::crash_point!("ring.mp_after_head_cas");
+            match rec {
+                Some((_, r)) if !self.core.begin_busy(r, seq) => {
+                    // Voided while we were stopped: nothing was enqueued; the same
+                    // operation (same seq) tries again once the voided range is published.
+                    self.core.wait_voided::<true>(old, self.token);
+                }
+                _ => break (old, take),
+            }
+        };
         // SAFETY: the CAS in `multi_reserve` gave this producer `[old, old + take)`, which
-        // the consumers had released (A2).
+        // the consumers had released (A2); BUSY keeps any waiter from voiding it now.
         unsafe { self.core.write_slots(old, &items[..take as usize]) };
-        if let Some((_, r)) = rec {
-            // R6: the slots are written; pairs with A6 in repairers.
-            r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
-        }
         shm::crash_point!("ring.mp_after_copy");
         let mut w = Waiter {
             rec,
+            seq,
             token: self.token,
             stall_timeout: self.stall_timeout,
         };
@@ -668,25 +675,33 @@ impl<T: Element> McConsumer<T> {
         }
         let seq = self.seq.wrapping_add(1);
         let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
-        let (old, take) =
-            self.core
-                .multi_reserve::<false>(n, how, &mut self.prod_tail, self.rec, seq)?;
-        if take == 0 {
-            return Ok((0, 0));
-        }
-        self.seq = seq;
-        shm::crash_point!("ring.mc_after_head_cas");
-        let (mine, room) = out.split_at_mut(take as usize);
-        // SAFETY: the CAS in `multi_reserve` gave this consumer `[old, old + take)`, which
-        // the producers had published (A1).
-        unsafe { self.core.read_slots(old, mine) };
-        if let Some((_, r)) = rec {
-            // R6: the slots are copied out; pairs with A6 in repairers.
-            r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
-        }
+        let (old, take) = loop {
+            let (old, take) =
+                self.core
+                    .multi_reserve::<false>(n, how, &mut self.prod_tail, self.rec, seq)?;
+            if take == 0 {
+                return Ok((0, 0));
+            }
+            self.seq = seq;
+            shm::crash_point!("ring.mc_after_head_cas");
+            // SAFETY: the CAS in `multi_reserve` gave this consumer `[old, old + take)`,
+            // which the producers had published (A1); a waiter that voids it meanwhile
+            // only reads it too, and our copy is then discarded.
+            unsafe { self.core.read_slots(old, &mut out[..take as usize]) };
+            match rec {
+                Some((_, r)) if !self.core.begin_busy(r, seq) => {
+                    // Voided while we were stopped: a waiter adopted these elements; our
+                    // copy is stale. The same operation tries again.
+                    self.core.wait_voided::<false>(old, self.token);
+                }
+                _ => break (old, take),
+            }
+        };
         shm::crash_point!("ring.mc_after_copy");
+        let room = &mut out[take as usize..];
         let mut w = Waiter {
             rec,
+            seq,
             token: self.token,
             stall_timeout: self.stall_timeout,
         };

@@ -5,6 +5,17 @@
 use super::{want, McConsumer, MpProducer};
 use crate::core::{Behaviour, Published, Waiter};
 use crate::records::{pack_range, pack_state, ST_DONE, ST_INTENT};
+use crate::Ring;
+
+impl<T: Element> Ring<T> {
+    /// Test hook: how long a range must hold the tail before a live owner's untouched
+    /// reservation may be voided, for the handles made after this call (0 = at once,
+    /// `u32::MAX` = never; default [`crate::records::VOID_AFTER`], never under loom).
+    #[doc(hidden)]
+    pub fn __set_void_after_ms(&mut self, ms: u32) {
+        self.core.void_after_ms = ms;
+    }
+}
 use crate::sync::Ordering;
 use crate::{Element, RingError};
 
@@ -26,27 +37,59 @@ impl<T: Element> MpProducer<T> {
         )?;
         self.seq = seq;
         if copy && take > 0 {
+            assert!(rec.is_none_or(|r| self.core.begin_busy(r, seq)));
             // SAFETY: as in `enqueue_n`.
             unsafe { self.core.write_slots(old, &items[..take as usize]) };
             if let Some(r) = rec {
-                // R6, as in `enqueue_n`.
+                // R6, as in `publish_after_peers`.
                 r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
             }
         }
         Ok((old, take))
     }
 
-    /// Test hook: the second half of an enqueue begun with [`MpProducer::__reserve`].
+    /// Test hook: an owner stopped after [`MpProducer::__reserve`] (without its copy)
+    /// resumes: copies and publishes as `enqueue_n` does, or returns 0 without writing
+    /// anything if a waiter voided the reservation meanwhile.
     #[doc(hidden)]
-    pub fn __publish(&mut self, old: u32, take: u32) -> Result<(), RingError> {
+    pub fn __resume(&mut self, old: u32, items: &[T]) -> Result<usize, RingError> {
+        let take = items.len() as u32;
+        let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
+        if let Some((_, r)) = rec {
+            if !self.core.begin_busy(r, self.seq) {
+                self.core.wait_voided::<true>(old, self.token);
+                return Ok(0);
+            }
+        }
+        // SAFETY: as in `enqueue_n` (BUSY: nobody voids it now).
+        unsafe { self.core.write_slots(old, items) };
         let mut w = Waiter {
-            rec: self.rec.map(|i| (i, self.core.record(i as usize))),
+            rec,
+            seq: self.seq,
             token: self.token,
             stall_timeout: self.stall_timeout,
         };
         if let Published::HandedOver { .. } =
             self.core
                 .publish_after_peers::<true>(old, take, &mut w, &mut [])?
+        {
+            self.reclaim();
+        }
+        Ok(take as usize)
+    }
+
+    /// Test hook: the second half of an enqueue begun with [`MpProducer::__reserve`]
+    /// with its copy (the record is DONE: published as a waiter publishes).
+    #[doc(hidden)]
+    pub fn __publish(&mut self, old: u32, take: u32) -> Result<(), RingError> {
+        let mut w = Waiter {
+            rec: self.rec.map(|i| (i, self.core.record(i as usize))),
+            seq: self.seq,
+            token: self.token,
+            stall_timeout: self.stall_timeout,
+        };
+        if let Published::HandedOver { .. } =
+            self.core.publish_done::<true>(old, take, &mut w, &mut [])?
         {
             self.reclaim();
         }
@@ -101,25 +144,59 @@ impl<T: Element> McConsumer<T> {
         if copy && take > 0 {
             // SAFETY: as in `dequeue_raw`.
             unsafe { self.core.read_slots(old, &mut out[..take as usize]) };
+            assert!(rec.is_none_or(|r| self.core.begin_busy(r, seq)));
             if let Some(r) = rec {
-                // R6, as in `dequeue_raw`.
+                // R6, as in `publish_after_peers`.
                 r.state.store(pack_state(seq, ST_DONE), Ordering::Release);
             }
         }
         Ok((old, take))
     }
 
-    /// Test hook: the second half of a dequeue begun with [`McConsumer::__reserve`].
+    /// Test hook: a consumer stopped after [`McConsumer::__reserve`] (without its copy)
+    /// resumes: copies `take` elements into `out` and publishes, or returns 0 (its copy
+    /// discarded) if a waiter voided the reservation meanwhile.
+    #[doc(hidden)]
+    pub fn __resume(&mut self, old: u32, take: u32, out: &mut [T]) -> Result<usize, RingError> {
+        let rec = self.rec.map(|i| (i, self.core.record(i as usize)));
+        // SAFETY: as in `dequeue_raw`.
+        unsafe { self.core.read_slots(old, &mut out[..take as usize]) };
+        if let Some((_, r)) = rec {
+            if !self.core.begin_busy(r, self.seq) {
+                self.core.wait_voided::<false>(old, self.token);
+                return Ok(0);
+            }
+        }
+        let mut w = Waiter {
+            rec,
+            seq: self.seq,
+            token: self.token,
+            stall_timeout: self.stall_timeout,
+        };
+        let (mine, room) = out.split_at_mut(take as usize);
+        let _ = mine;
+        if let Published::HandedOver { .. } = self
+            .core
+            .publish_after_peers::<false>(old, take, &mut w, room)?
+        {
+            self.reclaim();
+        }
+        Ok(take as usize)
+    }
+
+    /// Test hook: the second half of a dequeue begun with [`McConsumer::__reserve`]
+    /// with its copy (as [`MpProducer::__publish`]).
     #[doc(hidden)]
     pub fn __publish(&mut self, old: u32, take: u32) -> Result<(), RingError> {
         let mut w = Waiter {
             rec: self.rec.map(|i| (i, self.core.record(i as usize))),
+            seq: self.seq,
             token: self.token,
             stall_timeout: self.stall_timeout,
         };
         if let Published::HandedOver { .. } =
             self.core
-                .publish_after_peers::<false>(old, take, &mut w, &mut [])?
+                .publish_done::<false>(old, take, &mut w, &mut [])?
         {
             self.reclaim();
         }

@@ -32,7 +32,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// First bytes of every ring.
 pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
-pub const RING_LAYOUT_MAJOR: u16 = 3;
+pub const RING_LAYOUT_MAJOR: u16 = 4;
 /// Layout minor version.
 pub const RING_LAYOUT_MINOR: u16 = 0;
 /// Offset of [`RingCtrl`].
@@ -161,6 +161,7 @@ impl HeadTail {
                 tail: AtomicU32::new(0),
                 handed: AtomicU32::new(0),
                 holes: AtomicU32::new(0),
+                stuck: AtomicU64::new(0),
             },
             _tail_guard: GuardLine([0; 64]),
         }
@@ -182,6 +183,12 @@ pub struct TailLine {
     /// while non-zero, consumers look for holes in what they dequeue (it may stay above
     /// zero if a consumer dies between skipping and counting: a scan, never an error).
     pub holes: AtomicU32,
+    /// `tail << 32 | ms` (ms of `CLOCK_MONOTONIC`, low bit forced to 1; 0 = never set):
+    /// since when a waiter or helper has seen this side's tail stay at `tail` with a
+    /// range pending there. Written only while the tail is stuck (cold); it bounds below
+    /// how long the range at the tail has held it, which decides when a live owner's
+    /// untouched reservation may be voided (see `records.rs`).
+    pub stuck: AtomicU64,
 }
 
 impl std::ops::Deref for TailLine {

@@ -29,7 +29,11 @@
 //!   reservation record in the ring's header and writes its range there before the CAS;
 //!   a survivor blocked at the tail finds the record, sees its owner is dead and repairs:
 //!   an unwritten producer range becomes holes ([`Element::HOLE`], which dequeues skip),
-//!   a written one is published, a dead consumer's uncopied elements are adopted. The
+//!   a written one is published, a dead consumer's uncopied elements are adopted. A live
+//!   owner stopped there (SIGSTOP) does not brick it either: once its untouched range has
+//!   held the tail longer than [`VOID_AFTER`], a waiter voids it the same way, and the
+//!   owner, resuming, retries its operation (a finished range is published by any waiter
+//!   at once). The
 //!   primary calls [`Ring::repair_dead`] when it reclaims a process; a caller that logs
 //!   [`MpProducer::next_op_seq`] learns from [`Ring::record_of`] whether that operation
 //!   took effect. Diagram and proof sketch: [`records`].
@@ -61,7 +65,7 @@ pub use handles::{
 use layout::*;
 pub use records::{
     pid_alive, process_gone, process_start_time, OpState, RecordView, RepairReport, HANDOVER_AFTER,
-    REPAIR_EVERY, REPAIR_FIRST,
+    REPAIR_EVERY, REPAIR_FIRST, VOID_AFTER,
 };
 pub use untrusted::{
     UntrustedConsumer, UntrustedProducer, UNTRUSTED_CAS_TRIES, UNTRUSTED_PUBLISH_SPINS,

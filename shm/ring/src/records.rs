@@ -1,5 +1,6 @@
 //! Reservation records: what makes a multi-producer (multi-consumer) ring repairable when a
-//! process dies between its head CAS and its tail publication.
+//! process dies, or stops (SIGSTOP, a debugger), between its head CAS and its tail
+//! publication.
 //!
 //! Every multi-role handle ([`crate::MpProducer`], [`crate::McConsumer`], each clone)
 //! claims one [`OpRecord`] in the ring's header (a fixed table of
@@ -7,72 +8,100 @@
 //! describes each operation there before it can own slots:
 //!
 //! ```text
-//!   owner op #s:  range=(h,n) state=(s,INTENT) ── head CAS h→h+n ── copy ── state=(s,DONE) ── tail h→h+n
-//!                 └─ two private stores ──┘      (publishes them,      └ one store ┘
-//!                                                 R3/A5)
+//!  producer #s: range=(h,n) INTENT ─ head CAS ─ CAS INTENT→BUSY ─ copy ─┬ tail==h: store tail, DONE
+//!               (two private stores) (R3/A5)   (fails: voided, retry) └ else DONE (R6), wait, CAS tail
+//!  consumer #s: range=(h,n) INTENT ─ head CAS ─ copy ─ CAS INTENT→BUSY ─┬ (as above)
+//!                                                    (fails: voided: discard the copy, retry)
 //!
-//!   side of the ring:   tail                                  head
-//!                        │ rec 7: INTENT │ rec 2: DONE │ rec 9: INTENT │
-//!                        t               t+n7          ...             (free slots)
-//!   every range in [tail, head) is the range of exactly one record that is not IDLE
-//!   (unless an unrecorded handle made it: untrusted host handles, or a full table)
+//!  states:  IDLE ─→ INTENT ─→ BUSY ─→ DONE        only the owner: INTENT→BUSY→DONE, IDLE
+//!                     │                 │          a waiter: INTENT→VOIDED (CAS), publishes
+//!                     └──→ VOIDED       └ published by the owner or any waiter (tail CAS)
+//!
+//!  side of the ring:   tail                                  head
+//!                       │ rec 7: INTENT │ rec 2: DONE │ rec 9: BUSY │ (free slots)
+//!                       t               t+n7          ...
+//!  every range in [tail, head) is the range of exactly one record that is not IDLE
+//!  (unless an unrecorded handle made it: untrusted host handles, or a full table)
 //! ```
 //!
 //! - **Attributable at every instant**: the record is written before the CAS that gives
 //!   the range away, and the CAS's Release publishes it to whoever loads the head (A5);
-//!   a record whose CAS failed is rewritten before the next attempt (or reset to IDLE).
-//!   So the range starting at the tail `t` is the range of a record `(t, n)`; a stale
-//!   INTENT `(t, m)` whose CAS failed can exist only if its owner died right after the
-//!   failed CAS, and a survivor repairs nothing while that is ambiguous (see below).
-//! - **Blocked survivors repair dead owners**: a multi-producer (consumer) waiting for
-//!   the tail longer than [`REPAIR_FIRST`] scans the records for the range at the tail
-//!   (every [`REPAIR_EVERY`] after that). If a live owner claims it, it waits. If its
-//!   owner is gone (pid dead or reused, or handed over, see below), it takes the
-//!   record's repair right (a CAS of its own token into `repairer`; the right of a dead
-//!   repairer can be taken over) and: a producer range in INTENT becomes holes
-//!   ([`crate::Element::HOLE`], skipped by consumers) and VOIDED; a consumer range in
-//!   INTENT is adopted into the survivor's own output when it has room (the elements are
-//!   still in the slots), else left for [`crate::Ring::repair_dead`]; a DONE or VOIDED
-//!   range is only published. The tail is then moved with a CAS from `t`.
+//!   a record whose CAS failed is reset to IDLE before the next attempt. So the range
+//!   starting at the tail `t` is the range of a record `(t, n)`; a stale INTENT `(t, m)`
+//!   whose CAS failed can exist only while its owner sits between that failed CAS and the
+//!   reset (or died there), and nobody decides between two INTENTs at `t` while any of
+//!   them is live (see below).
+//! - **BUSY: the owner's exclusive right to finish**. A producer takes it before its copy,
+//!   a consumer after it, each with one CAS on its own record's line. Nobody voids or
+//!   publishes a live owner's BUSY range, so an owner at the tail publishes with a plain
+//!   store; an owner that must wait for an earlier peer goes DONE first (R6) and from then
+//!   on publishes with a CAS of the tail, as anyone may publish a DONE range for it.
+//! - **Waiters repair what blocks them** (every [`REPAIR_EVERY`] after [`REPAIR_FIRST`],
+//!   and operations of the other side short of room while ranges are handed over): the
+//!   record at the tail is
+//!   - DONE (live or gone owner): published (a tail CAS from `t`);
+//!   - INTENT of a gone owner (pid dead or reused, or handed over), or of a **live owner
+//!     whose range has held the tail longer than [`VOID_AFTER`]** (a stopped one): voided,
+//!     a CAS INTENT→VOIDED that the owner's INTENT→BUSY then fails on. A producer range
+//!     becomes holes ([`crate::Element::HOLE`], skipped by consumers); a consumer range is
+//!     adopted into the waiter's own output after its own elements when it has room (the
+//!     elements are still in the slots), else left (a dead one then goes to
+//!     [`crate::Ring::repair_dead`], a live one finishes when it resumes). The voided
+//!     owner, when it resumes, waits until its range is published and retries the same
+//!     operation (same sequence number): nothing of it happened.
+//!   - BUSY of a gone owner: a producer's (copy maybe half done) is voided like INTENT, a
+//!     consumer's (copy done) published; BUSY of a live owner is waited for (a copy is a
+//!     few ns: a process stopped inside one still holds the tail until it resumes);
+//!   - VOIDED: a repairer that died before publishing: published again (a producer's
+//!     holes rewritten first).
+//!
+//!   The held time is stamped in [`TailLine::stuck`](crate::layout::TailLine::stuck) by
+//!   the first look at a tail value and compared by later ones, from any process.
+//!   Every repair happens under the record's repair right (a CAS of the repairer's token
+//!   into `repairer`; a dead repairer's right is taken over, a live one's waited for),
+//!   released after the tail CAS.
 //! - **Hand-over instead of a stall**: an owner that has finished its copy (DONE) and
 //!   still waits for an earlier peer after [`HANDOVER_AFTER`] gives its record to the
-//!   ring (owner pid 0: "gone") and returns success; whoever next waits at that range
-//!   publishes it. The handle claims a fresh record for its next operation.
+//!   ring (owner pid 0: "gone") and returns success; whoever next waits at that range, or
+//!   runs short of room on the other side, publishes it. The handle claims a fresh record
+//!   for its next operation.
 //! - **The primary repairs a reclaimed process** with [`crate::Ring::repair_dead`]:
-//!   every record of that pid+start time is voided (producer INTENT: holes), returned
-//!   (consumer INTENT: the elements come back in the report for the caller to put back)
-//!   or kept (DONE), published when at the tail, and freed.
+//!   every record of that pid+start time is voided (producer INTENT or BUSY: holes),
+//!   returned (consumer INTENT: the elements come back in the report for the caller to put
+//!   back) or kept (DONE, consumer BUSY), published when at the tail, and freed.
 //! - **Records of dead owners** whose operation is no longer pending are recovered by
 //!   the next claimer when no record is free, and keep their last state until then, so
-//!   [`crate::Ring::record_of`] can tell a caller whether operation `#s` completed.
+//!   [`crate::Ring::record_of`] can tell a caller whether operation `#s` took effect
+//!   (Done: DONE, a consumer's BUSY, or a producer's BUSY no longer pending; Voided and
+//!   Reserving: it did not, or will not once repaired).
 //!
-//! **Why nothing is lost or duplicated.** Only two kinds of writer move a tail from `t`:
-//! the live owner of the range at `t` (a plain store, after seeing the tail at `t`), and
-//! the holder of the repair right of a *gone* owner's record at `t` (a CAS from `t`); a
-//! gone owner never stores again, and the right is exclusive (a repairer's token in the
-//! record; a dead repairer's right is taken over, a live one's waited for), so the tail
-//! moves past each range once. A repairer writes holes only into a dead producer's range
-//! (nobody else writes it: it is reserved and its owner is dead) and reads a dead
-//! consumer's range only while the tail is still before it (producers cannot reuse it).
-//! A producer's elements are either all published (DONE: its copy finished before the
-//! death) or all holes (the owner died before DONE; its caller still has them, and
-//! [`crate::Ring::record_of`] says VOIDED): never a prefix of one operation. A dead
-//! consumer's elements are either with its caller (DONE) or handed to the adopter or to
-//! the primary ([`RepairReport::returned`]).
+//! **Why nothing is lost or duplicated.** *The tail moves past each range once*: it moves
+//! from `t` only by the owner of the range at `t` (a plain store only while BUSY, which
+//! excludes every helper; otherwise a CAS from `t`) or by a holder of that record's repair
+//! right (a CAS from `t`, after checking under the right that the record still describes
+//! `[t, t+n)` at the tail: the right's Acquire sees an earlier holder's tail CAS). *A
+//! producer range is all written or all holes, never a mix*: exactly one of the owner's
+//! INTENT→BUSY and a voider's INTENT→VOIDED succeeds on the same state word; the owner
+//! writes only after winning, and a voider (or the repairer of a dead owner, who writes
+//! nothing more) writes holes only after winning, so no element of a voided operation
+//! reaches a slot, and a VOIDED record reads as "nothing enqueued" while its caller still
+//! holds the elements (the retry enqueues them once). *A consumer's elements go to exactly
+//! one place*: the owner keeps its copy only if its INTENT→BUSY wins; a voider keeps the
+//! copy it made (while the tail was still before the range, so the slots were intact) only
+//! if its INTENT→VOIDED wins, and records it in its own record (`adopted`) before the
+//! range leaves the ring. A voided owner rewrites its record only after its range has been
+//! published, so a stale view of the old attempt never matches the new one (same sequence
+//! number, other range, tail moved).
 //!
-//! **Not done: voiding a live, stopped owner.** A producer stopped (SIGSTOP) after its
-//! CAS still holds the tail until it resumes: waiters behind it hand over and return
-//! success, consumers see nothing new meanwhile. Voiding it safely needs more than a CAS
-//! on the state: a producer stopped *in the middle of its copy* would, on resuming,
-//! write into slots that were turned into holes, published, consumed and possibly reused
-//! (a stale element in someone else's slot). So the owner must first move its record
-//! INTENT→WRITING with an RMW (only an untouched INTENT range may be voided, a WRITING one
-//! is waited for), and move WRITING→DONE with a second RMW (a voided-meanwhile owner
-//! returns 0); its tail publication must become a CAS (a helper may have published a
-//! DONE range). That is two RMWs on a private line and an RMW on the tail per operation,
-//! the cost to measure before adopting it. A consumer can be voided more cheaply (its
-//! late reads are harmless; one CAS INTENT→DONE after the copy), but the voider then
-//! needs room for the elements, as for a dead one.
+//! Left open: a repairer stopped while it holds a right (a few instructions) holds that
+//! range until it resumes; two live INTENTs at the same start (one a failed attempt
+//! stopped before its reset) are not told apart; a consumer range voided while no waiter
+//! has room for it stays until one has. A mempool refill asks for exactly what fits, so a
+//! refill stopped inside the free ring is never voided: the consumer tail stays at it,
+//! refills behind it hand over (a 20 ms wait each), and after about a ring's capacity of
+//! frees the producers find the ring full and the pool drops (counts as `put_fail`) what
+//! it cannot put back. A repairer killed between recording an adoption and its VOIDED CAS
+//! leaves the elements counted twice.
 //!
 //! Memory-ordering pairs (labels continue those of `core.rs`):
 //! - **A5**: a repairer loads the head with Acquire before reading records: every record
@@ -80,9 +109,16 @@
 //! - **R6/A6**: an owner's DONE store is Release (its slot copies are done); a repairer
 //!   loads the state with Acquire before publishing those slots.
 //! - **R7/A7**: a repairer's hole writes, `holes` count and VOIDED state are published
-//!   by its tail CAS with Release (it is R1/R2 for those slots).
+//!   by its tail CAS with Release (it is R1/R2 for those slots); the next holder of the
+//!   right acquires them with its CAS of `repairer`, released after the tail CAS.
+//! - The INTENT→BUSY and INTENT→VOIDED CASes need no ordering of their own (Relaxed for
+//!   the owner): they only decide who touches the range; slot accesses stay ordered by
+//!   A1/A2 and R1/R2 (R7).
 
 use std::sync::atomic::AtomicU32 as StdAtomicU32;
+
+#[path = "repair.rs"]
+mod repair;
 
 use crate::core::RingCore;
 use crate::layout::{HeadTail, OpRecord};
@@ -108,6 +144,14 @@ pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// few ms), so a healthy ring never hands over; short enough that a producer behind a
 /// dead or stopped peer returns at once for a caller.
 pub const HANDOVER_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a range must have held its side's tail (as seen by waiters and helpers, see
+/// [`crate::layout::TailLine::stuck`]) before a waiter may void a *live* owner's
+/// untouched (INTENT) reservation. Far above any preemption of a runnable thread (a CFS
+/// slice is a few ms, an overloaded two-core machine delays a thread tens of ms), so a
+/// healthy ring never voids; a stopped (SIGSTOP, debugger) or swapped-out owner is
+/// voided within it. A wrong guess costs nothing but time: a voided owner that was in
+/// fact running retries its operation, nothing is lost or duplicated.
+pub const VOID_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Record states (low half of `state`).
 pub(crate) const ST_IDLE: u32 = 0;
@@ -117,6 +161,9 @@ pub(crate) const ST_INTENT: u32 = 1;
 pub(crate) const ST_DONE: u32 = 2;
 /// Repaired: producer slots are holes; consumer elements went to a repairer.
 pub(crate) const ST_VOIDED: u32 = 3;
+/// The owner finishes it and nobody else touches it while the owner lives: a producer
+/// copying (set before the copy), a consumer publishing (set after its copy).
+pub(crate) const ST_BUSY: u32 = 4;
 
 /// Side tags in the owner word's high half.
 pub(crate) const SIDE_PROD: u64 = 1;
@@ -228,6 +275,13 @@ pub(crate) fn owner_gone(owner: u64, start_time: u64) -> bool {
         return true;
     }
     start_time != 0 && process_start_time(pid).is_some_and(|t| t != start_time)
+}
+
+/// `CLOCK_MONOTONIC` in ms (wrapping), the same clock in every process of the machine.
+fn now_ms() -> u32 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000) as u32)
+        .unwrap_or(0)
 }
 
 fn token_gone(tok: u64) -> bool {
@@ -432,268 +486,18 @@ impl<T: Element> RingCore<T> {
         }
     }
 
-    /// Whether the dead owner's INTENT record `i` (range `[start, start+len)` on side
-    /// `prod`) is the one whose head CAS took that range. Several records can name the
-    /// same start: an owner whose CAS failed keeps its INTENT until it rewrites it, and
-    /// a process killed there (or a thread of it, killed with a peer that won) leaves a
-    /// stale one. A finished (DONE) or repaired (VOIDED) rival is the winner; a live rival
-    /// in INTENT decides itself soon (it copies, or rewrites its record). Among dead
-    /// INTENT rivals only, the winner's range ends where the next one begins (the head,
-    /// or another record's start); equal lengths cannot be told apart and need not be:
-    /// the lowest index is taken as the winner, the others as stale.
-    pub(crate) fn intent_claim(&self, prod: bool, i: usize, start: u32, len: u32) -> Claim {
-        let (ht, side) = self.side(prod);
-        let mut rivals: Vec<(usize, u32)> = Vec::new();
-        for j in 0..SCAN {
-            if j == i {
-                continue;
-            }
-            let r = self.record(j);
-            // Acquire, A6: as in `repair_at`.
-            let owner = r.owner.load(Ordering::Acquire);
-            if owner >> 32 != side {
-                continue;
-            }
-            let (st, _) = unpack_state(r.state.load(Ordering::Acquire));
-            let (s, l) = unpack(r.range.load(Ordering::Relaxed));
-            if st == ST_IDLE || s != start || l == 0 {
-                continue;
-            }
-            if st != ST_INTENT {
-                return Claim::Lost;
-            }
-            if !owner_gone(owner, r.start_time.load(Ordering::Relaxed)) {
-                return Claim::Unknown;
-            }
-            rivals.push((j, l));
-        }
-        if rivals.is_empty() {
-            return Claim::Won;
-        }
-        // A5: the head and every record written before the CAS that moved it.
-        let head = ht.head.load(Ordering::Acquire);
-        let boundary = |l: u32| {
-            let end = start.wrapping_add(l);
-            end == head
-                || (0..SCAN).any(|j| {
-                    let r = self.record(j);
-                    let owner = r.owner.load(Ordering::Acquire);
-                    let (st, _) = unpack_state(r.state.load(Ordering::Acquire));
-                    owner >> 32 == side
-                        && st != ST_IDLE
-                        && unpack(r.range.load(Ordering::Relaxed)).0 == end
-                })
-        };
-        rivals.push((i, len));
-        let fits: Vec<(usize, u32)> = rivals.into_iter().filter(|&(_, l)| boundary(l)).collect();
-        match fits.first() {
-            Some(&(_, l0)) if fits.iter().all(|&(_, l)| l == l0) => {
-                if fits.iter().map(|&(j, _)| j).min() == Some(i) {
-                    Claim::Won
-                } else {
-                    Claim::Lost
-                }
-            }
-            _ => Claim::Unknown,
-        }
-    }
-
-    /// One look at the records for the range starting at the tail `t` of side `prod`;
-    /// repairs it if its owner is gone. `room` receives the elements of a dead
-    /// consumer's uncopied range when they fit (`adopted` counts them).
-    pub(crate) fn repair_at(
-        &self,
-        prod: bool,
-        t: u32,
-        token: u64,
-        room: &mut [T],
-        adopted: &mut u32,
-        mine: Option<&OpRecord>,
-    ) -> Step {
-        let (ht, side) = self.side(prod);
-        // A5: every record written before a head CAS up to here is visible.
-        let head = ht.head.load(Ordering::Acquire);
-        let span = head.wrapping_sub(t);
-        if span == 0 || span > self.capacity {
-            return Step::Nothing;
-        }
-        // The record at `t` and how many claim it; DONE/VOIDED ones are certainly real.
-        let mut found: Option<(usize, u64, u32)> = None;
-        let mut intents = 0;
-        for i in 0..SCAN {
-            let r = self.record(i);
-            let owner = r.owner.load(Ordering::Acquire);
-            if owner >> 32 != side {
-                continue;
-            }
-            // A6: pairs with R6 (and with a repairer's Release of VOIDED).
-            let sw = r.state.load(Ordering::Acquire);
-            let (st, _) = unpack_state(sw);
-            let (start, len) = unpack(r.range.load(Ordering::Relaxed));
-            if st == ST_IDLE || start != t || len == 0 || len > span {
-                continue;
-            }
-            if !owner_gone(owner, r.start_time.load(Ordering::Relaxed)) {
-                // A live owner claims `t`: it finishes (or rewrites a failed attempt).
-                return Step::Nothing;
-            }
-            if st == ST_INTENT {
-                intents += 1;
-                if found.is_some_and(|(_, w, _)| unpack_state(w).0 != ST_INTENT) {
-                    continue;
-                }
-            }
-            found = Some((i, sw, len));
-        }
-        let Some((i, sw, len)) = found else {
-            return Step::Nothing;
-        };
-        if unpack_state(sw).0 == ST_INTENT && intents > 1 {
-            // Several dead owners tried the same head; only one CAS succeeded: repair the
-            // winner if the records tell which (`intent_claim`), else leave it.
-            let winner = (0..SCAN).find_map(|j| {
-                let r = self.record(j);
-                let owner = r.owner.load(Ordering::Acquire);
-                let w = r.state.load(Ordering::Acquire);
-                let (s, l) = unpack(r.range.load(Ordering::Relaxed));
-                (owner >> 32 == side
-                    && unpack_state(w).0 == ST_INTENT
-                    && s == t
-                    && l != 0
-                    && l <= span
-                    && self.intent_claim(prod, j, t, l) == Claim::Won)
-                    .then_some((j, w, l))
-            });
-            let Some((i, sw, len)) = winner else {
-                return Step::Nothing;
-            };
-            return self.repair_record(prod, i, sw, t, len, token, room, adopted, mine);
-        }
-        self.repair_record(prod, i, sw, t, len, token, room, adopted, mine)
-    }
-
-    /// Repairs record `i` (state word `sw`, range `[t, t+len)`): takes the repair right,
-    /// voids or adopts an INTENT range, publishes when the tail is at `t`.
-    #[allow(clippy::too_many_arguments)]
-    fn repair_record(
-        &self,
-        prod: bool,
-        i: usize,
-        sw: u64,
-        t: u32,
-        len: u32,
-        token: u64,
-        room: &mut [T],
-        adopted: &mut u32,
-        mine: Option<&OpRecord>,
-    ) -> Step {
-        let (ht, _) = self.side(prod);
-        let r = self.record(i);
-        let tok = r.repairer.load(Ordering::Acquire);
-        if tok != token && tok != 0 && !token_gone(tok) {
-            return Step::Nothing;
-        }
-        // AcqRel: taking the right also acquires what a dead repairer did before.
-        if tok != token
-            && r.repairer
-                .compare_exchange(tok, token, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return Step::Nothing;
-        }
-        // A6 again: the state may have moved on (a previous repairer of this record).
-        let cur = r.state.load(Ordering::Acquire);
-        if cur != sw && cur != sw & !0xffff_ffff | u64::from(ST_VOIDED) {
-            r.repairer.store(0, Ordering::Release);
-            return Step::Nothing;
-        }
-        let (st, seq) = unpack_state(cur);
-        if st == ST_INTENT {
-            if prod {
-                // A2: consumers released these slots (the dead producer's CAS was
-                // justified by such a load; ours orders our writes after their reads).
-                let _ = self.cons().tail.load(Ordering::Acquire);
-                for k in 0..len {
-                    // SAFETY: the dead owner's reservation; nobody else writes it (the
-                    // owner is gone and we hold the repair right).
-                    unsafe { self.slot_ptr(t.wrapping_add(k)).write(T::HOLE) };
-                }
-                // Relaxed: published by the tail CAS (R7).
-                self.prod().tail.holes.fetch_add(len, Ordering::Relaxed);
-            } else {
-                if (room.len() as u32).saturating_sub(*adopted) < len {
-                    r.repairer.store(0, Ordering::Release);
-                    return Step::Nothing;
-                }
-                // A1: the producers published these slots.
-                let _ = self.prod().tail.load(Ordering::Acquire);
-                let at = *adopted as usize;
-                if let Some(m) = mine {
-                    // Our own record says how many we adopted before they leave the
-                    // ring (only we write it; the tail CAS below publishes it too).
-                    let (_, my_seq) = unpack_state(m.state.load(Ordering::Relaxed));
-                    let low = ST_DONE | (*adopted + len) << 8;
-                    m.state.store(pack_state(my_seq, low), Ordering::Release);
-                }
-                // SAFETY: a dead consumer's reservation of published slots; producers
-                // do not overwrite them before the tail passes, and we hold the right.
-                unsafe { self.read_slots(t, &mut room[at..at + len as usize]) };
-                *adopted += len;
-            }
-            // R7: Release (also published by the tail CAS below).
-            r.state.store(pack_state(seq, ST_VOIDED), Ordering::Release);
-        }
-        // R7 (R1 for producers, R2 for consumers): publishes the repaired range.
-        let moved = ht
-            .tail
-            .compare_exchange(t, t.wrapping_add(len), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if moved {
-            // Relaxed: statistics and a hint.
-            self.ctrl().repairs.fetch_add(1, Ordering::Relaxed);
-            if r.owner.load(Ordering::Relaxed) as u32 == 0 {
-                let _ = ht
-                    .tail
-                    .handed
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| h.checked_sub(1));
-            }
-        }
-        r.repairer.store(0, Ordering::Release);
-        Step::Moved
-    }
-
     /// Record `i` if it was handed over (owner pid 0, a side set: see `hand_over`), as
     /// [`crate::Ring::handed_record`] gives it.
     pub(crate) fn handed_view(&self, i: usize) -> Option<RecordView> {
         if i >= SCAN {
             return None;
         }
-        let r = self.record(i);
         // Acquire: pairs with `hand_over`'s Release (the DONE state before the owner word).
-        let owner = r.owner.load(Ordering::Acquire);
+        let owner = self.record(i).owner.load(Ordering::Acquire);
         if owner as u32 != 0 || owner >> 32 == 0 {
             return None;
         }
-        let producer = owner >> 32 == SIDE_PROD;
-        let sw = r.state.load(Ordering::Acquire);
-        let (st, seq) = unpack_state(sw);
-        let (start, len) = unpack(r.range.load(Ordering::Relaxed));
-        let state = match st {
-            ST_INTENT => OpState::Reserving,
-            ST_DONE => OpState::Done,
-            ST_VOIDED => OpState::Voided,
-            _ => OpState::Idle,
-        };
-        Some(RecordView {
-            index: i,
-            producer,
-            seq,
-            state,
-            start,
-            len,
-            pending: st != ST_IDLE && len != 0 && self.pending(producer, start),
-            adopted: adopted_of(sw),
-        })
+        Some(self.view(i, owner >> 32 == SIDE_PROD))
     }
 
     /// Every record whose owner word names `pid` (and `start_time` when both are known).
@@ -709,32 +513,38 @@ impl<T: Element> RingCore<T> {
             if start_time != 0 && st0 != 0 && st0 != start_time {
                 continue;
             }
-            let producer = owner >> 32 == SIDE_PROD;
-            let sw = r.state.load(Ordering::Acquire);
-            let (st, seq) = unpack_state(sw);
-            let (start, len) = unpack(r.range.load(Ordering::Relaxed));
-            let state = match st {
-                ST_INTENT => OpState::Reserving,
-                ST_DONE => OpState::Done,
-                ST_VOIDED => OpState::Voided,
-                _ => OpState::Idle,
-            };
-            let pending = st != ST_IDLE && len != 0 && self.pending(producer, start);
-            out.push((
-                i,
-                RecordView {
-                    index: i,
-                    producer,
-                    seq,
-                    state,
-                    start,
-                    len,
-                    pending,
-                    adopted: adopted_of(sw),
-                },
-            ));
+            out.push((i, self.view(i, owner >> 32 == SIDE_PROD)));
         }
         out
+    }
+
+    /// What record `i` (of side `producer`) says, as a [`RecordView`].
+    fn view(&self, i: usize, producer: bool) -> RecordView {
+        let r = self.record(i);
+        // A6-style Acquire: the state before the slots it describes.
+        let sw = r.state.load(Ordering::Acquire);
+        let (st, seq) = unpack_state(sw);
+        let (start, len) = unpack(r.range.load(Ordering::Relaxed));
+        let pending = st != ST_IDLE && len != 0 && self.pending(producer, start);
+        let state = match st {
+            ST_INTENT => OpState::Reserving,
+            // A producer's copy is done once its owner published it (nobody else
+            // publishes a BUSY range); a consumer's BUSY comes after its copy.
+            ST_BUSY if producer && pending => OpState::Reserving,
+            ST_BUSY | ST_DONE => OpState::Done,
+            ST_VOIDED => OpState::Voided,
+            _ => OpState::Idle,
+        };
+        RecordView {
+            index: i,
+            producer,
+            seq,
+            state,
+            start,
+            len,
+            pending,
+            adopted: adopted_of(sw),
+        }
     }
 
     /// [`crate::Ring::repair_dead`].
@@ -772,8 +582,9 @@ impl<T: Element> RingCore<T> {
                     crate::sync::yield_now();
                 }
                 let sw = r.state.load(Ordering::Acquire);
+                let st = unpack_state(sw).0;
                 let mut claim = Claim::Won;
-                if unpack_state(sw).0 == ST_INTENT {
+                if st == ST_INTENT {
                     // A live rival at the same start decides within its operation.
                     for _ in 0..10_000 {
                         claim = self.intent_claim(v.producer, i, v.start, v.len);
@@ -790,7 +601,8 @@ impl<T: Element> RingCore<T> {
                     rep.stale += 1;
                     continue;
                 }
-                if unpack_state(sw).0 == ST_INTENT
+                // A dead producer's BUSY range may be half written: voided as INTENT.
+                if (st == ST_INTENT || (st == ST_BUSY && v.producer))
                     && claim == Claim::Won
                     && self.pending(v.producer, v.start)
                 {

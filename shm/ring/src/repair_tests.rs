@@ -140,13 +140,37 @@ fn a_dead_consumers_elements_come_back_from_repair_dead_when_no_survivor_has_roo
 
 #[test]
 #[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
-fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
+fn a_live_slow_peers_finished_range_is_published_by_the_waiter_behind_it() {
     let r = ring(SyncMode::MP_SC);
     let mut slow = r.mp_producer().unwrap();
     let mut fast = slow.clone();
     let mut c = r.sc_consumer().unwrap();
+    // The slow one has copied (DONE) and stops before publishing: the fast one publishes
+    // both ranges itself, no hand-over.
     let (old, take) = slow.__reserve(&[7], true).unwrap();
-    // The slow one is alive (this process): nothing repairs it; the fast one hands over.
+    let rec = fast.record();
+    assert_eq!(fast.enqueue_bulk(&[8]).unwrap(), 1);
+    assert_eq!(fast.record(), rec, "published, not handed over");
+    assert_eq!(r.count(), 2, "both published before any consumer helped");
+    assert_eq!(drain(&mut c), [7, 8]);
+    // The slow one resumes: its range is already published (its CAS sees the tail past).
+    slow.__publish(old, take).unwrap();
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(fast.enqueue_bulk(&[9]).unwrap(), 1);
+    assert_eq!(slow.enqueue_bulk(&[10]).unwrap(), 1);
+    assert_eq!(drain(&mut c), [9, 10]);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_producer_behind_a_live_untouched_peer_hands_over_until_the_bound() {
+    let mut r = ring(SyncMode::MP_SC);
+    r.__set_void_after_ms(u32::MAX);
+    let mut slow = r.mp_producer().unwrap();
+    let mut fast = slow.clone();
+    let mut c = r.sc_consumer().unwrap();
+    let (old, _) = slow.__reserve(&[7], false).unwrap();
+    // Live and never voided (bound infinite here): the fast one hands over.
     let (rec, seq) = (fast.record().unwrap(), fast.next_op_seq());
     assert!(r.handed_record(rec).is_none(), "in use, not handed over");
     let t = Instant::now();
@@ -167,11 +191,138 @@ fn a_producer_behind_a_live_slow_peer_hands_over_and_the_peer_publishes_both() {
         drain(&mut c).is_empty(),
         "nothing published before the slow one"
     );
-    slow.__publish(old, take).unwrap();
+    assert_eq!(slow.__resume(old, &[7]).unwrap(), 1);
     // The consumer, short of elements, publishes the handed-over range.
     assert_eq!(drain(&mut c), [7, 8]);
     assert_eq!(fast.enqueue_bulk(&[9]).unwrap(), 1);
     assert_eq!(drain(&mut c), [9]);
+}
+
+fn own_record(r: &Ring<u64>, index: Option<usize>) -> RecordView {
+    r.record_of(std::process::id(), 0)
+        .into_iter()
+        .find(|v| Some(v.index) == index)
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_stopped_producer_is_voided_after_the_bound_and_resumes_to_nothing_enqueued() {
+    let mut r = ring(SyncMode::MP_SC);
+    let bound = Duration::from_millis(60);
+    r.__set_void_after_ms(bound.as_millis() as u32);
+    let mut stopped = r.mp_producer().unwrap();
+    let mut live = stopped.clone();
+    let mut c = r.sc_consumer().unwrap();
+    let seq = stopped.next_op_seq();
+    // Stopped between its head CAS and its copy (INTENT, untouched).
+    let (old, take) = stopped.__reserve(&[100, 101], false).unwrap();
+    assert_eq!(take, 2);
+    let t = Instant::now();
+    // Not voidable yet: the live producer hands over after HANDOVER_AFTER...
+    assert_eq!(live.enqueue_bulk(&[1]).unwrap(), 1);
+    // ...and the consumer, short, voids the stopped range once it held the tail longer
+    // than the bound, then publishes the handed-over one.
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never voided");
+        got = drain(&mut c);
+        std::thread::yield_now();
+    }
+    assert!(t.elapsed() >= bound, "voided early: {:?}", t.elapsed());
+    assert_eq!(got, [1]);
+    let v = own_record(&r, stopped.record());
+    assert_eq!((v.seq, v.state, v.pending), (seq, OpState::Voided, false));
+    assert!(r.repairs() >= 1);
+    // The stopped one resumes: voided, nothing written, 0 enqueued (its caller still
+    // holds the elements); its next enqueue works.
+    assert_eq!(stopped.__resume(old, &[100, 101]).unwrap(), 0);
+    assert!(drain(&mut c).is_empty(), "no stale element published");
+    assert_eq!(stopped.enqueue_bulk(&[100, 101]).unwrap(), 2);
+    assert_eq!(drain(&mut c), [100, 101]);
+    // The ring is whole: fill it to capacity and drain it.
+    let all: Vec<u64> = (10..26).collect();
+    assert_eq!(live.enqueue_bulk(&all).unwrap(), 16);
+    assert_eq!(drain(&mut c), all);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_stopped_producer_voided_inside_a_full_enqueue_retries_the_same_operation() {
+    // The void lands between the head CAS and the copy of a real `enqueue_bulk` (a
+    // thread holds it there): the enqueue retries with the same sequence number and
+    // delivers once.
+    let mut r = ring(SyncMode::MP_SC);
+    r.__set_void_after_ms(0);
+    let mut a = r.mp_producer().unwrap();
+    let mut b = a.clone();
+    let mut c = r.sc_consumer().unwrap();
+    let (old, _) = a.__reserve(&[5], false).unwrap();
+    assert_eq!(
+        b.enqueue_bulk(&[6]).unwrap(),
+        1,
+        "voids a at its first look"
+    );
+    assert_eq!(a.__resume(old, &[5]).unwrap(), 0);
+    let seq = a.next_op_seq();
+    assert_eq!(a.enqueue_bulk(&[5]).unwrap(), 1);
+    assert_eq!(drain(&mut c), [6, 5]);
+    assert!(own_record(&r, a.record()).completed(seq));
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_stopped_consumer_is_voided_and_adopted_by_a_waiter_with_room() {
+    let mut r = ring(SyncMode::SP_MC);
+    r.__set_void_after_ms(0);
+    let mut p = r.sp_producer().unwrap();
+    p.enqueue_bulk(&[1, 2, 3, 4, 5, 6]).unwrap();
+    let mut stopped = r.mc_consumer().unwrap();
+    let mut live = stopped.clone();
+    let mut buf = [0u64; 2];
+    let (old, take) = stopped.__reserve(&mut buf, false).unwrap();
+    assert_eq!((old, take), (0, 2));
+    let mut out = [0u64; 8];
+    let n = live.dequeue_burst(&mut out).unwrap();
+    assert_eq!(
+        out[..n],
+        [3, 4, 5, 6, 1, 2],
+        "own elements, then the adopted ones"
+    );
+    let v = own_record(&r, live.record());
+    assert_eq!((v.len, v.adopted), (4, 2));
+    assert_eq!(own_record(&r, stopped.record()).state, OpState::Voided);
+    // The stopped one resumes: its copy is discarded, nothing dequeued.
+    assert_eq!(stopped.__resume(old, take, &mut buf).unwrap(), 0);
+    assert_eq!(r.count(), 0);
+    p.enqueue_bulk(&[7]).unwrap();
+    let mut one = [0u64; 1];
+    assert_eq!(stopped.dequeue_bulk(&mut one).unwrap(), 1);
+    assert_eq!(one, [7]);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn a_stopped_consumer_is_left_when_no_waiter_has_room() {
+    let mut r = ring(SyncMode::MP_MC);
+    r.__set_void_after_ms(0);
+    let mut p = r.mp_producer().unwrap();
+    p.enqueue_bulk(&[1, 2, 3, 4]).unwrap();
+    let mut stopped = r.mc_consumer().unwrap();
+    let mut live = stopped.clone();
+    let mut buf = [0u64; 2];
+    let (old, take) = stopped.__reserve(&mut buf, false).unwrap();
+    // An exact bulk has no room to adopt into: it hands over, the stopped range stays.
+    let mut out = [0u64; 2];
+    assert_eq!(live.dequeue_bulk(&mut out).unwrap(), 2);
+    assert_eq!(out, [3, 4]);
+    assert_eq!(own_record(&r, stopped.record()).state, OpState::Reserving);
+    // It resumes and completes normally; the handed-over range is then published.
+    assert_eq!(stopped.__resume(old, take, &mut buf).unwrap(), 2);
+    assert_eq!(buf, [1, 2]);
+    // The handed-over range behind it is published by the next operation short of room.
+    let all: Vec<u64> = (10..26).collect();
+    assert_eq!(p.enqueue_bulk(&all).unwrap(), 16, "every slot usable again");
 }
 
 #[test]
@@ -197,7 +348,8 @@ fn records_are_claimed_per_clone_freed_on_drop_and_recovered_from_dead_owners() 
 #[test]
 #[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
 fn unrecorded_handles_still_time_out() {
-    let r = ring(SyncMode::MP_SC);
+    let mut r = ring(SyncMode::MP_SC);
+    r.__set_void_after_ms(u32::MAX);
     let mut hs: Vec<MpProducer<u64>> = Vec::new();
     let mut slow = r.mp_producer().unwrap();
     for _ in 1..layout::REC_COUNT {
@@ -206,7 +358,8 @@ fn unrecorded_handles_still_time_out() {
     let mut un = slow.clone();
     assert!(un.record().is_none());
     un.set_stall_timeout(Duration::from_millis(30));
-    slow.__reserve(&[1], true).unwrap();
+    // A live untouched range, never voided here.
+    slow.__reserve(&[1], false).unwrap();
     assert_eq!(un.enqueue_bulk(&[2]), Err(RingError::Stalled));
 }
 
@@ -281,4 +434,57 @@ fn a_dead_producers_failed_attempt_does_not_hole_a_published_range() {
     let mut out = [0u64; 4];
     assert_eq!(c.dequeue_burst(&mut out).unwrap(), 2);
     assert_eq!(out[..2], [7, 8]);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and timing")]
+fn objects_cycling_through_a_free_ring_survive_a_stopped_producer_exactly() {
+    // The mempool's use: N objects cycle (dequeue a bulk, enqueue it back) through an
+    // MP/MC ring with spare room while one producer is stopped inside an enqueue for a
+    // while (voided meanwhile) and then resumes: every object is in the ring once at the end.
+    let region = Region::heap(1 << 20);
+    let mut r: Ring<u64> = Ring::init(&region, 0, 1 << 20, "cyc", 1024, SyncMode::MP_MC).unwrap();
+    r.__set_void_after_ms(20);
+    let n_obj = 500u64;
+    let mut p = r.mp_producer().unwrap();
+    p.enqueue_bulk(&(0..n_obj).collect::<Vec<_>>()).unwrap();
+    let mut stopped = r.mp_producer().unwrap();
+    let mut sc = r.mc_consumer().unwrap();
+    let mut held = [0u64; 8];
+    assert_eq!(sc.dequeue_bulk(&mut held).unwrap(), 8);
+    let (old, take) = stopped.__reserve(&held, false).unwrap();
+    assert_eq!(take, 8);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for k in 0..3usize {
+            let (mut p, mut c) = (r.mp_producer().unwrap(), r.mc_consumer().unwrap());
+            let stop = &stop;
+            s.spawn(move || {
+                let mut buf = vec![0u64; 1 + k * 7];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = c.dequeue_bulk(&mut buf).unwrap();
+                    let mut off = 0;
+                    while off < got {
+                        off += p.enqueue_burst(&buf[off..got]).unwrap();
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(stopped.__resume(old, &held).unwrap(), 0, "voided meanwhile");
+        assert_eq!(stopped.enqueue_bulk(&held).unwrap(), 8);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut all = Vec::new();
+    let mut buf = [0u64; 64];
+    loop {
+        let k = sc.dequeue_burst(&mut buf).unwrap();
+        if k == 0 && r.count() == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..k]);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..n_obj).collect::<Vec<_>>());
 }
