@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod crash;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};

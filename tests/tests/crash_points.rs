@@ -7,51 +7,12 @@
 //! a soak: 1000 random kill -9s of forwarders and mixers under load, audit exact at the end.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use tests::crash::spawn;
 use tests::{require_hugepages, unique_prefix, Proc};
-
-/// The crash-point build of `name` (`shmdp-primary`, `shmdp-secondary`).
-fn crash_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let target = root.join("target").join("crash");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(root)
-            .args([
-                "build",
-                "--release",
-                "--features",
-                "shm/crash-points",
-                "--bins",
-                "-q",
-            ])
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "the crash-points build failed");
-        target.join("release")
-    });
-    dir.join(name)
-}
-
-/// Spawns a crash-point binary with `env` set.
-fn spawn(name: &str, args: &[&str], env: &[(&str, &str)], prefix: Option<&str>) -> Proc {
-    let mut cmd = Command::new(crash_bin(name));
-    cmd.args(args).env_remove("SHMDP_CRASH_AT");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc::spawn_command(cmd, name, prefix)
-}
 
 /// Ports 0 and 1 are loopback ring ports; `mix` is an MP/MC ring of handles moved between
 /// two threads of a mixer; `x0` a ring between two processes (soak).

@@ -9,41 +9,11 @@
 //! The crash-point build (`--features shm/crash-points`, in `target/crash`) is shared with
 //! `crash_points.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tests::crash::spawn;
 use tests::{require_hugepages, unique_prefix, wait_until, Proc};
-
-fn crash_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let target = root.join("target").join("crash");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--release", "--features", "shm/crash-points"])
-            .args(["--bins", "-q", "--target-dir"])
-            .arg(&target)
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "the crash-points build failed");
-        target.join("release")
-    });
-    dir.join(name)
-}
-
-fn spawn(name: &str, args: &[&str], env: &[(&str, &str)], prefix: Option<&str>) -> Proc {
-    let mut cmd = Command::new(crash_bin(name));
-    cmd.args(args).env_remove("SHMDP_CRASH_AT");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc::spawn_command(cmd, name, prefix)
-}
 
 fn primary(prefix: &str) -> Proc {
     let mut args = vec![
