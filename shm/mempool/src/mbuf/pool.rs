@@ -14,7 +14,7 @@ use super::cache::MbufCache;
 use super::header::{header_ptr, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM, MBUF_HEADER_SIZE};
 use crate::layout::POOL_F_MBUF;
 use crate::owner::OwnerTag;
-use crate::pool::{Mempool, PoolParams};
+use crate::pool::{Mempool, PoolCache, PoolParams};
 use crate::PoolError;
 
 /// Mbuf pool parameters (as `rte_pktmbuf_pool_create`).
@@ -150,18 +150,7 @@ impl MbufPool {
                 owner.0
             )));
         }
-        let sh = &self.pool.shared;
-        Ok(MbufCache {
-            cache: UnsafeCell::new(self.pool.cache(owner)?),
-            pool: self.clone(),
-            owner: owner.0,
-            pool_id: sh.info.pool_id,
-            n: sh.info.obj_count,
-            obj_size: sh.info.obj_size,
-            objs: sh.objs,
-            headroom: sh.info.headroom as u16,
-            buf_len: sh.info.headroom + sh.info.data_room,
-        })
+        Ok(self.with_handle(self.pool.cache(owner)?, owner))
     }
 
     /// A per-thread allocator without a cache slot: every get and put goes to the free
@@ -177,9 +166,15 @@ impl MbufPool {
                 owner.0
             )));
         }
+        Ok(self.with_handle(self.pool.uncached(), owner))
+    }
+
+    /// An allocator for `owner` over the pool handle `cache` (cached or not), with the
+    /// pool's geometry copied in for the fast paths.
+    fn with_handle(&self, cache: PoolCache, owner: OwnerTag) -> MbufCache {
         let sh = &self.pool.shared;
-        Ok(MbufCache {
-            cache: UnsafeCell::new(self.pool.uncached()),
+        MbufCache {
+            cache: UnsafeCell::new(cache),
             pool: self.clone(),
             owner: owner.0,
             pool_id: sh.info.pool_id,
@@ -188,7 +183,7 @@ impl MbufPool {
             objs: sh.objs,
             headroom: sh.info.headroom as u16,
             buf_len: sh.info.headroom + sh.info.data_room,
-        })
+        }
     }
 
     /// Buffers whose header says `owner` holds them.
