@@ -83,6 +83,9 @@ impl ScRx {
         max: usize,
     ) -> RxDone {
         let mut done = RxDone::default();
+        // Never more than `out` holds without allocating: what is peeked is all claimed
+        // before it is released.
+        let max = max.min(out.capacity() - out.len());
         let Ok(view) = self.cons.peek(max) else {
             done.corrupt = true;
             return done;
@@ -96,7 +99,6 @@ impl ScRx {
         // while local entries of it are unreleased here).
         let owner = self.ring.local_owner().load(Ordering::Acquire);
         let me = cache.owner().0;
-        // Never more than `out` can take without allocating (the caller sized it).
         let (a, b) = view.slices();
         if owner == me {
             // Our own entries (nearly always all of them when one process holds both
@@ -223,9 +225,10 @@ fn copy_wrapped((a, b): (&[u64], &[u64]), (da, db): (&mut [u64], &mut [u64])) {
     }
 }
 
-/// Claims `handles` one by one (entries of another process, transit ones, or handles the
-/// burst path stopped at), for an rx burst of a ring whose local owner is `owner`.
-#[inline(never)]
+/// Claims `handles` (entries of another process, transit ones, or handles the burst
+/// path stopped at), for an rx burst of a ring whose local owner is `owner`: one
+/// [`MbufCache::adopt_burst`], which starts every header's transfer before the first claim.
+#[inline]
 fn rx_rest<'c>(
     cache: &'c MbufCache,
     owner: u32,
@@ -233,20 +236,8 @@ fn rx_rest<'c>(
     out: &mut Vec<Mbuf<'c>>,
     done: &mut RxDone,
 ) {
-    let me = cache.owner().0;
-    for &h in handles {
-        let got = if h & LOCAL == 0 {
-            cache.adopt(MbufHandle(h))
-        } else if owner == me {
-            cache.take_local(MbufHandle(h & !LOCAL))
-        } else {
-            cache.adopt_from(MbufHandle(h & !LOCAL), OwnerTag(owner))
-        };
-        match got {
-            Ok(m) => out.push(m),
-            Err(_) => done.refused += 1,
-        }
-    }
+    let (_, refused) = cache.adopt_burst(handles, LOCAL, OwnerTag(owner), out);
+    done.refused += refused;
 }
 
 /// The producer side: a single-producer ring, written locally when this process can be

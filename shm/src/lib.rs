@@ -28,6 +28,7 @@ pub mod eal;
 pub mod layout;
 pub mod memseg;
 pub mod names;
+pub mod prefetch;
 mod region;
 pub mod runtime;
 pub mod stats;

@@ -75,7 +75,7 @@ impl MbufCache {
     }
 
     #[inline(always)]
-    pub(super) fn hdr(&self, index: u32) -> *mut MbufHeader {
+    pub(crate) fn hdr(&self, index: u32) -> *mut MbufHeader {
         debug_assert!(index < self.n);
         header_ptr(self.objs, self.obj_size, index)
     }
@@ -205,6 +205,11 @@ impl MbufCache {
                     pool: self.pool.mempool().name().to_string(),
                     wanted: n,
                 });
+            }
+            // The headers were last written by whoever freed them, often another core:
+            // start every line's transfer before the first store waits on one.
+            for &i in &idx[..got] {
+                shm::prefetch::write(self.hdr(i).cast());
             }
             for &i in &idx[..got] {
                 self.reset(i);

@@ -179,6 +179,30 @@ impl MbufCache {
             && h.pkt_len == u32::from(h.data_len)
     }
 
+    /// The fast path of a burst claim: buffer `index` (`< n`) holds a sane one-segment
+    /// packet and its tag went from `from` to this process (one CAS). False when either is
+    /// not so; nothing was changed then unless the tag was taken and the header is not
+    /// sane, in which case the tag is put back so that the caller's one-by-one path
+    /// (`adopt_with`) sees the buffer as it was and decides, counting what it finds.
+    #[inline(always)]
+    pub(crate) fn claim_single(&self, index: u32, from: u32) -> bool {
+        let owner = &self.header(index).owner;
+        // Acquire: as in `claim_transit`.
+        if owner
+            .compare_exchange(from, self.owner, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if self.sane_single(index) {
+            return true;
+        }
+        // Relaxed: we hold the buffer (the CAS above won); handing the tag back is a
+        // store of our own.
+        owner.store(from, Ordering::Relaxed);
+        false
+    }
+
     /// Validates a handle and claims its buffer from transit.
     #[inline(always)]
     fn claim_transit(&self, handle: MbufHandle, claim: Claim) -> Result<u32, MbufError> {
