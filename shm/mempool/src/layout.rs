@@ -28,7 +28,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First bytes of every mempool.
 pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
 /// Layout major version; readers refuse any other.
-pub const POOL_LAYOUT_MAJOR: u16 = 2;
+pub const POOL_LAYOUT_MAJOR: u16 = 3;
 /// Layout minor version.
 pub const POOL_LAYOUT_MINOR: u16 = 0;
 /// Size of [`PoolInfo`].
@@ -148,8 +148,9 @@ pub struct CacheSlotHeader {
     pub op: AtomicU32,
     /// The ring operation's sequence number (`next_op_seq` before it started).
     pub op_seq: AtomicU32,
-    /// First cache position the operation moves (refill: where it copies to; flush:
-    /// the first one it sends).
+    /// The cache length the operation starts from: a refill copies to the positions from
+    /// there up, a flush sends the objects from there down (topmost first), so whatever
+    /// part the ring takes, what it leaves is the bottom of the stack, still in place.
     pub op_from: AtomicU32,
     /// Zero.
     pub reserved: [u32; 8],

@@ -147,21 +147,21 @@ fn cache_refills_to_size_and_flushes_above_threshold() {
     let pool = raw(&seg, "c", 1000, 32);
     let mut h = pool.cache(ME).unwrap();
     assert!(h.slot().is_some());
-    // First get of 1 refills: 1 asked + 32 to bring the cache to size.
+    // First get of 1 refills the cache to its size (32), then takes one.
     let a = h.get().unwrap();
-    assert_eq!(h.cached(), 32);
-    assert_eq!(pool.stats().in_ring, 1000 - 33);
+    assert_eq!(h.cached(), 31);
+    assert_eq!(pool.stats().in_ring, 1000 - 32);
     // Gets of >= cache size bypass the cache.
     let mut big = vec![0u32; 32];
     h.get_bulk(&mut big).unwrap();
-    assert_eq!(h.cached(), 32);
+    assert_eq!(h.cached(), 31);
     // Puts fill the cache up to 1.5 x size (48), then flush it entirely.
-    h.put_bulk(&big[..16]);
+    h.put_bulk(&big[..17]);
     assert_eq!(h.cached(), 48);
     assert_eq!(pool.stats().in_caches, 48);
-    h.put_bulk(&big[16..17]);
+    h.put_bulk(&big[17..18]);
     assert_eq!(h.cached(), 1, "flushed 48 then cached the new one");
-    h.put_bulk(&big[17..]);
+    h.put_bulk(&big[18..]);
     h.put(a);
     assert_eq!(pool.stats().available, 1000);
     h.flush();
@@ -655,4 +655,37 @@ fn threads_share_a_pool_without_losing_objects() {
     });
     let a = pool.audit();
     assert_eq!((a.free, a.duplicates, a.out_of_range), (2048, 0, 0));
+}
+
+/// A flush into a free ring short of room (its consumer tail held by a stopped refill, here
+/// stood in for by indices put twice) keeps what the ring refuses in the cache, the
+/// bottom of its stack, instead of dropping it; once the ring has room again the next
+/// flush sends the rest.
+#[test]
+fn a_flush_the_ring_refuses_in_part_keeps_the_rest_cached() {
+    let seg = seg(4);
+    let pool = raw(&seg, "tight", 100, 32);
+    let mut h = pool.cache(ME).unwrap();
+    let a = h.get().unwrap();
+    assert_eq!(h.cached(), 31);
+    // Fill the ring to the brim (the last put is refused and counted).
+    let mut u = pool.uncached();
+    while u.put_bulk(&[a]) == 1 {}
+    let filled = pool.stats().put_fail;
+    assert_eq!(filled, 1);
+    // The cache up to its threshold, then room for ten in the ring.
+    assert_eq!(h.put_bulk(&[a; 17]), 17);
+    assert_eq!(h.cached(), 48);
+    let mut ten = [0u32; 10];
+    u.get_bulk(&mut ten).unwrap();
+    // Over the threshold: the ring takes the top ten, the other 38 stay, the new one on top.
+    assert_eq!(h.put_bulk(&[a]), 1);
+    assert_eq!(h.cached(), 39, "what the ring refused stays in the cache");
+    assert_eq!(pool.stats().put_fail, filled, "nothing dropped");
+    // Room again: everything goes.
+    let mut room = vec![0u32; 64];
+    u.get_bulk(&mut room).unwrap();
+    h.flush();
+    assert_eq!(h.cached(), 0);
+    assert_eq!(pool.stats().put_fail, filled);
 }

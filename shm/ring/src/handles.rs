@@ -668,9 +668,15 @@ impl<T: Element> McConsumer<T> {
     /// Reserves, copies and publishes; returns (slots consumed, elements kept in `out`
     /// after dropping holes and adding adopted elements).
     #[inline(always)]
-    fn dequeue_raw(&mut self, out: &mut [T], how: Behaviour) -> Result<(u32, usize), RingError> {
-        let n = want(out.len(), self.core.capacity);
-        if how == Behaviour::Fixed && n as usize != out.len() {
+    fn dequeue_raw(
+        &mut self,
+        out: &mut [T],
+        wanted: usize,
+        how: Behaviour,
+    ) -> Result<(u32, usize), RingError> {
+        let wanted = wanted.min(out.len());
+        let n = want(wanted, self.core.capacity);
+        if how == Behaviour::Fixed && n as usize != wanted {
             return Ok((0, 0));
         }
         let seq = self.seq.wrapping_add(1);
@@ -717,7 +723,25 @@ impl<T: Element> McConsumer<T> {
 
     #[inline(always)]
     fn dequeue_n(&mut self, out: &mut [T], how: Behaviour) -> Result<usize, RingError> {
-        Ok(self.dequeue_raw(out, how)?.1)
+        Ok(self.dequeue_raw(out, out.len(), how)?.1)
+    }
+
+    /// As [`dequeue_bulk`](Self::dequeue_bulk) for `n` slots (`n <= out.len()`), with the
+    /// rest of `out` as room: while this consumer waits behind a dead or long-stopped
+    /// consumer's uncopied range, it adopts those elements into the room when they fit
+    /// (after its own), so the range leaves the ring and unblocks it. Returns the elements
+    /// stored at the front of `out` (holes skipped, adopted ones included): 0 when fewer
+    /// than `n` slots were there. What a consumer that must never leave such a range
+    /// behind gives (a pool cache refill: the rest of its cache array).
+    ///
+    /// # Errors
+    /// As [`McConsumer::dequeue_bulk`].
+    #[inline]
+    pub fn dequeue_bulk_with_room(&mut self, out: &mut [T], n: usize) -> Result<usize, RingError> {
+        if n == 0 {
+            return Ok(0);
+        }
+        Ok(self.dequeue_raw(out, n, Behaviour::Fixed)?.1)
     }
 
     /// Multi-consumer safe. Takes exactly `out.len()` slots or none; returns the number of
@@ -750,7 +774,7 @@ impl<T: Element> McConsumer<T> {
     pub fn dequeue(&mut self) -> Result<Option<T>, RingError> {
         let mut v = [T::new_zeroed()];
         loop {
-            match self.dequeue_raw(&mut v, Behaviour::Fixed)? {
+            match self.dequeue_raw(&mut v, 1, Behaviour::Fixed)? {
                 (_, 1) => return Ok(Some(v[0])),
                 (0, _) => return Ok(None),
                 _ => {}

@@ -96,12 +96,13 @@
 //! Left open: a repairer stopped while it holds a right (a few instructions) holds that
 //! range until it resumes; two live INTENTs at the same start (one a failed attempt
 //! stopped before its reset) are not told apart; a consumer range voided while no waiter
-//! has room for it stays until one has. A mempool refill asks for exactly what fits, so a
-//! refill stopped inside the free ring is never voided: the consumer tail stays at it,
-//! refills behind it hand over (a 20 ms wait each), and after about a ring's capacity of
-//! frees the producers find the ring full and the pool drops (counts as `put_fail`) what
-//! it cannot put back. A repairer killed between recording an adoption and its VOIDED CAS
-//! leaves the elements counted twice.
+//! has room for it stays until one has. (A mempool refill gives the rest of its cache array
+//! as room, at least as much as any refill reserves, so a stopped refill is adopted by the
+//! next refill that waits behind it after [`VOID_AFTER`]; meanwhile a flush that finds the
+//! ring short of room keeps what it refuses cached. A bulk get larger than the cache, which
+//! goes to the ring with no room, is adopted only by a waiter with room for it.) A
+//! repairer killed between recording an adoption and its VOIDED CAS leaves the elements
+//! counted twice.
 //!
 //! Memory-ordering pairs (labels continue those of `core.rs`):
 //! - **A5**: a repairer loads the head with Acquire before reading records: every record

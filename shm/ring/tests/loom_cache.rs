@@ -15,8 +15,10 @@
 //!
 //! Steps (`dying`): refill = begin_op, ring dequeue reserved (INTENT), copied (DONE),
 //! published, each store of the hole compaction (`skip_holes`), len raised, end_op;
-//! flush = begin_op, ring enqueue reserved, written (DONE), published, (put_slow: new
-//! objects copied), len lowered, end_op.
+//! flush (`push_top`: the top objects, topmost first, so a ring that takes only a prefix
+//! leaves the bottom of the stack in place) = begin_op (from = len), ring enqueue
+//! reserved, written (DONE), published, (put_slow: new objects copied on top), len
+//! lowered by what the ring took, end_op.
 //!
 //! The cache is a few loom atomics shaped as `CacheSlotHeader` (`len`, `op`, `op_seq`,
 //! `op_from`) and its index array. Objects in the dying caller's hands (a `put_slow`'s
@@ -93,8 +95,9 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     b.check(f);
 }
 
-/// The free ring: capacity 8 (pool.rs sizes it `obj_count + HOLE_ROOM`, room for holes).
-fn free_ring(objs: &[u32], holes_at: Option<usize>) -> Ring<u32> {
+/// The free ring: capacity 8 (pool.rs sizes it `obj_count + HOLE_ROOM`, room for holes),
+/// `holes` holes at `holes_at` (they take slots as a stopped consumer's range would).
+fn free_ring(objs: &[u32], holes_at: Option<usize>, holes: usize) -> Ring<u32> {
     let region = Region::heap(32768);
     let r = Ring::init(&region, 0, 32768, "free", 8, SyncMode::MP_MC).unwrap();
     let mut p = r.mp_producer().unwrap();
@@ -104,7 +107,7 @@ fn free_ring(objs: &[u32], holes_at: Option<usize>) -> Ring<u32> {
             // A producer that died after its head CAS, repaired: one hole in the ring.
             p.enqueue_burst(&objs[..at]).unwrap();
             let mut dead = r.mp_producer().unwrap();
-            dead.__reserve(&[OBJS + 1], false).unwrap();
+            dead.__reserve(&vec![OBJS + 1; holes], false).unwrap();
             dead.__die(HOLE_MAKER);
             assert_eq!(r.repair_dead(HOLE_MAKER, 0).voided, 1);
             p.enqueue_burst(&objs[at..]).unwrap();
@@ -118,8 +121,12 @@ fn free_ring(objs: &[u32], holes_at: Option<usize>) -> Ring<u32> {
 enum Op {
     /// `refill(k)` of an empty cache of size 2: one dequeue of `want` slots.
     Refill { want: u32 },
-    /// `flush_excess` (`from` = size) or `flush` (`from` = 0).
-    Flush { from: u32 },
+    /// `flush_excess` (`keep` = size) or `flush` (`keep` = 0): `push_top` of the objects
+    /// above `keep`, topmost first.
+    Flush { keep: u32 },
+    /// `flush` of a cache of three into a free ring with room for two (a stopped
+    /// consumer's range holds its tail): the ring takes the top two, the bottom one stays.
+    FlushTight,
     /// `put_slow` of object 4 (held with the caller's tag) into a full cache.
     PutSlow,
 }
@@ -204,46 +211,49 @@ fn dying(op: Op, die_at: u32, cache: &Cache, mut cons: McConsumer<u32>, mut prod
                 // `self.end_op();`
                 end_op(cache);
             }
-            Op::Flush { .. } | Op::PutSlow => {
-                let from = if let Op::Flush { from } = op { from } else { 0 };
-                // flush_excess / flush / put_slow: `self.flush_from = ...;
-                // self.begin_op(CACHE_OP_FLUSH, rec, seq)`.
+            Op::Flush { .. } | Op::FlushTight | Op::PutSlow => {
+                let keep = if let Op::Flush { keep } = op { keep } else { 0 };
+                // pool.rs `push_top(len - keep)`: the top objects, topmost first, then
+                // `self.begin_op(CACHE_OP_FLUSH, rec, seq)` (from = len).
+                let items: Vec<u32> = (keep..len)
+                    .rev()
+                    .map(|i| cache.objs[i as usize].load(Ordering::Relaxed))
+                    .collect();
                 begin_op(
                     cache,
                     OP_FLUSH,
                     prod.record().unwrap(),
                     prod.next_op_seq(),
-                    from,
+                    len,
                 );
                 step!(); // 1
-                let items: Vec<u32> = (from..len)
-                    .map(|i| cache.objs[i as usize].load(Ordering::Relaxed))
-                    .collect();
-                // `self.producer.enqueue_burst(..)`, split: the head CAS (INTENT) ...
+                         // `self.producer.enqueue_burst(..)`, split: the head CAS (INTENT) ...
                 if die_at == 2 {
                     prod.__reserve(&items, false).unwrap();
                 }
                 step!(); // 2
                          // ... the slots written, then DONE ...
+                         // (A full ring takes a prefix: the top ones.)
                 let (old, take) = prod.__reserve(&items, true).unwrap();
-                assert_eq!(take as usize, items.len());
                 step!(); // 3
                          // ... the tail publication.
                 prod.__publish(old, take).unwrap();
                 step!(); // 4
-                if let Op::PutSlow = op {
-                    // put_slow: `dst.copy_from_slice(objs)` (the new object: 4).
-                    cache.objs[0].store(4, Ordering::Relaxed);
-                    step!();
-                    len = 1;
-                } else {
-                    len = from;
-                }
-                // `self.len = ..; self.publish_len();`
+                         // `self.len -= pushed; self.publish_len();`
+                len -= take;
                 cache.len.store(len, Ordering::Relaxed);
-                step!();
-                // `self.end_op();`
+                step!(); // 5
+                         // `self.end_op();`
                 end_op(cache);
+                if let Op::PutSlow = op {
+                    step!(); // 6
+                             // put_slow, after `push_top`: `dst.copy_from_slice(objs)` on top (the
+                             // new object: 4), then `self.len += n; self.publish_len();`.
+                    cache.objs[len as usize].store(4, Ordering::Relaxed);
+                    step!(); // 7
+                    len += 1;
+                    cache.len.store(len, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -290,7 +300,7 @@ fn recovered_len(ring: &Ring<u32>, hdr: &Cache, pid: u32) -> u32 {
         (OP_REFILL, Some(v)) => len
             .max(from.saturating_add(v.len).saturating_add(v.adopted))
             .min(CACHE_OBJS),
-        (OP_FLUSH, Some(_)) => from.min(len),
+        (OP_FLUSH, Some(v)) => from.saturating_sub(v.len).min(len),
         _ => len,
     }
 }
@@ -362,11 +372,17 @@ fn scenario(op: Op, die_at: u32, survivor: Option<Survivor>, holes: bool, dedup:
             match op {
                 Op::Refill { .. } => (&[0, 1, 2], &[], &[3], &[]),
                 Op::Flush { .. } => (&[3], &[0, 1, 2], &[4], &[]),
+                Op::FlushTight => (&[3, 4], &[0, 1, 2], &[], &[]),
                 Op::PutSlow => (&[3], &[0, 1], &[2], &[4]),
             };
         let mut all: Vec<u32> = [in_ring, in_cache, survivor_holds, caller_holds].concat();
         all.sort_unstable();
-        let ring = free_ring(in_ring, holes.then_some(1));
+        let ring = if let Op::FlushTight = op {
+            // Two objects and four holes: room for two.
+            free_ring(in_ring, Some(2), 4)
+        } else {
+            free_ring(in_ring, holes.then_some(1), 1)
+        };
         let cache = Arc::new(Cache::new(in_cache));
         for &i in caller_holds {
             cache.tags[i as usize].store(TAG_DEAD, Ordering::Relaxed);
@@ -374,8 +390,6 @@ fn scenario(op: Op, die_at: u32, survivor: Option<Survivor>, holes: bool, dedup:
         // Handles made before the threads start, so each has a ring record (the table
         // has three under loom): the dying cache's two, the survivor's one.
         let (cons, prod) = (ring.mc_consumer().unwrap(), ring.mp_producer().unwrap());
-        let c2 = cache.clone();
-        let dead = loom::thread::spawn(move || dying(op, die_at, &c2, cons, prod));
         let alive = survivor.map(|s| match s {
             Survivor::Takes => {
                 let mut c = ring.mc_consumer().unwrap();
@@ -387,24 +401,40 @@ fn scenario(op: Op, die_at: u32, survivor: Option<Survivor>, holes: bool, dedup:
             }
             Survivor::Gives => {
                 let mut p = ring.mp_producer().unwrap();
-                let obj = survivor_holds[0];
+                let obj = survivor_holds.first().copied().unwrap_or(OBJS);
                 loom::thread::spawn(move || {
                     assert_eq!(p.enqueue_burst(&[obj]).unwrap(), 1);
                     vec![u32::MAX]
                 })
             }
         });
+        // The consumer that makes room again in the tight case (unrecorded: the table is
+        // full), made before the death: a handle made after it could recycle the dead
+        // one's ring records before the recovery reads them (pool.rs `flush_slot` makes
+        // its producer after `recovered_len` for the same reason).
+        let drain = matches!(op, Op::FlushTight).then(|| ring.mc_consumer().unwrap());
+        let c2 = cache.clone();
+        let dead = loom::thread::spawn(move || dying(op, die_at, &c2, cons, prod));
         dead.join().unwrap();
         // The survivor finishes without the primary (it adopts or repairs the dead
         // range itself). Running the recovery concurrently with it is not explored: a
         // survivor spinning at the tail makes loom's state space explode.
         let got = alive.map(|t| t.join().unwrap());
+        let mut drained = Vec::new();
+        if let Some(mut c) = drain {
+            // Room comes back (the stand-in for a stopped consumer's range, the holes,
+            // leaves the ring as everything in it is taken), so the recovery has room.
+            let mut out = [0u32; 8];
+            let n = c.dequeue_burst(&mut out).unwrap();
+            drained.extend_from_slice(&out[..n]);
+        }
         // The primary reclaims the dead process: `flush_caches_of` (flush_slot), the
         // reclaim by tag, then `repair_free_ring`.
         flush_slot(&ring, &cache, DEAD, dedup);
         reclaim_by_tag(&ring, &cache);
         repair_free_ring(&ring, DEAD);
         let mut held: Vec<u32> = survivor_holds.to_vec();
+        held.extend_from_slice(&drained);
         if let Some(got) = got {
             if got == [u32::MAX] {
                 held.clear(); // it gave its object to the ring
@@ -472,16 +502,27 @@ fn refill_death_at_every_step_with_a_survivor_giving() {
 #[test]
 fn flush_excess_death_at_every_step_with_a_survivor() {
     for k in 0..=FLUSH_STEPS {
-        scenario(Op::Flush { from: 1 }, k, None, false, true);
-        scenario(Op::Flush { from: 1 }, k, Some(Survivor::Takes), false, true);
+        scenario(Op::Flush { keep: 1 }, k, None, false, true);
+        scenario(Op::Flush { keep: 1 }, k, Some(Survivor::Takes), false, true);
     }
 }
 
 #[test]
 fn flush_all_death_at_every_step_with_a_survivor() {
     for k in 0..=FLUSH_STEPS {
-        scenario(Op::Flush { from: 0 }, k, Some(Survivor::Takes), false, true);
-        scenario(Op::Flush { from: 0 }, k, Some(Survivor::Gives), false, true);
+        scenario(Op::Flush { keep: 0 }, k, Some(Survivor::Takes), false, true);
+        scenario(Op::Flush { keep: 0 }, k, Some(Survivor::Gives), false, true);
+    }
+}
+
+/// A flush into a ring with room for only part of it (`push_top`): what the ring refuses
+/// is the bottom of the stack and stays in the cache, whatever step the flusher dies at and
+/// whether a survivor takes from the ring meanwhile (making room, or not yet).
+#[test]
+fn flush_into_a_tight_ring_death_at_every_step() {
+    for k in 0..=FLUSH_STEPS {
+        scenario(Op::FlushTight, k, None, false, true);
+        scenario(Op::FlushTight, k, Some(Survivor::Takes), false, true);
     }
 }
 

@@ -15,6 +15,12 @@ use super::{Mempool, Trouble};
 use crate::layout::*;
 use crate::PoolError;
 
+/// How long a flush keeps offering objects to a free ring that refuses them before it
+/// drops them (counted): the ring is short of room only while a stopped consumer holds its
+/// tail, which a waiting refill voids after shm-ring's `VOID_AFTER` (100 ms) plus the
+/// hand-overs before it; a ring still full after this was filled by double frees.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Copies object indices and reports whether any is out of range (`>= limit`), in one
 /// pass: eight at a time as fixed-size arrays (plain vector moves and compares, no
 /// `memcpy` call), then the rest one by one. (A lane-accumulator form of the check that
@@ -73,8 +79,10 @@ pub struct PoolCache {
     pub(super) size: u32,
     pub(super) flush_threshold: u32,
     pub(super) n: u32,
-    /// First cache position of the flush being recorded (see `begin_op`).
-    pub(super) flush_from: u32,
+    /// When the free ring last refused part of a flush (it is full only while a stopped
+    /// consumer holds its tail, see `push_top`): a later flush that finds it still full
+    /// waits at most [`FLUSH_WAIT`] from then before dropping what does not fit.
+    pub(super) refused_since: Option<std::time::Instant>,
 }
 
 // SAFETY: `objs` points into the pool's region, kept mapped by `pool`; the slot belongs to
@@ -286,27 +294,78 @@ impl PoolCache {
         if self.slot.is_none() || n > CACHE_MAX_SIZE {
             return self.put_to_ring(objs);
         }
-        // Over the threshold: flush the whole cache, then start it again with these.
-        // SAFETY: `len <= flush_threshold < CACHE_OBJS` indices in the owned array.
-        let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
-        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
-        self.flush_from = 0;
-        self.begin_op(CACHE_OP_FLUSH, rec, seq);
-        let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
-        if pushed < all.len() {
-            self.pool.shared.trouble(
-                Trouble::PutFail,
-                (all.len() - pushed) as u64,
-                "free ring full on a cache flush (an object was freed twice?)",
-            );
+        // Over the threshold: flush the whole cache (what the ring refuses stays at the
+        // bottom), then put these on top.
+        self.push_top(self.len);
+        while self.len + n > CACHE_OBJS {
+            if !self.wait_for_ring() {
+                // The ring stayed full (objects freed twice filled it): these are lost.
+                self.put_failed(objs.len());
+                return 0;
+            }
+            self.push_top(self.len);
         }
-        // SAFETY: `n <= CACHE_MAX_SIZE < CACHE_OBJS`: inside the owned array.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.objs, n as usize) };
+        // SAFETY: `len + n <= CACHE_OBJS`: inside the owned array.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.objs.wrapping_add(self.len as usize), n as usize)
+        };
         dst.copy_from_slice(objs);
-        self.len = n;
+        self.len += n;
+        self.publish_len();
+        objs.len()
+    }
+
+    /// Sends the top `m` (`<= len`) objects of the cache to the free ring, topmost first,
+    /// recorded (`begin_op`), and lowers the length by what the ring took; returns that.
+    /// The ring takes a prefix of what it is given, so what it refuses is the bottom of
+    /// those `m`, which stays where it is: no object is dropped and none is sent twice. A
+    /// recovery after a kill computes the length the same way: the recorded start length
+    /// less what the ring's record says the operation enqueued. (The ring is short of room
+    /// only while a consumer stopped inside a dequeue holds its tail: a refill behind it
+    /// adopts that range after `VOID_AFTER`, see `refill`.)
+    #[inline(never)]
+    fn push_top(&mut self, m: u32) -> u32 {
+        if m == 0 {
+            return 0;
+        }
+        let mut rev = [0u32; CACHE_OBJS as usize];
+        let rev = &mut rev[..m as usize];
+        // SAFETY: `m <= len <= CACHE_OBJS` indices in the owned array.
+        let top = unsafe {
+            std::slice::from_raw_parts(self.objs.wrapping_add((self.len - m) as usize), m as usize)
+        };
+        for (d, &o) in rev.iter_mut().zip(top.iter().rev()) {
+            *d = o;
+        }
+        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
+        self.begin_op(CACHE_OP_FLUSH, rec, seq);
+        let pushed = self.producer.enqueue_burst(rev).unwrap_or(0) as u32;
+        crate::crash_point!("cache.flush_after_enqueue");
+        self.len -= pushed;
         self.publish_len();
         self.end_op();
-        objs.len()
+        if pushed < m {
+            self.refused_since
+                .get_or_insert_with(std::time::Instant::now);
+        } else {
+            self.refused_since = None;
+        }
+        pushed
+    }
+
+    /// The free ring refused part of a flush and the cache array has no room for more:
+    /// waits a little for it to take objects again (a voided stopped consumer, see
+    /// `push_top`); false once it has refused for [`FLUSH_WAIT`].
+    #[cold]
+    fn wait_for_ring(&mut self) -> bool {
+        let since = *self
+            .refused_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > FLUSH_WAIT {
+            return false;
+        }
+        std::thread::yield_now();
+        true
     }
 
     #[inline(always)]
@@ -416,26 +475,35 @@ impl PoolCache {
 
     /// Refills the cache so that it holds at least `k` (`k <= size`) objects; false when
     /// the free ring has too few.
+    ///
+    /// It asks for what brings the cache to its size (to `k` if that is more), or, if the
+    /// ring has fewer, to just `k`; the rest of the cache array is the dequeue's room.
+    /// Asking for no more than `max(k, size) <= 512` leaves at least 512 slots of room, as
+    /// much as any other refill ever reserves, so a refill waiting behind one that was
+    /// stopped inside the free ring can always adopt that range (see shm-ring's records):
+    /// the consumer tail moves on, and the stopped refill retries when it resumes.
     #[inline(never)]
     fn refill(&mut self, k: u32) -> bool {
         if self.len >= k {
             return true;
         }
-        // What is asked plus enough to bring the cache back to its size; if the ring has
-        // fewer, just what is asked.
-        for req in [k + (self.size - self.len), k - self.len] {
-            // SAFETY: `len < k <= size <= 512`, and `len + req <= k + size <= 1024 =
-            // CACHE_OBJS`, so the span is inside this slot's array, which this handle owns.
+        for req in [k.max(self.size) - self.len, k - self.len] {
+            // SAFETY: `len < k <= 512`, so `[len, CACHE_OBJS)` is inside this slot's
+            // array, which this handle owns.
             let room = unsafe {
                 std::slice::from_raw_parts_mut(
                     self.objs.wrapping_add(self.len as usize),
-                    req as usize,
+                    (CACHE_OBJS - self.len) as usize,
                 )
             };
             let (rec, seq) = (self.consumer.record(), self.consumer.next_op_seq());
             self.begin_op(CACHE_OP_REFILL, rec, seq);
-            let got = self.consumer.dequeue_bulk(room).unwrap_or(0) as u32;
-            // (Fewer than asked when the ring skipped holes: what came is ours all the same.)
+            let got = self
+                .consumer
+                .dequeue_bulk_with_room(room, req as usize)
+                .unwrap_or(0) as u32;
+            // (Fewer than asked when the ring skipped holes, more when it adopted a
+            // stopped refill's range: what came is ours all the same.)
             crate::crash_point!("cache.refill_after_dequeue");
             self.len += got;
             self.publish_len();
@@ -449,19 +517,15 @@ impl PoolCache {
 
     /// Records the free-ring operation about to start (see [`CacheSlotHeader::op`]):
     /// its kind, the ring record of the handle doing it and its sequence number, and the
-    /// cache position it starts from (the current length for a refill, the size for a
-    /// flush of the excess, 0 for a flush of everything: see the callers). Nothing is
+    /// cache length it starts from (a refill copies above it, a flush sends from it down:
+    /// see `push_top`). Nothing is
     /// recorded without a slot or when the ring had no record for the handle.
     #[inline(always)]
     fn begin_op(&self, kind: u32, rec: Option<usize>, seq: u32) {
         let (Some(slot), Some(rec)) = (self.slot, rec) else {
             return;
         };
-        let from = if kind == CACHE_OP_REFILL {
-            self.len
-        } else {
-            self.flush_from
-        };
+        let from = self.len;
         let h = self.pool.shared.slot_header(slot);
         // Relaxed, then Release on `op`: a recoverer reads them after this process died
         // (its stores are all visible then); the order keeps a live reader consistent.
@@ -485,34 +549,13 @@ impl PoolCache {
     }
 
     /// Moves the objects above the cache's size to the free ring (DPDK's flush of a cache
-    /// over its threshold), without allocating.
+    /// over its threshold), without allocating; what the ring refuses stays in the cache.
     #[inline(never)]
     pub(crate) fn flush_excess(&mut self) {
         if self.len <= self.size {
             return;
         }
-        // SAFETY: `size < len <= CACHE_OBJS` indices in the owned array.
-        let excess = unsafe {
-            std::slice::from_raw_parts(
-                self.objs.wrapping_add(self.size as usize),
-                (self.len - self.size) as usize,
-            )
-        };
-        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
-        self.flush_from = self.size;
-        self.begin_op(CACHE_OP_FLUSH, rec, seq);
-        let pushed = self.producer.enqueue_burst(excess).unwrap_or(0);
-        crate::crash_point!("cache.flush_after_enqueue");
-        if pushed < excess.len() {
-            self.pool.shared.trouble(
-                Trouble::PutFail,
-                (excess.len() - pushed) as u64,
-                "free ring full on a cache flush (an object was freed twice?)",
-            );
-        }
-        self.len = self.size;
-        self.publish_len();
-        self.end_op();
+        self.push_top(self.len - self.size);
     }
 
     /// True when [`put`](Self::put) of one object goes into the cache without a flush.
@@ -547,24 +590,22 @@ impl PoolCache {
         self.shared_len = &*self._spare_len;
     }
 
-    /// Moves every cached object back to the free ring.
+    /// Moves every cached object back to the free ring. A ring that refuses some (full
+    /// while a stopped consumer holds its tail) is retried for up to [`FLUSH_WAIT`]; what
+    /// it still refuses then is dropped and counted (`put_fail`).
     pub fn flush(&mut self) {
-        if self.slot.is_none() || self.len == 0 {
+        if self.slot.is_none() {
             return;
         }
-        // SAFETY: `len <= CACHE_OBJS` indices in the owned array, which stays ours (and
-        // unchanged) while the ring copies them.
-        let all = unsafe { std::slice::from_raw_parts(self.objs, self.len as usize) };
-        let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
-        self.flush_from = 0;
-        self.begin_op(CACHE_OP_FLUSH, rec, seq);
-        let pushed = self.producer.enqueue_burst(all).unwrap_or(0);
-        if pushed < all.len() {
-            self.put_failed(all.len() - pushed);
+        while self.len > 0 {
+            if self.push_top(self.len) == 0 && !self.wait_for_ring() {
+                let lost = self.len;
+                self.put_failed(lost as usize);
+                self.len = 0;
+                self.publish_len();
+                return;
+            }
         }
-        self.len = 0;
-        self.publish_len();
-        self.end_op();
     }
 }
 

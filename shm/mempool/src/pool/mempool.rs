@@ -335,7 +335,7 @@ impl Mempool {
             size: 0,
             flush_threshold: 0,
             n: self.shared.info.obj_count,
-            flush_from: 0,
+            refused_since: None,
         }
     }
 }

@@ -55,7 +55,8 @@ impl PoolShared {
             (CACHE_OP_REFILL, Some(v)) => len
                 .max(from.saturating_add(v.len).saturating_add(v.adopted))
                 .min(CACHE_OBJS),
-            (CACHE_OP_FLUSH, Some(_)) => from.min(len),
+            // A flush sends from `from` down; the ring took `v.len` of them.
+            (CACHE_OP_FLUSH, Some(v)) => from.saturating_sub(v.len).min(len),
             _ => len,
         }
     }
