@@ -7,8 +7,8 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use shm::eal::{EalArgs, ProcType};
 use shm::runtime::{Liveness, RuntimeDir};
+use shmdp_app::eal::{EalArgs, ProcType};
 
 use crate::{
     MempoolRequest, MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG,
@@ -234,8 +234,8 @@ fn parse_memzone(s: &str) -> Result<MemzoneRequest, String> {
 
 /// Runs `shmdp-primary` with the process's arguments.
 pub fn main() -> ExitCode {
-    let cli: PrimaryCli = shm::eal::parse_args_or_exit("shmdp-primary");
-    secondary::cli::init_logging();
+    let cli: PrimaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-primary");
+    shmdp_app::init_logging();
     let as_secondary = match cli.eal.proc_type.unwrap_or(ProcType::Primary) {
         ProcType::Primary => false,
         ProcType::Secondary => true,
@@ -317,7 +317,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         return ExitCode::from(2);
     }
     let config = PrimaryConfig {
-        eal: cli.eal.clone(),
+        eal: cli.eal.options(),
         memsegs: cli.memsegs.clone(),
         memzones: cli.memzones.clone(),
         rings: cli.rings.clone(),

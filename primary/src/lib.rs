@@ -83,7 +83,7 @@ pub struct MempoolRequest {
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
     /// Common process options.
-    pub eal: shm::eal::EalArgs,
+    pub eal: shm::eal::EalOptions,
     /// Memsegs besides the main one.
     pub memsegs: Vec<MemsegRequest>,
     /// Memzones to reserve.

@@ -25,7 +25,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = shm::eal::parse_args_or_exit("shmdp-qemu-cmdgen");
+    let cli: Cli = shmdp_app::eal::parse_args_or_exit("shmdp-qemu-cmdgen");
     match qemu_cmdgen::discover(&cli.file_prefix, &cli.groups) {
         Ok(exports) => {
             print!("{}", qemu_cmdgen::render(&exports, cli.format));

@@ -91,7 +91,7 @@ impl Rng {
 }
 
 /// Attaches and runs the mix (see the module docs).
-pub fn run(eal: &shm::eal::EalArgs, args: &MixArgs) -> ExitCode {
+pub fn run(eal: &shmdp_app::eal::EalArgs, args: &MixArgs) -> ExitCode {
     let program = "shmdp-secondary";
     let sec = match crate::Secondary::attach(&eal.file_prefix, program) {
         Ok(s) => s,

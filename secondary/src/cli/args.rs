@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
-use shm::eal::EalArgs;
+use shmdp_app::eal::EalArgs;
 
 /// `shmdp-secondary`: attaches to a running primary by `--file-prefix`.
 #[derive(Debug, Parser)]

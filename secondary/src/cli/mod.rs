@@ -1,7 +1,7 @@
 //! Command line of `shmdp-secondary`.
 //!
 //! Where it sits: `shmdp-secondary`'s `main` is [`main`] here; `shmdp-primary` reuses
-//! [`init_logging`] and [`monitor`]. Files: the clap definitions (`args.rs`); the commands
+//! [`monitor`]. Files: the clap definitions (`args.rs`); the commands
 //! that attach to a primary, run and detach, and their error reporting (`session.rs`);
 //! forwarding and dumping on ports (`ports.rs`); the `ivshmem` commands on an export
 //! segment (`export.rs`). The dispatch from subcommand to tool is [`main`].
@@ -17,7 +17,7 @@ pub use session::monitor;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shm::eal::ProcType;
+use shmdp_app::eal::ProcType;
 
 use export::{ivshmem_cmd, on_ivshmem};
 use ports::{dump_cmd, fwd_cmd};
@@ -34,8 +34,8 @@ pub const EXIT_RING_FAILED: u8 = 1;
 
 /// Runs `shmdp-secondary` with the process's arguments.
 pub fn main() -> ExitCode {
-    let cli: SecondaryCli = shm::eal::parse_args_or_exit("shmdp-secondary");
-    init_logging();
+    let cli: SecondaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-secondary");
+    shmdp_app::init_logging();
     if cli.eal.proc_type == Some(ProcType::Primary) {
         eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
         return ExitCode::from(2);
@@ -216,18 +216,4 @@ fn echo_line(
         tx.name(),
         n as f64 / t0.elapsed().as_secs_f64() / 1e6
     ))
-}
-
-/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); shared by every
-/// shmdp binary.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

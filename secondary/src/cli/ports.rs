@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shm::eal::EalArgs;
+use shmdp_app::eal::EalArgs;
 
 use super::session::attach_or_report;
 

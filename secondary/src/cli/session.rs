@@ -11,7 +11,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use shm::eal::EalArgs;
+use shmdp_app::eal::EalArgs;
 
 use super::{EXIT_POOL_FAILED, EXIT_PRIMARY_GONE, EXIT_RING_FAILED};
 use crate::{PrimaryGone, PrimaryWatch, Secondary};
