@@ -11,7 +11,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod cli;
 mod control_server;
 mod pools;
 

@@ -10,15 +10,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod cli;
-pub mod crashmix;
 pub mod dataplane;
-pub mod fwdcmd;
 pub mod ivshmem;
-pub mod pooltool;
-mod ringside;
-pub mod ringtool;
 
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver};

@@ -2,15 +2,15 @@
 //! host with the segment file) without a primary, and the mapping of `--ivshmem DEV
 //! COMMAND` to them.
 //!
-//! Where it sits: in [`crate::cli`]; the segment is `crate::ivshmem::ExportSegment`.
+//! Where it sits: in [`crate::cli`]; the segment is `secondary::ivshmem::ExportSegment`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::ports::fwd_on;
-use super::session::AllStats;
-use super::{echo_line, Command, IvshmemCommand};
-use crate::ivshmem::ExportSegment;
+use crate::ports::fwd_on;
+use crate::session::AllStats;
+use crate::{echo_line, Command, IvshmemCommand};
+use secondary::ivshmem::ExportSegment;
 
 /// `--ivshmem DEV COMMAND`: the commands that make sense on an export segment, mapped to
 /// their `ivshmem` forms.
@@ -68,7 +68,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
     } = command
     {
         let how_long = std::time::Duration::from_secs_f64(secs);
-        return match crate::ivshmem::ExportSegment::open(dev)
+        return match secondary::ivshmem::ExportSegment::open(dev)
             .and_then(|s| s.scribble_indices(how_long, pools_only, tails, seed))
         {
             Ok(n) => {
@@ -83,7 +83,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
     }
     if let IvshmemCommand::Scribble { rounds, seed, .. } = command {
         let path = if dev.starts_with("auto") {
-            crate::ivshmem::find_devices().into_iter().next()
+            secondary::ivshmem::find_devices().into_iter().next()
         } else {
             Some(std::path::PathBuf::from(dev))
         };
@@ -91,7 +91,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             eprintln!("{program}: error: no ivshmem device found");
             return ExitCode::from(2);
         };
-        return match crate::ivshmem::scribble(&path, rounds, seed) {
+        return match secondary::ivshmem::scribble(&path, rounds, seed) {
             Ok(n) => {
                 println!("scribbled {n} bytes over {}", path.display());
                 ExitCode::SUCCESS
@@ -102,7 +102,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             }
         };
     }
-    let seg = match crate::ivshmem::ExportSegment::open(dev) {
+    let seg = match secondary::ivshmem::ExportSegment::open(dev) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{program}: error: {e}");
@@ -201,8 +201,8 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                     };
                     return Ok(serde_json::to_string_pretty(&all).expect("serialisable"));
                 }
-                crate::pooltool::print_port_stats(&ports);
-                crate::pooltool::print_stats(&stats);
+                shmdp_app::pooltool::print_port_stats(&ports);
+                shmdp_app::pooltool::print_stats(&stats);
                 Ok(String::new())
             }
             IvshmemCommand::Dump {
@@ -213,9 +213,13 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             } => {
                 let cache = guest_cache(&seg, &pool)?;
                 let ring = seg.ring(&rx).map_err(|e| e.to_string())?;
-                let lines =
-                    crate::pooltool::dump_ring(&cache, &ring, count, Duration::from_secs(timeout))
-                        .map_err(|e| e.to_string())?;
+                let lines = shmdp_app::pooltool::dump_ring(
+                    &cache,
+                    &ring,
+                    count,
+                    Duration::from_secs(timeout),
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(lines.join("\n"))
             }
             IvshmemCommand::Gen {
@@ -226,7 +230,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             } => {
                 let cache = guest_cache(&seg, &pool)?;
                 let tx = seg.ring(&tx).map_err(|e| e.to_string())?;
-                let n = crate::pooltool::send(
+                let n = shmdp_app::pooltool::send(
                     &cache,
                     &tx,
                     count,

@@ -1,19 +1,19 @@
 //! Commands on a primary's ports: `fwd` (the forwarding engine on every port, shared with
 //! `ivshmem fwd`) and `dump` (print what a port's rx queue receives).
 //!
-//! Where it sits: in [`crate::cli`]; the engine is `fwd`, run through `crate::fwdcmd`.
+//! Where it sits: in [`crate::cli`]; the engine is `fwd`, run through `shmdp_app::fwdcmd`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use shmdp_app::eal::EalArgs;
 
-use super::session::attach_or_report;
+use shmdp_app::session::attach_or_report;
 
 pub(super) fn fwd_cmd(
     eal: &EalArgs,
     mode: Option<fwd::Mode>,
-    args: &crate::fwdcmd::FwdArgs,
+    args: &shmdp_app::fwdcmd::FwdArgs,
 ) -> ExitCode {
     let program = "shmdp-secondary";
     let lcores = eal
@@ -41,8 +41,8 @@ pub(super) fn fwd_cmd(
 /// the same code on the host (`fwd`) and in a guest (`ivshmem fwd`).
 pub(super) fn fwd_on(
     program: &str,
-    dp: &impl crate::Dataplane,
-    resolved: &crate::fwdcmd::Resolved,
+    dp: &impl secondary::Dataplane,
+    resolved: &shmdp_app::fwdcmd::Resolved,
 ) -> ExitCode {
     let ports = match dp.ports() {
         Ok(p) if !p.is_empty() => p,
@@ -65,7 +65,7 @@ pub(super) fn fwd_on(
             return ExitCode::from(2);
         }
     };
-    crate::fwdcmd::run(
+    shmdp_app::fwdcmd::run(
         program,
         &ports,
         &pool,
@@ -116,7 +116,7 @@ pub(super) fn dump_cmd(
             for m in burst.drain(..) {
                 println!(
                     "{}",
-                    crate::pooltool::describe(&format!("port {port_id}/{queue}"), seen, &m)
+                    shmdp_app::pooltool::describe(&format!("port {port_id}/{queue}"), seen, &m)
                 );
                 seen += 1;
             }

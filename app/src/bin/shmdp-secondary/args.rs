@@ -76,7 +76,7 @@ pub enum Command {
         mode: Option<fwd::Mode>,
         /// Engine options.
         #[command(flatten)]
-        args: crate::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdcmd::FwdArgs,
     },
     /// Receive and print the first COUNT packets of a port's rx queue (like testpmd's
     /// verbose mode; the packets are consumed), then exit.
@@ -165,7 +165,7 @@ pub enum Command {
         exact: bool,
     },
     /// Mixed pool, ring and port work until killed, for the crash-point tests.
-    CrashMix(crate::crashmix::MixArgs),
+    CrashMix(shmdp_app::crashmix::MixArgs),
 }
 
 /// What `ivshmem` does.
@@ -182,7 +182,7 @@ pub enum IvshmemCommand {
         lcores: Option<shm::eal::LcoreList>,
         /// Engine options.
         #[command(flatten)]
-        args: crate::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdcmd::FwdArgs,
     },
     /// Print the export group's metadata (objects, offsets, sizes).
     Info {
@@ -296,8 +296,8 @@ pub struct MbufRingArgs {
 
 impl MbufRingArgs {
     /// The bench mode's options, if `--burst` or `--seq-only` was given.
-    pub(super) fn burst_opts(&self) -> Option<crate::pooltool::BurstOpts> {
-        (self.burst.is_some() || self.seq_only).then(|| crate::pooltool::BurstOpts {
+    pub(super) fn burst_opts(&self) -> Option<shmdp_app::pooltool::BurstOpts> {
+        (self.burst.is_some() || self.seq_only).then(|| shmdp_app::pooltool::BurstOpts {
             burst: usize::from(self.burst.unwrap_or(1)),
             seq_only: self.seq_only,
         })

@@ -11,8 +11,8 @@ mod export;
 mod ports;
 mod session;
 
-pub use args::{Command, IvshmemCommand, MbufRingArgs, SecondaryCli};
-pub use session::monitor;
+use args::{Command, IvshmemCommand, SecondaryCli};
+use shmdp_app::session::monitor;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub const EXIT_POOL_FAILED: u8 = 1;
 pub const EXIT_RING_FAILED: u8 = 1;
 
 /// Runs `shmdp-secondary` with the process's arguments.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli: SecondaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-secondary");
     shmdp_app::init_logging();
     if cli.eal.proc_type == Some(ProcType::Primary) {
@@ -53,15 +53,14 @@ pub fn main() -> ExitCode {
             burst,
             timeout,
         } => ring_cmd(&cli.eal, &ring, |r| {
-            crate::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout)).map(
-                |m| {
+            shmdp_app::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout))
+                .map(|m| {
                     format!(
                         "filled {} elements into {ring} ({:.2} Mpps)",
                         m.count,
                         m.mpps()
                     )
-                },
-            )
+                })
         }),
         Command::Stats { json } => stats(&cli.eal, json),
         Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
@@ -77,7 +76,7 @@ pub fn main() -> ExitCode {
             let t0 = std::time::Instant::now();
             let timeout = Duration::from_secs(a.timeout);
             if let Some(opts) = a.burst_opts() {
-                return crate::pooltool::send_bursts(
+                return shmdp_app::pooltool::send_bursts(
                     cache,
                     r,
                     a.count,
@@ -97,7 +96,7 @@ pub fn main() -> ExitCode {
                     )
                 });
             }
-            crate::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
+            shmdp_app::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "sent {n} packets of {} B from {} into {} ({:.2} Mpps)",
                     a.size,
@@ -116,7 +115,7 @@ pub fn main() -> ExitCode {
                 } else {
                     "payloads"
                 };
-                return crate::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
+                return shmdp_app::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
                     .map(|t| {
                         format!(
                             "received {} packets from {} in bursts of {}, {what} ok ({:.2} Mpps from the first packet)",
@@ -124,7 +123,7 @@ pub fn main() -> ExitCode {
                         )
                     });
             }
-            crate::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
+            shmdp_app::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "received {n} packets from {}, payloads ok ({:.2} Mpps)",
                     a.ring,
@@ -141,7 +140,7 @@ pub fn main() -> ExitCode {
         } => pool_cmd(&cli.eal, &pool, |sec, p| {
             let ring = |name: &str| {
                 sec.ring(name)
-                    .map_err(|source| crate::pooltool::PoolToolError::Ring {
+                    .map_err(|source| shmdp_app::pooltool::PoolToolError::Ring {
                         ring: name.to_string(),
                         source,
                     })
@@ -152,19 +151,19 @@ pub fn main() -> ExitCode {
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             let cached = !sec.in_export(&pool);
-            crate::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
+            shmdp_app::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
                 .map(|n| format!("pool-stress: {n} operations on {pool}"))
         }),
-        Command::CrashMix(a) => crate::crashmix::run(&cli.eal, &a),
+        Command::CrashMix(a) => shmdp_app::crashmix::run(&cli.eal, &a),
         Command::PoolAudit { pool, exact: true } => pool_cmd(&cli.eal, &pool, |sec, p| {
-            let input =
-                crate::audit::gather(sec, p).map_err(crate::pooltool::PoolToolError::Check)?;
-            let a = crate::audit::classify(&input);
+            let input = shmdp_app::audit::gather(sec, p)
+                .map_err(shmdp_app::pooltool::PoolToolError::Check)?;
+            let a = shmdp_app::audit::classify(&input);
             let line = serde_json::to_string(&a).expect("serialisable");
             if a.exact {
                 Ok(line)
             } else {
-                Err(crate::pooltool::PoolToolError::Check(format!(
+                Err(shmdp_app::pooltool::PoolToolError::Check(format!(
                     "audit not exact: {line}"
                 )))
             }
@@ -176,7 +175,7 @@ pub fn main() -> ExitCode {
             {
                 Ok(format!("audit ok: {line}"))
             } else {
-                Err(crate::pooltool::PoolToolError::Check(format!(
+                Err(shmdp_app::pooltool::PoolToolError::Check(format!(
                     "audit failed: {line}"
                 )))
             }
@@ -188,7 +187,7 @@ pub fn main() -> ExitCode {
             burst,
             timeout,
         } => ring_cmd(&cli.eal, &ring, |r| {
-            crate::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
+            shmdp_app::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
                 format!(
                     "drained {} elements from {ring}: {producers} producers, all in order ({:.2} Mpps)",
                     m.count,
@@ -207,9 +206,9 @@ fn echo_line(
     tx: &shm_ring::Ring<u64>,
     count: u64,
     timeout: u64,
-) -> Result<String, crate::pooltool::PoolToolError> {
+) -> Result<String, shmdp_app::pooltool::PoolToolError> {
     let t0 = std::time::Instant::now();
-    let n = crate::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
+    let n = shmdp_app::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
     Ok(format!(
         "echoed {n} packets from {} to {} ({:.3} Mpps)",
         rx.name(),

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
                 let m = cache
                     .adopt(MbufHandle(h))
                     .map_err(|e| format!("packet {got}: {e}"))?;
-                secondary::pooltool::payload(got, size, &mut want);
+                shmdp_app::pooltool::payload(got, size, &mut want);
                 if m.to_vec() != want {
                     return Err(format!("packet {got}: payload differs"));
                 }

@@ -91,9 +91,9 @@ impl Rng {
 }
 
 /// Attaches and runs the mix (see the module docs).
-pub fn run(eal: &shmdp_app::eal::EalArgs, args: &MixArgs) -> ExitCode {
+pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> ExitCode {
     let program = "shmdp-secondary";
-    let sec = match crate::Secondary::attach(&eal.file_prefix, program) {
+    let sec = match secondary::Secondary::attach(&eal.file_prefix, program) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{program}: error: {e}");
@@ -118,7 +118,7 @@ pub fn run(eal: &shmdp_app::eal::EalArgs, args: &MixArgs) -> ExitCode {
 }
 
 /// Loopback ring ports: `net_ring` ports whose tx and rx queue 0 share one ring.
-fn loopback_ports(sec: &crate::Secondary) -> Result<Vec<Port>, String> {
+fn loopback_ports(sec: &secondary::Secondary) -> Result<Vec<Port>, String> {
     Ok(sec
         .ports()
         .map_err(|e| e.to_string())?
@@ -138,7 +138,7 @@ struct Totals {
     port_rx: Vec<u64>,
 }
 
-fn mix(sec: &crate::Secondary, args: &MixArgs) -> Result<Totals, String> {
+fn mix(sec: &secondary::Secondary, args: &MixArgs) -> Result<Totals, String> {
     let ports = if args.no_ports {
         Vec::new()
     } else {

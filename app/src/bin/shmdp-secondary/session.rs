@@ -2,24 +2,22 @@
 //! a ring or pool and report the result as an exit code, `info`, `stats`, `mbuf-hold`, and
 //! `monitor` (which `shmdp-primary` also runs).
 //!
-//! Where it sits: in [`crate::cli`]; the tools they run are `crate::ringtool`,
-//! `crate::pooltool` and `crate::audit`.
+//! Where it sits: in [`crate::cli`]; the tools they run are `shmdp_app::ringtool`,
+//! `shmdp_app::pooltool` and `shmdp_app::audit`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-
+use secondary::Secondary;
 use shmdp_app::eal::EalArgs;
+use shmdp_app::session::{attach_or_report, print_info, signals_or_report, watch_or_report};
 
-use super::{EXIT_POOL_FAILED, EXIT_PRIMARY_GONE, EXIT_RING_FAILED};
-use crate::{PrimaryGone, PrimaryWatch, Secondary};
+use crate::{EXIT_POOL_FAILED, EXIT_PRIMARY_GONE, EXIT_RING_FAILED};
 
 pub(super) fn ring_cmd(
     eal: &EalArgs,
     name: &str,
-    f: impl FnOnce(&shm_ring::Ring<u64>) -> Result<String, crate::ringtool::RingToolError>,
+    f: impl FnOnce(&shm_ring::Ring<u64>) -> Result<String, shmdp_app::ringtool::RingToolError>,
 ) -> ExitCode {
     on_object(
         eal,
@@ -33,7 +31,10 @@ pub(super) fn ring_cmd(
 pub(super) fn pool_cmd(
     eal: &EalArgs,
     name: &str,
-    f: impl FnOnce(&Secondary, &shm_mempool::MbufPool) -> Result<String, crate::pooltool::PoolToolError>,
+    f: impl FnOnce(
+        &Secondary,
+        &shm_mempool::MbufPool,
+    ) -> Result<String, shmdp_app::pooltool::PoolToolError>,
 ) -> ExitCode {
     on_object(
         eal,
@@ -88,12 +89,12 @@ pub(super) fn mbuf_ring_cmd(
     f: impl FnOnce(
         &shm_mempool::MbufCache,
         &shm_ring::Ring<u64>,
-    ) -> Result<String, crate::pooltool::PoolToolError>,
+    ) -> Result<String, shmdp_app::pooltool::PoolToolError>,
 ) -> ExitCode {
     pool_cmd(eal, pool, |sec, p| {
         let r = sec
             .ring(ring)
-            .map_err(|source| crate::pooltool::PoolToolError::Ring {
+            .map_err(|source| shmdp_app::pooltool::PoolToolError::Ring {
                 ring: ring.to_string(),
                 source,
             })?;
@@ -131,8 +132,8 @@ pub(super) fn stats(eal: &EalArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(stats) => {
-            crate::pooltool::print_port_stats(&stats.ports);
-            crate::pooltool::print_stats(&stats.pools);
+            shmdp_app::pooltool::print_port_stats(&stats.ports);
+            shmdp_app::pooltool::print_stats(&stats.pools);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -212,30 +213,6 @@ pub(super) fn mbuf_hold(eal: &EalArgs, names: &[String], count: u32) -> ExitCode
     }
 }
 
-/// SIGINT and SIGTERM, to be polled; exit 2 (said on stderr) if they cannot be caught.
-fn signals_or_report(program: &str) -> Result<Signals, ExitCode> {
-    Signals::new([SIGINT, SIGTERM]).map_err(|e| {
-        eprintln!("{program}: error: cannot install signal handlers: {e}");
-        ExitCode::from(2)
-    })
-}
-
-/// A watch on the primary's end of the control connection; exit 2 (said on stderr) if
-/// there is none.
-fn watch_or_report(program: &str, sec: &Secondary) -> Result<PrimaryWatch, ExitCode> {
-    sec.watch_primary().map_err(|e| {
-        eprintln!("{program}: error: cannot watch the control connection: {e}");
-        ExitCode::from(2)
-    })
-}
-
-pub(super) fn attach_or_report(program: &str, eal: &EalArgs) -> Result<Secondary, ExitCode> {
-    Secondary::attach(&eal.file_prefix, program).map_err(|e| {
-        eprintln!("{program}: error: {e}");
-        ExitCode::from(2)
-    })
-}
-
 pub(super) fn info(program: &str, eal: &EalArgs, json: bool) -> ExitCode {
     let sec = match attach_or_report(program, eal) {
         Ok(s) => s,
@@ -252,75 +229,4 @@ pub(super) fn info(program: &str, eal: &EalArgs, json: bool) -> ExitCode {
     }
     sec.detach();
     ExitCode::SUCCESS
-}
-
-fn print_info(info: &crate::AttachInfo) {
-    println!(
-        "attached to prefix {} (primary pid {}, generation {}) as secondary slot {}",
-        info.prefix, info.primary_pid, info.generation, info.slot
-    );
-    for s in &info.memsegs {
-        println!(
-            "memseg {} {:<12} {:>6} MiB  {:<9}  mapped at {}  {}",
-            s.id,
-            s.name,
-            s.size_bytes >> 20,
-            if s.hugetlb { "hugetlbfs" } else { "shm" },
-            s.mapped_at,
-            s.path
-        );
-        for z in &s.memzones {
-            println!(
-                "  memzone {:<31} offset {:#010x} len {:>10} align {:>5} {:?}",
-                z.name, z.offset, z.len_bytes, z.align, z.kind
-            );
-        }
-    }
-}
-
-/// Attaches and stays attached until the primary goes away (exit 3) or SIGINT/SIGTERM
-/// (exit 0). Used by `shmdp-secondary monitor` and by `shmdp-primary --proc-type
-/// secondary|auto` when another primary is running.
-pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
-    let mut signals = match signals_or_report(program) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let sec = match attach_or_report(program, eal) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let watch = match watch_or_report(program, &sec) {
-        Ok(w) => w,
-        Err(code) => return code,
-    };
-    let info = sec.info();
-    if !quiet_info {
-        print_info(&info);
-    }
-    println!(
-        "{program}: attached as secondary: prefix {} slot {} primary pid {} memsegs {}",
-        info.prefix,
-        info.slot,
-        info.primary_pid,
-        info.memsegs.len()
-    );
-    loop {
-        if signals.pending().next().is_some() {
-            sec.detach();
-            println!("{program}: detached");
-            return ExitCode::SUCCESS;
-        }
-        if let Some(gone) = watch.wait(Duration::from_millis(100)) {
-            let how = match gone {
-                PrimaryGone::Closing => "shut down",
-                PrimaryGone::Died => "died",
-            };
-            eprintln!(
-                "{program}: the primary (pid {}) {how}; detaching",
-                sec.primary_pid()
-            );
-            return ExitCode::from(EXIT_PRIMARY_GONE);
-        }
-    }
 }

@@ -10,7 +10,7 @@ use signal_hook::iterator::Signals;
 use shm::runtime::{Liveness, RuntimeDir};
 use shmdp_app::eal::{EalArgs, ProcType};
 
-use crate::{
+use primary::{
     MempoolRequest, MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG,
 };
 
@@ -54,7 +54,7 @@ pub struct PrimaryCli {
     /// pool for the guest are made in GROUP and the guest opens the other end as a port.
     /// `shmdp-qemu-cmdgen` prints the QEMU arguments.
     #[arg(long = "ivshmem", value_name = "GROUP:KIND=NAME,...", value_parser = parse_export)]
-    pub exports: Vec<crate::ExportRequest>,
+    pub exports: Vec<primary::ExportRequest>,
     /// Forward between the ports in the primary itself (also with --config): io, mac,
     /// macswap, rxonly, txonly, l2switch
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
@@ -68,10 +68,10 @@ pub struct PrimaryCli {
     /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
     /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
     #[command(flatten)]
-    pub fwd_args: secondary::fwdcmd::FwdArgs,
+    pub fwd_args: shmdp_app::fwdcmd::FwdArgs,
 }
 
-fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
+fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
     let usage = || {
         format!("--ivshmem {s:?}: expected GROUP:KIND=NAME,..., e.g. vm1:ring=vm1_rx,pool=vm1_pool")
     };
@@ -104,7 +104,7 @@ fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
             ivshmem_meta::MAX_ENTRIES
         ));
     }
-    Ok(crate::ExportRequest {
+    Ok(primary::ExportRequest {
         group: group.to_string(),
         items,
     })
@@ -233,7 +233,7 @@ fn parse_memzone(s: &str) -> Result<MemzoneRequest, String> {
 }
 
 /// Runs `shmdp-primary` with the process's arguments.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli: PrimaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-primary");
     shmdp_app::init_logging();
     let as_secondary = match cli.eal.proc_type.unwrap_or(ProcType::Primary) {
@@ -245,7 +245,7 @@ pub fn main() -> ExitCode {
         ),
     };
     if as_secondary {
-        return secondary::cli::monitor("shmdp-primary", &cli.eal, false);
+        return shmdp_app::session::monitor("shmdp-primary", &cli.eal, false);
     }
     run_primary(&cli)
 }
@@ -283,7 +283,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
     };
     let forwarding = cli.fwd.is_some() || resolved.file_has_fwd;
     let mut exports = cli.exports.clone();
-    match secondary::fwdcmd::ivshmem_exports(&cli.fwd_args) {
+    match shmdp_app::fwdcmd::ivshmem_exports(&cli.fwd_args) {
         Ok(groups) => {
             for g in groups {
                 let text = g
@@ -373,7 +373,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         };
         let count = *count;
         std::thread::spawn(move || {
-            match secondary::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
+            match shmdp_app::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
                 Ok(m) => tracing::info!("filled {} elements into {}", m.count, ring.name()),
                 // Logged once; the primary keeps running (a peer may have scribbled on it).
                 Err(e) => tracing::error!("fill stopped: {e}"),
@@ -404,7 +404,7 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             drop(primary);
             return ExitCode::from(2);
         };
-        let code = secondary::fwdcmd::run(
+        let code = shmdp_app::fwdcmd::run(
             "shmdp-primary",
             &ports,
             &pool,
