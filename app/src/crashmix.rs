@@ -17,7 +17,6 @@
 //! in another process moves them between processes. It runs until killed, or for `--ops`
 //! loop iterations.
 
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool, OwnerTag};
 use shm_ring::Ring;
 
 use crate::ringside::RingSide;
+use crate::{CliError, CmdResult, Exit};
 
 /// Options of `crash-mix`.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,30 +91,20 @@ impl Rng {
 }
 
 /// Attaches and runs the mix (see the module docs).
-pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> ExitCode {
-    let program = "shmdp-secondary";
-    let sec = match secondary::Secondary::attach(&eal.file_prefix, program) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match mix(&sec, args) {
-        Ok(t) => {
-            // The tests check every ring and port moved packets after a crash.
-            println!(
-                "crash-mix: {} iterations, produced {:?}, consumed {:?}, port rx {:?}",
-                t.ops, t.produced, t.consumed, t.port_rx
-            );
-            sec.detach();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{program}: crash-mix: {e}");
-            ExitCode::from(1)
-        }
-    }
+///
+/// # Errors
+/// [`Exit::Usage`](crate::Exit::Usage) when attaching fails,
+/// [`Exit::Failed`](crate::Exit::Failed) when the mix stops on an error.
+pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> CmdResult {
+    let sec = crate::session::attach("shmdp-secondary", eal)?;
+    let t = mix(&sec, args).map_err(|e| CliError::failed(format!("crash-mix: {e}")))?;
+    // The tests check every ring and port moved packets after a crash.
+    println!(
+        "crash-mix: {} iterations, produced {:?}, consumed {:?}, port rx {:?}",
+        t.ops, t.produced, t.consumed, t.port_rx
+    );
+    sec.detach();
+    Ok(Exit::Ok)
 }
 
 /// Loopback ring ports: `net_ring` ports whose tx and rx queue 0 share one ring.

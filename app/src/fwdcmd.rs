@@ -2,7 +2,6 @@
 //! options, the run with signal handling, the final table and the JSON report.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,8 @@ use std::time::Duration;
 use fwd::{FwdConfig, Mode};
 use pmds::Port;
 use shm_mempool::{MbufPool, OwnerTag};
+
+use crate::{CliError, CmdResult, Exit};
 
 /// Port ids given with `--portlist`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,24 +175,24 @@ impl FwdArgs {
     /// the config file, which wins over the defaults.
     ///
     /// # Errors
-    /// One line naming the file and what is wrong in it.
-    pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, String> {
+    /// [`Exit::Usage`]: one line naming the file and what is wrong in it.
+    pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, CliError> {
         let (file, file_has_fwd) = match &self.config {
             None => (FwdFile::default(), false),
             Some(path) => {
-                let parsed = read_config(path)?;
+                let parsed = read_config(path).map_err(CliError::usage)?;
                 let has = parsed.fwd.is_some();
                 (parsed.fwd.unwrap_or_default(), has)
             }
         };
         let bad = |what: String| {
-            format!(
+            CliError::usage(format!(
                 "--config {}: {what}",
                 self.config
                     .as_deref()
                     .unwrap_or(std::path::Path::new(""))
                     .display()
-            )
+            ))
         };
         let mode = match (mode, &file.mode) {
             (Some(m), _) => m,
@@ -247,8 +248,11 @@ impl FwdArgs {
 }
 
 /// Runs the engine until SIGINT/SIGTERM (or the idle timeout or txonly budget), prints
-/// the final table, writes the JSON report. Exit 0 when every packet is accounted for,
-/// 1 otherwise (or when a queue could not be claimed).
+/// the final table, writes the JSON report.
+///
+/// # Errors
+/// [`Exit::Failed`] when the packets are not all accounted for, a queue could not be
+/// claimed or the report not written; [`Exit::Usage`] without signal handlers.
 pub fn run(
     program: &str,
     ports: &[Port],
@@ -256,13 +260,11 @@ pub fn run(
     owner: OwnerTag,
     cfg: &FwdConfig,
     json: Option<&PathBuf>,
-) -> ExitCode {
+) -> CmdResult {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("{program}: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| CliError::usage(format!("cannot install signal handlers: {e}")))?;
     }
     println!(
         "{program}: forwarding: mode {} ports {} burst {} lcores {}",
@@ -280,27 +282,18 @@ pub fn run(
             format!("{:?}", cfg.lcores)
         }
     );
-    let report = match fwd::run(ports, pool, owner, cfg, &stop) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let report = fwd::run(ports, pool, owner, cfg, &stop).map_err(CliError::failed)?;
     print!("{}", report.table());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("serialisable");
-        if let Err(e) = std::fs::write(path, text + "\n") {
-            eprintln!("{program}: error: --stats-json {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
+        std::fs::write(path, text + "\n")
+            .map_err(|e| CliError::failed(format!("--stats-json {}: {e}", path.display())))?;
     }
     if report.balanced() {
         println!("{program}: done: every packet accounted for (rx = forwarded + dropped)");
-        ExitCode::SUCCESS
+        Ok(Exit::Ok)
     } else {
-        eprintln!("{program}: error: packet accounting does not balance");
-        ExitCode::from(1)
+        Err(CliError::failed("packet accounting does not balance"))
     }
 }
 
@@ -334,7 +327,7 @@ mod tests {
         let r = cli.fwd.resolve(Some(Mode::Io), vec![1]).unwrap();
         assert_eq!((r.cfg.mode, r.cfg.lcores.clone()), (Mode::Io, vec![1]));
         std::fs::write(&path, "[fwd]\nburts = 3\n").unwrap();
-        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err().to_string();
         assert!(e.contains("unknown field") && e.contains("burts"), "{e}");
         std::fs::write(&path, "[fwd]\nburst = 9999\n").unwrap();
         let cli = Cli::parse_from(["x", "--config", &p]);
@@ -342,12 +335,14 @@ mod tests {
             .fwd
             .resolve(None, vec![])
             .unwrap_err()
+            .to_string()
             .contains("1..=512"));
         std::fs::write(&path, "[fwd]\nmode = \"sideways\"\n").unwrap();
         assert!(cli
             .fwd
             .resolve(None, vec![])
             .unwrap_err()
+            .to_string()
             .contains("unknown mode"));
         let _ = std::fs::remove_file(path);
     }
@@ -367,7 +362,7 @@ mod tests {
         std::fs::write(&path, "[fwd]\ntx_ethertype = 100\n").unwrap();
         let p = path.display().to_string();
         let cli = Cli::parse_from(["x", "--config", &p]);
-        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err().to_string();
         assert!(e.contains("802.3 length"), "{e}");
         let _ = std::fs::remove_file(path);
     }

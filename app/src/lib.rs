@@ -8,7 +8,8 @@
 //!
 //! What they share:
 //! - the process options and the clap front end ([`eal`]), logging ([`init_logging`]),
-//!   the table of exit codes ([`Exit`]);
+//!   the table of exit codes ([`Exit`]) and the one error type of the commands
+//!   ([`CliError`]);
 //! - forwarding: the options, the config file and the run with its report ([`fwdcmd`]);
 //! - attaching from a command line and `monitor` ([`session`]);
 //! - the tools the commands run: sequence-numbered ring fill and drain ([`ringtool`]),
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod crashmix;
 pub mod eal;
+mod error;
 pub mod exit;
 pub mod fwdcmd;
 mod logging;
@@ -28,5 +30,6 @@ mod ringside;
 pub mod ringtool;
 pub mod session;
 
+pub use error::{finish, CliError, CmdResult};
 pub use exit::Exit;
 pub use logging::init_logging;

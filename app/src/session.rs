@@ -1,5 +1,5 @@
 //! Attaching to a primary from a command line, the way every shmdp program reports it:
-//! attach or say why (exit 2), catch SIGINT/SIGTERM, watch the primary, print what was
+//! attach or say why ([`Exit::Usage`]), catch SIGINT/SIGTERM, watch the primary, print what was
 //! attached to, and `monitor` (stay attached until the primary goes away).
 //!
 //! Where it sits: over the `secondary` library's [`Secondary::attach`] and
@@ -7,7 +7,6 @@
 //! `shmdp-primary --proc-type secondary|auto` runs [`monitor`] when another primary holds
 //! the prefix.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -16,31 +15,32 @@ use signal_hook::iterator::Signals;
 use secondary::{AttachInfo, PrimaryGone, PrimaryWatch, Secondary};
 
 use crate::eal::EalArgs;
-use crate::Exit;
+use crate::{CliError, CmdResult, Exit};
 
-/// SIGINT and SIGTERM, to be polled; exit 2 (said on stderr) if they cannot be caught.
-pub fn signals_or_report(program: &str) -> Result<Signals, ExitCode> {
-    Signals::new([SIGINT, SIGTERM]).map_err(|e| {
-        eprintln!("{program}: error: cannot install signal handlers: {e}");
-        Exit::Usage.into()
-    })
+/// SIGINT and SIGTERM, to be polled.
+///
+/// # Errors
+/// [`Exit::Usage`] if they cannot be caught.
+pub fn signals() -> Result<Signals, CliError> {
+    Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| CliError::usage(format!("cannot install signal handlers: {e}")))
 }
 
-/// A watch on the primary's end of the control connection; exit 2 (said on stderr) if
-/// there is none.
-pub fn watch_or_report(program: &str, sec: &Secondary) -> Result<PrimaryWatch, ExitCode> {
-    sec.watch_primary().map_err(|e| {
-        eprintln!("{program}: error: cannot watch the control connection: {e}");
-        Exit::Usage.into()
-    })
+/// A watch on the primary's end of `sec`'s control connection.
+///
+/// # Errors
+/// [`Exit::Usage`] if there is none.
+pub fn watch(sec: &Secondary) -> Result<PrimaryWatch, CliError> {
+    sec.watch_primary()
+        .map_err(|e| CliError::usage(format!("cannot watch the control connection: {e}")))
 }
 
-/// Attaches to the primary of `eal`'s prefix; exit 2 (said on stderr) if that fails.
-pub fn attach_or_report(program: &str, eal: &EalArgs) -> Result<Secondary, ExitCode> {
-    Secondary::attach(&eal.file_prefix, program).map_err(|e| {
-        eprintln!("{program}: error: {e}");
-        Exit::Usage.into()
-    })
+/// Attaches `program` to the primary of `eal`'s prefix.
+///
+/// # Errors
+/// [`Exit::Usage`] with the attach error's line (no primary, dead, refused, ...).
+pub fn attach(program: &str, eal: &EalArgs) -> Result<Secondary, CliError> {
+    Secondary::attach(&eal.file_prefix, program).map_err(CliError::usage)
 }
 
 /// Prints what `info` describes: the primary, this slot, every memseg and memzone.
@@ -71,19 +71,10 @@ pub fn print_info(info: &AttachInfo) {
 /// Attaches and stays attached until the primary goes away (exit 3) or SIGINT/SIGTERM
 /// (exit 0). Used by `shmdp-secondary monitor` and by `shmdp-primary --proc-type
 /// secondary|auto` when another primary is running.
-pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
-    let mut signals = match signals_or_report(program) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let sec = match attach_or_report(program, eal) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let watch = match watch_or_report(program, &sec) {
-        Ok(w) => w,
-        Err(code) => return code,
-    };
+pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> CmdResult {
+    let mut signals = signals()?;
+    let sec = attach(program, eal)?;
+    let watch = watch(&sec)?;
     let info = sec.info();
     if !quiet_info {
         print_info(&info);
@@ -99,7 +90,7 @@ pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
         if signals.pending().next().is_some() {
             sec.detach();
             println!("{program}: detached");
-            return ExitCode::SUCCESS;
+            return Ok(Exit::Ok);
         }
         if let Some(gone) = watch.wait(Duration::from_millis(100)) {
             let how = match gone {
@@ -110,7 +101,7 @@ pub fn monitor(program: &str, eal: &EalArgs, quiet_info: bool) -> ExitCode {
                 "{program}: the primary (pid {}) {how}; detaching",
                 sec.primary_pid()
             );
-            return Exit::PrimaryGone.into();
+            return Ok(Exit::PrimaryGone);
         }
     }
 }

@@ -1,240 +1,32 @@
-//! Command line of `shmdp-primary`.
+//! `shmdp-primary`: creates a process group's shared memory (memsegs, memzones, rings,
+//! pools, ports, IVSHMEM exports) and serves its secondaries until SIGINT or SIGTERM, then
+//! removes every file it created; with `--fwd` it forwards between its ports itself.
+//!
+//! Where it sits: a binary of `shmdp-app`, sibling of `shmdp-secondary`, over the
+//! `primary` library ([`primary::Primary::start`]). Files: the command line (`args.rs`)
+//! and the run (here). With `--proc-type secondary|auto` and a live primary on the prefix
+//! it attaches instead, as `shmdp-secondary monitor` does.
+
+mod args;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use primary::{Primary, PrimaryConfig};
 use shm::runtime::{Liveness, RuntimeDir};
-use shmdp_app::eal::{EalArgs, ProcType};
+use shmdp_app::eal::ProcType;
+use shmdp_app::{CliError, CmdResult, Exit};
 
-use primary::{
-    MempoolRequest, MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG,
-};
+use args::{parse_export, PrimaryCli};
 
-/// `shmdp-primary`: creates a process group's shared memory and serves its secondaries
-/// until SIGINT or SIGTERM, then removes every file it created.
-#[derive(Debug, Parser)]
-#[command(name = "shmdp-primary", version, about)]
-pub struct PrimaryCli {
-    /// Process options.
-    #[command(flatten)]
-    pub eal: EalArgs,
-    /// Another memseg to create, size in MiB (repeatable), e.g. --memseg guest1=4.
-    #[arg(long = "memseg", value_name = "NAME=MiB", value_parser = parse_memseg)]
-    pub memsegs: Vec<MemsegRequest>,
-    /// A memzone to reserve at start (repeatable), e.g. --memzone demo=4k@main.
-    #[arg(long = "memzone", value_name = "NAME=SIZE[@MEMSEG]", value_parser = parse_memzone)]
-    pub memzones: Vec<MemzoneRequest>,
-    /// A ring of 8-byte handles to create (repeatable); MODE is sp_sc, mp_mc, mp_sc or
-    /// sp_mc (default mp_mc), e.g. --ring rx0=1024:sp_sc@guest1.
-    #[arg(long = "ring", value_name = "NAME=CAPACITY[:MODE][@MEMSEG]", value_parser = parse_ring)]
-    pub rings: Vec<RingRequest>,
-    /// After start, enqueue COUNT sequence-numbered elements into ring NAME (repeatable),
-    /// waiting while it is full; secondaries check them with `ring-drain`.
-    #[arg(long = "fill-ring", value_name = "NAME=COUNT", value_parser = parse_fill)]
-    pub fills: Vec<(String, u64)>,
-    /// An mbuf pool to create (repeatable): COUNT mbufs, per-lcore CACHE (0..512, default
-    /// 256) and DATAROOM bytes (default 2048), e.g. --mempool mbufs=8191:256:2048.
-    #[arg(long = "mempool", value_name = "NAME=COUNT[:CACHE[:DATAROOM]][@MEMSEG]", value_parser = parse_mempool)]
-    pub mempools: Vec<MempoolRequest>,
-    /// A port to probe (repeatable; ids in order), DPDK style: net_ring0,
-    /// net_ring1,rx_ring=A,tx_ring=B, net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap.
-    #[arg(long = "vdev", value_name = "DEVARGS", value_parser = pmds::DevArgs::parse)]
-    pub vdevs: Vec<pmds::DevArgs>,
-    /// Descriptors per port queue (ring capacity of net_ring queues).
-    #[arg(long = "nb-desc", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1048576))]
-    pub nb_desc: u32,
-    /// Export a memseg to a QEMU guest as an IVSHMEM device (repeatable):
-    /// GROUP:KIND=NAME,... with KIND ring, pool, memzone or port; GROUP is a memseg of its
-    /// own holding those objects, e.g. --memseg vm1=16 --ring vm1_rx=1024@vm1
-    /// --ivshmem vm1:ring=vm1_rx. port=net_ringN exports a net_ring port: its rings and a
-    /// pool for the guest are made in GROUP and the guest opens the other end as a port.
-    /// `shmdp-qemu-cmdgen` prints the QEMU arguments.
-    #[arg(long = "ivshmem", value_name = "GROUP:KIND=NAME,...", value_parser = parse_export)]
-    pub exports: Vec<primary::ExportRequest>,
-    /// Forward between the ports in the primary itself (also with --config): io, mac,
-    /// macswap, rxonly, txonly, l2switch
-    /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
-    #[arg(long = "fwd", value_name = "MODE")]
-    pub fwd: Option<fwd::Mode>,
-    /// Share the process group with an operator group: its members may attach (the
-    /// runtime directory becomes 0750 and the lock, socket and memseg files 0660, group
-    /// NAME). Without it only this user and root may.
-    #[arg(long = "group", value_name = "NAME")]
-    pub group: Option<String>,
-    /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
-    /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
-    #[command(flatten)]
-    pub fwd_args: shmdp_app::fwdcmd::FwdArgs,
-}
+/// The program's name, as its messages start.
+const PROGRAM: &str = "shmdp-primary";
 
-fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
-    let usage = || {
-        format!("--ivshmem {s:?}: expected GROUP:KIND=NAME,..., e.g. vm1:ring=vm1_rx,pool=vm1_pool")
-    };
-    let (group, rest) = s.split_once(':').ok_or_else(usage)?;
-    shm::runtime::check_memseg_name(group)?;
-    let mut items = Vec::new();
-    for item in rest.split(',') {
-        let (kind, name) = item.split_once('=').ok_or_else(usage)?;
-        let kind = match kind {
-            "ring" => ivshmem_meta::Kind::Ring,
-            "pool" | "mempool" => ivshmem_meta::Kind::Mempool,
-            "memzone" => ivshmem_meta::Kind::Memzone,
-            "port" => ivshmem_meta::Kind::Port,
-            other => {
-                return Err(format!(
-                    "--ivshmem {s:?}: unknown kind {other:?} (ring, pool, memzone, port)"
-                ))
-            }
-        };
-        if shm::layout::encode_name(name).is_none() {
-            return Err(format!(
-                "--ivshmem {s:?}: name {name:?} must be 1..31 bytes"
-            ));
-        }
-        items.push((kind, name.to_string()));
-    }
-    if items.len() > ivshmem_meta::MAX_ENTRIES {
-        return Err(format!(
-            "--ivshmem {s:?}: at most {} objects per group",
-            ivshmem_meta::MAX_ENTRIES
-        ));
-    }
-    Ok(primary::ExportRequest {
-        group: group.to_string(),
-        items,
-    })
-}
-
-fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {
-    let usage = || {
-        format!("--mempool {s:?}: expected NAME=COUNT[:CACHE[:DATAROOM]][@MEMSEG], e.g. mbufs=8191:256:2048")
-    };
-    let (name, rest) = s.split_once('=').ok_or_else(usage)?;
-    let (rest, memseg) = rest.split_once('@').unwrap_or((rest, MAIN_MEMSEG));
-    if shm::layout::encode_name(name).is_none() {
-        return Err(format!("--mempool {s:?}: name must be 1..31 bytes"));
-    }
-    let mut parts = rest.split(':');
-    let mut number = |what: &str, default: Option<u32>, range: std::ops::RangeInclusive<u32>| match (
-        parts.next(),
-        default,
-    ) {
-        (None, Some(d)) => Ok(d),
-        (Some(v), _) => v.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-            format!(
-                "--mempool {s:?}: {what} {v:?} must be {}..={}",
-                range.start(),
-                range.end()
-            )
-        }),
-        (None, None) => Err(usage()),
-    };
-    let count = number("COUNT", None, 1..=shm_mempool::layout::MAX_OBJS)?;
-    let cache_size = number("CACHE", Some(256), 0..=shm_mempool::layout::CACHE_MAX_SIZE)?;
-    let data_room = number(
-        "DATAROOM",
-        Some(shm_mempool::DEFAULT_DATA_ROOM),
-        1..=65535 - shm_mempool::DEFAULT_HEADROOM,
-    )?;
-    if parts.next().is_some() {
-        return Err(usage());
-    }
-    Ok(MempoolRequest {
-        name: name.into(),
-        count,
-        cache_size,
-        data_room,
-        memseg: memseg.into(),
-    })
-}
-
-fn parse_ring(s: &str) -> Result<RingRequest, String> {
-    let bad =
-        || format!("--ring {s:?}: expected NAME=CAPACITY[:MODE][@MEMSEG], e.g. rx0=1024:sp_sc");
-    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
-    let (rest, memseg) = rest.split_once('@').unwrap_or((rest, MAIN_MEMSEG));
-    let (cap, mode) = rest.split_once(':').unwrap_or((rest, "mp_mc"));
-    if shm::layout::encode_name(name).is_none() {
-        return Err(format!("--ring {s:?}: name must be 1..31 bytes"));
-    }
-    let capacity: u32 = cap
-        .parse()
-        .ok()
-        .filter(|c| (1..=1 << 31).contains(c))
-        .ok_or_else(|| format!("--ring {s:?}: capacity {cap:?} must be 1..2147483648"))?;
-    let mode = match mode {
-        "sp_sc" => shm_ring::SyncMode::SP_SC,
-        "mp_mc" => shm_ring::SyncMode::MP_MC,
-        "mp_sc" => shm_ring::SyncMode::MP_SC,
-        "sp_mc" => shm_ring::SyncMode::SP_MC,
-        other => {
-            return Err(format!(
-                "--ring {s:?}: mode {other:?} is not sp_sc, mp_mc, mp_sc or sp_mc"
-            ))
-        }
-    };
-    Ok(RingRequest {
-        name: name.into(),
-        capacity,
-        mode,
-        memseg: memseg.into(),
-    })
-}
-
-fn parse_fill(s: &str) -> Result<(String, u64), String> {
-    let (name, count) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--fill-ring {s:?}: expected NAME=COUNT"))?;
-    let count = count
-        .parse()
-        .map_err(|_| format!("--fill-ring {s:?}: COUNT must be a number"))?;
-    Ok((name.into(), count))
-}
-
-fn parse_memseg(s: &str) -> Result<MemsegRequest, String> {
-    let (name, mib) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--memseg {s:?}: expected NAME=MiB, e.g. guest1=4"))?;
-    shm::runtime::check_memseg_name(name)?;
-    let mib: u64 = mib
-        .parse()
-        .ok()
-        .filter(|m| (1..=1 << 20).contains(m))
-        .ok_or_else(|| format!("--memseg {s:?}: size must be 1..1048576 MiB"))?;
-    Ok(MemsegRequest {
-        name: name.into(),
-        size_bytes: mib << 20,
-    })
-}
-
-fn parse_memzone(s: &str) -> Result<MemzoneRequest, String> {
-    let (name, rest) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--memzone {s:?}: expected NAME=SIZE[@MEMSEG], e.g. demo=4k"))?;
-    let (size, seg) = rest.split_once('@').unwrap_or((rest, MAIN_MEMSEG));
-    if shm::layout::encode_name(name).is_none() {
-        return Err(format!("--memzone {s:?}: name must be 1..31 bytes"));
-    }
-    let len_bytes = shm::backing::parse_size(size)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| {
-            format!("--memzone {s:?}: size {size:?} is not a size like 4096, 4k or 2M")
-        })?;
-    Ok(MemzoneRequest {
-        name: name.into(),
-        len_bytes,
-        memseg: seg.into(),
-    })
-}
-
-/// Runs `shmdp-primary` with the process's arguments.
 fn main() -> ExitCode {
-    let cli: PrimaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-primary");
+    let cli: PrimaryCli = shmdp_app::eal::parse_args_or_exit(PROGRAM);
     shmdp_app::init_logging();
     let as_secondary = match cli.eal.proc_type.unwrap_or(ProcType::Primary) {
         ProcType::Primary => false,
@@ -244,77 +36,46 @@ fn main() -> ExitCode {
             Liveness::Alive { .. }
         ),
     };
-    if as_secondary {
-        return shmdp_app::session::monitor("shmdp-primary", &cli.eal, false);
-    }
-    run_primary(&cli)
+    let result = if as_secondary {
+        shmdp_app::session::monitor(PROGRAM, &cli.eal, false)
+    } else {
+        run_primary(&cli)
+    };
+    shmdp_app::finish(PROGRAM, result)
 }
 
-fn run_primary(cli: &PrimaryCli) -> ExitCode {
+/// Starts the primary `cli` describes, reports it, and serves (or forwards) until a
+/// signal; then removes every file of the run.
+fn run_primary(cli: &PrimaryCli) -> CmdResult {
+    let no_signals =
+        |e: std::io::Error| CliError::usage(format!("cannot install signal handlers: {e}"));
     // Catch SIGINT/SIGTERM before creating anything, so no signal can leave files behind.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("shmdp-primary: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(no_signals)?;
     // The same signals raise the flag that waits on vhost-user peers watch (a port
     // connecting to a silent backend at start gives up within 50 ms).
     let stop = pmds::vhost::wire::process_stop();
     for sig in [SIGINT, SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("shmdp-primary: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
+        signal_hook::flag::register(sig, stop.clone()).map_err(no_signals)?;
     }
-    let lcores = cli
-        .eal
-        .lcores
-        .as_ref()
-        .map(|l| l.0.iter().map(|&c| c as usize).collect())
-        .unwrap_or_default();
-    let resolved = match cli.fwd_args.resolve(cli.fwd, lcores) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let resolved = cli.fwd_args.resolve(cli.fwd, cli.eal.lcore_ids())?;
     let forwarding = cli.fwd.is_some() || resolved.file_has_fwd;
     let mut exports = cli.exports.clone();
-    match shmdp_app::fwdcmd::ivshmem_exports(&cli.fwd_args) {
-        Ok(groups) => {
-            for g in groups {
-                let text = g
-                    .ring
-                    .iter()
-                    .map(|n| format!("ring={n}"))
-                    .chain(g.pool.iter().map(|n| format!("pool={n}")))
-                    .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
-                    .chain(g.port.iter().map(|n| format!("port={n}")))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                match parse_export(&format!("{}:{text}", g.group)) {
-                    Ok(e) => exports.push(e),
-                    Err(e) => {
-                        eprintln!(
-                            "shmdp-primary: error: --config [[ivshmem]] {}: {e}",
-                            g.group
-                        );
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
+    for g in shmdp_app::fwdcmd::ivshmem_exports(&cli.fwd_args).map_err(CliError::usage)? {
+        let text = g
+            .ring
+            .iter()
+            .map(|n| format!("ring={n}"))
+            .chain(g.pool.iter().map(|n| format!("pool={n}")))
+            .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
+            .chain(g.port.iter().map(|n| format!("port={n}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = parse_export(&format!("{}:{text}", g.group))
+            .map_err(|e| CliError::usage(format!("--config [[ivshmem]] {}: {e}", g.group)))?;
+        exports.push(e);
     }
     if forwarding && cli.vdevs.is_empty() {
-        eprintln!("shmdp-primary: error: --fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1");
-        return ExitCode::from(2);
+        return Err(CliError::usage("--fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1"));
     }
     let config = PrimaryConfig {
         eal: cli.eal.options(),
@@ -332,16 +93,54 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         // Relaxed: set by the signal handler; this is the only reader after start failed.
         Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
             // Everything created was removed when the half-started primary was dropped.
-            println!("shmdp-primary: stopped by a signal while starting; removed its files");
-            return ExitCode::SUCCESS;
+            println!("{PROGRAM}: stopped by a signal while starting; removed its files");
+            return Ok(Exit::Ok);
         }
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return Err(CliError::usage(e)),
     };
+    report_ready(cli, &primary);
+    for (name, count) in &cli.fills {
+        // An error drops `primary`, which removes the run's files.
+        let ring = primary
+            .ring(name)
+            .map_err(|e| CliError::usage(format!("--fill-ring {name}: {e}")))?;
+        let count = *count;
+        std::thread::spawn(move || {
+            match shmdp_app::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
+                Ok(m) => tracing::info!("filled {} elements into {}", m.count, ring.name()),
+                // Logged once; the primary keeps running (a peer may have scribbled on it).
+                Err(e) => tracing::error!("fill stopped: {e}"),
+            }
+        });
+    }
+    let result = if forwarding {
+        let ports = primary.ports();
+        let pool = ports
+            .first()
+            .and_then(|p| primary.mbuf_pool(&p.rx_pool_name()))
+            .ok_or_else(|| CliError::usage("--fwd needs ports; add --vdev"))?;
+        shmdp_app::fwdcmd::run(
+            PROGRAM,
+            &ports,
+            &pool,
+            shm_mempool::OwnerTag::PRIMARY,
+            &resolved.cfg,
+            resolved.stats_json.as_ref(),
+        )
+    } else {
+        serve(&primary, &mut signals);
+        Ok(Exit::Ok)
+    };
+    let removed = primary.shutdown();
+    println!("{PROGRAM}: stopped: removed {removed} memseg files");
+    result
+}
+
+/// Prints the fallback warning, the `ready` line the tests and scripts wait for, and one
+/// line per port.
+fn report_ready(cli: &PrimaryCli, primary: &Primary) {
     if let Some(w) = primary.fallback_warning() {
-        eprintln!("shmdp-primary: {w}");
+        eprintln!("{PROGRAM}: {w}");
     }
     let segs: Vec<String> = primary
         .memsegs()
@@ -356,33 +155,15 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
         })
         .collect();
     println!(
-        "shmdp-primary: ready: prefix {} pid {} generation {} memsegs {}",
+        "{PROGRAM}: ready: prefix {} pid {} generation {} memsegs {}",
         cli.eal.file_prefix,
         std::process::id(),
         primary.generation(),
         segs.join(",")
     );
-    for (name, count) in &cli.fills {
-        let ring = match primary.ring(name) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("shmdp-primary: error: --fill-ring {name}: {e}");
-                drop(primary);
-                return ExitCode::from(2);
-            }
-        };
-        let count = *count;
-        std::thread::spawn(move || {
-            match shmdp_app::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
-                Ok(m) => tracing::info!("filled {} elements into {}", m.count, ring.name()),
-                // Logged once; the primary keeps running (a peer may have scribbled on it).
-                Err(e) => tracing::error!("fill stopped: {e}"),
-            }
-        });
-    }
     for p in primary.ports() {
         println!(
-            "shmdp-primary: port {} {}: {} rx / {} tx queues, MAC {}",
+            "{PROGRAM}: port {} {}: {} rx / {} tx queues, MAC {}",
             p.id(),
             p.devargs(),
             p.nb_rx_queues(),
@@ -394,33 +175,14 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
                 .join(":")
         );
     }
-    if forwarding {
-        let ports = primary.ports();
-        let Some(pool) = ports
-            .first()
-            .and_then(|p| primary.mbuf_pool(&p.rx_pool_name()))
-        else {
-            eprintln!("shmdp-primary: error: --fwd needs ports; add --vdev");
-            drop(primary);
-            return ExitCode::from(2);
-        };
-        let code = shmdp_app::fwdcmd::run(
-            "shmdp-primary",
-            &ports,
-            &pool,
-            shm_mempool::OwnerTag::PRIMARY,
-            &resolved.cfg,
-            resolved.stats_json.as_ref(),
-        );
-        drop((ports, pool));
-        let removed = primary.shutdown();
-        println!("shmdp-primary: stopped: removed {removed} memseg files");
-        return code;
-    }
+}
+
+/// Serves the secondaries until SIGINT or SIGTERM.
+fn serve(primary: &Primary, signals: &mut Signals) {
     loop {
         if let Some(sig) = signals.pending().next() {
             tracing::info!("signal {sig}: shutting down");
-            break;
+            return;
         }
         if let Some(ctl) = primary.control() {
             // Events are already logged by the control server; draining keeps the queue short.
@@ -429,7 +191,4 @@ fn run_primary(cli: &PrimaryCli) -> ExitCode {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let removed = primary.shutdown();
-    println!("shmdp-primary: stopped: removed {removed} memseg files");
-    ExitCode::SUCCESS
 }

@@ -1,51 +1,50 @@
-//! Command line of `shmdp-secondary`.
+//! `shmdp-secondary`: attaches to a running primary by `--file-prefix` (or to an IVSHMEM
+//! export segment, as a guest does) and runs one command.
 //!
-//! Where it sits: `shmdp-secondary`'s `main` is [`main`] here; `shmdp-primary` reuses
-//! [`monitor`]. Files: the clap definitions (`args.rs`); the commands
-//! that attach to a primary, run and detach, and their error reporting (`session.rs`);
-//! forwarding and dumping on ports (`ports.rs`); the `ivshmem` commands on an export
-//! segment (`export.rs`). The dispatch from subcommand to tool is [`main`].
+//! Where it sits: a binary of `shmdp-app`, sibling of `shmdp-primary`; what the two share
+//! (EAL options, attaching and `monitor`, forwarding, the ring and pool tools, the exit
+//! codes) is the `shmdp_app` library. Files: the clap definitions (`args.rs`); the commands
+//! that attach to a primary, run and detach (`session.rs`); forwarding and dumping on ports
+//! (`ports.rs`); the `ivshmem` commands on an export segment (`export.rs`). The dispatch
+//! from subcommand to tool is [`run`].
 
 mod args;
 mod export;
 mod ports;
 mod session;
 
-use args::{Command, IvshmemCommand, SecondaryCli};
-use shmdp_app::session::monitor;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
 use shmdp_app::eal::ProcType;
+use shmdp_app::session::monitor;
+use shmdp_app::{CliError, CmdResult};
 
+use args::{Command, IvshmemCommand, SecondaryCli};
 use export::{ivshmem_cmd, on_ivshmem};
 use ports::{dump_cmd, fwd_cmd};
 use session::{info, mbuf_hold, mbuf_ring_cmd, pool_cmd, ring_cmd, stats};
 
-/// Exit code when the primary went away while we were attached.
-pub const EXIT_PRIMARY_GONE: u8 = 3;
+/// The program's name, as its messages start.
+pub(crate) const PROGRAM: &str = "shmdp-secondary";
 
-/// Exit code when a pool operation or check failed.
-pub const EXIT_POOL_FAILED: u8 = 1;
-
-/// Exit code when a ring operation or check failed.
-pub const EXIT_RING_FAILED: u8 = 1;
-
-/// Runs `shmdp-secondary` with the process's arguments.
 fn main() -> ExitCode {
-    let cli: SecondaryCli = shmdp_app::eal::parse_args_or_exit("shmdp-secondary");
+    let cli: SecondaryCli = shmdp_app::eal::parse_args_or_exit(PROGRAM);
     shmdp_app::init_logging();
+    shmdp_app::finish(PROGRAM, run(cli))
+}
+
+/// Runs the command `cli` names.
+fn run(cli: SecondaryCli) -> CmdResult {
     if cli.eal.proc_type == Some(ProcType::Primary) {
-        eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
-        return ExitCode::from(2);
+        return Err(CliError::usage("--proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory"));
     }
     if let Some(dev) = &cli.ivshmem {
         return on_ivshmem(dev, cli.command, cli.eal.lcores.clone());
     }
     match cli.command {
-        Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
-        Command::Monitor => monitor("shmdp-secondary", &cli.eal, true),
+        Command::Info { json } => info(&cli.eal, json),
+        Command::Monitor => monitor(PROGRAM, &cli.eal, true),
         Command::RingFill {
             ring,
             count,

@@ -1,72 +1,42 @@
 //! Commands on a primary's ports: `fwd` (the forwarding engine on every port, shared with
 //! `ivshmem fwd`) and `dump` (print what a port's rx queue receives).
 //!
-//! Where it sits: in [`crate::cli`]; the engine is `fwd`, run through `shmdp_app::fwdcmd`.
+//! Where it sits: in `shmdp-secondary`, dispatched from `main.rs`; the engine is `fwd`,
+//! run through `shmdp_app::fwdcmd`.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use shmdp_app::eal::EalArgs;
+use shmdp_app::fwdcmd::{FwdArgs, Resolved};
+use shmdp_app::session::attach;
+use shmdp_app::{CliError, CmdResult, Exit};
 
-use shmdp_app::session::attach_or_report;
+use crate::PROGRAM;
 
-pub(super) fn fwd_cmd(
-    eal: &EalArgs,
-    mode: Option<fwd::Mode>,
-    args: &shmdp_app::fwdcmd::FwdArgs,
-) -> ExitCode {
-    let program = "shmdp-secondary";
-    let lcores = eal
-        .lcores
-        .as_ref()
-        .map(|l| l.0.iter().map(|&c| c as usize).collect())
-        .unwrap_or_default();
-    let resolved = match args.resolve(mode, lcores) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sec = match attach_or_report(program, eal) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let code = fwd_on(program, &sec, &resolved);
+/// `fwd`: resolves the options, attaches and forwards between the primary's ports.
+pub(crate) fn fwd_cmd(eal: &EalArgs, mode: Option<fwd::Mode>, args: &FwdArgs) -> CmdResult {
+    let resolved = args.resolve(mode, eal.lcore_ids())?;
+    let sec = attach(PROGRAM, eal)?;
+    let result = fwd_on(&sec, &resolved);
     sec.detach();
-    code
+    result
 }
 
 /// The forwarding engine on every port of `dp`, allocating from the first port's pool:
 /// the same code on the host (`fwd`) and in a guest (`ivshmem fwd`).
-pub(super) fn fwd_on(
-    program: &str,
-    dp: &impl secondary::Dataplane,
-    resolved: &shmdp_app::fwdcmd::Resolved,
-) -> ExitCode {
-    let ports = match dp.ports() {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => {
-            eprintln!(
-                "{program}: error: {} has no ports; probe some on the primary with --vdev (e.g. --vdev net_ring0), or export one with --ivshmem GROUP:port=net_ring0",
-                dp.describe()
-            );
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let pool = match dp.mbuf_pool(&ports[0].rx_pool_name()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+pub(crate) fn fwd_on(dp: &impl secondary::Dataplane, resolved: &Resolved) -> CmdResult {
+    let ports = dp.ports().map_err(CliError::usage)?;
+    if ports.is_empty() {
+        return Err(CliError::usage(format!(
+            "{} has no ports; probe some on the primary with --vdev (e.g. --vdev net_ring0), or export one with --ivshmem GROUP:port=net_ring0",
+            dp.describe()
+        )));
+    }
+    let pool = dp
+        .mbuf_pool(&ports[0].rx_pool_name())
+        .map_err(CliError::usage)?;
     shmdp_app::fwdcmd::run(
-        program,
+        PROGRAM,
         &ports,
         &pool,
         dp.owner_tag(),
@@ -75,18 +45,15 @@ pub(super) fn fwd_on(
     )
 }
 
-pub(super) fn dump_cmd(
+/// `dump`: prints the first `count` packets port `port_id`'s rx queue `queue` receives.
+pub(crate) fn dump_cmd(
     eal: &EalArgs,
     port_id: u16,
     queue: u16,
     count: u64,
     timeout: Duration,
-) -> ExitCode {
-    let program = "shmdp-secondary";
-    let sec = match attach_or_report(program, eal) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let sec = attach(PROGRAM, eal)?;
     let result = (|| -> Result<u64, String> {
         let ports = sec.ports().map_err(|e| e.to_string())?;
         let port = ports
@@ -124,14 +91,7 @@ pub(super) fn dump_cmd(
         Ok(seen)
     })();
     sec.detach();
-    match result {
-        Ok(n) => {
-            println!("{program}: dumped {n} packets");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let n = result.map_err(CliError::failed)?;
+    println!("{PROGRAM}: dumped {n} packets");
+    Ok(Exit::Ok)
 }
