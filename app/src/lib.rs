@@ -10,7 +10,9 @@
 //! - the process options and the clap front end ([`eal`]), logging ([`init_logging`]),
 //!   the table of exit codes ([`Exit`]) and the one error type of the commands
 //!   ([`CliError`]);
-//! - forwarding: the options, the config file and the run with its report ([`fwdcmd`]);
+//! - forwarding: the options ([`fwdargs`]), the config file read once into typed values
+//!   ([`config`]: `[fwd]` and the `[[ivshmem]]` export groups), the run with its report
+//!   ([`fwdcmd`]);
 //! - attaching from a command line and `monitor` ([`session`]);
 //! - the tools the commands run: sequence-numbered ring fill and drain ([`ringtool`]),
 //!   mbuf traffic, stress and statistics ([`pooltool`]), the exact pool audit ([`audit`]),
@@ -19,10 +21,12 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod config;
 pub mod crashmix;
 pub mod eal;
 mod error;
 pub mod exit;
+pub mod fwdargs;
 pub mod fwdcmd;
 mod logging;
 pub mod pooltool;

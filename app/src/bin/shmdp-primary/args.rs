@@ -64,15 +64,16 @@ pub struct PrimaryCli {
     /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
     /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
     #[command(flatten)]
-    pub fwd_args: shmdp_app::fwdcmd::FwdArgs,
+    pub fwd_args: shmdp_app::fwdargs::FwdArgs,
 }
 
-pub(crate) fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
+/// `--ivshmem GROUP:KIND=NAME,...`, checked as a `[[ivshmem]]` table is
+/// (`shmdp_app::config::export_request`).
+fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
     let usage = || {
         format!("--ivshmem {s:?}: expected GROUP:KIND=NAME,..., e.g. vm1:ring=vm1_rx,pool=vm1_pool")
     };
     let (group, rest) = s.split_once(':').ok_or_else(usage)?;
-    shm::runtime::check_memseg_name(group)?;
     let mut items = Vec::new();
     for item in rest.split(',') {
         let (kind, name) = item.split_once('=').ok_or_else(usage)?;
@@ -87,23 +88,9 @@ pub(crate) fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
                 ))
             }
         };
-        if shm::layout::encode_name(name).is_none() {
-            return Err(format!(
-                "--ivshmem {s:?}: name {name:?} must be 1..31 bytes"
-            ));
-        }
         items.push((kind, name.to_string()));
     }
-    if items.len() > ivshmem_meta::MAX_ENTRIES {
-        return Err(format!(
-            "--ivshmem {s:?}: at most {} objects per group",
-            ivshmem_meta::MAX_ENTRIES
-        ));
-    }
-    Ok(primary::ExportRequest {
-        group: group.to_string(),
-        items,
-    })
+    shmdp_app::config::export_request(group, items).map_err(|e| format!("--ivshmem {s:?}: {e}"))
 }
 
 fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {

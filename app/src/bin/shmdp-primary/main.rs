@@ -20,7 +20,7 @@ use shm::runtime::{Liveness, RuntimeDir};
 use shmdp_app::eal::ProcType;
 use shmdp_app::{CliError, CmdResult, Exit};
 
-use args::{parse_export, PrimaryCli};
+use args::PrimaryCli;
 
 /// The program's name, as its messages start.
 const PROGRAM: &str = "shmdp-primary";
@@ -59,20 +59,10 @@ fn run_primary(cli: &PrimaryCli) -> CmdResult {
     }
     let resolved = cli.fwd_args.resolve(cli.fwd, cli.eal.lcore_ids())?;
     let forwarding = cli.fwd.is_some() || resolved.file_has_fwd;
+    // Typed from the start: `--ivshmem` parsed by clap, `[[ivshmem]]` tables by serde.
     let mut exports = cli.exports.clone();
-    for g in shmdp_app::fwdcmd::ivshmem_exports(&cli.fwd_args).map_err(CliError::usage)? {
-        let text = g
-            .ring
-            .iter()
-            .map(|n| format!("ring={n}"))
-            .chain(g.pool.iter().map(|n| format!("pool={n}")))
-            .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
-            .chain(g.port.iter().map(|n| format!("port={n}")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let e = parse_export(&format!("{}:{text}", g.group))
-            .map_err(|e| CliError::usage(format!("--config [[ivshmem]] {}: {e}", g.group)))?;
-        exports.push(e);
+    if let Some(file) = &resolved.config {
+        exports.extend(file.exports()?);
     }
     if forwarding && cli.vdevs.is_empty() {
         return Err(CliError::usage("--fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1"));

@@ -76,7 +76,7 @@ pub enum Command {
         mode: Option<fwd::Mode>,
         /// Engine options.
         #[command(flatten)]
-        args: shmdp_app::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdargs::FwdArgs,
     },
     /// Receive and print the first COUNT packets of a port's rx queue (like testpmd's
     /// verbose mode; the packets are consumed), then exit.
@@ -182,7 +182,7 @@ pub enum IvshmemCommand {
         lcores: Option<shm::eal::LcoreList>,
         /// Engine options.
         #[command(flatten)]
-        args: shmdp_app::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdargs::FwdArgs,
     },
     /// Print the export group's metadata (objects, offsets, sizes).
     Info {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use shmdp_app::eal::EalArgs;
-use shmdp_app::fwdcmd::{FwdArgs, Resolved};
+use shmdp_app::fwdargs::{FwdArgs, Resolved};
 use shmdp_app::session::attach;
 use shmdp_app::{CliError, CmdResult, Exit};
 
