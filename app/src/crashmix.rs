@@ -93,8 +93,8 @@ impl Rng {
 /// Attaches and runs the mix (see the module docs).
 ///
 /// # Errors
-/// [`Exit::Usage`](crate::Exit::Usage) when attaching fails,
-/// [`Exit::Failed`](crate::Exit::Failed) when the mix stops on an error.
+/// [`Exit::Usage`] when attaching fails,
+/// [`Exit::Failed`] when the mix stops on an error.
 pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> CmdResult {
     let sec = crate::session::attach("shmdp-secondary", eal)?;
     let t = mix(&sec, args).map_err(|e| CliError::failed(format!("crash-mix: {e}")))?;

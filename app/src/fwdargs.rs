@@ -106,7 +106,7 @@ impl FwdArgs {
     /// the config file, which wins over the defaults.
     ///
     /// # Errors
-    /// [`Exit::Usage`]: one line naming the file and what is wrong in it.
+    /// [`Exit::Usage`](crate::Exit::Usage): one line naming the file and what is wrong in it.
     pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, CliError> {
         let config = self.config.as_deref().map(ConfigFile::read).transpose()?;
         let table = config.as_ref().and_then(|c| c.fwd.as_ref());
