@@ -13,7 +13,11 @@ use shmdp_app::eal::EalArgs;
 /// `shmdp-primary`: creates a process group's shared memory and serves its secondaries
 /// until SIGINT or SIGTERM, then removes every file it created.
 #[derive(Debug, Parser)]
-#[command(name = "shmdp-primary", version, about)]
+#[command(
+    name = "shmdp-primary",
+    version,
+    about = "shmdp primary process: owns shared memory, rings, pools and ports"
+)]
 pub struct PrimaryCli {
     /// Process options.
     #[command(flatten)]

@@ -9,7 +9,11 @@ use shmdp_app::eal::EalArgs;
 
 /// `shmdp-secondary`: attaches to a running primary by `--file-prefix`.
 #[derive(Debug, Parser)]
-#[command(name = "shmdp-secondary", version, about)]
+#[command(
+    name = "shmdp-secondary",
+    version,
+    about = "shmdp secondary: attach to a primary's shared memory by prefix"
+)]
 pub struct SecondaryCli {
     /// Process options.
     #[command(flatten)]
