@@ -94,7 +94,7 @@ impl PoolRegistry {
 
     /// Returns what a process that left slot `slot` with owner tag `tag` held: the caches
     /// its pid claimed and every buffer tagged `tag`. The connection closing says the
-    /// process is going; this waits (up to [`EXIT_WAIT`]) until it is really gone before
+    /// process is going; this waits (up to `EXIT_WAIT`) until it is really gone before
     /// touching anything. Returns false, having touched nothing (with a warning), if it
     /// detached but keeps running while holding objects: call again once it has ended.
     /// Guest-writable pools hold no host cache slot (nobody on the host claims one there)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use qemu_cmdgen::Format;
 use shm::runtime::FilePrefix;
+use shmdp_app::{CliError, Exit};
 
 /// Prints the QEMU arguments (memory-backend-file + ivshmem-plain) that give a guest the
 /// export groups of a running shmdp primary.
@@ -25,15 +26,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = shm::eal::parse_args_or_exit("shmdp-qemu-cmdgen");
-    match qemu_cmdgen::discover(&cli.file_prefix, &cli.groups) {
-        Ok(exports) => {
+    let cli: Cli = shmdp_app::eal::parse_args_or_exit("shmdp-qemu-cmdgen");
+    let result = qemu_cmdgen::discover(&cli.file_prefix, &cli.groups)
+        .map(|exports| {
             print!("{}", qemu_cmdgen::render(&exports, cli.format));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("shmdp-qemu-cmdgen: error: {e}");
-            ExitCode::from(2)
-        }
-    }
+            Exit::Ok
+        })
+        .map_err(CliError::usage);
+    shmdp_app::finish("shmdp-qemu-cmdgen", result)
 }

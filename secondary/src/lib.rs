@@ -6,19 +6,17 @@
 //! and maps every memseg it lists at whatever address the kernel gives, validating each
 //! header. Objects are then found by name with [`Secondary::lookup`]. The control
 //! connection stays open while attached: the primary frees the secondary's slot when it
-//! closes, and [`PrimaryWatch`] tells the secondary when the primary goes away.
+//! closes, and [`PrimaryWatch`] tells the secondary when the primary goes away. A guest
+//! (or the host, with the segment file) opens an IVSHMEM export segment instead
+//! ([`ivshmem`]); both give the objects through [`Dataplane`].
+//!
+//! Where it sits: over `shm`, `shm-ring`, `shm-mempool` and `pmds`; it parses no command
+//! line. The programs and their tools are `shmdp-app`'s.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod cli;
-pub mod crashmix;
 pub mod dataplane;
-pub mod fwdcmd;
 pub mod ivshmem;
-pub mod pooltool;
-mod ringside;
-pub mod ringtool;
 
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver};
@@ -538,7 +536,7 @@ pub fn pool_stats(prefix: &FilePrefix) -> std::io::Result<Vec<shm::stats::PoolSt
 }
 
 /// The processes attached to the primary of `prefix` (the primary first), with their owner
-/// tags: a query connection, no process slot (what [`audit`] calls live).
+/// tags: a query connection, no process slot (what `shmdp_app::audit` calls live).
 ///
 /// # Errors
 /// If the primary cannot be reached or answers something else.

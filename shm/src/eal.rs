@@ -1,79 +1,62 @@
-//! Process options shared by every shmdp program, named after DPDK's EAL options so that a
-//! DPDK user finds them where expected: `--file-prefix`, `--proc-type`, `-l/--lcores`,
-//! `--huge-dir`, `--no-huge`, `-m`.
+//! The process options every shmdp program takes, as plain data: what the libraries need
+//! from them ([`EalOptions`]) and the CPU lists of `-l/--lcores` ([`LcoreList`]).
+//!
+//! Where it sits: named after DPDK's EAL options so that a DPDK user finds them where
+//! expected. The command line that fills these (`--file-prefix`, `--proc-type`,
+//! `-l/--lcores`, `--huge-dir`, `--no-huge`, `-m`) is the app crate's (`shmdp-app`); this
+//! module parses no command line.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::runtime::FilePrefix;
 
-/// Role of a process in a prefix's process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProcType {
-    /// Owns shared memory: creates memsegs, memzones, rings, pools and ports.
-    Primary,
-    /// Attaches to a running primary's shared memory.
-    Secondary,
-    /// Primary if no live primary holds the prefix's lock, secondary otherwise.
-    Auto,
-}
-
-/// The options every shmdp binary accepts.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EalArgs {
+/// The process options, as the libraries use them.
+#[derive(Debug, Clone)]
+pub struct EalOptions {
     /// Name of the process group: primary and secondaries with the same prefix share memory.
-    #[arg(long, default_value = "shmdp", value_parser = parse_prefix)]
     pub file_prefix: FilePrefix,
-    /// Role of this process (default: the binary's own role).
-    #[arg(long, value_enum)]
-    pub proc_type: Option<ProcType>,
-    /// Cores to run polling threads on, e.g. `0-1` or `0,2`.
-    #[arg(short = 'l', long = "lcores", value_parser = parse_lcores)]
+    /// Cores to run polling threads on (`None`: any).
     pub lcores: Option<LcoreList>,
-    /// hugetlbfs mount for memseg files (default: the first mount with enough free pages).
-    #[arg(long, conflicts_with = "no_huge")]
+    /// hugetlbfs mount for memseg files (`None`: the first mount with enough free pages).
     pub huge_dir: Option<PathBuf>,
     /// Put memsegs in /dev/shm instead of hugepages.
-    #[arg(long)]
     pub no_huge: bool,
     /// Size of the main memseg in MiB (rounded up to a power of two).
-    #[arg(short = 'm', long = "memory", value_name = "MiB", default_value_t = 64, value_parser = parse_memory)]
     pub memory_mib: u64,
 }
 
-fn parse_prefix(s: &str) -> Result<FilePrefix, String> {
-    s.parse()
-}
-
-fn parse_memory(s: &str) -> Result<u64, String> {
-    let v: u64 = s
-        .parse()
-        .map_err(|_| format!("-m {s:?}: give the memory size in MiB, e.g. -m 64"))?;
-    if v == 0 {
-        return Err("-m 0: too little memory; give at least 1 MiB".into());
+impl EalOptions {
+    /// The lcores as CPU numbers (empty: any CPU).
+    pub fn lcore_ids(&self) -> Vec<usize> {
+        self.lcores.as_ref().map(LcoreList::ids).unwrap_or_default()
     }
-    if v > 1 << 20 {
-        return Err(format!(
-            "-m {v}: more than 1 TiB of memory is not supported"
-        ));
-    }
-    Ok(v)
 }
 
 /// A validated list of CPU numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LcoreList(pub Vec<u32>);
 
-fn parse_lcores(s: &str) -> Result<LcoreList, String> {
-    let list: LcoreList = s.parse()?;
-    let online = online_cpus();
-    if let Some(bad) = list.0.iter().find(|c| !online.contains(c)) {
-        return Err(format!(
-            "lcore {bad} is not an online CPU of this machine (online: {})",
-            LcoreList(online)
-        ));
+impl LcoreList {
+    /// Checks every CPU of the list is one this process may run on.
+    ///
+    /// # Errors
+    /// One line naming the first CPU that is not, and the online ones.
+    pub fn check_online(&self) -> Result<(), String> {
+        let online = online_cpus();
+        match self.0.iter().find(|c| !online.contains(c)) {
+            Some(bad) => Err(format!(
+                "lcore {bad} is not an online CPU of this machine (online: {})",
+                LcoreList(online)
+            )),
+            None => Ok(()),
+        }
     }
-    Ok(list)
+
+    /// The CPU numbers, as the forwarding engine takes them.
+    pub fn ids(&self) -> Vec<usize> {
+        self.0.iter().map(|&c| c as usize).collect()
+    }
 }
 
 impl FromStr for LcoreList {
@@ -142,40 +125,6 @@ pub fn online_cpus() -> Vec<u32> {
     }
 }
 
-/// Parses a program's command line with clap, turning any usage error into one line on
-/// stderr and exit code 2 (help and version still print in full and exit 0).
-pub fn parse_args_or_exit<T: clap::Parser>(program: &str) -> T {
-    match T::try_parse() {
-        Ok(v) => v,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                std::process::exit(
-                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        2
-                    } else {
-                        0
-                    },
-                );
-            }
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
-            eprintln!("{program}: error: {first} (see {program} --help)");
-            std::process::exit(2);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,14 +139,8 @@ mod tests {
         for bad in ["", "a", "3-1", "0,0", "1-", "99999"] {
             assert!(bad.parse::<LcoreList>().is_err(), "{bad:?}");
         }
-        assert!(parse_lcores("1000").is_err());
-        assert!(parse_lcores("0").is_ok());
-    }
-
-    #[test]
-    fn memory_sizes_are_checked() {
-        assert_eq!(parse_memory("64"), Ok(64));
-        assert!(parse_memory("0").is_err());
-        assert!(parse_memory("lots").is_err());
+        assert!(LcoreList(vec![1000]).check_online().is_err());
+        assert!(LcoreList(vec![0]).check_online().is_ok());
+        assert_eq!(LcoreList(vec![0, 2]).ids(), vec![0, 2]);
     }
 }

@@ -44,9 +44,7 @@ pub fn bin(name: &str) -> PathBuf {
                 "--examples",
                 "-q",
                 "-p",
-                "primary",
-                "-p",
-                "secondary",
+                "shmdp-app",
                 "-p",
                 "qemu-cmdgen",
             ]);

@@ -284,15 +284,7 @@ pub fn release_bin(_package: &str, name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
             // Every binary a guest may run, whichever was asked for first.
-            .args([
-                "build",
-                "--release",
-                "--bins",
-                "-p",
-                "primary",
-                "-p",
-                "secondary",
-            ])
+            .args(["build", "--release", "--bins", "-p", "shmdp-app"])
             .status()
             .expect("run cargo build --release");
         assert!(st.success(), "cargo build --release failed");

@@ -37,7 +37,7 @@ fn crash_secondary() -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let st = Command::new(cargo)
                 .args(["build", "--release", "-q", "--features", "shm/crash-points"])
-                .args(["--bins", "-p", "secondary", "--target-dir"])
+                .args(["--bins", "-p", "shmdp-app", "--target-dir"])
                 .arg(&dir)
                 .status()
                 .unwrap();

@@ -2,23 +2,25 @@
 //! host with the segment file) without a primary, and the mapping of `--ivshmem DEV
 //! COMMAND` to them.
 //!
-//! Where it sits: in [`crate::cli`]; the segment is `crate::ivshmem::ExportSegment`.
+//! Where it sits: in `shmdp-secondary`, dispatched from `main.rs`; the segment is
+//! `secondary::ivshmem::ExportSegment`.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
-use super::ports::fwd_on;
-use super::session::AllStats;
-use super::{echo_line, Command, IvshmemCommand};
-use crate::ivshmem::ExportSegment;
+use secondary::ivshmem::ExportSegment;
+use shmdp_app::{CliError, CmdResult, Exit};
+
+use crate::ports::fwd_on;
+use crate::session::AllStats;
+use crate::{echo_line, Command, IvshmemCommand};
 
 /// `--ivshmem DEV COMMAND`: the commands that make sense on an export segment, mapped to
 /// their `ivshmem` forms.
-pub(super) fn on_ivshmem(
+pub(crate) fn on_ivshmem(
     dev: &str,
     command: Command,
     lcores: Option<shm::eal::LcoreList>,
-) -> ExitCode {
+) -> CmdResult {
     let command = match command {
         Command::Info { json } => IvshmemCommand::Info { json },
         Command::Stats { json } => IvshmemCommand::Stats { json },
@@ -48,17 +50,20 @@ pub(super) fn on_ivshmem(
                 }
                 name.push(c.to_ascii_lowercase());
             }
-            eprintln!(
-                "shmdp-secondary: error: --ivshmem: {name} needs a primary; on an export segment use info, stats, fwd, mbuf-echo or the ivshmem subcommands"
-            );
-            return ExitCode::from(2);
+            return Err(CliError::usage(format!(
+                "--ivshmem: {name} needs a primary; on an export segment use info, stats, fwd, mbuf-echo or the ivshmem subcommands"
+            )));
         }
     };
     ivshmem_cmd(dev, command)
 }
 
-pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
-    let program = "shmdp-secondary";
+/// `ivshmem --dev DEV COMMAND`: opens the export segment and runs the command on it.
+///
+/// # Errors
+/// [`Exit::Usage`] when the segment cannot be opened or the options are bad,
+/// [`Exit::Failed`] when the command fails.
+pub(crate) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> CmdResult {
     if let IvshmemCommand::Scribble {
         seed,
         indices: Some(secs),
@@ -68,59 +73,27 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
     } = command
     {
         let how_long = std::time::Duration::from_secs_f64(secs);
-        return match crate::ivshmem::ExportSegment::open(dev)
+        let n = ExportSegment::open(dev)
             .and_then(|s| s.scribble_indices(how_long, pools_only, tails, seed))
-        {
-            Ok(n) => {
-                println!("rewrote {n} ring indices in {dev}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{program}: error: {e}");
-                ExitCode::from(2)
-            }
-        };
+            .map_err(CliError::usage)?;
+        println!("rewrote {n} ring indices in {dev}");
+        return Ok(Exit::Ok);
     }
     if let IvshmemCommand::Scribble { rounds, seed, .. } = command {
         let path = if dev.starts_with("auto") {
-            crate::ivshmem::find_devices().into_iter().next()
+            secondary::ivshmem::find_devices().into_iter().next()
         } else {
             Some(std::path::PathBuf::from(dev))
         };
-        let Some(path) = path else {
-            eprintln!("{program}: error: no ivshmem device found");
-            return ExitCode::from(2);
-        };
-        return match crate::ivshmem::scribble(&path, rounds, seed) {
-            Ok(n) => {
-                println!("scribbled {n} bytes over {}", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{program}: error: {e}");
-                ExitCode::from(1)
-            }
-        };
+        let path = path.ok_or_else(|| CliError::usage("no ivshmem device found"))?;
+        let n = secondary::ivshmem::scribble(&path, rounds, seed).map_err(CliError::failed)?;
+        println!("scribbled {n} bytes over {}", path.display());
+        return Ok(Exit::Ok);
     }
-    let seg = match crate::ivshmem::ExportSegment::open(dev) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let seg = ExportSegment::open(dev).map_err(CliError::usage)?;
     if let IvshmemCommand::Fwd { mode, lcores, args } = &command {
-        let lcores = lcores
-            .as_ref()
-            .map(|l| l.0.iter().map(|&c| c as usize).collect())
-            .unwrap_or_default();
-        return match args.resolve(*mode, lcores) {
-            Ok(resolved) => fwd_on(program, &seg, &resolved),
-            Err(e) => {
-                eprintln!("{program}: error: {e}");
-                ExitCode::from(2)
-            }
-        };
+        let lcores = lcores.as_ref().map(|l| l.ids()).unwrap_or_default();
+        return fwd_on(&seg, &args.resolve(*mode, lcores)?);
     }
     let result = (|| -> Result<String, String> {
         match command {
@@ -201,8 +174,8 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
                     };
                     return Ok(serde_json::to_string_pretty(&all).expect("serialisable"));
                 }
-                crate::pooltool::print_port_stats(&ports);
-                crate::pooltool::print_stats(&stats);
+                shmdp_app::pooltool::print_port_stats(&ports);
+                shmdp_app::pooltool::print_stats(&stats);
                 Ok(String::new())
             }
             IvshmemCommand::Dump {
@@ -213,9 +186,13 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             } => {
                 let cache = guest_cache(&seg, &pool)?;
                 let ring = seg.ring(&rx).map_err(|e| e.to_string())?;
-                let lines =
-                    crate::pooltool::dump_ring(&cache, &ring, count, Duration::from_secs(timeout))
-                        .map_err(|e| e.to_string())?;
+                let lines = shmdp_app::pooltool::dump_ring(
+                    &cache,
+                    &ring,
+                    count,
+                    Duration::from_secs(timeout),
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(lines.join("\n"))
             }
             IvshmemCommand::Gen {
@@ -226,7 +203,7 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             } => {
                 let cache = guest_cache(&seg, &pool)?;
                 let tx = seg.ring(&tx).map_err(|e| e.to_string())?;
-                let n = crate::pooltool::send(
+                let n = shmdp_app::pooltool::send(
                     &cache,
                     &tx,
                     count,
@@ -238,16 +215,9 @@ pub(super) fn ivshmem_cmd(dev: &str, command: IvshmemCommand) -> ExitCode {
             }
         }
     })();
-    match result {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let line = result.map_err(CliError::failed)?;
+    println!("{line}");
+    Ok(Exit::Ok)
 }
 
 /// An allocator of the segment's pool `name` as a guest has it: no cache slot (a guest's

@@ -1,5 +1,6 @@
-//! A small application built on the secondary library: attaches to a primary, receives
-//! packets from a ring of mbuf handles, checks each one and frees it.
+//! A small application built on the secondary library (and `shmdp_app`'s payload check):
+//! attaches to a primary, receives packets from a ring of mbuf handles, checks each one and
+//! frees it.
 //!
 //! It is a different binary from `shmdp-secondary` on purpose: the pools keep nothing in
 //! shared memory that depends on which binary reads them, so both use one pool at once.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use secondary::Secondary;
 use shm::runtime::FilePrefix;
 use shm_mempool::MbufHandle;
+use shmdp_app::Exit;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
         [flag, p, rest @ ..] if flag == "--file-prefix" => (p.clone(), rest),
         _ => {
             eprintln!("mbuf_sink: error: {usage}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     let (pool_name, ring_name, count, size) = match rest {
@@ -31,27 +33,27 @@ fn main() -> ExitCode {
                 (Some(c), Some(s)) => (pool, ring, c, s),
                 _ => {
                     eprintln!("mbuf_sink: error: COUNT and SIZE must be numbers; {usage}");
-                    return ExitCode::from(2);
+                    return Exit::Usage.into();
                 }
             }
         }
         _ => {
             eprintln!("mbuf_sink: error: {usage}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     let prefix = match prefix.parse::<FilePrefix>() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("mbuf_sink: error: {e}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     let sec = match Secondary::attach(&prefix, "mbuf_sink") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mbuf_sink: error: {e}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     let result = (|| -> Result<u64, String> {
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
                 let m = cache
                     .adopt(MbufHandle(h))
                     .map_err(|e| format!("packet {got}: {e}"))?;
-                secondary::pooltool::payload(got, size, &mut want);
+                shmdp_app::pooltool::payload(got, size, &mut want);
                 if m.to_vec() != want {
                     return Err(format!("packet {got}: payload differs"));
                 }
@@ -94,11 +96,11 @@ fn main() -> ExitCode {
     match result {
         Ok(n) => {
             println!("mbuf_sink: received {n} packets, payloads ok");
-            ExitCode::SUCCESS
+            Exit::Ok.into()
         }
         Err(e) => {
             eprintln!("mbuf_sink: error: {e}");
-            ExitCode::from(1)
+            Exit::Failed.into()
         }
     }
 }

@@ -1,51 +1,50 @@
-//! Command line of `shmdp-secondary`.
+//! `shmdp-secondary`: attaches to a running primary by `--file-prefix` (or to an IVSHMEM
+//! export segment, as a guest does) and runs one command.
 //!
-//! Where it sits: `shmdp-secondary`'s `main` is [`main`] here; `shmdp-primary` reuses
-//! [`init_logging`] and [`monitor`]. Files: the clap definitions (`args.rs`); the commands
-//! that attach to a primary, run and detach, and their error reporting (`session.rs`);
-//! forwarding and dumping on ports (`ports.rs`); the `ivshmem` commands on an export
-//! segment (`export.rs`). The dispatch from subcommand to tool is [`main`].
+//! Where it sits: a binary of `shmdp-app`, sibling of `shmdp-primary`; what the two share
+//! (EAL options, attaching and `monitor`, forwarding, the ring and pool tools, the exit
+//! codes) is the `shmdp_app` library. Files: the clap definitions (`args.rs`); the commands
+//! that attach to a primary, run and detach (`session.rs`); forwarding and dumping on ports
+//! (`ports.rs`); the `ivshmem` commands on an export segment (`export.rs`). The dispatch
+//! from subcommand to tool is [`run`].
 
 mod args;
 mod export;
 mod ports;
 mod session;
 
-pub use args::{Command, IvshmemCommand, MbufRingArgs, SecondaryCli};
-pub use session::monitor;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shm::eal::ProcType;
+use shmdp_app::eal::ProcType;
+use shmdp_app::session::monitor;
+use shmdp_app::{CliError, CmdResult};
 
+use args::{Command, IvshmemCommand, SecondaryCli};
 use export::{ivshmem_cmd, on_ivshmem};
 use ports::{dump_cmd, fwd_cmd};
 use session::{info, mbuf_hold, mbuf_ring_cmd, pool_cmd, ring_cmd, stats};
 
-/// Exit code when the primary went away while we were attached.
-pub const EXIT_PRIMARY_GONE: u8 = 3;
+/// The program's name, as its messages start.
+pub(crate) const PROGRAM: &str = "shmdp-secondary";
 
-/// Exit code when a pool operation or check failed.
-pub const EXIT_POOL_FAILED: u8 = 1;
+fn main() -> ExitCode {
+    let cli: SecondaryCli = shmdp_app::eal::parse_args_or_exit(PROGRAM);
+    shmdp_app::init_logging();
+    shmdp_app::finish(PROGRAM, run(cli))
+}
 
-/// Exit code when a ring operation or check failed.
-pub const EXIT_RING_FAILED: u8 = 1;
-
-/// Runs `shmdp-secondary` with the process's arguments.
-pub fn main() -> ExitCode {
-    let cli: SecondaryCli = shm::eal::parse_args_or_exit("shmdp-secondary");
-    init_logging();
+/// Runs the command `cli` names.
+fn run(cli: SecondaryCli) -> CmdResult {
     if cli.eal.proc_type == Some(ProcType::Primary) {
-        eprintln!("shmdp-secondary: error: --proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory");
-        return ExitCode::from(2);
+        return Err(CliError::usage("--proc-type primary: shmdp-secondary only attaches; run shmdp-primary to create shared memory"));
     }
     if let Some(dev) = &cli.ivshmem {
         return on_ivshmem(dev, cli.command, cli.eal.lcores.clone());
     }
     match cli.command {
-        Command::Info { json } => info("shmdp-secondary", &cli.eal, json),
-        Command::Monitor => monitor("shmdp-secondary", &cli.eal, true),
+        Command::Info { json } => info(&cli.eal, json),
+        Command::Monitor => monitor(PROGRAM, &cli.eal, true),
         Command::RingFill {
             ring,
             count,
@@ -53,15 +52,14 @@ pub fn main() -> ExitCode {
             burst,
             timeout,
         } => ring_cmd(&cli.eal, &ring, |r| {
-            crate::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout)).map(
-                |m| {
+            shmdp_app::ringtool::fill(r, producer_id, count, burst, Duration::from_secs(timeout))
+                .map(|m| {
                     format!(
                         "filled {} elements into {ring} ({:.2} Mpps)",
                         m.count,
                         m.mpps()
                     )
-                },
-            )
+                })
         }),
         Command::Stats { json } => stats(&cli.eal, json),
         Command::Fwd { mode, args } => fwd_cmd(&cli.eal, mode, &args),
@@ -77,7 +75,7 @@ pub fn main() -> ExitCode {
             let t0 = std::time::Instant::now();
             let timeout = Duration::from_secs(a.timeout);
             if let Some(opts) = a.burst_opts() {
-                return crate::pooltool::send_bursts(
+                return shmdp_app::pooltool::send_bursts(
                     cache,
                     r,
                     a.count,
@@ -97,7 +95,7 @@ pub fn main() -> ExitCode {
                     )
                 });
             }
-            crate::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
+            shmdp_app::pooltool::send(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "sent {n} packets of {} B from {} into {} ({:.2} Mpps)",
                     a.size,
@@ -116,7 +114,7 @@ pub fn main() -> ExitCode {
                 } else {
                     "payloads"
                 };
-                return crate::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
+                return shmdp_app::pooltool::receive_bursts(cache, r, a.count, a.size as usize, opts, timeout)
                     .map(|t| {
                         format!(
                             "received {} packets from {} in bursts of {}, {what} ok ({:.2} Mpps from the first packet)",
@@ -124,7 +122,7 @@ pub fn main() -> ExitCode {
                         )
                     });
             }
-            crate::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
+            shmdp_app::pooltool::receive(cache, r, a.count, a.size as usize, timeout).map(|n| {
                 format!(
                     "received {n} packets from {}, payloads ok ({:.2} Mpps)",
                     a.ring,
@@ -141,7 +139,7 @@ pub fn main() -> ExitCode {
         } => pool_cmd(&cli.eal, &pool, |sec, p| {
             let ring = |name: &str| {
                 sec.ring(name)
-                    .map_err(|source| crate::pooltool::PoolToolError::Ring {
+                    .map_err(|source| shmdp_app::pooltool::PoolToolError::Ring {
                         ring: name.to_string(),
                         source,
                     })
@@ -152,19 +150,19 @@ pub fn main() -> ExitCode {
         }),
         Command::PoolStress { pool, ops, seed } => pool_cmd(&cli.eal, &pool, |sec, p| {
             let cached = !sec.in_export(&pool);
-            crate::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
+            shmdp_app::pooltool::stress(p.mempool(), sec.owner_tag(), cached, ops, seed)
                 .map(|n| format!("pool-stress: {n} operations on {pool}"))
         }),
-        Command::CrashMix(a) => crate::crashmix::run(&cli.eal, &a),
+        Command::CrashMix(a) => shmdp_app::crashmix::run(&cli.eal, &a),
         Command::PoolAudit { pool, exact: true } => pool_cmd(&cli.eal, &pool, |sec, p| {
-            let input =
-                crate::audit::gather(sec, p).map_err(crate::pooltool::PoolToolError::Check)?;
-            let a = crate::audit::classify(&input);
+            let input = shmdp_app::audit::gather(sec, p)
+                .map_err(shmdp_app::pooltool::PoolToolError::Check)?;
+            let a = shmdp_app::audit::classify(&input);
             let line = serde_json::to_string(&a).expect("serialisable");
             if a.exact {
                 Ok(line)
             } else {
-                Err(crate::pooltool::PoolToolError::Check(format!(
+                Err(shmdp_app::pooltool::PoolToolError::Check(format!(
                     "audit not exact: {line}"
                 )))
             }
@@ -176,7 +174,7 @@ pub fn main() -> ExitCode {
             {
                 Ok(format!("audit ok: {line}"))
             } else {
-                Err(crate::pooltool::PoolToolError::Check(format!(
+                Err(shmdp_app::pooltool::PoolToolError::Check(format!(
                     "audit failed: {line}"
                 )))
             }
@@ -188,7 +186,7 @@ pub fn main() -> ExitCode {
             burst,
             timeout,
         } => ring_cmd(&cli.eal, &ring, |r| {
-            crate::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
+            shmdp_app::ringtool::drain(r, producers, count, burst, Duration::from_secs(timeout)).map(|m| {
                 format!(
                     "drained {} elements from {ring}: {producers} producers, all in order ({:.2} Mpps)",
                     m.count,
@@ -207,27 +205,13 @@ fn echo_line(
     tx: &shm_ring::Ring<u64>,
     count: u64,
     timeout: u64,
-) -> Result<String, crate::pooltool::PoolToolError> {
+) -> Result<String, shmdp_app::pooltool::PoolToolError> {
     let t0 = std::time::Instant::now();
-    let n = crate::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
+    let n = shmdp_app::pooltool::echo(cache, rx, tx, count, Duration::from_secs(timeout))?;
     Ok(format!(
         "echoed {n} packets from {} to {} ({:.3} Mpps)",
         rx.name(),
         tx.name(),
         n as f64 / t0.elapsed().as_secs_f64() / 1e6
     ))
-}
-
-/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); shared by every
-/// shmdp binary.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

@@ -1,15 +1,16 @@
-//! The forwarding command shared by `shmdp-secondary fwd` and `shmdp-primary --fwd`: the
-//! options, the run with signal handling, the final table and the JSON report.
+//! The forwarding options of both programs (testpmd's names where it has one) and their
+//! resolution: the command line over the config file's `[fwd]` table over the defaults.
+//!
+//! Where it sits: flattened into `shmdp-secondary fwd`, `shmdp-secondary ivshmem fwd` and
+//! `shmdp-primary`; the file is [`crate::config`], the run [`crate::fwdcmd`].
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fwd::{FwdConfig, Mode};
-use pmds::Port;
-use shm_mempool::{MbufPool, OwnerTag};
+
+use crate::config::ConfigFile;
+use crate::CliError;
 
 /// Port ids given with `--portlist`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,77 +88,6 @@ pub struct FwdArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The `[fwd]` table of a configuration file.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FwdFile {
-    mode: Option<String>,
-    portlist: Option<Vec<u16>>,
-    burst: Option<u16>,
-    lcores: Option<Vec<usize>>,
-    stats_period: Option<u64>,
-    stats_json: Option<PathBuf>,
-    idle_exit: Option<f64>,
-    duration: Option<f64>,
-    txpkts: Option<u16>,
-    tx_count: Option<u64>,
-    tx_ethertype: Option<u16>,
-    tx_first: Option<bool>,
-    tx_retry: Option<bool>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    fwd: Option<FwdFile>,
-    /// Export groups: read by the primary (`ivshmem_exports`), ignored here.
-    #[allow(dead_code)]
-    ivshmem: Option<Vec<ExportFile>>,
-}
-
-/// One `[[ivshmem]]` table: an export group and what it exports.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportFile {
-    /// Group (and memseg) name.
-    pub group: String,
-    /// Rings to export.
-    #[serde(default)]
-    pub ring: Vec<String>,
-    /// Pools to export.
-    #[serde(default)]
-    pub pool: Vec<String>,
-    /// Memzones to export.
-    #[serde(default)]
-    pub memzone: Vec<String>,
-    /// Ports to export (`net_ring` ports: the guest opens the other end).
-    #[serde(default)]
-    pub port: Vec<String>,
-}
-
-fn read_config(path: &std::path::Path) -> Result<ConfigFile, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        format!(
-            "--config {}: {}",
-            path.display(),
-            e.to_string().lines().collect::<Vec<_>>().join(" ")
-        )
-    })
-}
-
-/// The `[[ivshmem]]` export groups of the config file, if one is given.
-///
-/// # Errors
-/// One line naming the file and the problem.
-pub fn ivshmem_exports(args: &FwdArgs) -> Result<Vec<ExportFile>, String> {
-    match &args.config {
-        None => Ok(Vec::new()),
-        Some(path) => Ok(read_config(path)?.ivshmem.unwrap_or_default()),
-    }
-}
-
 /// Forwarding options resolved from the command line, the config file and the defaults.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -167,6 +97,8 @@ pub struct Resolved {
     pub stats_json: Option<PathBuf>,
     /// True when the config file has a `[fwd]` table (asks the primary to forward).
     pub file_has_fwd: bool,
+    /// The config file, read once (`--config`).
+    pub config: Option<ConfigFile>,
 }
 
 impl FwdArgs {
@@ -174,24 +106,20 @@ impl FwdArgs {
     /// the config file, which wins over the defaults.
     ///
     /// # Errors
-    /// One line naming the file and what is wrong in it.
-    pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, String> {
-        let (file, file_has_fwd) = match &self.config {
-            None => (FwdFile::default(), false),
-            Some(path) => {
-                let parsed = read_config(path)?;
-                let has = parsed.fwd.is_some();
-                (parsed.fwd.unwrap_or_default(), has)
-            }
-        };
+    /// [`Exit::Usage`](crate::Exit::Usage): one line naming the file and what is wrong in it.
+    pub fn resolve(&self, mode: Option<Mode>, lcores: Vec<usize>) -> Result<Resolved, CliError> {
+        let config = self.config.as_deref().map(ConfigFile::read).transpose()?;
+        let table = config.as_ref().and_then(|c| c.fwd.as_ref());
+        let file_has_fwd = table.is_some();
+        let file = table.cloned().unwrap_or_default();
         let bad = |what: String| {
-            format!(
+            CliError::usage(format!(
                 "--config {}: {what}",
                 self.config
                     .as_deref()
                     .unwrap_or(std::path::Path::new(""))
                     .display()
-            )
+            ))
         };
         let mode = match (mode, &file.mode) {
             (Some(m), _) => m,
@@ -242,65 +170,8 @@ impl FwdArgs {
             },
             stats_json: self.stats_json.clone().or(file.stats_json),
             file_has_fwd,
+            config,
         })
-    }
-}
-
-/// Runs the engine until SIGINT/SIGTERM (or the idle timeout or txonly budget), prints
-/// the final table, writes the JSON report. Exit 0 when every packet is accounted for,
-/// 1 otherwise (or when a queue could not be claimed).
-pub fn run(
-    program: &str,
-    ports: &[Port],
-    pool: &MbufPool,
-    owner: OwnerTag,
-    cfg: &FwdConfig,
-    json: Option<&PathBuf>,
-) -> ExitCode {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("{program}: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    println!(
-        "{program}: forwarding: mode {} ports {} burst {} lcores {}",
-        cfg.mode.name(),
-        ports
-            .iter()
-            .filter(|p| cfg.portlist.is_empty() || cfg.portlist.contains(&p.id()))
-            .map(|p| format!("{}={}", p.id(), p.name()))
-            .collect::<Vec<_>>()
-            .join(","),
-        cfg.burst,
-        if cfg.lcores.is_empty() {
-            "any".to_string()
-        } else {
-            format!("{:?}", cfg.lcores)
-        }
-    );
-    let report = match fwd::run(ports, pool, owner, cfg, &stop) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    print!("{}", report.table());
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).expect("serialisable");
-        if let Err(e) = std::fs::write(path, text + "\n") {
-            eprintln!("{program}: error: --stats-json {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
-    }
-    if report.balanced() {
-        println!("{program}: done: every packet accounted for (rx = forwarded + dropped)");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("{program}: error: packet accounting does not balance");
-        ExitCode::from(1)
     }
 }
 
@@ -334,7 +205,7 @@ mod tests {
         let r = cli.fwd.resolve(Some(Mode::Io), vec![1]).unwrap();
         assert_eq!((r.cfg.mode, r.cfg.lcores.clone()), (Mode::Io, vec![1]));
         std::fs::write(&path, "[fwd]\nburts = 3\n").unwrap();
-        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err().to_string();
         assert!(e.contains("unknown field") && e.contains("burts"), "{e}");
         std::fs::write(&path, "[fwd]\nburst = 9999\n").unwrap();
         let cli = Cli::parse_from(["x", "--config", &p]);
@@ -342,12 +213,14 @@ mod tests {
             .fwd
             .resolve(None, vec![])
             .unwrap_err()
+            .to_string()
             .contains("1..=512"));
         std::fs::write(&path, "[fwd]\nmode = \"sideways\"\n").unwrap();
         assert!(cli
             .fwd
             .resolve(None, vec![])
             .unwrap_err()
+            .to_string()
             .contains("unknown mode"));
         let _ = std::fs::remove_file(path);
     }
@@ -367,7 +240,7 @@ mod tests {
         std::fs::write(&path, "[fwd]\ntx_ethertype = 100\n").unwrap();
         let p = path.display().to_string();
         let cli = Cli::parse_from(["x", "--config", &p]);
-        let e = cli.fwd.resolve(None, vec![]).unwrap_err();
+        let e = cli.fwd.resolve(None, vec![]).unwrap_err().to_string();
         assert!(e.contains("802.3 length"), "{e}");
         let _ = std::fs::remove_file(path);
     }

@@ -1,15 +1,19 @@
 //! The command line's definitions (clap derive): [`SecondaryCli`], its subcommands and
 //! the `ivshmem` subcommands, with every option's help text.
 //!
-//! Where it sits: in [`crate::cli`], parsed by its `main` and dispatched there.
+//! Where it sits: in `shmdp-secondary`, parsed and dispatched by `main.rs`.
 
 use clap::{Parser, Subcommand};
 
-use shm::eal::EalArgs;
+use shmdp_app::eal::EalArgs;
 
 /// `shmdp-secondary`: attaches to a running primary by `--file-prefix`.
 #[derive(Debug, Parser)]
-#[command(name = "shmdp-secondary", version, about)]
+#[command(
+    name = "shmdp-secondary",
+    version,
+    about = "shmdp secondary: attach to a primary's shared memory by prefix"
+)]
 pub struct SecondaryCli {
     /// Process options.
     #[command(flatten)]
@@ -76,7 +80,7 @@ pub enum Command {
         mode: Option<fwd::Mode>,
         /// Engine options.
         #[command(flatten)]
-        args: crate::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdargs::FwdArgs,
     },
     /// Receive and print the first COUNT packets of a port's rx queue (like testpmd's
     /// verbose mode; the packets are consumed), then exit.
@@ -165,7 +169,7 @@ pub enum Command {
         exact: bool,
     },
     /// Mixed pool, ring and port work until killed, for the crash-point tests.
-    CrashMix(crate::crashmix::MixArgs),
+    CrashMix(shmdp_app::crashmix::MixArgs),
 }
 
 /// What `ivshmem` does.
@@ -182,7 +186,7 @@ pub enum IvshmemCommand {
         lcores: Option<shm::eal::LcoreList>,
         /// Engine options.
         #[command(flatten)]
-        args: crate::fwdcmd::FwdArgs,
+        args: shmdp_app::fwdargs::FwdArgs,
     },
     /// Print the export group's metadata (objects, offsets, sizes).
     Info {
@@ -271,33 +275,33 @@ pub enum IvshmemCommand {
 #[derive(Debug, clap::Args)]
 pub struct MbufRingArgs {
     /// Pool name.
-    pub(super) pool: String,
+    pub(crate) pool: String,
     /// Ring name.
-    pub(super) ring: String,
+    pub(crate) ring: String,
     /// Packets.
     #[arg(long)]
-    pub(super) count: u64,
+    pub(crate) count: u64,
     /// Bytes per packet (8..; packets above the data room are chained).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
-    pub(super) size: u64,
+    pub(crate) size: u64,
     /// Give up after this many seconds without progress.
     #[arg(long, default_value_t = 30)]
-    pub(super) timeout: u64,
+    pub(crate) timeout: u64,
     /// Bench mode: move packets in bursts of N (allocation, enqueue, dequeue), spinning
     /// instead of yielding while waiting, one-segment frames only; the receiver's rate then
     /// runs from its first packet. Default: one packet at a time.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512))]
-    pub(super) burst: Option<u16>,
+    pub(crate) burst: Option<u16>,
     /// Bench mode (also without --burst): write and check only the sequence number in the
     /// first 8 bytes of each frame (and its length), not the whole payload.
     #[arg(long)]
-    pub(super) seq_only: bool,
+    pub(crate) seq_only: bool,
 }
 
 impl MbufRingArgs {
     /// The bench mode's options, if `--burst` or `--seq-only` was given.
-    pub(super) fn burst_opts(&self) -> Option<crate::pooltool::BurstOpts> {
-        (self.burst.is_some() || self.seq_only).then(|| crate::pooltool::BurstOpts {
+    pub(crate) fn burst_opts(&self) -> Option<shmdp_app::pooltool::BurstOpts> {
+        (self.burst.is_some() || self.seq_only).then(|| shmdp_app::pooltool::BurstOpts {
             burst: usize::from(self.burst.unwrap_or(1)),
             seq_only: self.seq_only,
         })

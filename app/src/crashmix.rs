@@ -17,7 +17,6 @@
 //! in another process moves them between processes. It runs until killed, or for `--ops`
 //! loop iterations.
 
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use shm_mempool::{Mbuf, MbufCache, MbufHandle, MbufPool, OwnerTag};
 use shm_ring::Ring;
 
 use crate::ringside::RingSide;
+use crate::{CliError, CmdResult, Exit};
 
 /// Options of `crash-mix`.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,34 +91,24 @@ impl Rng {
 }
 
 /// Attaches and runs the mix (see the module docs).
-pub fn run(eal: &shm::eal::EalArgs, args: &MixArgs) -> ExitCode {
-    let program = "shmdp-secondary";
-    let sec = match crate::Secondary::attach(&eal.file_prefix, program) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{program}: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match mix(&sec, args) {
-        Ok(t) => {
-            // The tests check every ring and port moved packets after a crash.
-            println!(
-                "crash-mix: {} iterations, produced {:?}, consumed {:?}, port rx {:?}",
-                t.ops, t.produced, t.consumed, t.port_rx
-            );
-            sec.detach();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{program}: crash-mix: {e}");
-            ExitCode::from(1)
-        }
-    }
+///
+/// # Errors
+/// [`Exit::Usage`] when attaching fails,
+/// [`Exit::Failed`] when the mix stops on an error.
+pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> CmdResult {
+    let sec = crate::session::attach("shmdp-secondary", eal)?;
+    let t = mix(&sec, args).map_err(|e| CliError::failed(format!("crash-mix: {e}")))?;
+    // The tests check every ring and port moved packets after a crash.
+    println!(
+        "crash-mix: {} iterations, produced {:?}, consumed {:?}, port rx {:?}",
+        t.ops, t.produced, t.consumed, t.port_rx
+    );
+    sec.detach();
+    Ok(Exit::Ok)
 }
 
 /// Loopback ring ports: `net_ring` ports whose tx and rx queue 0 share one ring.
-fn loopback_ports(sec: &crate::Secondary) -> Result<Vec<Port>, String> {
+fn loopback_ports(sec: &secondary::Secondary) -> Result<Vec<Port>, String> {
     Ok(sec
         .ports()
         .map_err(|e| e.to_string())?
@@ -138,7 +128,7 @@ struct Totals {
     port_rx: Vec<u64>,
 }
 
-fn mix(sec: &crate::Secondary, args: &MixArgs) -> Result<Totals, String> {
+fn mix(sec: &secondary::Secondary, args: &MixArgs) -> Result<Totals, String> {
     let ports = if args.no_ports {
         Vec::new()
     } else {

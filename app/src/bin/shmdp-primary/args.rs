@@ -1,23 +1,23 @@
-//! Command line of `shmdp-primary`.
-
-use std::process::ExitCode;
-use std::time::Duration;
+//! The command line of `shmdp-primary` (clap derive): [`PrimaryCli`] and the parsers of
+//! its object options (`--memseg`, `--memzone`, `--ring`, `--mempool`, `--ivshmem`,
+//! `--fill-ring`) into the `primary` library's requests.
+//!
+//! Where it sits: in `shmdp-primary`, parsed by `main.rs`; the EAL and forwarding options
+//! are `shmdp_app`'s, shared with `shmdp-secondary`.
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
-use shm::eal::{EalArgs, ProcType};
-use shm::runtime::{Liveness, RuntimeDir};
-
-use crate::{
-    MempoolRequest, MemsegRequest, MemzoneRequest, Primary, PrimaryConfig, RingRequest, MAIN_MEMSEG,
-};
+use primary::{MempoolRequest, MemsegRequest, MemzoneRequest, RingRequest, MAIN_MEMSEG};
+use shmdp_app::eal::EalArgs;
 
 /// `shmdp-primary`: creates a process group's shared memory and serves its secondaries
 /// until SIGINT or SIGTERM, then removes every file it created.
 #[derive(Debug, Parser)]
-#[command(name = "shmdp-primary", version, about)]
+#[command(
+    name = "shmdp-primary",
+    version,
+    about = "shmdp primary process: owns shared memory, rings, pools and ports"
+)]
 pub struct PrimaryCli {
     /// Process options.
     #[command(flatten)]
@@ -54,7 +54,7 @@ pub struct PrimaryCli {
     /// pool for the guest are made in GROUP and the guest opens the other end as a port.
     /// `shmdp-qemu-cmdgen` prints the QEMU arguments.
     #[arg(long = "ivshmem", value_name = "GROUP:KIND=NAME,...", value_parser = parse_export)]
-    pub exports: Vec<crate::ExportRequest>,
+    pub exports: Vec<primary::ExportRequest>,
     /// Forward between the ports in the primary itself (also with --config): io, mac,
     /// macswap, rxonly, txonly, l2switch
     /// (default: only serve the ports; secondaries forward with `shmdp-secondary fwd`).
@@ -68,15 +68,16 @@ pub struct PrimaryCli {
     /// Forwarding options (with --fwd; `--config FILE` may also hold `[[ivshmem]]` export
     /// groups: group = "vm1", ring = ["a"], pool = ["b"], memzone = []).
     #[command(flatten)]
-    pub fwd_args: secondary::fwdcmd::FwdArgs,
+    pub fwd_args: shmdp_app::fwdargs::FwdArgs,
 }
 
-fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
+/// `--ivshmem GROUP:KIND=NAME,...`, checked as a `[[ivshmem]]` table is
+/// (`shmdp_app::config::export_request`).
+fn parse_export(s: &str) -> Result<primary::ExportRequest, String> {
     let usage = || {
         format!("--ivshmem {s:?}: expected GROUP:KIND=NAME,..., e.g. vm1:ring=vm1_rx,pool=vm1_pool")
     };
     let (group, rest) = s.split_once(':').ok_or_else(usage)?;
-    shm::runtime::check_memseg_name(group)?;
     let mut items = Vec::new();
     for item in rest.split(',') {
         let (kind, name) = item.split_once('=').ok_or_else(usage)?;
@@ -91,23 +92,9 @@ fn parse_export(s: &str) -> Result<crate::ExportRequest, String> {
                 ))
             }
         };
-        if shm::layout::encode_name(name).is_none() {
-            return Err(format!(
-                "--ivshmem {s:?}: name {name:?} must be 1..31 bytes"
-            ));
-        }
         items.push((kind, name.to_string()));
     }
-    if items.len() > ivshmem_meta::MAX_ENTRIES {
-        return Err(format!(
-            "--ivshmem {s:?}: at most {} objects per group",
-            ivshmem_meta::MAX_ENTRIES
-        ));
-    }
-    Ok(crate::ExportRequest {
-        group: group.to_string(),
-        items,
-    })
+    shmdp_app::config::export_request(group, items).map_err(|e| format!("--ivshmem {s:?}: {e}"))
 }
 
 fn parse_mempool(s: &str) -> Result<MempoolRequest, String> {
@@ -230,206 +217,4 @@ fn parse_memzone(s: &str) -> Result<MemzoneRequest, String> {
         len_bytes,
         memseg: seg.into(),
     })
-}
-
-/// Runs `shmdp-primary` with the process's arguments.
-pub fn main() -> ExitCode {
-    let cli: PrimaryCli = shm::eal::parse_args_or_exit("shmdp-primary");
-    secondary::cli::init_logging();
-    let as_secondary = match cli.eal.proc_type.unwrap_or(ProcType::Primary) {
-        ProcType::Primary => false,
-        ProcType::Secondary => true,
-        ProcType::Auto => matches!(
-            RuntimeDir::for_prefix(&cli.eal.file_prefix).probe(),
-            Liveness::Alive { .. }
-        ),
-    };
-    if as_secondary {
-        return secondary::cli::monitor("shmdp-primary", &cli.eal, false);
-    }
-    run_primary(&cli)
-}
-
-fn run_primary(cli: &PrimaryCli) -> ExitCode {
-    // Catch SIGINT/SIGTERM before creating anything, so no signal can leave files behind.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("shmdp-primary: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // The same signals raise the flag that waits on vhost-user peers watch (a port
-    // connecting to a silent backend at start gives up within 50 ms).
-    let stop = pmds::vhost::wire::process_stop();
-    for sig in [SIGINT, SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("shmdp-primary: error: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    let lcores = cli
-        .eal
-        .lcores
-        .as_ref()
-        .map(|l| l.0.iter().map(|&c| c as usize).collect())
-        .unwrap_or_default();
-    let resolved = match cli.fwd_args.resolve(cli.fwd, lcores) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let forwarding = cli.fwd.is_some() || resolved.file_has_fwd;
-    let mut exports = cli.exports.clone();
-    match secondary::fwdcmd::ivshmem_exports(&cli.fwd_args) {
-        Ok(groups) => {
-            for g in groups {
-                let text = g
-                    .ring
-                    .iter()
-                    .map(|n| format!("ring={n}"))
-                    .chain(g.pool.iter().map(|n| format!("pool={n}")))
-                    .chain(g.memzone.iter().map(|n| format!("memzone={n}")))
-                    .chain(g.port.iter().map(|n| format!("port={n}")))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                match parse_export(&format!("{}:{text}", g.group)) {
-                    Ok(e) => exports.push(e),
-                    Err(e) => {
-                        eprintln!(
-                            "shmdp-primary: error: --config [[ivshmem]] {}: {e}",
-                            g.group
-                        );
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    if forwarding && cli.vdevs.is_empty() {
-        eprintln!("shmdp-primary: error: --fwd needs ports to forward between; add --vdev, e.g. --vdev net_ring0 --vdev net_ring1");
-        return ExitCode::from(2);
-    }
-    let config = PrimaryConfig {
-        eal: cli.eal.clone(),
-        memsegs: cli.memsegs.clone(),
-        memzones: cli.memzones.clone(),
-        rings: cli.rings.clone(),
-        mempools: cli.mempools.clone(),
-        vdevs: cli.vdevs.clone(),
-        nb_desc: cli.nb_desc,
-        exports,
-        group: cli.group.clone(),
-    };
-    let primary = match Primary::start(&config) {
-        Ok(p) => p,
-        // Relaxed: set by the signal handler; this is the only reader after start failed.
-        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
-            // Everything created was removed when the half-started primary was dropped.
-            println!("shmdp-primary: stopped by a signal while starting; removed its files");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("shmdp-primary: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(w) = primary.fallback_warning() {
-        eprintln!("shmdp-primary: {w}");
-    }
-    let segs: Vec<String> = primary
-        .memsegs()
-        .iter()
-        .map(|s| {
-            format!(
-                "{}={}MiB@{}",
-                s.name(),
-                s.size_bytes() >> 20,
-                if s.is_hugetlb() { "hugetlbfs" } else { "shm" }
-            )
-        })
-        .collect();
-    println!(
-        "shmdp-primary: ready: prefix {} pid {} generation {} memsegs {}",
-        cli.eal.file_prefix,
-        std::process::id(),
-        primary.generation(),
-        segs.join(",")
-    );
-    for (name, count) in &cli.fills {
-        let ring = match primary.ring(name) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("shmdp-primary: error: --fill-ring {name}: {e}");
-                drop(primary);
-                return ExitCode::from(2);
-            }
-        };
-        let count = *count;
-        std::thread::spawn(move || {
-            match secondary::ringtool::fill(&ring, 0, count, 32, Duration::from_secs(3600)) {
-                Ok(m) => tracing::info!("filled {} elements into {}", m.count, ring.name()),
-                // Logged once; the primary keeps running (a peer may have scribbled on it).
-                Err(e) => tracing::error!("fill stopped: {e}"),
-            }
-        });
-    }
-    for p in primary.ports() {
-        println!(
-            "shmdp-primary: port {} {}: {} rx / {} tx queues, MAC {}",
-            p.id(),
-            p.devargs(),
-            p.nb_rx_queues(),
-            p.nb_tx_queues(),
-            p.mac()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        );
-    }
-    if forwarding {
-        let ports = primary.ports();
-        let Some(pool) = ports
-            .first()
-            .and_then(|p| primary.mbuf_pool(&p.rx_pool_name()))
-        else {
-            eprintln!("shmdp-primary: error: --fwd needs ports; add --vdev");
-            drop(primary);
-            return ExitCode::from(2);
-        };
-        let code = secondary::fwdcmd::run(
-            "shmdp-primary",
-            &ports,
-            &pool,
-            shm_mempool::OwnerTag::PRIMARY,
-            &resolved.cfg,
-            resolved.stats_json.as_ref(),
-        );
-        drop((ports, pool));
-        let removed = primary.shutdown();
-        println!("shmdp-primary: stopped: removed {removed} memseg files");
-        return code;
-    }
-    loop {
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!("signal {sig}: shutting down");
-            break;
-        }
-        if let Some(ctl) = primary.control() {
-            // Events are already logged by the control server; draining keeps the queue short.
-            let _ = ctl.next_event(Duration::from_millis(100));
-        } else {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let removed = primary.shutdown();
-    println!("shmdp-primary: stopped: removed {removed} memseg files");
-    ExitCode::SUCCESS
 }

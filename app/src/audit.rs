@@ -245,9 +245,9 @@ const INFLIGHT_MAX: u64 = pmds::layout::INFLIGHT_MAX as u64;
 ///
 /// # Errors
 /// When the primary cannot be asked, or a memseg's memzone table is unreadable.
-pub fn gather(sec: &crate::Secondary, pool: &MbufPool) -> Result<AuditInput, String> {
+pub fn gather(sec: &secondary::Secondary, pool: &MbufPool) -> Result<AuditInput, String> {
     use pmds::layout::{QueueBlock, INFLIGHT_OFF, MAX_QUEUES, QUEUES_OFF, QUEUE_BLOCK};
-    let live = crate::processes(sec.prefix())
+    let live = secondary::processes(sec.prefix())
         .map_err(|e| format!("cannot ask the primary for its processes: {e}"))?
         .into_iter()
         // The auditor itself holds nothing, but it is attached and live.

@@ -321,7 +321,7 @@ pub fn send_bursts(
 }
 
 /// [`receive`] in bursts: dequeues up to `opts.burst` handles at a time, adopts each,
-/// checks its length (`size`) and frame ([`write_frame`]'s, in sequence) and frees it.
+/// checks its length (`size`) and frame (`write_frame`'s, in sequence) and frees it.
 ///
 /// # Errors
 /// A refused handle, a wrong packet, ring errors, or no packet for `timeout`.
