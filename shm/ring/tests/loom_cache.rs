@@ -18,7 +18,9 @@
 //! flush (`push_top`: the top objects, topmost first, so a ring that takes only a prefix
 //! leaves the bottom of the stack in place) = begin_op (from = len), ring enqueue
 //! reserved, written (DONE), published, (put_slow: new objects copied on top), len
-//! lowered by what the ring took, end_op.
+//! lowered by what the ring took, end_op. (pool.rs first offers the top in stack order,
+//! all or none, and only when that is refused the reversed partial push; the model always
+//! pushes reversed, which with room for all sends the same objects.)
 //!
 //! The cache is a few loom atomics shaped as `CacheSlotHeader` (`len`, `op`, `op_seq`,
 //! `op_from`) and its index array. Objects in the dying caller's hands (a `put_slow`'s

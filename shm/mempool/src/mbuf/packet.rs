@@ -257,8 +257,14 @@ impl<'c> Mbuf<'c> {
 
     /// Appends `len` bytes to the last segment (`rte_pktmbuf_append`); returns the new
     /// bytes, or `None` if the tailroom is too small or the mbuf is shared.
+    #[inline]
     pub fn append(&mut self, len: usize) -> Option<&mut [u8]> {
-        let last = self.last_segment();
+        // One segment (nearly every packet): it is the last, no chain walk.
+        let last = if self.hdr().next == 0 {
+            self.index
+        } else {
+            self.last_segment()
+        };
         let s = self.span_of(last);
         if self.is_shared() || len > (self.cache.buf_len - s.off - s.len) as usize {
             return None;

@@ -59,6 +59,21 @@ fn out_of_range_bits(i: u32, limit: u32) -> u32 {
     limit.wrapping_sub(1).wrapping_sub(i) | i
 }
 
+/// Enqueues `top` (the top of a cache's stack) topmost first, as many as the ring takes;
+/// returns how many (the topmost ones): what it refuses is the bottom of `top`.
+#[cold]
+#[inline(never)]
+fn push_reversed(producer: &mut MpProducer<u32>, top: &[u32]) -> u32 {
+    let mut rev = [std::mem::MaybeUninit::<u32>::uninit(); CACHE_OBJS as usize];
+    let rev = &mut rev[..top.len()];
+    for (d, &o) in rev.iter_mut().zip(top.iter().rev()) {
+        d.write(o);
+    }
+    // SAFETY: every one of the `top.len()` elements was written just above.
+    let rev = unsafe { std::slice::from_raw_parts(rev.as_ptr().cast::<u32>(), top.len()) };
+    producer.enqueue_burst(rev).unwrap_or(0) as u32
+}
+
 /// A per-thread handle on a pool: get and put objects by index, through this thread's cache
 /// (when the pool has caches) or straight from the free ring. Dropping it flushes the cache
 /// and frees its slot.
@@ -328,18 +343,20 @@ impl PoolCache {
         if m == 0 {
             return 0;
         }
-        let mut rev = [0u32; CACHE_OBJS as usize];
-        let rev = &mut rev[..m as usize];
-        // SAFETY: `m <= len <= CACHE_OBJS` indices in the owned array.
+        // SAFETY: `m <= len <= CACHE_OBJS` indices in the owned array, which stays ours
+        // (and unchanged) while the ring copies them.
         let top = unsafe {
             std::slice::from_raw_parts(self.objs.wrapping_add((self.len - m) as usize), m as usize)
         };
-        for (d, &o) in rev.iter_mut().zip(top.iter().rev()) {
-            *d = o;
-        }
         let (rec, seq) = (self.producer.record(), self.producer.next_op_seq());
         self.begin_op(CACHE_OP_FLUSH, rec, seq);
-        let pushed = self.producer.enqueue_burst(rev).unwrap_or(0) as u32;
+        // Nearly always the ring has room for all: then the order does not matter. A
+        // refused all-or-none enqueue moves nothing and keeps the sequence number, so the
+        // recorded operation is the partial one that follows.
+        let mut pushed = self.producer.enqueue_bulk(top).unwrap_or(0) as u32;
+        if pushed == 0 {
+            pushed = push_reversed(&mut self.producer, top);
+        }
         crate::crash_point!("cache.flush_after_enqueue");
         self.len -= pushed;
         self.publish_len();
