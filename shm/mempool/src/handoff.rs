@@ -182,6 +182,13 @@ impl MbufCache {
         out: &mut Vec<Mbuf<'c>>,
     ) -> (usize, u64) {
         let handles = &handles[..handles.len().min(out.capacity() - out.len())];
+        // A local entry of no process (the ring names none: stale or garbage) is claimed
+        // as a transit one, as `adopt_from` does: never from FREE.
+        let from = if from.is_process() {
+            from
+        } else {
+            OwnerTag::TRANSIT
+        };
         let mine = from.0 == self.owner;
         if !mine {
             for &h in handles {
@@ -457,6 +464,52 @@ mod tests {
                 assert!(!c.all_local(&v, m), "{bad:#x} at {at}");
             }
         }
+    }
+
+    #[test]
+    fn a_burst_claim_takes_each_kind_once_and_refuses_the_rest() {
+        let pool = pool();
+        let (p, q) = (OwnerTag::attached(1, 8), OwnerTag::attached(2, 9));
+        let (cp, cq) = (pool.cache(p).unwrap(), pool.cache(q).unwrap());
+        let local = 1u64 << 63;
+        // Local entries of P, one transit entry, one chain, a duplicate, garbage.
+        let mut hs = Vec::new();
+        for i in 0..4u8 {
+            hs.push(cp.alloc_from(&[i; 8]).unwrap().into_local().unwrap().0 | local);
+        }
+        hs.push(cp.alloc_from(b"transit").unwrap().into_transit().unwrap().0);
+        let chain = cp.alloc_from(&[7u8; 300]).unwrap();
+        let tail = cp.alloc_from(&[8u8; 10]).unwrap();
+        let mut chain = chain;
+        assert!(chain.chain(tail).is_ok());
+        hs.push(chain.into_local().unwrap().0 | local);
+        hs.push(hs[1]);
+        hs.push(local | (1 << 32) | 9999);
+        let mut out = Vec::with_capacity(16);
+        let (dealt, refused) = cq.adopt_burst(&hs, local, p, &mut out);
+        assert_eq!((dealt, refused), (8, 2), "the duplicate and the garbage");
+        assert_eq!(out.len(), 6);
+        assert_eq!(out[2].data(), &[2u8; 8]);
+        assert_eq!(out[4].data(), b"transit");
+        assert_eq!(out[5].nb_segs(), 2);
+        assert_eq!((pool.owned_by(p), pool.owned_by(q)), (0, 7));
+        // No process named: local entries are claimed from TRANSIT, never from FREE.
+        drop(out);
+        let free = cq.alloc_from(b"f").unwrap().into_local().unwrap();
+        let mut out = Vec::with_capacity(4);
+        let (_, refused) = cp.adopt_burst(&[free.0 | local], local, OwnerTag::FREE, &mut out);
+        assert_eq!((refused, out.len()), (1, 0));
+        // Never past the output's capacity.
+        let mut none: Vec<crate::Mbuf<'_>> = Vec::with_capacity(0);
+        assert_eq!(
+            cq.adopt_burst(&[free.0 | local], local, q, &mut none),
+            (0, 0)
+        );
+        assert_eq!(cq.take_local(free).map(drop).ok(), Some(()));
+        drop(out);
+        drop(none);
+        drop((cp, cq));
+        assert_eq!(pool.mempool().audit().free, 64);
     }
 
     #[test]
