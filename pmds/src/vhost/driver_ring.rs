@@ -23,8 +23,7 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use super::frontend_mem::SLOT_BYTES;
-use super::net::VRING_USED_F_NO_NOTIFY;
-use super::vring::Desc;
+use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -208,8 +207,8 @@ impl DriverRing {
             };
             let id = usize::from(id & (self.size - 1));
             // Header and frame start: the two lines a 64-byte frame spans.
-            super::vring::prefetch(self.addrs[id] as *const u8);
-            super::vring::prefetch((self.addrs[id] as *const u8).wrapping_add(64));
+            pmds_common_virtio::prefetch::prefetch(self.addrs[id] as *const u8);
+            pmds_common_virtio::prefetch::prefetch((self.addrs[id] as *const u8).wrapping_add(64));
         }
     }
 
@@ -222,18 +221,20 @@ impl DriverRing {
             let mut j = 0;
             while j < k {
                 let id = usize::from(self.avail_idx).wrapping_add(j) & mask;
-                super::vring::prefetch_write(self.desc.wrapping_add(id).cast());
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.wrapping_add(id).cast());
                 j += 4;
             }
         } else {
             for &id in &self.free[self.free.len() - k..] {
-                super::vring::prefetch_write(self.desc.wrapping_add(usize::from(id)).cast());
+                pmds_common_virtio::prefetch::prefetch_write(
+                    self.desc.wrapping_add(usize::from(id)).cast(),
+                );
             }
         }
         let mut j = 0;
         while j < k {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
-            super::vring::prefetch_write(self.avail.wrapping_add(2 + slot).cast());
+            pmds_common_virtio::prefetch::prefetch_write(self.avail.wrapping_add(2 + slot).cast());
             j += 32;
         }
     }
@@ -246,8 +247,8 @@ impl DriverRing {
         let mask = usize::from(self.size - 1);
         let each = |id: usize| {
             let p = self.slot(id as u16);
-            super::vring::prefetch_write(p);
-            super::vring::prefetch_write(p.wrapping_add(64));
+            pmds_common_virtio::prefetch::prefetch_write(p);
+            pmds_common_virtio::prefetch::prefetch_write(p.wrapping_add(64));
         };
         if self.in_order {
             for j in 0..k {

@@ -23,15 +23,15 @@ use shm_mempool::{Mbuf, MbufCache};
 pub use super::driver_ring::{DriverRing, DEFAULT_QUEUE_SIZE, WHOLE_BUFFER};
 pub use super::frontend_mem::{vring_bytes, PortMemory, SLOT_BYTES};
 
-use super::net::{
-    header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-};
 use super::peer_copy::{append_from_peer, copy_from_peer};
 use super::proto::{self, code, PROTOCOL_F_MQ};
 use super::registry::Registry;
-use super::vring::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 use super::wire::{self, Until, WireError};
+use pmds_common_virtio::features::{
+    header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+};
+use pmds_common_virtio::split::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 
 /// How long stopping a port may wait for the backend to stop its rings, all rings
 /// together: a stopping primary does not wait on a silent backend for long.

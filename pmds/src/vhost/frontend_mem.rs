@@ -35,13 +35,7 @@ pub const MAX_PORT_BYTES: u64 = 256 << 20;
 /// Room for the memseg's header and directory.
 const HEADER_BYTES: u64 = 64 << 10;
 
-/// Bytes one vring of `size` entries takes (page-aligned): descriptors, avail, used
-/// (virtio 1.x §2.7: 16, 6 + 2n and 6 + 8n bytes; used 64-aligned here).
-pub fn vring_bytes(size: u16) -> u64 {
-    let n = u64::from(size);
-    let avail_end = (16 * n + 6 + 2 * n).next_multiple_of(64);
-    (avail_end + 6 + 8 * n).next_multiple_of(4096)
-}
+pub use pmds_common_virtio::split::vring_bytes;
 
 /// The shared memory of one virtio-user port.
 #[derive(Debug)]

@@ -15,32 +15,13 @@ use shm_mempool::{Mbuf, MbufCache};
 use super::peer_copy::append_from_peer;
 use super::vring::{ChainError, SplitRing};
 
-/// `VIRTIO_NET_F_MRG_RXBUF`: a received packet may span several chains.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-/// `VIRTIO_NET_F_MQ`: several queue pairs.
-pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-/// `VIRTIO_F_VERSION_1`.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// `VIRTIO_F_IN_ORDER`: buffers are used in the order they were made available; the
-/// device may return a batch with one used element (virtio 1.x §2.7.9).
-pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
-/// `VHOST_USER_F_PROTOCOL_FEATURES`.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// `VIRTIO_RING_F_INDIRECT_DESC` (not offered).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// `used.flags`: the device does not need kicks (it polls).
-pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
+pub use pmds_common_virtio::features::{
+    header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_INDIRECT_DESC,
+};
+pub use pmds_common_virtio::split::VRING_USED_F_NO_NOTIFY;
 /// Largest frame accepted from a guest (header excluded).
 pub const MAX_FRAME: usize = 9728;
-
-/// Header length for the negotiated `features`.
-pub fn header_len(features: u64) -> usize {
-    if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-        12
-    } else {
-        10
-    }
-}
 
 /// What one burst did besides moving packets.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -24,18 +24,14 @@ use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use pmds_common_virtio::prefetch::{prefetch, prefetch_write};
+pub use pmds_common_virtio::split::{
+    Desc, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+};
+
 use super::mem::GuestMemory;
 
-/// Descriptor flag: the chain continues at `next`.
-pub const VRING_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the device writes this buffer (else it reads it).
-pub const VRING_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a table of descriptors (not negotiated here).
-pub const VRING_DESC_F_INDIRECT: u16 = 4;
-/// `avail.flags`: the driver does not want interrupts.
-pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Largest queue size (virtio: 32768).
-pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Most buffers one chain may have here (longer chains are refused).
 pub const MAX_CHAIN: usize = 64;
 
@@ -74,49 +70,6 @@ pub enum ChainError {
 /// Most chains one [`SplitRing::prefetch_pending`] warms (a burst or two).
 const PREFETCH_MAX: u16 = 64;
 
-/// Asks the CPU to bring the line at `p` into its cache (no fault, no effect elsewhere).
-#[inline(always)]
-pub(crate) fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Asks the CPU to bring the line at `p` into its cache *for writing* (PREFETCHW where the
-/// CPU has it, else a read prefetch). For lines another core holds (vring areas, buffers
-/// the peer just used): the ownership transfers of a burst then overlap, instead of each
-/// store waiting in turn at the head of the store buffer.
-#[inline(always)]
-pub(crate) fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_prefetchw() {
-            // SAFETY: PREFETCHW is a hint: it never faults and changes no register, flag
-            // or memory contents; the CPU supports it (checked above).
-            unsafe {
-                std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
-            };
-            return;
-        }
-    }
-    prefetch(p);
-}
-
-/// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8), asked once.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_prefetchw() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        let ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
-        ext >= 0x8000_0001 && (std::arch::x86_64::__cpuid(0x8000_0001).ecx >> 8) & 1 == 1
-    })
-}
-
 /// One guest buffer of a chain, translated.
 #[derive(Debug, Clone, Copy)]
 pub struct Seg {
@@ -131,17 +84,6 @@ impl Seg {
         ptr: std::ptr::null_mut(),
         len: 0,
     };
-}
-
-/// A split-ring descriptor as laid out in memory (little-endian fields); the device side
-/// reads it with one volatile copy, the driver side writes it with one.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Desc {
-    pub(crate) addr: u64,
-    pub(crate) len: u32,
-    pub(crate) flags: u16,
-    pub(crate) next: u16,
 }
 
 /// A started split virtqueue, owned by the one thread that polls it.
