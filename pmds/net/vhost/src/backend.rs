@@ -37,7 +37,6 @@ use super::net::{
     VIRTIO_NET_F_MRG_RXBUF,
 };
 use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
-use super::registry::Registry;
 use super::vring::VringAddrs;
 use super::wire::{self, WireError};
 
@@ -134,17 +133,8 @@ pub const GUARD_SHARE: usize = 2 * TABLE_REGIONS;
 /// share has no room for the new one.
 const GUARD_WAIT: Duration = Duration::from_millis(500);
 
-/// The devices started in this process.
-static DEVICES: Registry<VhostDevice> = Registry::new();
-
-/// The backend serving socket `path` in this process, if one was started here.
-pub fn find(path: &Path) -> Option<Arc<VhostDevice>> {
-    DEVICES.find(|d| d.path == path)
-}
-
 /// Stops backend `dev` and removes the socket it listened on.
 pub fn stop(dev: &Arc<VhostDevice>) {
-    DEVICES.remove(dev);
     dev.shutdown();
 }
 
@@ -157,12 +147,6 @@ impl VhostDevice {
     pub fn start(path: &Path, pairs: u16, client: bool) -> Result<Arc<VhostDevice>, String> {
         if !(1..=MAX_QUEUE_PAIRS).contains(&pairs) {
             return Err(format!("queues={pairs} must be 1..={MAX_QUEUE_PAIRS}"));
-        }
-        if find(path).is_some() {
-            return Err(format!(
-                "iface {} is served by another port",
-                path.display()
-            ));
         }
         // Reserved first: a port beyond the guard's room is refused before it listens.
         let guard =
@@ -222,7 +206,6 @@ impl VhostDevice {
             .name(format!("vhost {}", path.display()))
             .spawn(move || d.serve(listener))
             .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
-        DEVICES.add(dev.clone());
         Ok(dev)
     }
 

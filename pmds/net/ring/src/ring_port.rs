@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 use shm_mempool::{Mbuf, MbufCache, MbufHandle, OwnerTag};
 use shm_ring::{Ring, ScConsumer, SpProducer};
 
-use crate::layout::QueueBlock;
+use pmds_ethdev::layout::QueueBlock;
 
 /// Handle bit of a local entry (pool ids are below 2^31, so real handles never set it).
 pub const LOCAL: u64 = 1 << 63;
@@ -268,7 +268,7 @@ pub(crate) struct SpTx {
 pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most packets one local burst moves.
-const MAX_LOCAL_BURST: usize = crate::ethdev::MAX_BURST;
+const MAX_LOCAL_BURST: usize = pmds_ethdev::MAX_BURST;
 
 impl SpTx {
     /// The producer of `ring` for the process tagged `me`. A producer before us that was

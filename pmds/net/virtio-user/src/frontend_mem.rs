@@ -6,14 +6,14 @@
 //! (every pool, ring and packet of the process) but this memseg, and nothing here is
 //! ever read back as a structure of ours: the memseg's header and directory are written
 //! once at creation and never looked up (the memseg is in no name lookup), the vrings
-//! are read through the checks in [`super::frontend`], and packet bytes are copied out
-//! of the buffers once into mbufs of a host pool ([`super::peer_copy`]) and checked there.
+//! are read through the checks in [`crate::device`], and packet bytes are copied out
+//! of the buffers once into mbufs of a host pool ([`pmds_net_vhost::peer_copy`]) and checked there.
 //! No mbuf header and no pool ring lives in shared memory: the buffers are plain slots of
 //! [`SLOT_BYTES`], one per descriptor, their bookkeeping in the queue's private memory.
 //!
 //! The memfd is sealed (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) before the backend
 //! sees it, so the backend cannot truncate it under us; the mapping is registered with
-//! the SIGBUS guard as well ([`super::guard`]), so nothing it does to the file can kill
+//! the SIGBUS guard as well ([`pmds_net_vhost::guard`]), so nothing it does to the file can kill
 //! the process.
 //!
 //! Layout: memseg header and directory, then the vrings memzone (`vq`, [`vring_bytes`]
@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use shm::{Memseg, MemzoneKind, Region};
 
-use super::guard::{Guarded, Quota};
+use pmds_net_vhost::guard::{Guarded, Quota};
 
 /// Bytes of one packet buffer: the virtio-net header and a frame of up to
 /// `SLOT_BYTES - 12` bytes (more with mergeable rx buffers, spread over several).
@@ -67,7 +67,7 @@ impl PortMemory {
                 MAX_PORT_BYTES >> 20
             ));
         }
-        let file = super::mem::sealed_memfd(&format!("shmdp-{name}"), total)
+        let file = pmds_net_vhost::mem::sealed_memfd(&format!("shmdp-{name}"), total)
             .map_err(|e| format!("port memory: {e}"))?;
         let map = memmap2::MmapOptions::new()
             .len(total as usize)

@@ -5,7 +5,7 @@
 //! store before the load of the device's `used.flags`.
 //!
 //! Descriptor `d` always names buffer slot `d` of the ring (see
-//! [`super::frontend_mem`]): nothing but a token per descriptor records what is in
+//! [`crate::frontend_mem`]): nothing but a token per descriptor records what is in
 //! flight, in our private memory. The used elements the device returns are checked
 //! (index in range, a buffer we posted, a length that fits) like anything else read
 //! from shared memory.
@@ -22,13 +22,13 @@ use std::io::Write;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
-use super::frontend_mem::SLOT_BYTES;
+use crate::frontend_mem::SLOT_BYTES;
 use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// No buffer at this descriptor.
-pub(super) const NONE: u64 = u64::MAX;
+pub(crate) const NONE: u64 = u64::MAX;
 /// Used length of a buffer an in-order device returned without an element of its own:
 /// the whole buffer (virtio 1.x §2.7.9).
 pub const WHOLE_BUFFER: u32 = u32::MAX;
@@ -80,7 +80,7 @@ impl std::fmt::Debug for DriverRing {
 impl DriverRing {
     /// A fresh ring of `size` entries whose areas are at `desc`, `avail` and `used` in our
     /// memory (zeroed), with `size` buffer slots at `bufs`, kicked through `kick`.
-    pub(super) fn new(
+    pub(crate) fn new(
         desc: *mut Desc,
         avail: *mut u16,
         used: *mut u16,
@@ -114,13 +114,13 @@ impl DriverRing {
 
     /// Our address of descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
     #[inline]
-    pub(super) fn slot(&self, id: u16) -> *mut u8 {
+    pub(crate) fn slot(&self, id: u16) -> *mut u8 {
         let id = usize::from(id & (self.size - 1));
         self.bufs.wrapping_add(id * SLOT_BYTES as usize)
     }
 
     /// Entries.
-    pub(super) fn size(&self) -> u16 {
+    pub(crate) fn size(&self) -> u16 {
         self.size
     }
 
@@ -134,7 +134,7 @@ impl DriverRing {
     /// to the last loaded value has been taken, so a burst loads the line the device keeps
     /// writing once, not once per buffer.
     #[inline]
-    pub(super) fn used_limit(&mut self) -> u16 {
+    pub(crate) fn used_limit(&mut self) -> u16 {
         if self.last_used == self.seen_used {
             self.seen_used = self.used_idx();
         }
@@ -154,7 +154,7 @@ impl DriverRing {
     }
 
     /// Free descriptors.
-    pub(super) fn free_len(&self) -> usize {
+    pub(crate) fn free_len(&self) -> usize {
         if self.in_order {
             usize::from(self.size - self.avail_idx.wrapping_sub(self.next_reclaim))
         } else {
@@ -163,7 +163,7 @@ impl DriverRing {
     }
 
     /// A free descriptor for the next post (in order: the one at the avail position).
-    pub(super) fn take_free(&mut self) -> Option<u16> {
+    pub(crate) fn take_free(&mut self) -> Option<u16> {
         if self.in_order {
             // Free: not inside the outstanding window [next_reclaim, avail_idx).
             (self.free_len() > 0).then_some(self.avail_idx & (self.size - 1))
@@ -172,7 +172,7 @@ impl DriverRing {
         }
     }
 
-    pub(super) fn post(&mut self, id: u16, addr: u64, len: u32, flags: u16, handle: u64) {
+    pub(crate) fn post(&mut self, id: u16, addr: u64, len: u32, flags: u16, handle: u64) {
         let d = Desc {
             addr: addr.to_le(),
             len: len.to_le(),
@@ -192,7 +192,7 @@ impl DriverRing {
     /// Warms the cache for up to `max` used elements and the start of their buffers (the
     /// device just wrote both from another core): the misses overlap instead of queueing
     /// behind each other. Hints only; ids are masked and the addresses are our own.
-    pub(super) fn prefetch_used(&mut self, max: usize) {
+    pub(crate) fn prefetch_used(&mut self, max: usize) {
         self.seen_used = self.used_idx();
         let ready = usize::from(self.seen_used.wrapping_sub(self.last_used))
             .min(usize::from(self.size))
@@ -214,7 +214,7 @@ impl DriverRing {
 
     /// Prefetches for writing the descriptors and avail slots the next `k` posts use (the
     /// device last read them from another core).
-    pub(super) fn prefetch_posts(&self, k: usize) {
+    pub(crate) fn prefetch_posts(&self, k: usize) {
         let k = k.min(self.free_len());
         let mask = usize::from(self.size - 1);
         if self.in_order {
@@ -242,7 +242,7 @@ impl DriverRing {
     /// Prefetches for writing the buffer slots (header and the first 116 bytes of frame:
     /// two lines) of the next `k` posts: on transmit we copy into them, and the device
     /// last read them from another core.
-    pub(super) fn prefetch_slots(&self, k: usize) {
+    pub(crate) fn prefetch_slots(&self, k: usize) {
         let k = k.min(self.free_len());
         let mask = usize::from(self.size - 1);
         let each = |id: usize| {
@@ -262,7 +262,7 @@ impl DriverRing {
     }
 
     /// Publishes the posted descriptors and kicks the device if it asked for kicks.
-    pub(super) fn publish(&mut self) {
+    pub(crate) fn publish(&mut self) {
         // D1: Release, publishing the descriptors and avail entries written above.
         // SAFETY: `avail + 1` is avail.idx, 2-aligned, in our memzone.
         unsafe { AtomicU16::from_ptr(self.avail.wrapping_add(1)) }
@@ -278,7 +278,7 @@ impl DriverRing {
 
     /// Takes the next used element: (descriptor id, bytes written, the mbuf handle).
     #[inline(always)]
-    pub(super) fn next_used(&mut self) -> Option<Result<(u16, u32, u64), ()>> {
+    pub(crate) fn next_used(&mut self) -> Option<Result<(u16, u32, u64), ()>> {
         if self.in_order {
             return self.next_used_in_order();
         }
@@ -372,7 +372,7 @@ mod tests {
             base.wrapping_add(used_off).cast(),
             (size, in_order),
             std::ptr::null_mut(),
-            super::super::frontend::eventfd().unwrap(),
+            crate::device::eventfd().unwrap(),
         )
     }
 

@@ -255,11 +255,12 @@ impl Guarded {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-hooks"))]
 impl Guarded {
     /// What the handler does after replacing the mapping, for tests of the owners' side
-    /// (a sealed memfd cannot be made to fault from outside).
-    pub(crate) fn raise_for_test(&self) {
+    /// (a sealed memfd cannot be made to fault from outside; `test-hooks` gives it to
+    /// virtio-user's tests).
+    pub fn raise_for_test(&self) {
         // B2: Release, as in `on_sigbus`.
         TABLE[self.slot].hit.store(true, Ordering::Release);
     }

@@ -1,10 +1,16 @@
 //! Ports in one process: ring loopback and cross-connected rings, queue claims, tx on a
-//! full ring, pcap round trips (chained packets included), truncated captures, stats.
+//! full ring, pcap round trips (chained packets included), truncated captures, stats,
+//! devargs against the registered drivers, and the registry itself.
+
+use std::path::PathBuf;
 
 use super::*;
 use crate::pcap_file::PcapWriter;
-use shm::Region;
-use shm_mempool::{MbufPoolParams, OwnerTag};
+use shm::{Memseg, Region};
+use shm_mempool::{Mbuf, MbufPool, MbufPoolParams, OwnerTag};
+use shm_ring::{Ring, SyncMode};
+
+use crate::ethdev::MAX_BURST;
 
 struct Env {
     seg: Memseg,
@@ -436,4 +442,51 @@ fn virtio_user_and_vhost_move_frames_per_queue_pair() {
     assert_eq!(pool.mempool().stats().available, 2047, "every mbuf back");
     assert!(!sock.exists(), "the socket is removed");
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn parses_dpdk_style_devargs() {
+    let d = DevArgs::parse("net_pcap0,rx_pcap=in.pcap,tx_pcap=/tmp/out.pcap").unwrap();
+    assert_eq!(d.name, "net_pcap0");
+    assert!(d.driver == Driver::Pcap);
+    assert_eq!(d.get("rx_pcap"), Some("in.pcap"));
+    assert_eq!(d.get("tx_pcap"), Some("/tmp/out.pcap"));
+    let r = DevArgs::parse("net_ring12").unwrap();
+    assert_eq!((r.name.as_str(), r.args.len()), ("net_ring12", 0));
+    assert!(r.driver == Driver::Ring);
+    assert_eq!(
+        DevArgs::parse("net_ring0,queues=4")
+            .unwrap()
+            .number("queues", 1, 1..=16),
+        Ok(4)
+    );
+    for (bad, says) in [
+        ("net_ring", "instance number"),
+        ("net_bogus0", "unknown driver"),
+        ("net_pcap0,rx_pcap", "not key=value"),
+        ("net_pcap0,rx_ring=x", "does not take"),
+        ("net_pcap0,rx_pcap=", "needs a value"),
+    ] {
+        let e = DevArgs::parse(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let q = DevArgs::parse("net_ring0,queues=99").unwrap();
+    assert!(q
+        .number("queues", 1, 1..=16)
+        .unwrap_err()
+        .contains("1..=16"));
+}
+
+#[test]
+fn registered_drivers_have_distinct_numbers_and_names_and_match_driver() {
+    pmds_ethdev::driver::check_registry(Drivers::drivers()).unwrap();
+    for d in [
+        Driver::Ring,
+        Driver::Pcap,
+        Driver::Vhost,
+        Driver::VirtioUser,
+    ] {
+        let r = pmds_ethdev::driver::by_id::<Drivers>(d.id()).expect("registered");
+        assert_eq!(r.name(), d.name());
+    }
 }

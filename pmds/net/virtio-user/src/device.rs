@@ -5,7 +5,7 @@
 //! never the main memseg. Received frames are copied out of the slots into mbufs of the
 //! caller's (host) pool; frames to send are copied from any pool into a slot. The socket's
 //! peer is checked with `SO_PEERCRED` before anything is sent (our uid or root), and every
-//! exchange has a deadline and gives up at once on a signal ([`super::wire`]): a backend
+//! exchange has a deadline and gives up at once on a signal ([`pmds_net_vhost::wire`]): a backend
 //! that never answers is one error line at start, never a primary stuck in `connect`.
 //!
 //! The driver side of each virtqueue is [`DriverRing`] (virtio 1.x §2.7, orderings D1-D3).
@@ -20,18 +20,17 @@ use std::time::Duration;
 
 use shm_mempool::{Mbuf, MbufCache};
 
-pub use super::driver_ring::{DriverRing, DEFAULT_QUEUE_SIZE, WHOLE_BUFFER};
-pub use super::frontend_mem::{vring_bytes, PortMemory, SLOT_BYTES};
+pub use crate::driver_ring::{DriverRing, DEFAULT_QUEUE_SIZE, WHOLE_BUFFER};
+pub use crate::frontend_mem::{vring_bytes, PortMemory, SLOT_BYTES};
 
-use super::peer_copy::{append_from_peer, copy_from_peer};
-use super::proto::{self, code, PROTOCOL_F_MQ};
-use super::registry::Registry;
-use super::wire::{self, Until, WireError};
 use pmds_common_virtio::features::{
     header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 };
 use pmds_common_virtio::split::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
+use pmds_net_vhost::peer_copy::{append_from_peer, copy_from_peer};
+use pmds_net_vhost::proto::{self, code, PROTOCOL_F_MQ};
+use pmds_net_vhost::wire::{self, Until, WireError};
 
 /// How long stopping a port may wait for the backend to stop its rings, all rings
 /// together: a stopping primary does not wait on a silent backend for long.
@@ -53,22 +52,13 @@ pub struct VirtioUserDevice {
     mem: PortMemory,
 }
 
-/// The devices started in this process.
-static DEVICES: Registry<VirtioUserDevice> = Registry::new();
-
-/// The virtio-user device of socket `path` in this process, if connected here.
-pub fn find(path: &Path) -> Option<Arc<VirtioUserDevice>> {
-    DEVICES.find(|d| d.path == path)
-}
-
 /// Stops device `dev`: the backend stops its rings, the buffers still posted go back to
 /// the pool, the connection closes.
 pub fn stop(dev: &Arc<VirtioUserDevice>) {
-    DEVICES.remove(dev);
     dev.shutdown();
 }
 
-pub(super) fn eventfd() -> Result<File, String> {
+pub(crate) fn eventfd() -> Result<File, String> {
     // SAFETY: plain syscall; a valid fd is owned by the File below.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -231,7 +221,6 @@ impl VirtioUserDevice {
             dropped: AtomicBool::new(false),
             mem,
         });
-        DEVICES.add(dev.clone());
         Ok(dev)
     }
 
@@ -522,7 +511,7 @@ impl Drop for VirtioUserQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vhost::backend::{self, VhostDevice};
+    use pmds_net_vhost::backend::{self, VhostDevice};
     use shm::{Memseg, Region};
     use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag};
     use std::time::Instant;

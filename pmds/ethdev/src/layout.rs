@@ -66,7 +66,7 @@ pub struct PortInfo {
     pub info_size: u32,
     /// Port id (0.., in probe order).
     pub port_id: u16,
-    /// Driver number ([`crate::devargs::Driver`]).
+    /// Driver number ([`crate::DriverId`]: each driver crate picks its own).
     pub driver: u16,
     /// Rx queues.
     pub nb_rx_queues: u16,

@@ -1,5 +1,5 @@
-//! The `net_vhost` driver: a port whose peer is a vhost-user frontend — a QEMU guest's
-//! virtio-net device, or a virtio-user process such as `dpdk-testpmd --vdev
+//! `pmds-net-vhost`: the `net_vhost` driver (DPDK's `net_vhost`), a port whose peer is a
+//! vhost-user frontend — a QEMU guest's virtio-net device, or a virtio-user process such as `dpdk-testpmd --vdev
 //! net_virtio_user0,path=...`. The primary runs the backend ([`backend`]); packets move
 //! between the guest's virtqueues ([`vring`], [`net`]) and shmdp mbufs by copying, a burst
 //! at a time. The guest's memory ([`mem`]) is mapped only in the process that received its
@@ -12,25 +12,22 @@
 //! by copying ([`peer_copy`]); memory it shares must be sealed against shrinking or be on
 //! hugetlbfs, and every mapping of it is under the SIGBUS guard ([`mem`], [`guard`]);
 //! memory we share with a backend is a sealed memfd of the port's own holding only its
-//! rings and buffers ([`frontend_mem`]). Whatever the peer does costs it its connection
+//! rings and buffers (`pmds-net-virtio-user`). Whatever the peer does costs it its connection
 //! (a counted error), never the primary its life or another port its service.
+//!
+//! Where it sits: a driver crate under `pmds/net/`; the facade `pmds` registers
+//! [`VhostDriver`] ([`driver`]). The vhost-user protocol pieces here ([`proto`], [`wire`],
+//! [`guard`], [`peer_copy`], [`mem::sealed_memfd`]) are used by `pmds-net-virtio-user`
+//! too; the virtqueue layout and feature bits come from `pmds-common-virtio`. A started
+//! backend is recorded in the process's device table (`pmds_ethdev::Devices`) under its
+//! socket path, where attaching the port finds it.
+#![deny(missing_docs)]
 
 // The modules that read peer-written memory (guest RAM, a backend's used rings) carry
 // clippy's unwrap/expect/panic/indexing denials: nothing derived from that memory may
 // panic (tests excepted).
 pub mod backend;
-pub mod driver_ring;
-pub mod frontend;
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-pub mod frontend_mem;
+pub mod driver;
 pub mod guard;
 #[cfg_attr(
     not(test),
@@ -54,7 +51,6 @@ pub mod mem;
 pub mod net;
 pub mod peer_copy;
 pub mod proto;
-mod registry;
 #[cfg_attr(
     not(test),
     deny(
@@ -74,6 +70,7 @@ use shm_mempool::{Mbuf, MbufCache};
 
 use backend::Config;
 pub use backend::VhostDevice;
+pub use driver::{VhostDriver, DRIVER_ID};
 use net::{BurstOutcome, NetQueue};
 use vring::{SplitRing, VringAddrs};
 

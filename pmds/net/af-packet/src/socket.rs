@@ -46,7 +46,7 @@ impl Ring {
 }
 
 /// An AF_PACKET socket bound to one interface, with an rx ring, a tx ring or both.
-pub(crate) struct PacketSocket {
+pub struct PacketSocket {
     fd: OwnedFd,
     map: NonNull<u8>,
     map_len: usize,
@@ -54,12 +54,22 @@ pub(crate) struct PacketSocket {
     tx: Option<Ring>,
 }
 
+impl std::fmt::Debug for PacketSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketSocket")
+            .field("fd", &self.fd)
+            .field("rx", &self.rx.is_some())
+            .field("tx", &self.tx.is_some())
+            .finish()
+    }
+}
+
 // SAFETY: the mapping belongs to this socket alone (the kernel is the other party and
 // synchronises through the status words); nothing is tied to a thread.
 unsafe impl Send for PacketSocket {}
 
 /// The interface index of `name`, or an error saying it does not exist.
-pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
+pub fn ifindex(name: &str) -> io::Result<u32> {
     let c =
         std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
@@ -97,7 +107,7 @@ fn setsockopt<T>(fd: &OwnedFd, name: c_int, value: &T) -> io::Result<()> {
 
 impl PacketSocket {
     /// Opens a socket on `iface` with the rings asked for.
-    pub(crate) fn open(iface: &str, rx: bool, tx: bool) -> io::Result<PacketSocket> {
+    pub fn open(iface: &str, rx: bool, tx: bool) -> io::Result<PacketSocket> {
         let index = ifindex(iface)?;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the result is checked.
@@ -175,7 +185,7 @@ impl PacketSocket {
     /// Hands each received frame to `take` (which returns false to stop, e.g. when out of
     /// mbufs: that frame stays in the ring for the next call), at most `max`; returns how
     /// many were taken.
-    pub(crate) fn recv_burst(&mut self, max: usize, mut take: impl FnMut(&[u8]) -> bool) -> usize {
+    pub fn recv_burst(&mut self, max: usize, mut take: impl FnMut(&[u8]) -> bool) -> usize {
         let Some(ring) = self.rx.as_mut() else {
             return 0;
         };
@@ -231,7 +241,7 @@ impl PacketSocket {
     /// Queues the packets `frames` yields (each as segments) into the tx ring and kicks the
     /// kernel once; returns how many were queued (fewer when the ring is full or a packet
     /// is larger than a frame).
-    pub(crate) fn send_burst<'a, I, S>(&mut self, frames: I) -> usize
+    pub fn send_burst<'a, I, S>(&mut self, frames: I) -> usize
     where
         I: IntoIterator<Item = (usize, S)>,
         S: IntoIterator<Item = &'a [u8]>,

@@ -130,16 +130,14 @@ mod tests {
 
     #[test]
     fn no_slice_is_ever_made_over_peer_memory() {
-        // The vhost files that touch guest or backend memory: none may build a slice
-        // from a raw pointer (the pattern is split so this file does not match itself).
+        // The vhost files that touch guest memory: none may build a slice from a raw
+        // pointer (the pattern is split so this file does not match itself; virtio-user
+        // checks its own files the same way).
         let pattern = concat!("from_raw", "_parts");
         for (name, src) in [
             ("net.rs", include_str!("net.rs")),
             ("vring.rs", include_str!("vring.rs")),
             ("mem.rs", include_str!("mem.rs")),
-            ("frontend.rs", include_str!("frontend.rs")),
-            ("driver_ring.rs", include_str!("driver_ring.rs")),
-            ("frontend_mem.rs", include_str!("frontend_mem.rs")),
             ("peer_copy.rs", include_str!("peer_copy.rs")),
         ] {
             assert!(

@@ -417,7 +417,7 @@ pub(crate) mod tests {
         pub(crate) fn new(size: u16) -> FakeGuest {
             let len = 0x40_0000u64;
             // Sealed as QEMU seals its memfds (the backend refuses memory that can shrink).
-            let f = crate::vhost::mem::sealed_memfd("shmdp-vring", len).unwrap();
+            let f = crate::mem::sealed_memfd("shmdp-vring", len).unwrap();
             let spec = RegionSpec {
                 guest_phys_addr: 0,
                 size: len,
