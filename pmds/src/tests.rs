@@ -28,7 +28,7 @@ fn env(count: u32) -> Env {
 
 impl Env {
     fn port(&self, id: u16, devargs: &str, nb_desc: u32) -> Result<Port, PortError> {
-        let d = DevArgs::parse(devargs).map_err(PortError::Config)?;
+        let d = DevArgs::new(devargs)?;
         let setup = PortSetup {
             port_id: id,
             nb_desc,
@@ -474,6 +474,7 @@ fn parses_dpdk_style_devargs() {
     assert!(q
         .number("queues", 1, 1..=16)
         .unwrap_err()
+        .to_string()
         .contains("1..=16"));
 }
 

@@ -8,6 +8,7 @@ use std::ops::Deref;
 
 use crate::driver::{DriverId, NetDriver, Registry};
 use crate::layout::DEVARGS_LEN;
+use crate::DevArgsError;
 
 /// Parsed devargs, without the registry they were checked against: what a driver sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,12 +41,21 @@ impl<R: Registry> DevArgs<R> {
     /// Parses a devargs string; the driver must be one of `R`'s.
     ///
     /// # Errors
-    /// One line naming the problem and the accepted forms.
-    pub fn parse(text: &str) -> Result<DevArgs<R>, String> {
+    /// [`DevArgsError`] naming the problem and the accepted forms.
+    pub fn new(text: &str) -> Result<DevArgs<R>, DevArgsError> {
         Args::parse_with(text, R::drivers()).map(|args| DevArgs {
             args,
             registry: PhantomData,
         })
+    }
+
+    /// [`DevArgs::new`] with the error as its text: the form a CLI's value parser (and
+    /// callers whose errors are text) take.
+    ///
+    /// # Errors
+    /// As [`DevArgs::new`].
+    pub fn parse(text: &str) -> Result<DevArgs<R>, String> {
+        DevArgs::new(text).map_err(String::from)
     }
 
     /// The driver of these devargs.
@@ -58,45 +68,49 @@ impl Args {
     /// Parses a devargs string against `drivers`.
     ///
     /// # Errors
-    /// One line naming the problem and the accepted forms.
-    pub fn parse_with(text: &str, drivers: &[&'static dyn NetDriver]) -> Result<Args, String> {
+    /// [`DevArgsError`] naming the problem and the accepted forms.
+    pub fn parse_with(
+        text: &str,
+        drivers: &[&'static dyn NetDriver],
+    ) -> Result<Args, DevArgsError> {
+        let err = |why: String| DevArgsError::new(text, why);
         let mut parts = text.split(',');
         let name = parts.next().unwrap_or_default().trim();
         let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
         if base.len() == name.len() {
-            return Err(format!(
-                "--vdev {text:?}: the device name needs an instance number, e.g. net_ring0 or net_pcap0"
+            return Err(err(
+                "the device name needs an instance number, e.g. net_ring0 or net_pcap0".into(),
             ));
         }
         let Some(driver) = drivers.iter().find(|d| d.name() == base) else {
             let known: Vec<&str> = drivers.iter().map(|d| d.name()).collect();
-            return Err(format!(
-                "--vdev {text:?}: unknown driver {base:?} (known: {})",
+            return Err(err(format!(
+                "unknown driver {base:?} (known: {})",
                 known.join(", ")
-            ));
+            )));
         };
         if shm::layout::encode_name(name).is_none() {
-            return Err(format!("--vdev {text:?}: name must be 1..31 bytes"));
+            return Err(err("name must be 1..31 bytes".into()));
         }
         let mut args = Vec::new();
         for kv in parts {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| format!("--vdev {text:?}: {kv:?} is not key=value"))?;
+                .ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
             if !driver.keys().contains(&k) {
-                return Err(format!(
-                    "--vdev {text:?}: {} does not take {k:?} (it takes: {})",
+                return Err(err(format!(
+                    "{} does not take {k:?} (it takes: {})",
                     driver.name(),
                     driver.keys().join(", ")
-                ));
+                )));
             }
             if v.is_empty() {
-                return Err(format!("--vdev {text:?}: {k}= needs a value"));
+                return Err(err(format!("{k}= needs a value")));
             }
             args.push((k.to_string(), v.to_string()));
         }
         if text.len() > DEVARGS_LEN {
-            return Err(format!("--vdev: devargs longer than {DEVARGS_LEN} bytes"));
+            return Err(err(format!("devargs longer than {DEVARGS_LEN} bytes")));
         }
         Ok(Args {
             name: name.to_string(),
@@ -127,21 +141,23 @@ impl Args {
     /// A numeric argument in `range`, or `default`.
     ///
     /// # Errors
-    /// One line when the value is not a number in range.
+    /// [`DevArgsError`] when the value is not a number in range.
     pub fn number(
         &self,
         key: &str,
         default: u32,
         range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, DevArgsError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                format!(
-                    "--vdev {:?}: {key}={v} must be a number in {}..={}",
-                    self.text,
-                    range.start(),
-                    range.end()
+                DevArgsError::new(
+                    &self.text,
+                    format!(
+                        "{key}={v} must be a number in {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
                 )
             }),
         }
@@ -150,12 +166,15 @@ impl Args {
     /// A `0`/`1` flag, `false` when absent.
     ///
     /// # Errors
-    /// One line when the value is neither.
-    pub fn flag(&self, key: &str) -> Result<bool, String> {
+    /// [`DevArgsError`] when the value is neither.
+    pub fn flag(&self, key: &str) -> Result<bool, DevArgsError> {
         match self.get(key) {
             None | Some("0") => Ok(false),
             Some("1") => Ok(true),
-            Some(v) => Err(format!("{key}={v}: expected 0 or 1")),
+            Some(v) => Err(DevArgsError::new(
+                &self.text,
+                format!("{key}={v}: expected 0 or 1"),
+            )),
         }
     }
 }

@@ -20,7 +20,7 @@ use shm_mempool::{Mbuf, MbufCache};
 use crate::devargs::Args;
 use crate::layout::PortInfo;
 use crate::queue::QueueShm;
-use crate::{PortError, PortSetup, ZoneFinder};
+use crate::{PortError, PortSetup, RegistryClash, ZoneFinder};
 
 /// A driver's number in a port's shared layout (`PortInfo::driver`). Each driver crate
 /// picks its own; [`Registry`] users check that no two of theirs share one
@@ -250,11 +250,14 @@ pub fn by_id<R: Registry>(id: DriverId) -> Option<&'static dyn NetDriver> {
 ///
 /// # Errors
 /// The first clash.
-pub fn check_registry(drivers: &[&'static dyn NetDriver]) -> Result<(), String> {
+pub fn check_registry(drivers: &[&'static dyn NetDriver]) -> Result<(), RegistryClash> {
     for (i, a) in drivers.iter().enumerate() {
         for b in &drivers[i + 1..] {
             if a.id() == b.id() || a.name() == b.name() {
-                return Err(format!("{} and {} clash", a.name(), b.name()));
+                return Err(RegistryClash {
+                    first: a.name(),
+                    second: b.name(),
+                });
             }
         }
     }

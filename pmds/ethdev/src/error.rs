@@ -3,6 +3,9 @@
 /// Port errors.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
+    /// Bad devargs text.
+    #[error(transparent)]
+    DevArgs(#[from] DevArgsError),
     /// Bad devargs or configuration.
     #[error("{0}")]
     Config(String),
@@ -75,4 +78,30 @@ pub struct DevArgsError {
     pub text: String,
     /// What is wrong, and the accepted forms.
     pub why: String,
+}
+
+impl DevArgsError {
+    pub(crate) fn new(text: &str, why: impl Into<String>) -> DevArgsError {
+        DevArgsError {
+            text: text.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+/// For callers whose errors are text (a CLI's value parser).
+impl From<DevArgsError> for String {
+    fn from(e: DevArgsError) -> String {
+        e.to_string()
+    }
+}
+
+/// Two drivers of a registry share a number or a name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("drivers {first} and {second} share a number or a name")]
+pub struct RegistryClash {
+    /// One driver's name.
+    pub first: &'static str,
+    /// The other's.
+    pub second: &'static str,
 }

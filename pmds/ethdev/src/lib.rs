@@ -27,7 +27,7 @@ pub use driver::{
     Attach, Burst, Devices, DriverId, NetDriver, PortDriver, Probe, Queues, Registry, RxBurst,
     TxBurst,
 };
-pub use error::{DevArgsError, PortError};
+pub use error::{DevArgsError, PortError, RegistryClash};
 pub use port::{Port, PortSetup, ZoneFinder};
 pub use queue::{QueueShm, RxQueue, TxQueue, MAX_BURST};
 pub use shm::stats::{PortStats, QueueStats};

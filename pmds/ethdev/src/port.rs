@@ -132,7 +132,7 @@ impl<R: Registry> Port<R> {
         for t in tx {
             text += &format!(",tx_ring={t}");
         }
-        let devargs = DevArgs::<R>::parse(&text).map_err(PortError::Config)?;
+        let devargs = DevArgs::<R>::new(&text)?;
         let keys = devargs.net_driver().keys();
         if !keys.contains(&"rx_ring") || !keys.contains(&"tx_ring") {
             return Err(PortError::Config(format!(
@@ -169,9 +169,7 @@ impl<R: Registry> Port<R> {
     ) -> Result<Port<R>, PortError> {
         let cfg = |why: String| PortError::config(&devargs.name, why);
         let driver = devargs.net_driver();
-        let nb_desc = devargs
-            .number("nb_desc", setup.nb_desc, 1..=1 << 20)
-            .map_err(PortError::Config)?;
+        let nb_desc = devargs.number("nb_desc", setup.nb_desc, 1..=1 << 20)?;
         let probe = Probe {
             seg,
             devargs,
@@ -267,7 +265,7 @@ impl<R: Registry> Port<R> {
             .get(..info.devargs_len as usize)
             .and_then(|b| std::str::from_utf8(b).ok())
             .ok_or_else(|| bad("bad devargs text".into()))?;
-        let args = Args::parse_with(text, R::drivers()).map_err(bad)?;
+        let args = Args::parse_with(text, R::drivers()).map_err(|e| bad(e.to_string()))?;
         if args.driver != driver.id() {
             return Err(bad("devargs and driver disagree".into()));
         }

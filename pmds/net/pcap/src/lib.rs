@@ -49,13 +49,14 @@ struct PcapEnds {
 }
 
 impl PcapEnds {
-    fn of(d: &Args) -> Result<PcapEnds, String> {
+    /// `fail` makes the error (a probe's is a configuration error, an attach's a bad port).
+    fn of(d: &Args, fail: impl Fn(String) -> PortError) -> Result<PcapEnds, PortError> {
         let iface = d.get("iface");
-        let pick = |file: &str, ifc: &str| -> Result<Option<PcapEnd>, String> {
+        let pick = |file: &str, ifc: &str| -> Result<Option<PcapEnd>, PortError> {
             let f = d.get(file).map(|p| PcapEnd::File(PathBuf::from(p)));
             let i = d.get(ifc).or(iface).map(|n| PcapEnd::Iface(n.to_string()));
             match (f, i) {
-                (Some(_), Some(_)) => Err(format!("give {file}= or {ifc}=/iface=, not both")),
+                (Some(_), Some(_)) => Err(fail(format!("give {file}= or {ifc}=/iface=, not both"))),
                 (f, i) => Ok(f.or(i)),
             }
         };
@@ -82,7 +83,7 @@ impl NetDriver for PcapDriver {
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
         let cfg = |why: String| PortError::config(&d.name, why);
-        let ends = PcapEnds::of(d).map_err(cfg)?;
+        let ends = PcapEnds::of(d, cfg)?;
         if ends.rx.is_none() && ends.tx.is_none() {
             return Err(cfg(
                 "give rx_pcap=FILE and/or tx_pcap=FILE, or iface=/rx_iface=/tx_iface=IFACE".into(),
@@ -107,8 +108,7 @@ impl NetDriver for PcapDriver {
     }
 
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
-        let ends =
-            PcapEnds::of(a.devargs).map_err(|why| PortError::bad_port(&a.devargs.name, why))?;
+        let ends = PcapEnds::of(a.devargs, |why| PortError::bad_port(&a.devargs.name, why))?;
         Ok(Box::new(ends))
     }
 }

@@ -58,9 +58,7 @@ impl NetDriver for RingDriver {
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
         let cfg = |why: String| PortError::config(&d.name, why);
-        let q = d
-            .number("queues", 1, 1..=u32::from(MAX_QUEUES))
-            .map_err(PortError::Config)?;
+        let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUES))?;
         let (rx_rings, tx_rings) = (d.get_all("rx_ring"), d.get_all("tx_ring"));
         let named = !rx_rings.is_empty() || !tx_rings.is_empty();
         if named && d.get("queues").is_some() {

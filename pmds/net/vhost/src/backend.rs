@@ -22,6 +22,7 @@
 //! loop that runs once more, a link reported up one poll late), and `protocol_errors`
 //! is a counter. `last_avail` is ordered by G2 where it matters (see `report`).
 
+use crate::VhostError;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -144,13 +145,15 @@ impl VhostDevice {
     ///
     /// # Errors
     /// One line when the socket cannot be bound or the thread not started.
-    pub fn start(path: &Path, pairs: u16, client: bool) -> Result<Arc<VhostDevice>, String> {
+    pub fn start(path: &Path, pairs: u16, client: bool) -> Result<Arc<VhostDevice>, VhostError> {
         if !(1..=MAX_QUEUE_PAIRS).contains(&pairs) {
-            return Err(format!("queues={pairs} must be 1..={MAX_QUEUE_PAIRS}"));
+            return Err(crate::setup_err!(
+                "queues={pairs} must be 1..={MAX_QUEUE_PAIRS}"
+            ));
         }
         // Reserved first: a port beyond the guard's room is refused before it listens.
-        let guard =
-            Quota::reserve(GUARD_SHARE).map_err(|e| format!("iface {}: {e}", path.display()))?;
+        let guard = Quota::reserve(GUARD_SHARE)
+            .map_err(|e| crate::guard_err!("iface {}: {e}", path.display()))?;
         let listener = if client {
             None
         } else {
@@ -159,14 +162,14 @@ impl VhostDevice {
                 // a link (not followed) or another user's socket.
                 use std::os::unix::fs::{FileTypeExt, MetadataExt};
                 if !meta.file_type().is_socket() || meta.uid() != nix::unistd::geteuid().as_raw() {
-                    return Err(format!(
+                    return Err(crate::setup_err!(
                         "iface {}: exists and is not a socket of ours; remove it or choose another path",
                         path.display()
                     ));
                 }
                 // A socket left by a crashed run: nobody answers on it.
                 if UnixStream::connect(path).is_ok() {
-                    return Err(format!(
+                    return Err(crate::setup_err!(
                         "iface {}: another process is listening on this socket",
                         path.display()
                     ));
@@ -174,12 +177,15 @@ impl VhostDevice {
                 let _ = std::fs::remove_file(path);
             }
             let l = UnixListener::bind(path)
-                .map_err(|e| format!("iface {}: cannot listen: {e}", path.display()))?;
+                .map_err(|e| crate::setup_err!("iface {}: cannot listen: {e}", path.display()))?;
             // Ours alone (whatever the umask); the peer's uid is checked on accept too.
             use std::os::unix::fs::PermissionsExt;
             if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
                 let _ = std::fs::remove_file(path);
-                return Err(format!("iface {}: chmod 0600: {e}", path.display()));
+                return Err(crate::setup_err!(
+                    "iface {}: chmod 0600: {e}",
+                    path.display()
+                ));
             }
             Some(l)
         };
@@ -205,7 +211,7 @@ impl VhostDevice {
         std::thread::Builder::new()
             .name(format!("vhost {}", path.display()))
             .spawn(move || d.serve(listener))
-            .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
+            .map_err(|e| crate::setup_err!("cannot start the vhost-user thread: {e}"))?;
         Ok(dev)
     }
 
@@ -388,7 +394,7 @@ impl VhostDevice {
             };
             let msg = match proto::decode(&h, &payload, files.len()) {
                 Ok(m) => m,
-                Err(e) => break e,
+                Err(e) => break e.to_string(),
             };
             tracing::debug!("{}: vhost-user {msg:?}", self.path.display());
             let mem_table = matches!(msg, Msg::SetMemTable(_));
@@ -454,7 +460,7 @@ impl VhostDevice {
     ///
     /// # Errors
     /// One line when it has not.
-    fn room_for(&self, regions: usize) -> Result<(), String> {
+    fn room_for(&self, regions: usize) -> Result<(), VhostError> {
         let t0 = Instant::now();
         loop {
             let used = self.guard.in_use();
@@ -462,7 +468,7 @@ impl VhostDevice {
                 return Ok(());
             }
             if t0.elapsed() > GUARD_WAIT {
-                return Err(format!(
+                return Err(crate::guard_err!(
                     "memory table of {regions} regions: {used} mappings of earlier tables are still guarded, and this port's share of the SIGBUS guard is {}",
                     self.guard.limit()
                 ));
@@ -506,13 +512,16 @@ impl Handler {
     }
 
     /// Carries out one request; `Ok(Some(payload))` for requests that are answered.
-    fn handle(&mut self, msg: Msg, mut files: Vec<File>) -> Result<Option<Vec<u8>>, String> {
+    fn handle(&mut self, msg: Msg, mut files: Vec<File>) -> Result<Option<Vec<u8>>, VhostError> {
         let dev = self.dev.clone();
-        let vring = |c: &mut Control, index: u32| -> Result<usize, String> {
+        let vring = |c: &mut Control, index: u32| -> Result<usize, VhostError> {
             if (index as usize) < c.vrings.len() {
                 Ok(index as usize)
             } else {
-                Err(format!("vring {index} (the port has {})", c.vrings.len()))
+                Err(crate::peer_err!(
+                    "vring {index} (the port has {})",
+                    c.vrings.len()
+                ))
             }
         };
         let value = |v: u64| Ok(Some(v.to_le_bytes().to_vec()));
@@ -520,7 +529,7 @@ impl Handler {
             Msg::GetFeatures => value(offered_features(dev.pairs)),
             Msg::SetFeatures(f) => {
                 if f & !offered_features(dev.pairs) != 0 {
-                    return Err(format!("features {f:#x} were not offered"));
+                    return Err(crate::peer_err!("features {f:#x} were not offered"));
                 }
                 let mut c = self.ctl();
                 c.features = f;
@@ -554,7 +563,7 @@ impl Handler {
                 let mut c = self.ctl();
                 let i = vring(&mut c, index)?;
                 if num == 0 || num > 32768 || !num.is_power_of_two() {
-                    return Err(format!("vring size {num}"));
+                    return Err(crate::peer_err!("vring size {num}"));
                 }
                 c.vrings[i].addrs.size = num as u16;
                 Ok(None)
@@ -637,7 +646,7 @@ impl Handler {
                 Ok(None)
             }
             Msg::GetMaxMemSlots => value(super::mem::MAX_REGIONS as u64),
-            Msg::Unsupported(code) => Err(format!("request {code} is not supported")),
+            Msg::Unsupported(code) => Err(crate::peer_err!("request {code} is not supported")),
         }
     }
 }

@@ -48,9 +48,7 @@ impl NetDriver for VhostDriver {
 
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
-        let q = d
-            .number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))
-            .map_err(PortError::Config)? as u16;
+        let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))? as u16;
         let path = iface(p)?;
         d.flag("client")
             .map_err(|e| PortError::config(&d.name, e))?;
@@ -66,8 +64,9 @@ impl NetDriver for VhostDriver {
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
         let cfg = |why: String| PortError::config(&p.devargs.name, why);
         let path = iface(p)?;
-        let client = p.devargs.flag("client").map_err(cfg)?;
-        let dev = VhostDevice::start(Path::new(path), queues.rx, client).map_err(cfg)?;
+        let client = p.devargs.flag("client")?;
+        let dev = VhostDevice::start(Path::new(path), queues.rx, client)
+            .map_err(|e| cfg(e.to_string()))?;
         p.devices.add(DRIVER_ID, path, dev).map_err(|dev| {
             backend::stop(&dev);
             cfg(format!("iface {path} is served by another port"))

@@ -29,6 +29,7 @@
 //! frontend asking for more than its port's share loses its request (and its
 //! connection); it can never make another port's registration fail.
 
+use crate::VhostError;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -59,7 +60,7 @@ static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 static HITS: AtomicU64 = AtomicU64::new(0);
 /// Slots promised to live quotas (at most [`SLOTS`]).
 static RESERVED: AtomicUsize = AtomicUsize::new(0);
-static PREVIOUS: OnceLock<Result<Previous, String>> = OnceLock::new();
+static PREVIOUS: OnceLock<Result<Previous, VhostError>> = OnceLock::new();
 
 impl Slot {
     /// Changes the slot's fields under the seqlock (writers are serialised by `used`:
@@ -110,7 +111,7 @@ pub fn hits() -> u64 {
 ///
 /// # Errors
 /// One line when `sigaction` fails.
-pub fn install() -> Result<(), String> {
+pub fn install() -> Result<(), VhostError> {
     PREVIOUS
         .get_or_init(|| {
             // SAFETY: sigaction is plain data; all-zero is a valid empty value for it.
@@ -122,7 +123,7 @@ pub fn install() -> Result<(), String> {
             // SAFETY: both pointers are to live sigaction values on our stack.
             let rc = unsafe { libc::sigaction(libc::SIGBUS, &new, &mut old) };
             if rc != 0 {
-                return Err(format!(
+                return Err(crate::guard_err!(
                     "cannot install the SIGBUS guard: {}",
                     std::io::Error::last_os_error()
                 ));
@@ -160,13 +161,13 @@ impl Quota {
     ///
     /// # Errors
     /// One line when the table has fewer than `limit` slots left unreserved.
-    pub fn reserve(limit: usize) -> Result<Quota, String> {
+    pub fn reserve(limit: usize) -> Result<Quota, VhostError> {
         RESERVED
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                 r.checked_add(limit).filter(|&t| t <= SLOTS)
             })
             .map_err(|r| {
-                format!(
+                crate::guard_err!(
                     "the SIGBUS guard has {r} of its {SLOTS} peer memory mappings promised to other ports; {limit} more do not fit (use fewer vhost-user ports)"
                 )
             })?;
@@ -193,7 +194,7 @@ impl Quota {
     ///
     /// # Errors
     /// When the handler cannot be installed or the quota is used up.
-    pub fn register(&self, start: usize, len: usize) -> Result<Guarded, String> {
+    pub fn register(&self, start: usize, len: usize) -> Result<Guarded, VhostError> {
         install()?;
         let share = &self.0;
         // Relaxed: the count only bounds how many slots this owner may hold; each slot
@@ -204,7 +205,7 @@ impl Quota {
                 (u < share.limit).then_some(u + 1)
             })
             .map_err(|u| {
-                format!(
+                crate::guard_err!(
                     "{u} peer memory mappings already guarded for this port, its share of the SIGBUS guard"
                 )
             })?;
@@ -232,7 +233,7 @@ impl Quota {
             }
         }
         share.used.fetch_sub(1, Ordering::Relaxed);
-        Err(format!(
+        Err(crate::guard_err!(
             "more than {SLOTS} peer memory regions are mapped in this process"
         ))
     }

@@ -28,6 +28,7 @@
 // panic (tests excepted).
 pub mod backend;
 pub mod driver;
+mod error;
 pub mod guard;
 #[cfg_attr(
     not(test),
@@ -71,6 +72,7 @@ use shm_mempool::{Mbuf, MbufCache};
 use backend::Config;
 pub use backend::VhostDevice;
 pub use driver::{VhostDriver, DRIVER_ID};
+pub use error::VhostError;
 use net::{BurstOutcome, NetQueue};
 use vring::{SplitRing, VringAddrs};
 

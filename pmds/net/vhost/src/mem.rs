@@ -15,6 +15,7 @@
 //! frontend its connection ([`GuestMemory::taken_away`]), not the process its life. Any
 //! other file (an unsealed memfd, a tmpfs or disk file) is refused.
 
+use crate::VhostError;
 use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -90,9 +91,9 @@ impl GuestMemory {
     /// # Errors
     /// One line when the table is malformed (counts differ, empty or overflowing regions,
     /// overlaps in guest physical space) or a file cannot be mapped.
-    pub fn map(specs: &[RegionSpec], files: Vec<File>) -> Result<GuestMemory, String> {
+    pub fn map(specs: &[RegionSpec], files: Vec<File>) -> Result<GuestMemory, VhostError> {
         let quota = Quota::reserve(specs.len().clamp(1, MAX_REGIONS))
-            .map_err(|e| format!("memory table: {e}"))?;
+            .map_err(|e| crate::peer_err!("memory table: {e}"))?;
         Self::map_in(specs, files, &quota)
     }
 
@@ -105,9 +106,9 @@ impl GuestMemory {
         specs: &[RegionSpec],
         files: Vec<File>,
         quota: &Quota,
-    ) -> Result<GuestMemory, String> {
+    ) -> Result<GuestMemory, VhostError> {
         if specs.len() != files.len() || specs.is_empty() || specs.len() > MAX_REGIONS {
-            return Err(format!(
+            return Err(crate::peer_err!(
                 "memory table: {} regions with {} files (1..={MAX_REGIONS} expected)",
                 specs.len(),
                 files.len()
@@ -119,28 +120,33 @@ impl GuestMemory {
             let map_len = spec.mmap_offset.checked_add(spec.size);
             let uend = spec.user_addr.checked_add(spec.size);
             let (Some(end), Some(map_len), Some(_)) = (end, map_len, uend) else {
-                return Err(format!("memory table: region {spec:?} overflows"));
+                return Err(crate::peer_err!("memory table: region {spec:?} overflows"));
             };
             if spec.size == 0 || usize::try_from(map_len).is_err() {
-                return Err(format!("memory table: region {spec:?} has a bad size"));
+                return Err(crate::peer_err!(
+                    "memory table: region {spec:?} has a bad size"
+                ));
             }
             if regions.iter().any(|r| {
                 spec.guest_phys_addr < r.spec.guest_phys_addr + r.spec.size
                     && r.spec.guest_phys_addr < end
             }) {
-                return Err(format!("memory table: region {spec:?} overlaps another"));
+                return Err(crate::peer_err!(
+                    "memory table: region {spec:?} overlaps another"
+                ));
             }
             // A file shorter than the region would fault (SIGBUS) on first touch.
             let file_len = file
                 .metadata()
-                .map_err(|e| format!("memory table: region {spec:?}: {e}"))?
+                .map_err(|e| crate::peer_err!("memory table: region {spec:?}: {e}"))?
                 .len();
             if file_len < map_len {
-                return Err(format!(
+                return Err(crate::peer_err!(
                     "memory table: region {spec:?} needs {map_len} bytes of a {file_len}-byte file"
                 ));
             }
-            check_file(&file).map_err(|e| format!("memory table: region {spec:?}: {e}"))?;
+            check_file(&file)
+                .map_err(|e| crate::peer_err!("memory table: region {spec:?}: {e}"))?;
             // Mapped, guarded and later unmapped in whole pages of the file's page size
             // (2 MiB or 1 GiB on hugetlbfs): the kernel rounds a hugetlbfs mapping up,
             // and munmap of a length that is not a multiple of its page size fails, which
@@ -155,15 +161,17 @@ impl GuestMemory {
                 .checked_next_multiple_of(page)
                 .and_then(|w| usize::try_from(w).ok())
             else {
-                return Err(format!("memory table: region {spec:?} has a bad size"));
+                return Err(crate::peer_err!(
+                    "memory table: region {spec:?} has a bad size"
+                ));
             };
             let map = memmap2::MmapOptions::new()
                 .len(whole)
                 .map_raw(&file)
-                .map_err(|e| format!("memory table: map region {spec:?}: {e}"))?;
+                .map_err(|e| crate::peer_err!("memory table: map region {spec:?}: {e}"))?;
             let guard = quota
                 .register(map.as_mut_ptr() as usize, whole)
-                .map_err(|e| format!("memory table: {e}"))?;
+                .map_err(|e| crate::peer_err!("memory table: {e}"))?;
             // SAFETY: `mmap_offset < map_len` = the mapping's length (size > 0).
             let base = unsafe { map.as_mut_ptr().add(spec.mmap_offset as usize) };
             regions.push(Mapped {
@@ -232,21 +240,21 @@ impl GuestMemory {
 ///
 /// # Errors
 /// One line when the memfd cannot be made, sized or sealed.
-pub fn sealed_memfd(name: &str, len: u64) -> Result<File, String> {
+pub fn sealed_memfd(name: &str, len: u64) -> Result<File, VhostError> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-        .map_err(|e| format!("memfd_create: {e}"))?;
+        .map_err(|e| crate::setup_err!("memfd_create: {e}"))?;
     let file = File::from(fd);
     file.set_len(len)
-        .map_err(|e| format!("size the memfd: {e}"))?;
+        .map_err(|e| crate::setup_err!("size the memfd: {e}"))?;
     fcntl(
         &file,
         FcntlArg::F_ADD_SEALS(
             SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
         ),
     )
-    .map_err(|e| format!("seal the memfd: {e}"))?;
+    .map_err(|e| crate::setup_err!("seal the memfd: {e}"))?;
     Ok(file)
 }
 
@@ -255,7 +263,7 @@ pub fn sealed_memfd(name: &str, len: u64) -> Result<File, String> {
 ///
 /// # Errors
 /// One line naming the file's kind and what to give instead.
-pub fn check_file(file: &File) -> Result<(), String> {
+pub fn check_file(file: &File) -> Result<(), VhostError> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     let seals = fcntl(file, FcntlArg::F_GET_SEALS)
         .map(SealFlag::from_bits_truncate)
@@ -263,14 +271,14 @@ pub fn check_file(file: &File) -> Result<(), String> {
     if seals.is_some_and(|s| s.contains(SealFlag::F_SEAL_SHRINK)) {
         return Ok(());
     }
-    let fs = nix::sys::statfs::fstatfs(file).map_err(|e| format!("fstatfs: {e}"))?;
+    let fs = nix::sys::statfs::fstatfs(file).map_err(|e| crate::peer_err!("fstatfs: {e}"))?;
     if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
         return Ok(());
     }
-    Err(match seals {
+    Err(VhostError::Peer(match seals {
         Some(_) => "the memory file can shrink (a memfd or tmpfs file without F_SEAL_SHRINK); give the frontend sealed memory (QEMU: memory-backend-memfd, sealed by default) or hugepages".into(),
         None => "the memory file is neither a sealed memfd nor on hugetlbfs; give the frontend sealed memory (QEMU: memory-backend-memfd) or hugepages".into(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -293,7 +301,7 @@ mod tests {
         let unsealed = File::from(memfd_create("shmdp-test", MFdFlags::MFD_ALLOW_SEALING).unwrap());
         unsealed.set_len(0x1000).unwrap();
         let e = GuestMemory::map(&[r], vec![unsealed]).unwrap_err();
-        assert!(e.contains("F_SEAL_SHRINK"), "{e}");
+        assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
         let unsealable = File::from(memfd_create("shmdp-test", MFdFlags::empty()).unwrap());
         unsealable.set_len(0x1000).unwrap();
         assert!(GuestMemory::map(&[r], vec![unsealable]).is_err());
@@ -359,6 +367,7 @@ mod tests {
         assert!(
             GuestMemory::map(&[r, r], vec![memfd(0x1000), memfd(0x1000)])
                 .unwrap_err()
+                .to_string()
                 .contains("overlaps")
         );
         let huge = RegionSpec {
@@ -369,6 +378,7 @@ mod tests {
         let beyond = RegionSpec { size: 0x2000, ..r };
         assert!(GuestMemory::map(&[beyond], vec![memfd(0x1000)])
             .unwrap_err()
+            .to_string()
             .contains("file"));
         let empty = RegionSpec { size: 0, ..r };
         assert!(GuestMemory::map(&[empty], vec![memfd(0x1000)]).is_err());

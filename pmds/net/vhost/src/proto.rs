@@ -8,6 +8,7 @@
 //! touching a socket: it is what the fuzz target exercises. [`recv`] and [`send_reply`]
 //! do the socket part, through [`wire`]: with a deadline on every whole message.
 
+use crate::VhostError;
 use std::fs::File;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
@@ -125,7 +126,7 @@ impl Header {
     ///
     /// # Errors
     /// A wrong version, a reply where a request belongs, or an oversized payload.
-    pub fn parse(b: &[u8; 12]) -> Result<Header, String> {
+    pub fn parse(b: &[u8; 12]) -> Result<Header, VhostError> {
         let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let h = Header {
             request: word(0),
@@ -133,13 +134,18 @@ impl Header {
             size: word(8),
         };
         if h.flags & 0x3 != VERSION {
-            return Err(format!("message version {} (1 expected)", h.flags & 0x3));
+            return Err(crate::peer_err!(
+                "message version {} (1 expected)",
+                h.flags & 0x3
+            ));
         }
         if h.flags & FLAG_REPLY != 0 {
-            return Err("a reply where a request was expected".into());
+            return Err(VhostError::Peer(
+                "a reply where a request was expected".into(),
+            ));
         }
         if h.size > MAX_PAYLOAD {
-            return Err(format!(
+            return Err(crate::peer_err!(
                 "payload of {} bytes (at most {MAX_PAYLOAD})",
                 h.size
             ));
@@ -165,50 +171,53 @@ fn u64_at(p: &[u8], i: usize) -> u64 {
 ///
 /// # Errors
 /// One line when the payload or the fd count does not fit the request.
-pub fn decode(h: &Header, payload: &[u8], nfds: usize) -> Result<Msg, String> {
-    let size = |want: usize| -> Result<(), String> {
+pub fn decode(h: &Header, payload: &[u8], nfds: usize) -> Result<Msg, VhostError> {
+    let size = |want: usize| -> Result<(), VhostError> {
         if payload.len() == want {
             Ok(())
         } else {
-            Err(format!(
+            Err(crate::peer_err!(
                 "request {}: payload of {} bytes, {want} expected",
                 h.request,
                 payload.len()
             ))
         }
     };
-    let fds = |want: usize| -> Result<(), String> {
+    let fds = |want: usize| -> Result<(), VhostError> {
         if nfds == want {
             Ok(())
         } else {
-            Err(format!(
+            Err(crate::peer_err!(
                 "request {}: {nfds} fds, {want} expected",
                 h.request
             ))
         }
     };
-    let state = || -> Result<(u32, u32), String> {
+    let state = || -> Result<(u32, u32), VhostError> {
         size(8)?;
         fds(0)?;
         Ok((u32_at(payload, 0), u32_at(payload, 4)))
     };
     // SET_VRING_KICK/CALL/ERR: index in bits 0-7, bit 8 set when no fd is sent.
-    let vring_fd = || -> Result<(u32, bool), String> {
+    let vring_fd = || -> Result<(u32, bool), VhostError> {
         size(8)?;
         let v = u64_at(payload, 0);
         let has_fd = v & 0x100 == 0;
         fds(usize::from(has_fd))?;
         Ok(((v & 0xff) as u32, has_fd))
     };
-    let none = |m: Msg| -> Result<Msg, String> {
+    let none = |m: Msg| -> Result<Msg, VhostError> {
         // Some frontends send an 8-byte zero payload with argument-less requests.
         if !payload.is_empty() && payload.len() != 8 {
-            return Err(format!("request {}: unexpected payload", h.request));
+            return Err(crate::peer_err!(
+                "request {}: unexpected payload",
+                h.request
+            ));
         }
         fds(0)?;
         Ok(m)
     };
-    let value = || -> Result<u64, String> {
+    let value = || -> Result<u64, VhostError> {
         size(8)?;
         fds(0)?;
         Ok(u64_at(payload, 0))
@@ -220,11 +229,13 @@ pub fn decode(h: &Header, payload: &[u8], nfds: usize) -> Result<Msg, String> {
         4 => none(Msg::ResetOwner)?,
         5 => {
             if payload.len() < 8 {
-                return Err("SET_MEM_TABLE: short payload".into());
+                return Err(VhostError::Peer("SET_MEM_TABLE: short payload".into()));
             }
             let n = u32_at(payload, 0) as usize;
             if n == 0 || n > MAX_REGIONS {
-                return Err(format!("SET_MEM_TABLE: {n} regions (1..={MAX_REGIONS})"));
+                return Err(crate::peer_err!(
+                    "SET_MEM_TABLE: {n} regions (1..={MAX_REGIONS})"
+                ));
             }
             size(8 + 32 * n)?;
             fds(n)?;
@@ -321,7 +332,7 @@ pub fn recv(
     }
     let until = Until::after(wire::MESSAGE_TIMEOUT, stop);
     wire::recv_exact(sock, &mut hdr[n..], until)?;
-    let h = Header::parse(&hdr).map_err(WireError::Protocol)?;
+    let h = Header::parse(&hdr).map_err(|e| WireError::Protocol(e.to_string()))?;
     let mut payload = vec![0u8; h.size as usize];
     wire::recv_exact(sock, &mut payload, until)?;
     Ok(Some((h, payload, files)))

@@ -20,6 +20,7 @@
 //! inside guest memory, the direction the queue needs). A chain that fails is refused as a
 //! whole with a [`ChainError`]; the indices we keep are our own and never re-read.
 
+use crate::VhostError;
 use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
@@ -129,22 +130,23 @@ impl SplitRing {
     /// # Errors
     /// One line when the size is not a power of two up to 32768 or an area is not inside
     /// guest memory or misaligned.
-    pub fn start(mem: Arc<GuestMemory>, a: &VringAddrs) -> Result<SplitRing, String> {
+    pub fn start(mem: Arc<GuestMemory>, a: &VringAddrs) -> Result<SplitRing, VhostError> {
         let size = a.size;
         if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
-            return Err(format!(
+            return Err(crate::peer_err!(
                 "vring size {size} is not a power of two up to 32768"
             ));
         }
         let n = u64::from(size);
-        let area = |what: &str, uva: u64, len: u64, align: u64| -> Result<*mut u8, String> {
+        let area = |what: &str, uva: u64, len: u64, align: u64| -> Result<*mut u8, VhostError> {
             if !uva.is_multiple_of(align) {
-                return Err(format!(
+                return Err(crate::peer_err!(
                     "vring {what} area {uva:#x} is not {align}-byte aligned"
                 ));
             }
-            mem.uva(uva, len)
-                .ok_or_else(|| format!("vring {what} area {uva:#x}+{len} is not in guest memory"))
+            mem.uva(uva, len).ok_or_else(|| {
+                crate::peer_err!("vring {what} area {uva:#x}+{len} is not in guest memory")
+            })
         };
         let desc = area("descriptor", a.desc, 16 * n, 16)?;
         let avail = area("avail", a.avail, 6 + 2 * n, 2)?;

@@ -10,6 +10,7 @@
 //!
 //! The driver side of each virtqueue is [`DriverRing`] (virtio 1.x §2.7, orderings D1-D3).
 
+use pmds_net_vhost::VhostError;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -58,11 +59,14 @@ pub fn stop(dev: &Arc<VirtioUserDevice>) {
     dev.shutdown();
 }
 
-pub(crate) fn eventfd() -> Result<File, String> {
+pub(crate) fn eventfd() -> Result<File, VhostError> {
     // SAFETY: plain syscall; a valid fd is owned by the File below.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
-        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        return Err(pmds_net_vhost::setup_err!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
@@ -84,17 +88,17 @@ impl VirtioUserDevice {
         size: u16,
         wait: Duration,
         cancel: &AtomicBool,
-    ) -> Result<Arc<VirtioUserDevice>, String> {
+    ) -> Result<Arc<VirtioUserDevice>, VhostError> {
         let at = |e: WireError| match e {
-            WireError::TimedOut(_) => format!(
+            WireError::TimedOut(_) => pmds_net_vhost::peer_err!(
                 "path {}: {e}; check that a vhost-user backend serves this socket",
                 path.display()
             ),
-            e => format!("path {}: {e}", path.display()),
+            e => pmds_net_vhost::peer_err!("path {}: {e}", path.display()),
         };
         let sock = wire::connect(path, Until::after(wait, cancel)).map_err(|e| match e {
             WireError::Cancelled => at(e),
-            e => format!(
+            e => pmds_net_vhost::setup_err!(
                 "path {}: no vhost-user backend answers ({e}); start the backend first",
                 path.display()
             ),
@@ -102,31 +106,33 @@ impl VirtioUserDevice {
         // Before anything is sent: the memory we are about to share goes to this process.
         let (uid, pid) = wire::peer_cred(&sock).map_err(at)?;
         if !wire::uid_allowed(uid) {
-            return Err(format!(
+            return Err(pmds_net_vhost::setup_err!(
                 "path {}: the backend (pid {pid}) runs as uid {uid}, not as us or root; refusing to share memory with it",
                 path.display()
             ));
         }
-        let u64_of = |p: Vec<u8>| -> Result<u64, String> {
+        let u64_of = |p: Vec<u8>| -> Result<u64, VhostError> {
             p.get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
-                .ok_or_else(|| format!("path {}: short reply", path.display()))
+                .ok_or_else(|| pmds_net_vhost::setup_err!("path {}: short reply", path.display()))
         };
         let until = || Until::after(wire::MESSAGE_TIMEOUT, cancel);
-        let ask = |req: u32| -> Result<u64, String> {
+        let ask = |req: u32| -> Result<u64, VhostError> {
             proto::send_request(&sock, req, &[], &[], until()).map_err(at)?;
             u64_of(proto::recv_reply(&sock, req, until()).map_err(at)?)
         };
-        let tell = |req: u32, payload: &[u8], fds: &[i32]| -> Result<(), String> {
+        let tell = |req: u32, payload: &[u8], fds: &[i32]| -> Result<(), VhostError> {
             proto::send_request(&sock, req, payload, fds, until()).map_err(at)
         };
         let offered = ask(code::GET_FEATURES)?;
         if offered & VIRTIO_F_VERSION_1 == 0 {
-            return Err("the backend does not offer VIRTIO_F_VERSION_1".into());
+            return Err(VhostError::Peer(
+                "the backend does not offer VIRTIO_F_VERSION_1".into(),
+            ));
         }
         if pairs > 1 && offered & VIRTIO_NET_F_MQ == 0 {
-            return Err(format!(
+            return Err(pmds_net_vhost::setup_err!(
                 "queues={pairs}: the backend does not offer multiqueue"
             ));
         }
@@ -146,7 +152,9 @@ impl VirtioUserDevice {
                 &[],
             )?;
             if pairs > 1 && ask(code::GET_QUEUE_NUM)? < u64::from(pairs) {
-                return Err(format!("queues={pairs}: the backend has fewer queue pairs"));
+                return Err(pmds_net_vhost::setup_err!(
+                    "queues={pairs}: the backend has fewer queue pairs"
+                ));
             }
         }
         tell(code::SET_FEATURES, &features.to_le_bytes(), &[])?;
@@ -315,12 +323,14 @@ impl VirtioUserQueue {
     ///
     /// # Errors
     /// When another queue object of this process holds it.
-    pub fn take(dev: Arc<VirtioUserDevice>, index: usize) -> Result<VirtioUserQueue, String> {
+    pub fn take(dev: Arc<VirtioUserDevice>, index: usize) -> Result<VirtioUserQueue, VhostError> {
         let ring = dev.rings[index]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or("the vring is held by another queue of this process")?;
+            .ok_or_else(|| {
+                VhostError::Setup("the vring is held by another queue of this process".into())
+            })?;
         Ok(VirtioUserQueue {
             dev,
             index,

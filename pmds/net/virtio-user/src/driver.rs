@@ -33,9 +33,7 @@ fn path(d: &Args) -> Result<&str, PortError> {
 }
 
 fn queue_size(d: &Args) -> Result<u16, PortError> {
-    let size = d
-        .number("queue_size", 256, 16..=32768)
-        .map_err(PortError::Config)?;
+    let size = d.number("queue_size", 256, 16..=32768)?;
     if !size.is_power_of_two() {
         return Err(PortError::config(
             &d.name,
@@ -60,9 +58,7 @@ impl NetDriver for VirtioUserDriver {
 
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
-        let q = d
-            .number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))
-            .map_err(PortError::Config)? as u16;
+        let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))? as u16;
         let at = path(d)?;
         if p.devices.find::<VirtioUserDevice>(DRIVER_ID, at).is_some() {
             return Err(PortError::config(
@@ -81,7 +77,8 @@ impl NetDriver for VirtioUserDriver {
         let size = queue_size(d)?;
         // A memseg of its own (rings and buffer slots), the only memory the backend is
         // given.
-        let mem = PortMemory::create(&d.name, 2 * usize::from(queues.rx), size).map_err(cfg)?;
+        let mem = PortMemory::create(&d.name, 2 * usize::from(queues.rx), size)
+            .map_err(|e| cfg(e.to_string()))?;
         let dev = VirtioUserDevice::connect(
             mem,
             Path::new(at),
@@ -90,7 +87,7 @@ impl NetDriver for VirtioUserDriver {
             std::time::Duration::from_secs(5),
             pmds_net_vhost::wire::process_stop(),
         )
-        .map_err(cfg)?;
+        .map_err(|e| cfg(e.to_string()))?;
         p.devices.add(DRIVER_ID, at, dev).map_err(|dev| {
             device::stop(&dev);
             cfg(format!("path {at} is used by another port"))

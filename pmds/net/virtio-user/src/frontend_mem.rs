@@ -20,6 +20,7 @@
 //! per vring), then the buffers memzone (`bufs`, `queue_size` slots per vring, vring `v`'s
 //! descriptor `d` owning slot `v * queue_size + d`).
 
+use pmds_net_vhost::VhostError;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -55,12 +56,12 @@ impl PortMemory {
     ///
     /// # Errors
     /// One line: too much memory for those queue counts, or a memfd/mmap failure.
-    pub fn create(name: &str, vrings: usize, size: u16) -> Result<PortMemory, String> {
+    pub fn create(name: &str, vrings: usize, size: u16) -> Result<PortMemory, VhostError> {
         let ring_bytes = vrings as u64 * vring_bytes(size);
         let buf_bytes = vrings as u64 * u64::from(size) * SLOT_BYTES;
         let total = HEADER_BYTES + ring_bytes + buf_bytes;
         if total > MAX_PORT_BYTES {
-            return Err(format!(
+            return Err(pmds_net_vhost::setup_err!(
                 "{} vrings of {size} entries need {} MiB of buffers (at most {} MiB): lower queues= or queue_size=",
                 vrings,
                 total >> 20,
@@ -68,21 +69,21 @@ impl PortMemory {
             ));
         }
         let file = pmds_net_vhost::mem::sealed_memfd(&format!("shmdp-{name}"), total)
-            .map_err(|e| format!("port memory: {e}"))?;
+            .map_err(|e| pmds_net_vhost::setup_err!("port memory: {e}"))?;
         let map = memmap2::MmapOptions::new()
             .len(total as usize)
             .map_raw(&file)
-            .map_err(|e| format!("map the port memory: {e}"))?;
+            .map_err(|e| pmds_net_vhost::setup_err!("map the port memory: {e}"))?;
         // One mapping: a share of one slot of the guard's table.
         let guard = Quota::reserve(1)?.register(map.as_mut_ptr() as usize, total as usize)?;
         let seg = Memseg::create_in_region(Region::from_mmap(map), &format!("{name}_vu"), 0)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| VhostError::Setup(e.to_string()))?;
         let rings = seg
             .reserve("vq", ring_bytes, 4096, MemzoneKind::Raw)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| VhostError::Setup(e.to_string()))?;
         let bufs = seg
             .reserve("bufs", buf_bytes, 4096, MemzoneKind::Raw)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| VhostError::Setup(e.to_string()))?;
         seg.mark_ready();
         Ok(PortMemory {
             guard,
