@@ -214,7 +214,9 @@ pub trait RxBurst: Any {
     }
 }
 
-/// A claimed tx queue's driver side. Single producer: enforced by `&mut self`.
+/// A claimed tx queue's driver side. Single producer: enforced by `&mut self`. A driver's
+/// [`RxBurst::forward_to`] recognises its own tx queues by upcasting to `dyn Any` and
+/// downcasting.
 pub trait TxBurst: Any {
     /// Sends from the front of `pkts`, removing what it took (sent, or dropped and counted
     /// in `dropped`); what stays is the caller's.
@@ -230,9 +232,6 @@ pub trait TxBurst: Any {
     }
     /// The lcore has nothing to do: land what a slow peer held up (cheap).
     fn idle(&mut self) {}
-    /// `self` as `Any`, for a driver's [`RxBurst::forward_to`] to recognise its own tx
-    /// queues.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 /// The drivers an application can probe: the facade crate's list.

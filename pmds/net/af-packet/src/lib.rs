@@ -10,8 +10,6 @@
 
 pub mod socket;
 
-use std::any::Any;
-
 use shm_mempool::{Mbuf, MbufCache};
 
 use pmds_ethdev::{Burst, PortError, QueueShm, RxBurst, TxBurst, MAX_BURST};
@@ -95,9 +93,5 @@ impl TxBurst for IfaceTx {
         let bytes = pkts[..k].iter().map(|m| u64::from(m.pkt_len())).sum();
         pkts.drain(..k);
         Burst::moved(k, bytes)
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

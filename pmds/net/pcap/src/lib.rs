@@ -12,7 +12,6 @@
 
 pub mod pcap_file;
 
-use std::any::Any;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -251,9 +250,5 @@ impl TxBurst for PcapTx {
             errors: u64::from(self.0.flush().is_err()),
             ..Burst::default()
         }
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -227,7 +227,8 @@ impl RxBurst for RingRxQueue {
         if self.guest.is_some() {
             return None;
         }
-        let tx = tx.as_any_mut().downcast_mut::<RingTxQueue>()?;
+        // Upcast (no call), then one comparison of type ids.
+        let tx = (tx as &mut dyn Any).downcast_mut::<RingTxQueue>()?;
         if tx.guest.is_some() {
             return None;
         }
@@ -420,10 +421,6 @@ impl TxBurst for RingTxQueue {
         if let RingTx::Untrusted(p) = &mut self.kind {
             let _ = p.complete();
         }
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

@@ -2,7 +2,6 @@
 //! process), start (the backend's thread, recorded in the device table), attach (found
 //! there again), and the queues (guest receive queue = our tx, guest transmit = our rx).
 
-use std::any::Any;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -210,9 +209,5 @@ impl TxBurst for VhostTx {
             errors: o.bad_chains + u64::from(o.broken),
             dropped: o.dropped,
         }
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -2,7 +2,6 @@
 //! queue size), start (the port's memory and the connection, recorded in the device
 //! table), attach (found there again), and the queues (vring 2q: our rx, 2q+1: our tx).
 
-use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -222,9 +221,5 @@ impl TxBurst for VirtioUserTx {
             errors: o.errors,
             dropped: o.no_mbuf,
         }
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
