@@ -16,16 +16,23 @@
 //!
 //! Adding a driver: a crate under `pmds/net/` implementing `pmds_ethdev::NetDriver` (with
 //! its own `DriverId`), a dependency and feature here, and its line in
-//! [`Drivers::drivers`].
+//! [`Drivers::drivers`]. Its queues are held as `Box<dyn RxBurst>`/`TxBurst` ([`queues`]);
+//! a driver whose bursts are cheaper than a virtual call may get its own variant there.
 #![deny(missing_docs)]
 
-use pmds_ethdev::{DriverId, NetDriver, Registry};
+use pmds_ethdev::{DriverId, NetDriver, Registry, RxBurst, TxBurst};
+use shm_mempool::{Mbuf, MbufCache};
+
+pub mod queues;
 
 /// The drivers this build has (one cargo feature each).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drivers;
 
 impl Registry for Drivers {
+    type Rx = queues::RxKind;
+    type Tx = queues::TxKind;
+
     fn drivers() -> &'static [&'static dyn NetDriver] {
         &[
             #[cfg(feature = "ring")]
@@ -37,6 +44,26 @@ impl Registry for Drivers {
             #[cfg(feature = "virtio-user")]
             &pmds_net_virtio_user::VirtioUserDriver,
         ]
+    }
+
+    fn rx(q: Box<dyn RxBurst>) -> queues::RxKind {
+        queues::RxKind::of(q)
+    }
+
+    fn tx(q: Box<dyn TxBurst>) -> queues::TxKind {
+        queues::TxKind::of(q)
+    }
+
+    #[inline(always)]
+    fn forward<'c>(
+        rx: &mut queues::RxKind,
+        tx: &mut queues::TxKind,
+        cache: &'c MbufCache,
+        max: usize,
+        unsent: &mut Vec<Mbuf<'c>>,
+        started: bool,
+    ) -> Option<(usize, usize)> {
+        queues::forward(rx, tx, cache, max, unsent, started)
     }
 }
 

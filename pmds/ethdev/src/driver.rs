@@ -184,7 +184,7 @@ pub trait PortDriver: Send + Sync {
 }
 
 /// A claimed rx queue's driver side. Single consumer: enforced by `&mut self`.
-pub trait RxBurst: Any {
+pub trait RxBurst: Any + std::fmt::Debug {
     /// Receives up to `max` packets (at most [`crate::MAX_BURST`], and `out` has the
     /// room) from `cache`'s pool into `out`, each with its port set; says what it did.
     fn rx_burst<'c>(
@@ -217,7 +217,7 @@ pub trait RxBurst: Any {
 /// A claimed tx queue's driver side. Single producer: enforced by `&mut self`. A driver's
 /// [`RxBurst::forward_to`] recognises its own tx queues by upcasting to `dyn Any` and
 /// downcasting.
-pub trait TxBurst: Any {
+pub trait TxBurst: Any + std::fmt::Debug {
     /// Sends from the front of `pkts`, removing what it took (sent, or dropped and counted
     /// in `dropped`); what stays is the caller's.
     fn tx_burst<'c>(
@@ -234,10 +234,31 @@ pub trait TxBurst: Any {
     fn idle(&mut self) {}
 }
 
-/// The drivers an application can probe: the facade crate's list.
+/// The drivers an application can probe (the facade crate's list), and how its claimed
+/// queues are held: [`Registry::Rx`]/[`Registry::Tx`] are enums with a variant for each
+/// driver whose bursts cost less than a virtual call would add (the ring driver's
+/// pointer-speed path) and one holding any other driver's `Box<dyn RxBurst>`/`TxBurst`.
 pub trait Registry: Copy + Default + Eq + std::fmt::Debug + Send + Sync + 'static {
+    /// How a claimed rx queue's driver side is held.
+    type Rx: RxBurst;
+    /// How a claimed tx queue's driver side is held.
+    type Tx: TxBurst;
     /// Every driver, once each.
     fn drivers() -> &'static [&'static dyn NetDriver];
+    /// Holds what a driver opened (once per claim: a downcast per known variant).
+    fn rx(q: Box<dyn RxBurst>) -> Self::Rx;
+    /// Holds what a driver opened.
+    fn tx(q: Box<dyn TxBurst>) -> Self::Tx;
+    /// io forwarding from `rx` to `tx` without making mbufs, where a driver can (see
+    /// [`RxBurst::forward_to`]): statically dispatched for the variants that have one.
+    fn forward<'c>(
+        rx: &mut Self::Rx,
+        tx: &mut Self::Tx,
+        cache: &'c MbufCache,
+        max: usize,
+        unsent: &mut Vec<Mbuf<'c>>,
+        started: bool,
+    ) -> Option<(usize, usize)>;
 }
 
 /// The driver numbered `id` in `R`.

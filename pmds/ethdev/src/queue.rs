@@ -212,7 +212,7 @@ impl Drop for QueueShm {
 /// A claimed rx queue.
 pub struct RxQueue<'c, R: Registry> {
     /// Declared first: the driver lets go of its queue before the claim is released.
-    driver: Box<dyn RxBurst>,
+    driver: R::Rx,
     q: QueueShm,
     port: Port<R>,
     cache: &'c MbufCache,
@@ -232,7 +232,7 @@ impl<'c, R: Registry> RxQueue<'c, R> {
         driver: Box<dyn RxBurst>,
     ) -> Self {
         RxQueue {
-            driver,
+            driver: R::rx(driver),
             q,
             port,
             cache,
@@ -262,9 +262,14 @@ impl<'c, R: Registry> RxQueue<'c, R> {
             return None;
         }
         let started = self.port.is_started();
-        let (n, sent) =
-            self.driver
-                .forward_to(&mut *tx.driver, self.cache, max, unsent, started)?;
+        let (n, sent) = R::forward(
+            &mut self.driver,
+            &mut tx.driver,
+            self.cache,
+            max,
+            unsent,
+            started,
+        )?;
         if n > 0 {
             self.q.count(&Burst::moved(n, 0));
             tx.q.count(&Burst::moved(sent, 0));
@@ -295,7 +300,7 @@ impl<'c, R: Registry> RxQueue<'c, R> {
 /// A claimed tx queue.
 pub struct TxQueue<'c, R: Registry> {
     /// Declared first: the driver lets go of its queue before the claim is released.
-    driver: Box<dyn TxBurst>,
+    driver: R::Tx,
     q: QueueShm,
     port: Port<R>,
     cache: &'c MbufCache,
@@ -315,7 +320,7 @@ impl<'c, R: Registry> TxQueue<'c, R> {
         driver: Box<dyn TxBurst>,
     ) -> Self {
         TxQueue {
-            driver,
+            driver: R::tx(driver),
             q,
             port,
             cache,

@@ -192,6 +192,33 @@ impl RingRxQueue {
     }
 }
 
+impl RingRxQueue {
+    /// io forwarding to the ring tx queue `tx` without making mbufs (see
+    /// [`crate::ring_port::forward_local`]): both are queues of host processes (no guest
+    /// pool), single-consumer and single-producer. `None`: nothing was taken, use the
+    /// bursts. `started`: whether this queue's port is started.
+    #[inline(always)]
+    pub fn forward_to_ring<'c>(
+        &mut self,
+        tx: &mut RingTxQueue,
+        cache: &'c MbufCache,
+        max: usize,
+        unsent: &mut Vec<Mbuf<'c>>,
+        started: bool,
+    ) -> Option<(usize, usize)> {
+        if self.guest.is_some() || tx.guest.is_some() {
+            return None;
+        }
+        let (RingRx::Sc(rx), RingTx::Sp(sp)) = (&mut self.kind, &mut tx.kind) else {
+            return None;
+        };
+        if !started {
+            return Some((0, 0));
+        }
+        forward_local(rx, sp, cache, max, unsent)
+    }
+}
+
 impl RxBurst for RingRxQueue {
     #[inline]
     fn rx_burst<'c>(
@@ -224,21 +251,9 @@ impl RxBurst for RingRxQueue {
         unsent: &mut Vec<Mbuf<'c>>,
         started: bool,
     ) -> Option<(usize, usize)> {
-        if self.guest.is_some() {
-            return None;
-        }
         // Upcast (no call), then one comparison of type ids.
         let tx = (tx as &mut dyn Any).downcast_mut::<RingTxQueue>()?;
-        if tx.guest.is_some() {
-            return None;
-        }
-        let (RingRx::Sc(rx), RingTx::Sp(sp)) = (&mut self.kind, &mut tx.kind) else {
-            return None;
-        };
-        if !started {
-            return Some((0, 0));
-        }
-        forward_local(rx, sp, cache, max, unsent)
+        self.forward_to_ring(tx, cache, max, unsent, started)
     }
 }
 

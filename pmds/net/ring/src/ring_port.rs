@@ -138,7 +138,10 @@ impl ScRx {
 /// they leave the rx ring, so a kill in between leaves them in both, both local entries
 /// carrying this process's tag; its end returns every buffer with that tag, and the
 /// copies left in the rings are then refused as stale (no buffer lost, none used twice).
-#[inline]
+///
+/// Inlined into the ring rx queue's `forward_to_ring`, which the facade's queue enum calls
+/// statically: the whole io path compiles into the forwarding loop, as one crate would.
+#[inline(always)]
 pub(crate) fn forward_local<'c>(
     rx: &mut ScRx,
     tx: &mut SpTx,
