@@ -12,7 +12,7 @@ use pmds::Port;
 use shm_mempool::{MbufCache, MbufPool, OwnerTag};
 
 use crate::poll::poll;
-use crate::report::report;
+use crate::report::{report, Polled};
 use crate::{per_queue, streams, switch};
 use crate::{Activity, Counters, FwdConfig, FwdError, Mode, Report, Stream};
 
@@ -88,6 +88,30 @@ pub fn run(
         .filter(|s| cfg.mode != Mode::L2Switch || s.queue == 0)
         .collect();
     let counters: Vec<Counters> = chosen.iter().map(|_| Counters::default()).collect();
+    // The queues the run claims, whose statistics are its figures.
+    let mut polled: Vec<Polled> = chosen.iter().map(|_| Polled::default()).collect();
+    for s in &usable {
+        if let Some(r) = s.rx {
+            polled[r].rx.push(s.queue);
+        }
+        if let Some(t) = s.tx {
+            polled[t].tx.push(s.queue);
+        }
+    }
+    if cfg.mode == Mode::L2Switch {
+        // The switch sends on queue 0 of every port.
+        for (p, port) in polled.iter_mut().zip(&chosen) {
+            if port.nb_tx_queues() > 0 {
+                p.tx = vec![0];
+            }
+        }
+    }
+    for p in &mut polled {
+        p.rx.sort_unstable();
+        p.rx.dedup();
+        p.tx.sort_unstable();
+        p.tx.dedup();
+    }
     let base: Vec<pmds::PortStats> = chosen.iter().map(Port::stats).collect();
     // The switch sends to any port, so one thread polls them all (tx queues have one
     // poller each).
@@ -163,7 +187,7 @@ pub fn run(
                     next += period;
                     print!(
                         "{}",
-                        report(cfg.mode, &chosen, &counters, &base, &activity).table()
+                        report(cfg.mode, &chosen, &polled, &counters, &base, &activity).table()
                     );
                 }
             }
@@ -184,7 +208,9 @@ pub fn run(
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(report(cfg.mode, &chosen, &counters, &base, &activity))
+    Ok(report(
+        cfg.mode, &chosen, &polled, &counters, &base, &activity,
+    ))
 }
 
 fn pin(cpu: usize) {

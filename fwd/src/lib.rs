@@ -19,8 +19,10 @@
 //! dropped with a reason (`tx_full`: the output queue took fewer than offered; `filtered`:
 //! the mode consumed it: rxonly, or a switch destination behind the input port), so
 //! `rx_packets = forwarded + tx_full + filtered`
-//! for every port. `tx_packets` counts what was sent on a port. Packets a driver could not
-//! allocate an mbuf for are never received; they are `no_mbuf`.
+//! for every port. `rx_packets` and `tx_packets` are the ports' own statistics (of the
+//! queues the run polls), not a second count: the run counts only what became of the
+//! packets. Packets a driver could not allocate an mbuf for are never received; they are
+//! `no_mbuf`.
 //!
 //! Files: the run's configuration and modes (`config.rs`); streams from port pairs and
 //! queues (`streams.rs`); starting, threading and joining a run (`engine.rs`); the

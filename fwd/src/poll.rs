@@ -1,7 +1,8 @@
 //! The polling loop of the io, mac, macswap, rxonly and txonly modes: each round, every
 //! stream's rx burst is rewritten and sent on (or freed), or generated frames are sent;
-//! counts are kept per thread and published to the shared counters every
-//! [`PUBLISH_EVERY`] rounds.
+//! what happened to the packets (forwarded, or why dropped) is kept per thread and
+//! published to the shared counters every [`PUBLISH_EVERY`] rounds. Packets received and
+//! sent are the ports' own statistics, counted by the queues.
 //!
 //! Where it sits: in `fwd`, run by each thread of `engine.rs` (the `l2switch` mode has its
 //! own loop, [`crate::switch`]); the stop rules are the [`Pacer`]'s.
@@ -68,7 +69,8 @@ pub(crate) fn poll(
                     Err(_) => break,
                 }
             }
-            mine[t].tx_packets += q.tx_burst(&mut buf) as u64;
+            // Counted by the port (sent); what did not fit is freed, as before.
+            q.tx_burst(&mut buf);
             buf.clear();
         }
     }
@@ -97,10 +99,8 @@ pub(crate) fn poll(
                         if let Some((n, sent)) = q.forward_to(txq, cfg.burst, &mut buf) {
                             let left = (n - sent) as u64;
                             moved += n;
-                            mine[r].rx_packets += n as u64;
                             mine[r].forwarded += sent as u64;
                             mine[r].tx_full += left;
-                            mine[key.0].tx_packets += sent as u64;
                             mine[key.0].tx_dropped += left;
                             buf.clear();
                             continue;
@@ -111,7 +111,6 @@ pub(crate) fn poll(
                         continue;
                     }
                     moved += n;
-                    mine[r].rx_packets += n as u64;
                     match tx {
                         None => {
                             mine[r].filtered += n as u64;
@@ -133,7 +132,6 @@ pub(crate) fn poll(
                             let left = buf.len() as u64;
                             mine[r].forwarded += sent as u64;
                             mine[r].tx_full += left;
-                            mine[t].tx_packets += sent as u64;
                             mine[t].tx_dropped += left;
                             buf.clear();
                         }
@@ -165,7 +163,6 @@ pub(crate) fn poll(
                         .expect("claimed above")
                         .tx_burst(&mut buf);
                     moved += sent;
-                    mine[t].tx_packets += sent as u64;
                     if cfg.tx_retry {
                         // Not sent is not generated: the same frames are offered again.
                         sent_by_stream[k] += sent as u64;
@@ -219,9 +216,7 @@ pub(crate) const PUBLISH_EVERY: u32 = 64;
 /// One thread's counts for one port since they were last published.
 #[derive(Debug, Default, Clone, Copy)]
 struct Local {
-    rx_packets: u64,
     forwarded: u64,
-    tx_packets: u64,
     tx_full: u64,
     tx_dropped: u64,
     filtered: u64,
@@ -232,9 +227,7 @@ struct Local {
 fn publish(mine: &mut [Local], shared: &[Counters]) {
     for (m, c) in mine.iter_mut().zip(shared) {
         for (n, to) in [
-            (m.rx_packets, &c.rx_packets),
             (m.forwarded, &c.forwarded),
-            (m.tx_packets, &c.tx_packets),
             (m.tx_full, &c.tx_full),
             (m.tx_dropped, &c.tx_dropped),
             (m.filtered, &c.filtered),

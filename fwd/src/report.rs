@@ -1,6 +1,7 @@
-//! What a run counts and reports: the per-port [`Counters`] the threads share, the
-//! [`Activity`] times, and the [`Report`] (per port and in total, with drop reasons) made
-//! from them and the ports' own statistics.
+//! What a run counts and reports: the per-port [`Counters`] the threads share (what
+//! became of the packets: forwarded, or why dropped), the [`Activity`] times, and the
+//! [`Report`] (per port and in total, with drop reasons) made from them and the ports'
+//! own statistics, which are the only count of packets received and sent.
 //!
 //! Where it sits: in `fwd`; the loops (`poll.rs`, [`crate::switch`]) add to the counters,
 //! `engine.rs` makes the report while running and at the end.
@@ -13,17 +14,16 @@ use pmds::Port;
 use crate::poll::PUBLISH_EVERY;
 use crate::Mode;
 
-/// Per-port counters, shared by the forwarding threads (the threads polling a port's
-/// queues add to the same counters; the io/mac loop adds what it counted privately every
-/// [`PUBLISH_EVERY`] rounds). All their operations are Relaxed: they publish no data,
-/// only numbers that reports read after the threads joined (join orders them) or, while
-/// running, as approximate progress. Bytes are the ports' own counts (drivers count them
-/// where they touch the data; the ring driver, as DPDK's, counts packets only).
+/// Per-port drop-reason counters, shared by the forwarding threads (the threads polling a
+/// port's queues add to the same counters; the io/mac loop adds what it counted privately
+/// every [`PUBLISH_EVERY`] rounds). All their operations are Relaxed: they publish no
+/// data, only numbers that reports read after the threads joined (join orders them) or,
+/// while running, as approximate progress. Packets and bytes received and sent are the
+/// ports' own counts, of the queues the run polls ([`Polled`]); bytes are counted where a
+/// driver touches the data (the ring driver, as DPDK's, counts packets only).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) rx_packets: AtomicU64,
     pub(crate) forwarded: AtomicU64,
-    pub(crate) tx_packets: AtomicU64,
     pub(crate) tx_full: AtomicU64,
     pub(crate) tx_dropped: AtomicU64,
     pub(crate) filtered: AtomicU64,
@@ -49,7 +49,7 @@ pub struct PortReport {
     pub forwarded: u64,
     /// Received here and dropped (`tx_full + filtered`).
     pub rx_dropped: u64,
-    /// Offered to this port's tx queue and not taken.
+    /// Offered to this port's tx queue and not taken, or taken and dropped by its driver.
     pub tx_dropped: u64,
     /// Driver errors (malformed input, refused handles).
     pub errors: u64,
@@ -147,9 +147,43 @@ impl Activity {
     }
 }
 
+/// The queues of one port a run polls: their statistics are the run's (a claim makes the
+/// run their only poller; other queues of the port may be another process's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Polled {
+    pub(crate) rx: Vec<u16>,
+    pub(crate) tx: Vec<u16>,
+}
+
+/// One direction's figures over some queues: packets, bytes, dropped, errors.
+fn over(queues: &[pmds::QueueStats], which: &[u16]) -> [u64; 4] {
+    let mut sum = [0u64; 4];
+    for q in which.iter().filter_map(|&i| queues.get(usize::from(i))) {
+        for (s, v) in sum
+            .iter_mut()
+            .zip([q.packets, q.bytes, q.dropped, q.errors])
+        {
+            *s += v;
+        }
+    }
+    sum
+}
+
+/// Errors the port's driver counts outside its queues.
+fn driver_errors(st: &pmds::PortStats) -> u64 {
+    let queues: u64 = st
+        .rx_queues
+        .iter()
+        .chain(&st.tx_queues)
+        .map(|q| q.errors)
+        .sum();
+    st.errors.saturating_sub(queues)
+}
+
 pub(crate) fn report(
     mode: Mode,
     ports: &[Port],
+    polled: &[Polled],
     counters: &[Counters],
     base: &[pmds::PortStats],
     activity: &Activity,
@@ -163,22 +197,30 @@ pub(crate) fn report(
         name: "total".into(),
         ..PortReport::default()
     };
-    for ((port, c), b) in ports.iter().zip(counters).zip(base) {
+    for (((port, c), b), q) in ports.iter().zip(counters).zip(base).zip(polled) {
         let st = port.stats();
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Since the run started, over the queues it polls.
+        let delta = |now: [u64; 4], then: [u64; 4]| -> [u64; 4] {
+            std::array::from_fn(|i| now[i].saturating_sub(then[i]))
+        };
+        let [rx_packets, rx_bytes, rx_lost, rx_errors] =
+            delta(over(&st.rx_queues, &q.rx), over(&b.rx_queues, &q.rx));
+        let [tx_packets, tx_bytes, tx_lost, tx_errors] =
+            delta(over(&st.tx_queues, &q.tx), over(&b.tx_queues, &q.tx));
         let p = PortReport {
             id: port.id(),
             name: port.name().to_string(),
-            rx_packets: g(&c.rx_packets),
-            tx_packets: g(&c.tx_packets),
-            rx_bytes: st.rx_bytes.saturating_sub(b.rx_bytes),
-            tx_bytes: st.tx_bytes.saturating_sub(b.tx_bytes),
+            rx_packets,
+            tx_packets,
+            rx_bytes,
+            tx_bytes,
             forwarded: g(&c.forwarded),
             rx_dropped: g(&c.tx_full) + g(&c.filtered),
-            tx_dropped: g(&c.tx_dropped),
-            errors: st.errors.saturating_sub(b.errors),
+            tx_dropped: g(&c.tx_dropped) + tx_lost,
+            errors: rx_errors + tx_errors + driver_errors(&st).saturating_sub(driver_errors(b)),
             drops: DropReasons {
-                no_mbuf: g(&c.no_mbuf) + st.rx_dropped.saturating_sub(b.rx_dropped),
+                no_mbuf: g(&c.no_mbuf) + rx_lost,
                 tx_full: g(&c.tx_full),
                 filtered: g(&c.filtered),
             },

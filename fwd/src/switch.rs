@@ -146,7 +146,6 @@ pub(crate) fn poll(
             }
             moved += n;
             let c = &counters[r];
-            c.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
             for m in inbuf.drain(..) {
                 let decision = table.switch(m.data(), r, now);
                 let is_target = |p: usize| {
@@ -188,7 +187,6 @@ pub(crate) fn poll(
             }
             let sent = q.tx_burst(&mut out[p]);
             let cp = &counters[p];
-            cp.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
             cp.tx_dropped
                 .fetch_add(out[p].len() as u64, Ordering::Relaxed);
             for (k, o) in origin[p].iter().enumerate() {

@@ -1,0 +1,566 @@
+//! The device side of a virtio split virtqueue (virtio 1.x §2.7) in guest memory that the
+//! guest can change at any moment. Layout, from the addresses `SET_VRING_ADDR` gave:
+//!
+//! ```text
+//! desc   16 B x size  { addr u64, len u32, flags u16 (NEXT 1, WRITE 2, INDIRECT 4), next u16 }
+//! avail  flags u16, idx u16, ring[size] u16, used_event u16
+//! used   flags u16, idx u16, ring[size] { id u32, len u32 }, avail_event u16
+//! ```
+//!
+//! Orderings: the driver fills descriptors and `avail.ring`, then publishes `avail.idx`;
+//! the device loads `avail.idx` with **Acquire (V1)**, so what it reads after is at least
+//! as new. The device fills `used.ring`, then stores `used.idx` with **Release (V2)**,
+//! publishing the elements (and the packet bytes written into the buffers) to the driver.
+//! Before deciding whether to interrupt, a **SeqCst fence (V3)** orders that store before
+//! the load of `avail.flags` (the driver's mirror fence pairs with it), so a driver that
+//! just asked for interrupts is not missed.
+//!
+//! Untrusted: every descriptor is copied out with one volatile read and then checked
+//! (index in range, no loops: at most `size` links, no indirect tables, the buffer wholly
+//! inside guest memory, the direction the queue needs). A chain that fails is refused as a
+//! whole with a [`ChainError`]; the indices we keep are our own and never re-read.
+
+use crate::VhostError;
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use pmds_common_virtio::prefetch::{prefetch, prefetch_write};
+pub use pmds_common_virtio::split::{
+    Desc, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+};
+
+use super::mem::GuestMemory;
+
+/// Most buffers one chain may have here (longer chains are refused).
+pub const MAX_CHAIN: usize = 64;
+
+/// Where a vring is, as the frontend described it (its own virtual addresses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VringAddrs {
+    /// Entries (a power of two).
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Driver ("available") area.
+    pub avail: u64,
+    /// Device ("used") area.
+    pub used: u64,
+    /// First available index to process (`SET_VRING_BASE`).
+    pub base: u16,
+}
+
+/// Why a descriptor chain was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainError {
+    /// A head or `next` index is not below the queue size.
+    IndexOutOfRange,
+    /// More links than the queue has entries (a loop) or than [`MAX_CHAIN`].
+    TooLong,
+    /// An indirect descriptor (not negotiated).
+    Indirect,
+    /// A buffer is not wholly inside guest memory.
+    BadBuffer,
+    /// A buffer the device must write is read-only, or the other way round.
+    WrongDirection,
+    /// `avail.idx` is more than `size` ahead of what we processed.
+    AvailIndex,
+}
+
+/// Most chains one [`SplitRing::prefetch_pending`] warms (a burst or two).
+const PREFETCH_MAX: u16 = 64;
+
+/// One guest buffer of a chain, translated.
+#[derive(Debug, Clone, Copy)]
+pub struct Seg {
+    /// Host address.
+    pub ptr: *mut u8,
+    /// Bytes.
+    pub len: u32,
+}
+
+impl Seg {
+    const EMPTY: Seg = Seg {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+    };
+}
+
+/// A started split virtqueue, owned by the one thread that polls it.
+pub struct SplitRing {
+    mem: Arc<GuestMemory>,
+    desc: *const Desc,
+    avail: *const u16,
+    used: *mut u16,
+    size: u16,
+    /// Next `avail.ring` position to take (ours: never re-read from the guest).
+    pub last_avail: u16,
+    /// Next `used.ring` position to fill (ours).
+    used_idx: u16,
+    /// Elements filled since the last publication.
+    unpublished: u16,
+    /// In-order batch not yet written (`VIRTIO_F_IN_ORDER`): the used position of its
+    /// first chain and the head of its last.
+    batch: Option<(u16, u16)>,
+    /// Scratch: the current chain's buffers.
+    segs: Box<[Seg; MAX_CHAIN]>,
+    /// The memory region that held the last buffer translated (tried first).
+    region_hint: Cell<usize>,
+}
+
+impl std::fmt::Debug for SplitRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitRing")
+            .field("size", &self.size)
+            .field("last_avail", &self.last_avail)
+            .field("used_idx", &self.used_idx)
+            .finish()
+    }
+}
+
+// SAFETY: the pointers target guest memory kept mapped by `mem` (an `Arc`); the ring is
+// used by one thread at a time (`&mut self` for every access that moves state).
+unsafe impl Send for SplitRing {}
+
+impl SplitRing {
+    /// Starts the ring described by `a` in `mem`; `used_idx` is where the device's used
+    /// index continues (the frontend's value at start: `a.base` for a fresh ring).
+    ///
+    /// # Errors
+    /// One line when the size is not a power of two up to 32768 or an area is not inside
+    /// guest memory or misaligned.
+    pub fn start(mem: Arc<GuestMemory>, a: &VringAddrs) -> Result<SplitRing, VhostError> {
+        let size = a.size;
+        if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+            return Err(crate::peer_err!(
+                "vring size {size} is not a power of two up to 32768"
+            ));
+        }
+        let n = u64::from(size);
+        let area = |what: &str, uva: u64, len: u64, align: u64| -> Result<*mut u8, VhostError> {
+            if !uva.is_multiple_of(align) {
+                return Err(crate::peer_err!(
+                    "vring {what} area {uva:#x} is not {align}-byte aligned"
+                ));
+            }
+            mem.uva(uva, len).ok_or_else(|| {
+                crate::peer_err!("vring {what} area {uva:#x}+{len} is not in guest memory")
+            })
+        };
+        let desc = area("descriptor", a.desc, 16 * n, 16)?;
+        let avail = area("avail", a.avail, 6 + 2 * n, 2)?;
+        let used = area("used", a.used, 6 + 8 * n, 4)?;
+        // The used index the driver last saw from us: continue from there.
+        // SAFETY: `used` is 4-aligned, inside guest memory, and `used + 2` holds `idx`.
+        let used_idx = unsafe { AtomicU16::from_ptr(used.cast::<u16>().wrapping_add(1)) }
+            .load(Ordering::Acquire);
+        Ok(SplitRing {
+            mem,
+            desc: desc.cast(),
+            avail: avail.cast(),
+            used: used.cast(),
+            size,
+            last_avail: a.base,
+            used_idx,
+            unpublished: 0,
+            batch: None,
+            segs: Box::new([Seg::EMPTY; MAX_CHAIN]),
+            region_hint: Cell::new(0),
+        })
+    }
+
+    /// Entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    fn avail_word(&self, i: usize) -> &AtomicU16 {
+        // SAFETY: `i <= size + 2` words inside the avail area checked in `start`, 2-aligned.
+        unsafe { AtomicU16::from_ptr(self.avail.wrapping_add(i).cast_mut()) }
+    }
+
+    fn used_word(&self, i: usize) -> &AtomicU16 {
+        // SAFETY: `i` is 0 or 1 (flags, idx), inside the used area, 2-aligned.
+        unsafe { AtomicU16::from_ptr(self.used.wrapping_add(i)) }
+    }
+
+    /// Chains the driver has made available and we have not taken.
+    ///
+    /// # Errors
+    /// [`ChainError::AvailIndex`] when `avail.idx` is impossibly far ahead.
+    #[inline]
+    pub fn pending(&self) -> Result<u16, ChainError> {
+        // V1: Acquire, so the ring entries and descriptors read next are as new as the index.
+        let idx = self.avail_word(1).load(Ordering::Acquire);
+        let n = idx.wrapping_sub(self.last_avail);
+        if n > self.size {
+            return Err(ChainError::AvailIndex);
+        }
+        Ok(n)
+    }
+
+    /// Takes the next available head (call only when [`SplitRing::pending`] said so).
+    #[inline]
+    pub fn take_head(&mut self) -> u16 {
+        let slot = usize::from(self.last_avail & (self.size - 1));
+        self.last_avail = self.last_avail.wrapping_add(1);
+        // Relaxed: ordered after the Acquire of `avail.idx` (V1) by program order of the
+        // loads on this thread; the value is checked by `walk`.
+        self.avail_word(2 + slot).load(Ordering::Relaxed)
+    }
+
+    /// Warms the cache for the next `n` available chains (`n` from [`SplitRing::pending`]):
+    /// first their descriptors, then the first buffer of each. Only hints: indices are
+    /// masked, addresses translated as in [`SplitRing::walk`], nothing is trusted or kept,
+    /// and a prefetch never faults. Without it the burst's cache misses (lines the other
+    /// core just wrote) are taken one after the other; with it they overlap.
+    /// `write`: the buffers are the device's to fill (the receive queue).
+    #[inline]
+    pub fn prefetch_pending(&self, n: u16, write: bool) {
+        let mask = self.size - 1;
+        let n = n.min(PREFETCH_MAX);
+        for k in 0..n {
+            let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
+            // Relaxed: a hint only (the checked path reads it again after V1).
+            let head = self.avail_word(2 + slot).load(Ordering::Relaxed) & mask;
+            prefetch(self.desc.wrapping_add(usize::from(head)).cast());
+        }
+        for k in 0..n {
+            let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
+            let head = self.avail_word(2 + slot).load(Ordering::Relaxed) & mask;
+            // SAFETY: `head <= mask < size`: inside the descriptor table checked in
+            // `start`; a volatile copy, the guest may be writing it.
+            let d = unsafe { std::ptr::read_volatile(self.desc.wrapping_add(usize::from(head))) };
+            let len = u64::from(u32::from_le(d.len)).min(128);
+            if let Some(p) = self
+                .mem
+                .gpa_hinted(u64::from_le(d.addr), len, &self.region_hint)
+            {
+                if write {
+                    prefetch_write(p);
+                    prefetch_write(p.wrapping_add(64));
+                } else {
+                    prefetch(p);
+                    prefetch(p.wrapping_add(64));
+                }
+            }
+        }
+        self.prefetch_used(n);
+    }
+
+    /// Prefetches for writing the used-ring lines the next `n` elements go to.
+    #[inline]
+    fn prefetch_used(&self, n: u16) {
+        let mask = self.size - 1;
+        // 8 elements per line: one prefetch per line, plus the last element's.
+        let mut k = 0u16;
+        while k < n {
+            let slot = usize::from(self.used_idx.wrapping_add(k) & mask);
+            prefetch_write(self.used.cast::<u8>().wrapping_add(4 + 8 * slot));
+            k += 8;
+        }
+        if n > 0 {
+            let slot = usize::from(self.used_idx.wrapping_add(n - 1) & mask);
+            prefetch_write(self.used.cast::<u8>().wrapping_add(4 + 8 * slot));
+        }
+    }
+
+    /// Gives back the last `n` heads taken (not used after all: no buffers for a packet).
+    pub fn untake(&mut self, n: u16) {
+        self.last_avail = self.last_avail.wrapping_sub(n);
+    }
+
+    /// Walks the chain at `head`, checking every descriptor; the buffers (all device-
+    /// writable when `writable`, else all device-readable) are in [`SplitRing::segs`].
+    /// Returns how many and their total length.
+    ///
+    /// # Errors
+    /// [`ChainError`] for the first thing wrong.
+    #[inline]
+    pub fn walk(&mut self, head: u16, writable: bool) -> Result<(usize, u64), ChainError> {
+        let mut i = head;
+        let mut n = 0usize;
+        let mut total = 0u64;
+        loop {
+            if i >= self.size {
+                return Err(ChainError::IndexOutOfRange);
+            }
+            if n == MAX_CHAIN || n >= usize::from(self.size) {
+                return Err(ChainError::TooLong);
+            }
+            // SAFETY: `i < size`: inside the descriptor table checked in `start` (16-byte
+            // aligned); a volatile copy, because the guest may be writing it.
+            let d = unsafe { std::ptr::read_volatile(self.desc.wrapping_add(usize::from(i))) };
+            let (addr, len, flags, next) = (
+                u64::from_le(d.addr),
+                u32::from_le(d.len),
+                u16::from_le(d.flags),
+                u16::from_le(d.next),
+            );
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                return Err(ChainError::Indirect);
+            }
+            if (flags & VRING_DESC_F_WRITE != 0) != writable {
+                return Err(ChainError::WrongDirection);
+            }
+            let ptr = self
+                .mem
+                .gpa_hinted(addr, u64::from(len), &self.region_hint)
+                .ok_or(ChainError::BadBuffer)?;
+            // `n < MAX_CHAIN`, the table's length (checked above).
+            let Some(slot) = self.segs.get_mut(n) else {
+                return Err(ChainError::TooLong);
+            };
+            *slot = Seg { ptr, len };
+            n += 1;
+            total += u64::from(len);
+            if flags & VRING_DESC_F_NEXT == 0 {
+                return Ok((n, total));
+            }
+            i = next;
+        }
+    }
+
+    /// The buffers of the last [`SplitRing::walk`].
+    #[inline]
+    pub fn segs(&self) -> &[Seg; MAX_CHAIN] {
+        &self.segs
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written (published by
+    /// [`SplitRing::publish`]).
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        self.write_batch();
+        self.write_elem(self.used_idx, head, len);
+        self.used_idx = self.used_idx.wrapping_add(1);
+        self.unpublished += 1;
+    }
+
+    /// Returns chain `head` to the driver with nothing written, folded with the chains
+    /// returned the same way before it into one used element (`VIRTIO_F_IN_ORDER`, virtio
+    /// 1.x §2.7.9): at the position of the batch's first chain, naming the last chain's
+    /// head; the used index still moves by one per chain. Only for a driver that
+    /// negotiated in-order, and only in the order the chains were made available.
+    #[inline]
+    pub fn push_used_in_order(&mut self, head: u16) {
+        match &mut self.batch {
+            Some((_, last)) => *last = head,
+            None => self.batch = Some((self.used_idx, head)),
+        }
+        self.used_idx = self.used_idx.wrapping_add(1);
+        self.unpublished += 1;
+    }
+
+    /// Writes the pending in-order batch's one used element.
+    #[inline]
+    fn write_batch(&mut self) {
+        if let Some((at, head)) = self.batch.take() {
+            self.write_elem(at, head, 0);
+        }
+    }
+
+    /// Writes used element `pos` (masked to the ring): chain `head`, `len` bytes written.
+    #[inline]
+    fn write_elem(&self, pos: u16, head: u16, len: u32) {
+        let slot = usize::from(pos & (self.size - 1));
+        let elem = self
+            .used
+            .cast::<u8>()
+            .wrapping_add(4 + 8 * slot)
+            .cast::<[u32; 2]>();
+        // SAFETY: `slot < size`: the element is inside the used area checked in `start`
+        // (4-aligned, 8 bytes at offset 4 + 8 * slot).
+        unsafe { std::ptr::write_volatile(elem, [u32::from(head).to_le(), len.to_le()]) };
+    }
+
+    /// Publishes the used elements pushed since the last call; returns whether the driver
+    /// wants an interrupt for them.
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        self.write_batch();
+        if self.unpublished == 0 {
+            return false;
+        }
+        self.unpublished = 0;
+        // V2: Release, publishing the used elements and the bytes written into the buffers.
+        self.used_word(1).store(self.used_idx, Ordering::Release);
+        // V3: the store above before the load of the driver's flags below.
+        fence(Ordering::SeqCst);
+        self.avail_word(0).load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
+    }
+
+    /// Sets `used.flags` (e.g. `VRING_USED_F_NO_NOTIFY`: we poll, kicks are not needed).
+    pub fn set_used_flags(&self, flags: u16) {
+        self.used_word(0).store(flags, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::mem::RegionSpec;
+    use super::*;
+
+    /// A guest of `len` bytes at guest physical 0 and user address `UVA`, plus a driver
+    /// that builds a split ring at `RING` in it.
+    pub(crate) struct FakeGuest {
+        pub mem: Arc<GuestMemory>,
+        pub base: *mut u8,
+        pub size: u16,
+        pub avail_idx: u16,
+    }
+
+    pub(crate) const UVA: u64 = 0x7f00_0000_0000;
+    pub(crate) const RING: u64 = 0x1000;
+    pub(crate) const BUFS: u64 = 0x10_0000;
+
+    impl FakeGuest {
+        pub(crate) fn new(size: u16) -> FakeGuest {
+            let len = 0x40_0000u64;
+            // Sealed as QEMU seals its memfds (the backend refuses memory that can shrink).
+            let f = crate::mem::sealed_memfd("shmdp-vring", len).unwrap();
+            let spec = RegionSpec {
+                guest_phys_addr: 0,
+                size: len,
+                user_addr: UVA,
+                mmap_offset: 0,
+            };
+            let mem = Arc::new(GuestMemory::map(&[spec], vec![f]).unwrap());
+            let base = mem.gpa(0, len).unwrap();
+            FakeGuest {
+                mem,
+                base,
+                size,
+                avail_idx: 0,
+            }
+        }
+
+        pub(crate) fn addrs(&self) -> VringAddrs {
+            let n = u64::from(self.size);
+            VringAddrs {
+                size: self.size,
+                desc: UVA + RING,
+                avail: UVA + RING + 16 * n,
+                used: UVA + RING + 16 * n + 0x1000,
+                base: 0,
+            }
+        }
+
+        pub(crate) fn write<T: Copy>(&self, gpa: u64, v: T) {
+            // SAFETY: test memory, inside the mapping.
+            unsafe {
+                std::ptr::write_unaligned(self.base.wrapping_add(gpa as usize).cast::<T>(), v)
+            }
+        }
+
+        pub(crate) fn read<T: Copy>(&self, gpa: u64) -> T {
+            // SAFETY: test memory, inside the mapping.
+            unsafe { std::ptr::read_unaligned(self.base.wrapping_add(gpa as usize).cast::<T>()) }
+        }
+
+        pub(crate) fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let d = RING + 16 * u64::from(i);
+            self.write(d, addr);
+            self.write(d + 8, len);
+            self.write(d + 12, flags);
+            self.write(d + 14, next);
+        }
+
+        /// Makes chain `head` available.
+        pub(crate) fn offer(&mut self, head: u16) {
+            let avail = RING + 16 * u64::from(self.size);
+            let slot = u64::from(self.avail_idx & (self.size - 1));
+            self.write(avail + 4 + 2 * slot, head);
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            self.write(avail + 2, self.avail_idx);
+        }
+
+        pub(crate) fn used_idx(&self) -> u16 {
+            self.read(RING + 16 * u64::from(self.size) + 0x1000 + 2)
+        }
+
+        pub(crate) fn used_elem(&self, i: u16) -> (u32, u32) {
+            let used = RING + 16 * u64::from(self.size) + 0x1000;
+            let slot = u64::from(i & (self.size - 1));
+            (
+                self.read(used + 4 + 8 * slot),
+                self.read(used + 8 + 8 * slot),
+            )
+        }
+
+        pub(crate) fn set_used_elem(&self, i: u16, (id, len): (u32, u32)) {
+            let used = RING + 16 * u64::from(self.size) + 0x1000;
+            let slot = u64::from(i & (self.size - 1));
+            self.write(used + 4 + 8 * slot, id);
+            self.write(used + 8 + 8 * slot, len);
+        }
+    }
+
+    #[test]
+    fn walks_good_chains_and_refuses_bad_ones() {
+        let mut g = FakeGuest::new(8);
+        let mut r = SplitRing::start(g.mem.clone(), &g.addrs()).unwrap();
+        assert_eq!(r.pending(), Ok(0));
+        // 0 -> 1: two readable buffers.
+        g.desc(0, BUFS, 100, VRING_DESC_F_NEXT, 1);
+        g.desc(1, BUFS + 100, 50, 0, 0);
+        g.offer(0);
+        assert_eq!(r.pending(), Ok(1));
+        let h = r.take_head();
+        assert_eq!(r.walk(h, false), Ok((2, 150)));
+        assert_eq!(r.walk(h, true), Err(ChainError::WrongDirection));
+        // A loop: 2 -> 3 -> 2.
+        g.desc(2, BUFS, 10, VRING_DESC_F_NEXT, 3);
+        g.desc(3, BUFS, 10, VRING_DESC_F_NEXT, 2);
+        assert_eq!(r.walk(2, false), Err(ChainError::TooLong));
+        // Out of range next and head.
+        g.desc(4, BUFS, 10, VRING_DESC_F_NEXT, 8);
+        assert_eq!(r.walk(4, false), Err(ChainError::IndexOutOfRange));
+        assert_eq!(r.walk(9, false), Err(ChainError::IndexOutOfRange));
+        // Buffer outside guest memory, and one crossing its end.
+        g.desc(5, 0x40_0000, 1, 0, 0);
+        assert_eq!(r.walk(5, false), Err(ChainError::BadBuffer));
+        g.desc(5, 0x3f_ffff, 2, 0, 0);
+        assert_eq!(r.walk(5, false), Err(ChainError::BadBuffer));
+        g.desc(6, BUFS, 16, VRING_DESC_F_INDIRECT, 0);
+        assert_eq!(r.walk(6, false), Err(ChainError::Indirect));
+        // An impossible avail index.
+        g.write(RING + 16 * 8 + 2, 100u16);
+        assert_eq!(r.pending(), Err(ChainError::AvailIndex));
+    }
+
+    #[test]
+    fn used_elements_are_published_in_one_store() {
+        let mut g = FakeGuest::new(4);
+        let mut r = SplitRing::start(g.mem.clone(), &g.addrs()).unwrap();
+        for i in 0..3u16 {
+            g.desc(i, BUFS + 0x1000 * u64::from(i), 64, VRING_DESC_F_WRITE, 0);
+            g.offer(i);
+        }
+        while r.pending().unwrap() > 0 {
+            let h = r.take_head();
+            r.walk(h, true).unwrap();
+            r.push_used(h, 42);
+        }
+        assert_eq!(g.used_idx(), 0, "nothing visible before publish");
+        assert!(r.publish(), "interrupts wanted by default");
+        assert_eq!(g.used_idx(), 3);
+        assert_eq!(g.used_elem(2), (2, 42));
+        assert!(!r.publish(), "nothing new");
+    }
+
+    #[test]
+    fn refuses_rings_outside_memory_or_misaligned() {
+        let g = FakeGuest::new(8);
+        let mut a = g.addrs();
+        a.size = 6;
+        assert!(SplitRing::start(g.mem.clone(), &a).is_err());
+        let mut a = g.addrs();
+        a.desc += 8;
+        assert!(SplitRing::start(g.mem.clone(), &a).is_err());
+        let mut a = g.addrs();
+        a.used = UVA + 0x40_0000 - 8;
+        assert!(SplitRing::start(g.mem.clone(), &a).is_err());
+    }
+}
