@@ -50,7 +50,8 @@ pub fn run(
             format!("{:?}", cfg.lcores)
         }
     );
-    let report = fwd::run(ports, pool, owner, cfg, &stop).map_err(CliError::failed)?;
+    let report = fwd::run(ports, pool, owner, cfg, &stop)
+        .map_err(|e| CliError::failed(shm::error_chain(&e)))?;
     print!("{}", report.table());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("serialisable");

@@ -50,31 +50,15 @@ fn qualify(d: &pmds::DevArgs, group: &str) -> std::result::Result<pmds::DevArgs,
 }
 
 /// The port `d` with the arguments `args` instead of its own, built directly (the keys
-/// are `d`'s own or ones its driver takes, the values checked names): its text is
-/// written from them, as the port's shared record keeps it.
+/// are `d`'s own or ones its driver takes, the values checked names).
 ///
 /// # Errors
-/// When that text is longer than the record holds.
+/// When a key is not the driver's or the text is longer than the record holds.
 fn with_args(
     d: &pmds::DevArgs,
     args: Vec<(String, String)>,
 ) -> std::result::Result<pmds::DevArgs, String> {
-    let mut text = d.name.clone();
-    for (k, v) in &args {
-        text += &format!(",{k}={v}");
-    }
-    if text.len() > pmds::layout::DEVARGS_LEN {
-        return Err(format!(
-            "--vdev: devargs longer than {} bytes",
-            pmds::layout::DEVARGS_LEN
-        ));
-    }
-    Ok(pmds::DevArgs {
-        name: d.name.clone(),
-        driver: d.driver,
-        args,
-        text,
-    })
+    d.with_args(args).map_err(|e| format!("--vdev: {e}"))
 }
 
 impl Primary {

@@ -406,7 +406,7 @@ impl Primary {
                     shm::names::resolve(all, name).ok()
                 };
                 let port = pmds::Port::create(&primary.memsegs[0], d, &setup, &find)
-                    .map_err(|e| PrimaryError::Config(e.to_string()))?;
+                    .map_err(|e| PrimaryError::Config(shm::error_chain(&e)))?;
                 port.start();
                 primary
                     .ports

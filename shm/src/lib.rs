@@ -37,6 +37,23 @@ pub use layout::{MemsegState, MemzoneKind};
 pub use memseg::{Memseg, MemsegSpec, Memzone};
 pub use region::{OutOfBounds, Region};
 
+/// An error and its causes on one line (`what: cause: cause`), for the programs' messages:
+/// error types keep their causes as `source()` rather than in their own text, and a
+/// cause a message already ends with is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Errors of the shm layer. Messages are one line saying what is wrong and, where there is
 /// one, the fix.
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,44 @@ impl<R: Registry> DevArgs<R> {
         DevArgs::new(text).map_err(String::from)
     }
 
+    /// The same device with `args` instead of its own key=value pairs, built directly (no
+    /// text parsed again): each key must be one the driver takes and each value non-empty,
+    /// and the text, written from them, must fit the port's shared record.
+    ///
+    /// # Errors
+    /// [`DevArgsError`] naming the key or the length.
+    pub fn with_args(&self, args: Vec<(String, String)>) -> Result<DevArgs<R>, DevArgsError> {
+        let driver = self.net_driver();
+        let mut text = self.args.name.clone();
+        for (k, v) in &args {
+            if !driver.keys().contains(&k.as_str()) || v.is_empty() {
+                return Err(DevArgsError::new(
+                    &self.args.text,
+                    format!("{} does not take {k}={v:?}", driver.name()),
+                ));
+            }
+            text.push(',');
+            text.push_str(k);
+            text.push('=');
+            text.push_str(v);
+        }
+        if text.len() > DEVARGS_LEN {
+            return Err(DevArgsError::new(
+                &text,
+                format!("devargs longer than {DEVARGS_LEN} bytes"),
+            ));
+        }
+        Ok(DevArgs {
+            args: Args {
+                name: self.args.name.clone(),
+                driver: self.args.driver,
+                args,
+                text,
+            },
+            registry: PhantomData,
+        })
+    }
+
     /// The driver of these devargs.
     pub fn net_driver(&self) -> &'static dyn NetDriver {
         crate::driver::by_id::<R>(self.args.driver).expect("parsed against R")

@@ -66,7 +66,9 @@ pub(crate) fn dump_cmd(
         let cache = sec
             .allocator(&port.rx_pool_name(), &pool)
             .map_err(|e| e.to_string())?;
-        let mut rx = port.rx_queue(queue, &cache).map_err(|e| e.to_string())?;
+        let mut rx = port
+            .rx_queue(queue, &cache)
+            .map_err(|e| shm::error_chain(&e))?;
         let mut burst = Vec::with_capacity(32);
         let mut seen = 0u64;
         let mut last = std::time::Instant::now();
