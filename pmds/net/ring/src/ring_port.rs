@@ -83,9 +83,12 @@ impl ScRx {
         max: usize,
     ) -> RxDone {
         let mut done = RxDone::default();
-        // Never more than `out` holds without allocating: what is peeked is all claimed
-        // before it is released.
-        let max = max.min(out.capacity() - out.len());
+        // What is peeked is all claimed before it is released, so `out` must hold it: a
+        // caller that did not size it (not the engine's, which never allocates here) gets
+        // the room made.
+        if out.capacity() - out.len() < max {
+            out.reserve(max);
+        }
         let Ok(view) = self.cons.peek(max) else {
             done.corrupt = true;
             return done;
