@@ -4,17 +4,18 @@
 //! waiting for its own in turn.
 //!
 //! Where it sits: used by the mempool's bulk allocation and burst adoption, and by the
-//! drivers' rx/tx bursts. Hints only: they never fault and change nothing visible.
+//! drivers' rx/tx bursts. Hints only: they never fault and change nothing visible (under
+//! Miri, which runs no inline assembly or CPUID, they are nothing at all).
 
 /// Asks the CPU to bring the line at `p` into its cache for reading (PREFETCHT0).
 #[inline(always)]
 pub fn read(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     let _ = p;
 }
 
@@ -24,7 +25,7 @@ pub fn read(p: *const u8) {
 /// find it local instead of stalling the store buffer, or a locked instruction, on it.
 #[inline(always)]
 pub fn write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if has_prefetchw() {
         // SAFETY: PREFETCHW is a hint: it never faults and changes no register, flag or
         // memory contents; the CPU has it (checked just above).
@@ -37,7 +38,7 @@ pub fn write(p: *const u8) {
 }
 
 /// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8), asked once.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn has_prefetchw() -> bool {
     use std::sync::atomic::{AtomicU8, Ordering};
