@@ -37,7 +37,16 @@ pub const POINTS: &[&str] = &[
     // published.
     "ring.mc_after_head_cas",
     "ring.mc_after_copy",
+    // shm-ring, a consumer adopting the range of a dead or long-stopped consumer: its
+    // record says it is adopting, the VOIDED CAS not done yet; done, its count not yet
+    // settled. Reached only behind such a peer ([`REPAIR_POINTS`]).
+    "ring.adopt_recorded",
+    "ring.adopt_voided",
 ];
+
+/// The points of [`POINTS`] that only a process repairing behind a stopped or dead peer
+/// reaches (`tests/tests/stopped_peer.rs` visits them), not mixed work alone.
+pub const REPAIR_POINTS: &[&str] = &["ring.adopt_recorded", "ring.adopt_voided"];
 
 /// Marks a crash point (see the [module docs](crate::crash)). `$name` must be listed in
 /// [`POINTS`].

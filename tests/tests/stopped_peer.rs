@@ -174,3 +174,81 @@ fn survivors_work_while_a_producer_is_stopped_inside_a_free_ring_enqueue() {
 fn survivors_work_while_a_consumer_is_stopped_inside_a_free_ring_dequeue() {
     survivors_work_while_a_peer_is_stopped_at("ring.mc_after_head_cas");
 }
+
+/// A refill that adopts the range of a stopped refill is killed in the middle of the
+/// adoption (its record says it is adopting, the VOIDED CAS not done; or done, its count
+/// not yet settled): the primary reclaims it, the survivors (one of them adopts the range
+/// again, or publishes it for the dead adopter) keep moving mbufs, the stopped one resumes,
+/// and the pool is exact: the adopted mbufs are counted once, by whoever holds them.
+fn adopter_killed_at(point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let prefix = unique_prefix("adopt");
+    let mut primary = primary(&prefix);
+    let at = "ring.mc_after_head_cas:40";
+    let env = [("SHMDP_CRASH_AT", at), ("SHMDP_CRASH_HOW", "stop")];
+    let mut victim = mixer(&prefix, 7, "2", &env);
+    assert!(
+        wait_until(Duration::from_secs(20), || is_stopped(victim.pid())),
+        "the victim never stopped: {:?} {:?}",
+        victim.stdout(),
+        victim.stderr()
+    );
+    let mut adopter = mixer(&prefix, 8, "4", &[("SHMDP_CRASH_AT", point)]);
+    let st = adopter.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        st.and_then(|s| s.signal()),
+        Some(Signal::SIGKILL as i32),
+        "{point}: the adopter was not killed there: {:?} {:?}",
+        adopter.stdout(),
+        adopter.stderr()
+    );
+    let pid = adopter.pid();
+    assert!(
+        primary.wait_stderr(
+            &format!("pid {pid} (connection closed without goodbye)"),
+            Duration::from_secs(10)
+        ),
+        "{point}: the primary never reclaimed the adopter"
+    );
+    let mut others = [mixer(&prefix, 21, "2", &[]), mixer(&prefix, 22, "2", &[])];
+    for m in &mut others {
+        assert!(
+            iterations(m, "survivor") > 0,
+            "{point}: a survivor did nothing"
+        );
+    }
+    victim.signal(Signal::SIGCONT);
+    iterations(&mut victim, "the resumed victim");
+    let (exact, all) = audit_exact(&prefix);
+    assert!(exact, "{point}: not exact after the adopter's death: {all}");
+    // An mbuf counted twice is allocated twice, and the second free of it is refused
+    // (the pool heals, the audit is exact again): the counters tell.
+    let mut st = spawn(
+        "shmdp-secondary",
+        &["--file-prefix", &prefix, "stats"],
+        &[],
+        None,
+    );
+    st.wait_exit(Duration::from_secs(20));
+    let stats = st.stdout().join("\n");
+    for bad in ["double_free", "bad_handle", "put_fail", "corrupt_header"] {
+        assert!(
+            stats.contains(&format!("{bad} 0 ")) || stats.contains(&format!("{bad} 0\n")),
+            "{point}: {bad} counted: {stats}"
+        );
+    }
+    let mut last = mixer(&prefix, 31, "1", &[]);
+    assert!(iterations(&mut last, "after") > 0);
+    let (exact, all) = audit_exact(&prefix);
+    assert!(exact, "{point}: not exact at the end: {all}");
+}
+
+#[test]
+fn an_adopter_killed_before_its_voided_cas_counts_nothing_twice() {
+    adopter_killed_at("ring.adopt_recorded");
+}
+
+#[test]
+fn an_adopter_killed_after_its_voided_cas_loses_nothing() {
+    adopter_killed_at("ring.adopt_voided");
+}

@@ -347,9 +347,11 @@ impl<T: Element> RingCore<T> {
             }
             if let Some(i) = rec {
                 let r = self.record(i as usize);
-                // Relaxed: published by the CAS below (R3/A5).
+                // Relaxed: published by the CAS below (R3/A5). The state is Release as
+                // well (R8, a plain store on x86): a reader that sees this record move
+                // on from a voided operation also sees the settlement of its adopter.
                 r.range.store(pack_range(old, take), Ordering::Relaxed);
-                r.state.store(pack_state(seq, ST_INTENT), Ordering::Relaxed);
+                r.state.store(pack_state(seq, ST_INTENT), Ordering::Release);
             }
             // R3: Release, so a peer that loads this head with Acquire (A3) also sees the
             // other side's tail that justified the move; without it a peer could pair our
@@ -364,11 +366,11 @@ impl<T: Element> RingCore<T> {
                 Ok(_) => return Ok((old, take)),
                 Err(cur) => {
                     if let Some(i) = rec {
-                        // Relaxed: an IDLE record claims nothing, whoever sees it; the
-                        // next attempt (if any) rewrites it.
+                        // An IDLE record claims nothing, whoever sees it; the next
+                        // attempt (if any) rewrites it. Release: R8, as above.
                         self.record(i as usize)
                             .state
-                            .store(pack_state(seq, ST_IDLE), Ordering::Relaxed);
+                            .store(pack_state(seq, ST_IDLE), Ordering::Release);
                     }
                     old = cur;
                 }
@@ -420,9 +422,10 @@ impl<T: Element> RingCore<T> {
             // we have none), and no helper publishes a BUSY range.
             ht.tail.store(old.wrapping_add(n), Ordering::Release);
             if let Some((_, r)) = w.rec {
-                // Relaxed: BUSY with the range no longer pending already reads as done
-                // (`records_of`); DONE only tidies the record.
-                r.state.store(pack_state(w.seq, ST_DONE), Ordering::Relaxed);
+                // BUSY with the range no longer pending already reads as done
+                // (`records_of`); DONE only tidies the record. Release: R8 (a plain
+                // store on x86).
+                r.state.store(pack_state(w.seq, ST_DONE), Ordering::Release);
             }
             return Ok(Published::Done { adopted: 0 });
         }
@@ -502,7 +505,7 @@ impl<T: Element> RingCore<T> {
                 if waited >= next_look {
                     next_look = waited.saturating_add(REPAIR_EVERY);
                     if let Step::Moved =
-                        self.repair_at(PROD, tail, w.token, room, &mut adopted, w.rec.map(|r| r.1))
+                        self.repair_at(PROD, tail, w.token, room, &mut adopted, w.rec)
                     {
                         continue;
                     }

@@ -7,11 +7,12 @@
 //!                       local-until position) for the users' ownership protocol
 //! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
 //! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
-//! 640   16384 records    REC_COUNT (128) OpRecords, one per multi-role handle (a mempool
-//!                       cache holds two), REC_STRIDE (128) apart: a 64-byte record and a
-//!                       guard line: owner, start time, range, state, repairer
+//! 640   24576 records    REC_COUNT (192) OpRecords, one per multi-role handle (a mempool
+//!                       cache holds two: 64 caches and 32 more), REC_STRIDE (128) apart: a 64-byte record and a
+//!                       guard line: owner, start time, range, state, repairer,
+//!                       adopt-from
 //!                       (see [`crate::records`])
-//! 17024 ...  slots[slot_count] of elem_size bytes each
+//! 25216 ...  slots[slot_count] of elem_size bytes each
 //! ```
 //!
 //! Each head and each tail has a cache line of its own, followed by a guard line that keeps
@@ -32,7 +33,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// First bytes of every ring.
 pub const RING_MAGIC: [u8; 8] = *b"SHMDPRNG";
 /// Layout major version; readers refuse any other.
-pub const RING_LAYOUT_MAJOR: u16 = 4;
+pub const RING_LAYOUT_MAJOR: u16 = 5;
 /// Layout minor version.
 pub const RING_LAYOUT_MINOR: u16 = 0;
 /// Offset of [`RingCtrl`].
@@ -45,7 +46,7 @@ pub const CONS_OFF: u64 = 384;
 pub const RECS_OFF: u64 = 640;
 /// Number of reservation records: the most multi-role handles (all processes, all clones)
 /// that can be recorded at once. A handle made when none is free is unrecorded.
-pub const REC_COUNT: usize = 128;
+pub const REC_COUNT: usize = 192;
 /// Bytes from one record to the next: the record's line and a guard line, so that two
 /// handles' records never share a line or an adjacent-line prefetch pair.
 pub const REC_STRIDE: u64 = 128;
@@ -103,6 +104,14 @@ pub struct RingCtrl {
     /// Reservations of dead owners repaired (voided, published or adopted) by survivors
     /// or [`crate::Ring::repair_dead`].
     pub repairs: AtomicU32,
+    /// Multi-role handles made while every record was taken (they work, unrecorded: a
+    /// death inside one of their operations is repaired by nobody but its waiters).
+    pub unrecorded: AtomicU32,
+    /// Non-zero: records of dead owners are freed only by [`crate::Ring::repair_dead`]
+    /// (the primary's reclaim), never recycled by a new handle first, so that a
+    /// recovery reading them (a mempool's cache recovery) finds them
+    /// ([`crate::Ring::keep_dead_records`]).
+    pub keep_dead: AtomicU32,
 }
 
 /// One multi-role handle's reservation record (see `records.rs` for the protocol).
@@ -120,6 +129,10 @@ pub struct OpRecord {
     /// `tag << 32 | pid` of whoever holds the right to repair this record's reservation
     /// (0 = nobody).
     pub repairer: AtomicU64,
+    /// Consumer records: the reservation this operation is adopting, while its state
+    /// carries a tentative count (`(index + 1) << 32 | seq` of the voided record; see
+    /// `records.rs`, "adoption").
+    pub adopt_from: AtomicU64,
 }
 
 impl OpRecord {
@@ -131,6 +144,7 @@ impl OpRecord {
             range: AtomicU64::new(0),
             state: AtomicU64::new(0),
             repairer: AtomicU64::new(0),
+            adopt_from: AtomicU64::new(0),
         }
     }
 }
@@ -209,7 +223,7 @@ const _: () = {
     assert!(size_of::<RingInfo>() == 64);
     assert!(size_of::<RingCtrl>() == 64);
     assert!(size_of::<OpRecord>() == 64);
-    assert!(SLOTS_OFF == 17024);
+    assert!(SLOTS_OFF == 25216);
     assert!(size_of::<HeadTail>() == 256);
     assert!(std::mem::offset_of!(HeadTail, tail) == 128);
 };

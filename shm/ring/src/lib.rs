@@ -310,6 +310,8 @@ impl<T: Element> Ring<T> {
             local_owner: sync::AtomicU32::new(0),
             local_until: sync::AtomicU32::new(0),
             repairs: sync::AtomicU32::new(0),
+            unrecorded: sync::AtomicU32::new(0),
+            keep_dead: sync::AtomicU32::new(0),
         };
         // SAFETY: see above.
         unsafe { ctrl.as_ptr().write(fresh) };
@@ -559,6 +561,24 @@ impl<T: Element> Ring<T> {
     /// are published. Records of a live owner are left alone (counted).
     pub fn repair_dead(&self, pid: u32, start_time: u64) -> RepairReport<T> {
         self.core.repair_dead(pid, start_time)
+    }
+
+    /// From now on, records of dead owners on this ring are freed only by
+    /// [`Ring::repair_dead`], never recycled by a new handle while the table is full: for
+    /// rings whose users' recovery reads a dead process's records before the primary
+    /// repairs the ring (a mempool's free ring: its caches' recovery,
+    /// [`Ring::record_of`]). The primary must then call [`Ring::repair_dead`] for every
+    /// dead process, or the table fills and new handles go unrecorded.
+    pub fn keep_dead_records(&self) {
+        // Relaxed: a policy word read by record claims; set once after `init`, before the
+        // ring is shared (the memzone's publication orders it).
+        self.core.ctrl().keep_dead.store(1, sync::Ordering::Relaxed);
+    }
+
+    /// Multi-role handles made while every record was taken (unrecorded).
+    pub fn unrecorded_handles(&self) -> u32 {
+        // Relaxed: statistics.
+        self.core.ctrl().unrecorded.load(sync::Ordering::Relaxed)
     }
 
     /// Copies the elements between the consumer and producer tails into `out` (cleared

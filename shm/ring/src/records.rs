@@ -93,16 +93,39 @@
 //! published, so a stale view of the old attempt never matches the new one (same sequence
 //! number, other range, tail moved).
 //!
+//! **Adoption, exact across a death on either side of the CAS.** A waiter adopting a
+//! voided consumer range (record `i`, operation `s`, `n` elements) first says so in its
+//! own record: `adopt_from = (i, s)` and a *tentative* count `n` in its DONE state word
+//! (Release, R8), then CASes `i` from INTENT to VOIDED **naming its own record** `k`,
+//! then moves the count to *confirmed*. A reader of `k` (a recovery after `k`'s death)
+//! counts the tentative part only while record `i` still says VOIDED by `k` at `s`;
+//! whoever publishes that voided range (under its repair right, so only once `k` is done
+//! with it or dead) settles `k`'s count first ([`RingCore::settle_adoption`]), and only
+//! then can `i`'s owner rewrite its record, so the evidence is never lost while the count
+//! is still tentative. Killed after the tentative store and before the CAS, `k` counts
+//! nothing and the range stays in the ring for the next waiter; killed after the CAS, it
+//! counts the elements once (`tests/tests/stopped_peer.rs` kills an adopter at both
+//! points: without the tentative count, 30 mbufs were then allocated twice).
+//!
+//! **Dead records kept for recovery** ([`crate::Ring::keep_dead_records`], a mempool's
+//! free ring): a new handle never recycles a dead process's record (only free and
+//! handed-over ones); the primary's [`crate::Ring::repair_dead`] frees them after the
+//! recoveries that read them. The table ([`REC_COUNT`](crate::layout::REC_COUNT) = 192)
+//! holds the two handles of each of a pool's 64 caches and 64 more; a handle made when
+//! it is full is unrecorded and counted ([`crate::Ring::unrecorded_handles`]).
+//!
 //! Left open: a repairer stopped while it holds a right (a few instructions) holds that
-//! range until it resumes; two live INTENTs at the same start (one a failed attempt
-//! stopped before its reset) are not told apart; a consumer range voided while no waiter
-//! has room for it stays until one has. (A mempool refill gives the rest of its cache array
-//! as room, at least as much as any refill reserves, so a stopped refill is adopted by the
-//! next refill that waits behind it after [`VOID_AFTER`]; meanwhile a flush that finds the
-//! ring short of room keeps what it refuses cached. A bulk get larger than the cache, which
-//! goes to the ring with no room, is adopted only by a waiter with room for it.) A
-//! repairer killed between recording an adoption and its VOIDED CAS leaves the elements
-//! counted twice.
+//! range until it resumes, and so does an owner stopped inside its BUSY copy; two live
+//! INTENTs at the same start (one a failed attempt stopped before its reset) are not
+//! told apart; a consumer range voided while no waiter has room for it stays until one
+//! has. (A mempool refill gives the rest of its cache array as room, at least as much as
+//! any refill reserves, so a stopped refill is adopted by the next refill that waits
+//! behind it after [`VOID_AFTER`]; meanwhile a flush that finds the ring short of room
+//! keeps what it refuses cached. A bulk get larger than the cache, which goes to the ring
+//! with no room, is adopted only by a waiter with room for it.) A handed-over record is
+//! recycled once its range is published, so a process killed between a hand-over and
+//! its caller's bookkeeping (a cache's length) is recovered exactly only while the table
+//! has a free record.
 //!
 //! Memory-ordering pairs (labels continue those of `core.rs`):
 //! - **A5**: a repairer loads the head with Acquire before reading records: every record
@@ -112,6 +135,11 @@
 //! - **R7/A7**: a repairer's hole writes, `holes` count and VOIDED state are published
 //!   by its tail CAS with Release (it is R1/R2 for those slots); the next holder of the
 //!   right acquires them with its CAS of `repairer`, released after the tail CAS.
+//! - **R8**: an adopter's state store with its tentative count, the settlement (its own
+//!   store or a publisher's CAS) and a record's every later state store (INTENT, IDLE,
+//!   DONE: plain stores on x86) are Release; a reader of an adopter's count loads it and
+//!   the voided record's state with Acquire, so a voided record seen to move on implies
+//!   the settlement is seen too.
 //! - The INTENT→BUSY and INTENT→VOIDED CASes need no ordering of their own (Relaxed for
 //!   the owner): they only decide who touches the range; slot accesses stay ordered by
 //!   A1/A2 and R1/R2 (R7).
@@ -184,14 +212,52 @@ fn unpack(w: u64) -> (u32, u32) {
     (w as u32, (w >> 32) as u32)
 }
 
-/// A state word as (state, seq); its bits 8.. of the low half are the adopted count.
+/// A state word as (state, seq). The low half's bits 8..32 carry more (see
+/// [`done_word`] and [`voided_word`]).
 fn unpack_state(w: u64) -> (u32, u32) {
     (w as u32 & 0xff, (w >> 32) as u32)
 }
 
-/// Elements a consumer operation adopted (bits 8..32 of the state's low half).
+/// Most elements one consumer operation adopts (the state word's 12-bit fields).
+pub(crate) const ADOPT_MAX: u32 = 0xfff;
+
+/// A consumer's DONE state word: `adopted` elements of voided ranges are in its output
+/// after its own, and `tentative` more are being adopted (the range named by its
+/// `adopt_from`; whether they count is settled by the voided record, see "adoption").
+pub(crate) fn done_word(seq: u32, adopted: u32, tentative: u32) -> u64 {
+    debug_assert!(adopted <= ADOPT_MAX && tentative <= ADOPT_MAX);
+    pack_state(seq, ST_DONE | adopted << 8 | tentative << 20)
+}
+
+/// A VOIDED state word, naming the record of the consumer that adopted the range
+/// (`voider`), if any.
+pub(crate) fn voided_word(seq: u32, voider: Option<u32>) -> u64 {
+    pack_state(seq, ST_VOIDED | voider.map_or(0, |k| k + 1) << 8)
+}
+
+/// True when `w` is operation `seq` voided (by anyone).
+pub(crate) fn is_voided(w: u64, seq: u32) -> bool {
+    unpack_state(w) == (ST_VOIDED, seq)
+}
+
+/// The `adopt_from` word naming record `i`'s operation `seq`.
+pub(crate) fn adopt_word(i: usize, seq: u32) -> u64 {
+    (i as u64 + 1) << 32 | u64::from(seq)
+}
+
+/// Confirmed adopted count of a DONE word.
 fn adopted_of(w: u64) -> u32 {
-    w as u32 >> 8
+    w as u32 >> 8 & ADOPT_MAX
+}
+
+/// Tentative adopted count of a DONE word.
+fn tentative_of(w: u64) -> u32 {
+    w as u32 >> 20 & ADOPT_MAX
+}
+
+/// Record index + 1 of a VOIDED word's adopter (0: none recorded).
+fn voider_of(w: u64) -> u32 {
+    w as u32 >> 8 & ADOPT_MAX
 }
 
 /// True while the process `pid` exists (a zombie counts as existing).
@@ -403,6 +469,12 @@ impl<T: Element> RingCore<T> {
         if owner == 0 {
             return true;
         }
+        // Relaxed: a policy word set before the ring was shared.
+        if owner as u32 != 0 && self.ctrl().keep_dead.load(Ordering::Relaxed) != 0 {
+            // A dead process's record: its recovery may still read it; the primary's
+            // `repair_dead` frees it.
+            return false;
+        }
         let tok = r.repairer.load(Ordering::Acquire);
         if tok != 0 && !token_gone(tok) {
             return false;
@@ -439,6 +511,8 @@ impl<T: Element> RingCore<T> {
                 }
             }
         }
+        // Relaxed: statistics.
+        self.ctrl().unrecorded.fetch_add(1, Ordering::Relaxed);
         None
     }
 
@@ -544,8 +618,78 @@ impl<T: Element> RingCore<T> {
             start,
             len,
             pending,
-            adopted: adopted_of(sw),
+            adopted: self.adopted_count(i, sw),
         }
+    }
+
+    /// [`RingCore::view`] of a consumer record, for the unit tests.
+    #[cfg(test)]
+    pub(crate) fn __view(&self, i: usize) -> RecordView {
+        self.view(i, false)
+    }
+
+    /// The elements consumer record `i` (state word `sw`) holds adopted: its confirmed
+    /// count, plus its tentative one if that adoption took effect ("adoption" in the
+    /// module docs). The owner, or a repairer settling for a dead one, may change the
+    /// word meanwhile: then it is read again.
+    fn adopted_count(&self, i: usize, mut sw: u64) -> u32 {
+        for _ in 0..4 {
+            if unpack_state(sw).0 != ST_DONE {
+                return 0;
+            }
+            let (total, tent) = (adopted_of(sw), tentative_of(sw));
+            if tent == 0 || self.adoption_took(i) {
+                return total + tent;
+            }
+            // Acquire (R8): a settlement since the first load is seen here, since the
+            // voided record moved on (which made `adoption_took` false) only after it.
+            let again = self.record(i).state.load(Ordering::Acquire);
+            if again == sw {
+                return total;
+            }
+            sw = again;
+        }
+        adopted_of(sw)
+    }
+
+    /// Whether the tentative adoption of record `k` (whose DONE word the caller loaded
+    /// with Acquire, which made its `adopt_from` visible) took effect: the record it
+    /// names is still VOIDED by `k` at that operation.
+    fn adoption_took(&self, k: usize) -> bool {
+        let from = self.record(k).adopt_from.load(Ordering::Relaxed);
+        let (vi, vseq) = ((from >> 32) as usize, from as u32);
+        if vi == 0 || vi > SCAN {
+            return false;
+        }
+        // Acquire (R8): pairs with the Release of whatever the voided record's owner
+        // wrote after its range was published.
+        let v = self.record(vi - 1).state.load(Ordering::Acquire);
+        v == voided_word(vseq, Some(k as u32))
+    }
+
+    /// Settles the tentative adoption that the consumer of record `k` made of record
+    /// `i`'s operation `vseq` (`len` elements), which is VOIDED by `k`: its count
+    /// becomes confirmed. Called by whoever publishes that voided range (under the
+    /// range's repair right, before the tail CAS), so the evidence that the adoption
+    /// took effect is never lost: the voided owner rewrites its record only after the
+    /// publication. Does nothing when `k` settled it itself (or its record moved on).
+    pub(crate) fn settle_adoption(&self, k: usize, i: usize, vseq: u32, len: u32) {
+        if k >= SCAN {
+            return;
+        }
+        let m = self.record(k);
+        let sw = m.state.load(Ordering::Acquire);
+        if unpack_state(sw).0 != ST_DONE
+            || tentative_of(sw) != len
+            || m.adopt_from.load(Ordering::Relaxed) != adopt_word(i, vseq)
+        {
+            return;
+        }
+        let done = done_word(unpack_state(sw).1, adopted_of(sw) + len, 0);
+        // R8: Release, before the tail CAS that publishes the voided range.
+        let _ = m
+            .state
+            .compare_exchange(sw, done, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// [`crate::Ring::repair_dead`].
@@ -627,7 +771,7 @@ impl<T: Element> RingCore<T> {
                     }
                     // R7.
                     r.state
-                        .store(pack_state(unpack_state(sw).1, ST_VOIDED), Ordering::Release);
+                        .store(voided_word(unpack_state(sw).1, None), Ordering::Release);
                 }
                 r.repairer.store(0, Ordering::Release);
             } else if v.pending {

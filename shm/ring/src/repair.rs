@@ -3,8 +3,9 @@
 //! long, and the voiding, adoption and publication under the record's repair right.
 
 use super::{
-    now_ms, owner_gone, pack_range, pack_state, token_gone, unpack, unpack_state, Claim, Step,
-    SCAN, ST_BUSY, ST_DONE, ST_IDLE, ST_INTENT, ST_VOIDED,
+    adopt_word, done_word, is_voided, now_ms, owner_gone, pack_range, token_gone, unpack,
+    unpack_state, voided_word, voider_of, Claim, Step, ADOPT_MAX, SCAN, ST_BUSY, ST_DONE, ST_IDLE,
+    ST_INTENT, ST_VOIDED,
 };
 use crate::core::RingCore;
 use crate::layout::{HeadTail, OpRecord};
@@ -117,7 +118,7 @@ impl<T: Element> RingCore<T> {
         token: u64,
         room: &mut [T],
         adopted: &mut u32,
-        mine: Option<&OpRecord>,
+        mine: Option<(u32, &OpRecord)>,
     ) -> Step {
         let (ht, side) = self.side(prod);
         // A5: every record written before a head CAS up to here is visible.
@@ -216,7 +217,7 @@ impl<T: Element> RingCore<T> {
         token: u64,
         room: &mut [T],
         adopted: &mut u32,
-        mine: Option<&OpRecord>,
+        mine: Option<(u32, &OpRecord)>,
     ) -> Step {
         let (ht, _) = self.side(prod);
         let r = self.record(i);
@@ -237,21 +238,25 @@ impl<T: Element> RingCore<T> {
         // record, who voided it and died before publishing). The range must still be
         // this record's and still at the tail.
         let (st0, seq) = unpack_state(sw);
-        let voided = pack_state(seq, ST_VOIDED);
         let cur = r.state.load(Ordering::Acquire);
-        if (cur != sw && cur != voided)
+        if (cur != sw && !is_voided(cur, seq))
             || r.range.load(Ordering::Relaxed) != pack_range(t, len)
             || ht.tail.load(Ordering::Acquire) != t
         {
             r.repairer.store(0, Ordering::Release);
             return Step::Nothing;
         }
-        let st = if cur == voided { ST_VOIDED } else { st0 };
+        let st = if is_voided(cur, seq) { ST_VOIDED } else { st0 };
         if prod && (st == ST_INTENT || (st == ST_BUSY && gone)) {
             // Exclusion first: once VOIDED, a live owner's INTENT->BUSY CAS fails and it
             // never writes these slots (a dead one writes nothing more).
             if r.state
-                .compare_exchange(cur, voided, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    cur,
+                    voided_word(seq, None),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_err()
             {
                 r.repairer.store(0, Ordering::Release);
@@ -273,8 +278,12 @@ impl<T: Element> RingCore<T> {
             // death: an over-count only makes consumers look for holes.
             self.prod().tail.holes.fetch_add(len, Ordering::Relaxed);
         }
+        if !prod && st == ST_VOIDED && voider_of(cur) != 0 {
+            // A consumer that adopted this range and died before settling its count.
+            self.settle_adoption(voider_of(cur) as usize - 1, i, seq, len);
+        }
         if !prod && st == ST_INTENT {
-            if (room.len() as u32).saturating_sub(*adopted) < len || *adopted + len > 0xff_ffff {
+            if (room.len() as u32).saturating_sub(*adopted) < len || *adopted + len > ADOPT_MAX {
                 r.repairer.store(0, Ordering::Release);
                 return Step::Nothing;
             }
@@ -285,26 +294,39 @@ impl<T: Element> RingCore<T> {
             // consumer tail (producers do not overwrite it) and we hold the right. A live
             // owner may read it too (reads only).
             unsafe { self.read_slots(t, &mut room[at..at + len as usize]) };
-            let my = mine.map(|m| {
-                // Only we write our record while we wait; say how many we adopt before
-                // they leave the ring (the CAS and the tail CAS below publish it too).
+            // Only we write our record while we wait. Before the range can leave the
+            // ring, our record says we are adopting it (tentative: whether it counts is
+            // what the voided record says, so a death on either side of the CAS below is
+            // exact); R8: Release publishes `adopt_from` with the count.
+            let my = mine.map(|(k, m)| {
                 let (_, my_seq) = unpack_state(m.state.load(Ordering::Relaxed));
-                let low = ST_DONE | (*adopted + len) << 8;
-                m.state.store(pack_state(my_seq, low), Ordering::Release);
-                (m, my_seq)
+                m.adopt_from.store(adopt_word(i, seq), Ordering::Relaxed);
+                m.state
+                    .store(done_word(my_seq, *adopted, len), Ordering::Release);
+                (k, m, my_seq)
             });
+            shm::crash_point!("ring.adopt_recorded");
             // The owner's copy and ours race: exactly one of its INTENT->BUSY and our
-            // INTENT->VOIDED succeeds.
+            // INTENT->VOIDED succeeds. Our VOIDED names our record (the evidence).
+            let voided = voided_word(seq, my.map(|(k, _, _)| k));
             if r.state
                 .compare_exchange(cur, voided, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                if let Some((m, my_seq)) = my {
-                    let low = ST_DONE | *adopted << 8;
-                    m.state.store(pack_state(my_seq, low), Ordering::Release);
+                if let Some((_, m, my_seq)) = my {
+                    // R8: the tentative count withdrawn.
+                    m.state
+                        .store(done_word(my_seq, *adopted, 0), Ordering::Release);
                 }
                 r.repairer.store(0, Ordering::Release);
                 return Step::Nothing;
+            }
+            shm::crash_point!("ring.adopt_voided");
+            if let Some((_, m, my_seq)) = my {
+                // R8: settled by ourselves (a survivor publishing for us settles it if
+                // we die before this store).
+                m.state
+                    .store(done_word(my_seq, *adopted + len, 0), Ordering::Release);
             }
             *adopted += len;
         }

@@ -488,3 +488,73 @@ fn objects_cycling_through_a_free_ring_survive_a_stopped_producer_exactly() {
     all.sort_unstable();
     assert_eq!(all, (0..n_obj).collect::<Vec<_>>());
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process for a dead pid, and probes /proc")]
+fn with_dead_records_kept_a_full_table_waits_for_repair_dead() {
+    let r = ring(SyncMode::MP_MC);
+    r.keep_dead_records();
+    let first = r.mp_producer().unwrap();
+    let mut hs: Vec<MpProducer<u64>> = (1..layout::REC_COUNT).map(|_| first.clone()).collect();
+    let pid = dead_pid();
+    let dead = hs.pop().unwrap();
+    let idx = dead.record().unwrap();
+    dead.__die(pid);
+    let un = first.clone();
+    assert!(
+        un.record().is_none(),
+        "the dead record is kept for recovery"
+    );
+    assert_eq!(r.unrecorded_handles(), 1);
+    assert_eq!(r.record_of(pid, 0).len(), 1, "a recovery still reads it");
+    let rep = r.repair_dead(pid, 0);
+    assert_eq!(rep.records, 1);
+    assert_eq!(first.clone().record(), Some(idx), "freed by repair_dead");
+}
+
+/// The adoption protocol's record words, as a dead adopter leaves them: a tentative count
+/// counts only while the record it names is VOIDED by the adopter, and whoever publishes
+/// that voided range settles the count first.
+#[test]
+fn a_tentative_adoption_counts_only_if_the_voided_cas_happened() {
+    let r = ring(SyncMode::MP_MC);
+    let adopter = r.mc_consumer().unwrap();
+    let victim = r.mc_consumer().unwrap();
+    let (k, i) = (adopter.record().unwrap(), victim.record().unwrap());
+    let core = &r.core;
+    let (m, v) = (core.record(k), core.record(i));
+    use crate::sync::Ordering::SeqCst;
+    m.range.store(super::records::pack_range(0, 4), SeqCst);
+    m.adopt_from.store(super::records::adopt_word(i, 9), SeqCst);
+    m.state.store(super::records::done_word(5, 2, 3), SeqCst);
+    v.range.store(super::records::pack_range(4, 3), SeqCst);
+    // The CAS never happened: the victim is still INTENT.
+    v.state.store(
+        super::records::pack_state(9, super::records::ST_INTENT),
+        SeqCst,
+    );
+    assert_eq!(core.__view(k).adopted, 2);
+    // It happened: the victim is VOIDED by the adopter.
+    v.state
+        .store(super::records::voided_word(9, Some(k as u32)), SeqCst);
+    assert_eq!(core.__view(k).adopted, 5);
+    // VOIDED by another adopter: not ours.
+    v.state
+        .store(super::records::voided_word(9, Some(k as u32 + 1)), SeqCst);
+    assert_eq!(core.__view(k).adopted, 2);
+    // Settled by the publisher of the voided range: confirmed, whatever the victim does.
+    v.state
+        .store(super::records::voided_word(9, Some(k as u32)), SeqCst);
+    core.settle_adoption(k, i, 9, 3);
+    assert_eq!(m.state.load(SeqCst), super::records::done_word(5, 5, 0));
+    v.state.store(
+        super::records::pack_state(9, super::records::ST_INTENT),
+        SeqCst,
+    );
+    assert_eq!(core.__view(k).adopted, 5);
+    // A settlement for another range changes nothing.
+    m.state.store(super::records::done_word(5, 2, 3), SeqCst);
+    core.settle_adoption(k, i, 9, 4);
+    core.settle_adoption(k, i, 8, 3);
+    assert_eq!(m.state.load(SeqCst), super::records::done_word(5, 2, 3));
+}

@@ -135,6 +135,9 @@ impl Mempool {
             SyncMode::MP_MC,
         )
         .map_err(|e| bad(e.to_string()))?;
+        // The caches' recovery reads a dead process's free-ring records
+        // (`recovery.rs`); the primary's `repair_free_ring` frees them after it.
+        ring.keep_dead_records();
         let mut producer = ring.mp_producer().map_err(|e| bad(e.to_string()))?;
         let all: Vec<u32> = (0..params.count).collect();
         for chunk in all.chunks(4096) {
