@@ -180,6 +180,8 @@ pub struct Proc {
     err: Arc<Mutex<Vec<String>>>,
     prefix: Option<String>,
     status: Option<ExitStatus>,
+    /// Output streams not yet at end of file (their reader threads still reading).
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proc {
@@ -210,6 +212,7 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(2));
         for (stream, sink) in [
             (
                 Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -217,10 +220,12 @@ impl Proc {
             ),
             (Box::new(child.stderr.take().unwrap()), err.clone()),
         ] {
+            let open = open.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Proc {
@@ -229,6 +234,7 @@ impl Proc {
             err,
             prefix: prefix.map(str::to_string),
             status: None,
+            open,
         }
     }
 
@@ -299,8 +305,15 @@ impl Proc {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if let Some(s) = self.try_status() {
-                // Let the reader threads pick up the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // Let the reader threads pick up the last lines: until both streams end
+                // (a loaded machine may not have run them yet), or 2 s (a child of the
+                // process may hold them open).
+                let until = Instant::now() + Duration::from_secs(2);
+                while self.open.load(std::sync::atomic::Ordering::SeqCst) != 0
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(s);
             }
             std::thread::sleep(Duration::from_millis(5));
