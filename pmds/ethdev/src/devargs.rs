@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use crate::driver::{DriverId, NetDriver, Registry};
 use crate::layout::DEVARGS_LEN;
-use crate::DevArgsError;
+use crate::{DevArgsError, PortError};
 
 /// Parsed devargs, without the registry they were checked against: what a driver sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,24 +38,16 @@ impl<R: Registry> Deref for DevArgs<R> {
 }
 
 impl<R: Registry> DevArgs<R> {
-    /// Parses a devargs string; the driver must be one of `R`'s.
+    /// Parses a devargs string; the driver must be one of `R`'s. (Also a CLI's value
+    /// parser: `value_parser = DevArgs::parse`.)
     ///
     /// # Errors
     /// [`DevArgsError`] naming the problem and the accepted forms.
-    pub fn new(text: &str) -> Result<DevArgs<R>, DevArgsError> {
+    pub fn parse(text: &str) -> Result<DevArgs<R>, DevArgsError> {
         Args::parse_with(text, R::drivers()).map(|args| DevArgs {
             args,
             registry: PhantomData,
         })
-    }
-
-    /// [`DevArgs::new`] with the error as its text: the form a CLI's value parser (and
-    /// callers whose errors are text) take.
-    ///
-    /// # Errors
-    /// As [`DevArgs::new`].
-    pub fn parse(text: &str) -> Result<DevArgs<R>, String> {
-        DevArgs::new(text).map_err(String::from)
     }
 
     /// The same device with `args` instead of its own key=value pairs, built directly (no
@@ -68,22 +60,14 @@ impl<R: Registry> DevArgs<R> {
         let driver = self.net_driver();
         let mut text = self.args.name.clone();
         for (k, v) in &args {
-            if !driver.keys().contains(&k.as_str()) || v.is_empty() {
-                return Err(DevArgsError::new(
-                    &self.args.text,
-                    format!("{} does not take {k}={v:?}", driver.name()),
-                ));
-            }
+            check_key(driver, k, v)?;
             text.push(',');
             text.push_str(k);
             text.push('=');
             text.push_str(v);
         }
         if text.len() > DEVARGS_LEN {
-            return Err(DevArgsError::new(
-                &text,
-                format!("devargs longer than {DEVARGS_LEN} bytes"),
-            ));
+            return Err(DevArgsError::too_long(text.len()));
         }
         Ok(DevArgs {
             args: Args {
@@ -102,6 +86,23 @@ impl<R: Registry> DevArgs<R> {
     }
 }
 
+/// `key=value` is one `driver` takes: a key of its and a value.
+fn check_key(driver: &dyn NetDriver, key: &str, value: &str) -> Result<(), DevArgsError> {
+    if !driver.keys().contains(&key) {
+        return Err(DevArgsError::UnknownKey {
+            driver: driver.name(),
+            key: key.to_string(),
+            takes: driver.keys(),
+        });
+    }
+    if value.is_empty() {
+        return Err(DevArgsError::NoValue {
+            key: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl Args {
     /// Parses a devargs string against `drivers`.
     ///
@@ -111,44 +112,37 @@ impl Args {
         text: &str,
         drivers: &[&'static dyn NetDriver],
     ) -> Result<Args, DevArgsError> {
-        let err = |why: String| DevArgsError::new(text, why);
         let mut parts = text.split(',');
         let name = parts.next().unwrap_or_default().trim();
         let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
         if base.len() == name.len() {
-            return Err(err(
-                "the device name needs an instance number, e.g. net_ring0 or net_pcap0".into(),
-            ));
+            return Err(DevArgsError::NoInstance {
+                name: name.to_string(),
+            });
         }
         let Some(driver) = drivers.iter().find(|d| d.name() == base) else {
-            let known: Vec<&str> = drivers.iter().map(|d| d.name()).collect();
-            return Err(err(format!(
-                "unknown driver {base:?} (known: {})",
-                known.join(", ")
-            )));
+            return Err(DevArgsError::UnknownDriver {
+                driver: base.to_string(),
+                known: drivers.iter().map(|d| d.name()).collect(),
+            });
         };
         if shm::layout::encode_name(name).is_none() {
-            return Err(err("name must be 1..31 bytes".into()));
+            return Err(DevArgsError::BadName {
+                name: name.to_string(),
+            });
         }
         let mut args = Vec::new();
         for kv in parts {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
-            if !driver.keys().contains(&k) {
-                return Err(err(format!(
-                    "{} does not take {k:?} (it takes: {})",
-                    driver.name(),
-                    driver.keys().join(", ")
-                )));
-            }
-            if v.is_empty() {
-                return Err(err(format!("{k}= needs a value")));
-            }
+                .ok_or_else(|| DevArgsError::NotKeyValue {
+                    item: kv.to_string(),
+                })?;
+            check_key(*driver, k, v)?;
             args.push((k.to_string(), v.to_string()));
         }
         if text.len() > DEVARGS_LEN {
-            return Err(err(format!("devargs longer than {DEVARGS_LEN} bytes")));
+            return Err(DevArgsError::too_long(text.len()));
         }
         Ok(Args {
             name: name.to_string(),
@@ -167,6 +161,16 @@ impl Args {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of `key`, which the driver needs; `hint` says what it is (see
+    /// [`DevArgsError::Missing`]).
+    ///
+    /// # Errors
+    /// [`PortError::DevArgs`] when absent.
+    pub fn require(&self, key: &'static str, hint: &'static str) -> Result<&str, PortError> {
+        self.get(key)
+            .ok_or_else(|| PortError::devargs(&self.name, DevArgsError::Missing { key, hint }))
+    }
+
     /// Every value of `key`, in order (a key may repeat: one ring per queue).
     pub fn get_all(&self, key: &str) -> Vec<&str> {
         self.args
@@ -179,23 +183,24 @@ impl Args {
     /// A numeric argument in `range`, or `default`.
     ///
     /// # Errors
-    /// [`DevArgsError`] when the value is not a number in range.
+    /// [`PortError::DevArgs`] when the value is not a number in range.
     pub fn number(
         &self,
-        key: &str,
+        key: &'static str,
         default: u32,
         range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, DevArgsError> {
+    ) -> Result<u32, PortError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                DevArgsError::new(
-                    &self.text,
-                    format!(
-                        "{key}={v} must be a number in {}..={}",
-                        range.start(),
-                        range.end()
-                    ),
+                PortError::devargs(
+                    &self.name,
+                    DevArgsError::BadNumber {
+                        key,
+                        value: v.to_string(),
+                        min: *range.start(),
+                        max: *range.end(),
+                    },
                 )
             }),
         }
@@ -204,14 +209,17 @@ impl Args {
     /// A `0`/`1` flag, `false` when absent.
     ///
     /// # Errors
-    /// [`DevArgsError`] when the value is neither.
-    pub fn flag(&self, key: &str) -> Result<bool, DevArgsError> {
+    /// [`PortError::DevArgs`] when the value is neither.
+    pub fn flag(&self, key: &'static str) -> Result<bool, PortError> {
         match self.get(key) {
             None | Some("0") => Ok(false),
             Some("1") => Ok(true),
-            Some(v) => Err(DevArgsError::new(
-                &self.text,
-                format!("{key}={v}: expected 0 or 1"),
+            Some(v) => Err(PortError::devargs(
+                &self.name,
+                DevArgsError::BadFlag {
+                    key,
+                    value: v.to_string(),
+                },
             )),
         }
     }

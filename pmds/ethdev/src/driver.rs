@@ -123,7 +123,8 @@ pub trait NetDriver: Send + Sync + 'static {
     /// queues need (rings, the output file) and says how many queues there are.
     ///
     /// # Errors
-    /// [`PortError::Config`] naming the bad value.
+    /// [`PortError::DevArgs`] or [`PortError::Config`] naming the bad value,
+    /// [`PortError::Failed`] when what the queues need cannot be made.
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError>;
     /// Primary, once the memzone is reserved and before it is written: starts what runs
     /// in this process (a vhost-user backend, a virtio-user connection) and records it in
@@ -131,7 +132,7 @@ pub trait NetDriver: Send + Sync + 'static {
     /// opening the port, which then calls [`PortDriver::stop`].
     ///
     /// # Errors
-    /// [`PortError::Config`] when it cannot start.
+    /// [`PortError::Failed`] when it cannot start.
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
         let _ = (p, queues);
         Ok(())
@@ -143,7 +144,7 @@ pub trait NetDriver: Send + Sync + 'static {
     /// Any process: finds the port's resources.
     ///
     /// # Errors
-    /// [`PortError::BadPort`] naming what is missing or wrong.
+    /// [`PortError::BadPort`] naming what is missing, [`PortError::Broken`] what is unusable.
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError>;
 }
 
@@ -286,8 +287,8 @@ pub fn check_registry(drivers: &[&'static dyn NetDriver]) -> Result<(), Registry
 
 /// The devices one process runs (vhost-user backends, virtio-user connections): found by
 /// driver and key (a socket path) when a port is attached, removed when it stops.
-/// Passed to drivers in [`Probe`] and [`Attach`]; [`Devices::process`] is the table the
-/// port API uses when the caller gives none.
+/// Each program makes one table and passes it to [`crate::Port::create`] and
+/// [`crate::Port::open`], which hand it to drivers in [`Probe`] and [`Attach`].
 /// Cheap to clone: clones share the table (a port's driver keeps one to remove its device
 /// when it stops).
 #[derive(Clone, Default)]
@@ -309,13 +310,6 @@ impl Devices {
     /// An empty table.
     pub fn new() -> Devices {
         Devices::default()
-    }
-
-    /// This process's table, for callers of [`crate::Port::create`] and
-    /// [`crate::Port::open`] (the `_in` forms take one explicitly).
-    pub fn process() -> &'static Devices {
-        static PROCESS: std::sync::OnceLock<Devices> = std::sync::OnceLock::new();
-        PROCESS.get_or_init(Devices::new)
     }
 
     /// The list, even after a panic while it was held: every change is one push or
