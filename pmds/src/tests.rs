@@ -452,6 +452,36 @@ fn virtio_user_and_vhost_move_frames_per_queue_pair() {
         .enumerate()
         .all(|(i, f)| f == &vec![i as u8; 100]));
     drop((vrx, vtx, out, pkts));
+    // Another process (its own device table) opens both ports but cannot poll them: the
+    // devices are this one's.
+    for (name, dir) in [("net_vhost0", "rx"), ("net_virtio_user1", "tx")] {
+        let zone = seg.lookup(name).unwrap();
+        let there = Port::open(&zone, &find, &Devices::new()).unwrap();
+        let err = if dir == "rx" {
+            there.rx_queue(0, &cache).map(drop)
+        } else {
+            there.tx_queue(0, &cache).map(drop)
+        }
+        .unwrap_err();
+        assert!(matches!(err, PortError::NotHere { .. }), "{err}");
+        assert!(err.to_string().contains("polled in the primary"), "{err}");
+    }
+    // The queues are free again for this process.
+    drop(vh.rx_queue(0, &cache).unwrap());
+    // A second port on the same socket is refused before anything is made.
+    let again = Port::create(
+        &seg,
+        &d(format!("net_vhost2,iface={}", sock.display())),
+        &setup(2),
+        &find,
+        &devices,
+    )
+    .unwrap_err();
+    assert!(
+        again.to_string().contains("is used by another port"),
+        "{again}"
+    );
+    assert!(seg.lookup("net_vhost2").is_err());
     vu.stop_driver();
     vh.stop_driver();
     drop(cache);

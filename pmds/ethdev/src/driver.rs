@@ -344,6 +344,25 @@ impl Devices {
             .and_then(|(_, _, dev)| dev.clone().downcast::<T>().ok())
     }
 
+    /// Forgets `dev` as driver `driver`'s device for `key` if it is the one recorded
+    /// there (not a later device on the same key); says whether it was.
+    pub fn remove_this<T: Any + Send + Sync>(
+        &self,
+        driver: DriverId,
+        key: &str,
+        dev: &Arc<T>,
+    ) -> bool {
+        let mut list = self.list();
+        let same = |e: &Device| {
+            e.0 == driver && e.1 == key && std::ptr::addr_eq(Arc::as_ptr(&e.2), Arc::as_ptr(dev))
+        };
+        let Some(i) = list.iter().position(same) else {
+            return false;
+        };
+        list.remove(i);
+        true
+    }
+
     /// Forgets driver `driver`'s device for `key`; returns it.
     pub fn remove(&self, driver: DriverId, key: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         let mut list = self.list();

@@ -149,11 +149,126 @@ impl<T: HostedDevice> Hosted<T> {
         })
     }
 
-    /// Removes the device from the table and stops it, if this process runs it.
+    /// Removes the device from the table and stops it, if this process runs it and it
+    /// is still recorded (once, however many times this is called, and never a later
+    /// port's device on the same key).
     pub fn stop(&self) {
         if let Some(d) = &self.dev {
-            self.devices.remove(self.kind.driver, &self.value);
-            T::stop(d);
+            if self.devices.remove_this(self.kind.driver, &self.value, d) {
+                T::stop(d);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use shm::{Memseg, Region};
+    use shm_mempool::{MbufPool, MbufPoolParams};
+    use zerocopy::FromZeros;
+
+    use super::*;
+    use crate::layout::PortInfo;
+    use crate::PortSetup;
+
+    /// A device that counts its stops.
+    #[derive(Default)]
+    struct Dev(AtomicU32);
+
+    impl HostedDevice for Dev {
+        fn stop(dev: &Arc<Self>) {
+            // Relaxed: a counter read by this thread.
+            dev.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    const KIND: HostedKind = HostedKind {
+        driver: DriverId(99),
+        name: "net_test",
+        key: "path",
+        hint: "/path/to/socket",
+        why: "which owns it",
+    };
+
+    fn args(text: &str) -> Args {
+        let (name, rest) = text.split_once(',').unwrap_or((text, ""));
+        Args {
+            name: name.to_string(),
+            driver: KIND.driver,
+            args: rest
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_device_is_recorded_found_refused_twice_and_stopped_once() {
+        let seg = Memseg::create_in_region(Region::heap(4 << 20), "hosted", 1).unwrap();
+        let setup = PortSetup {
+            port_id: 0,
+            nb_desc: 64,
+            rx_pool: MbufPool::create(&seg, "m", &MbufPoolParams::new(63, 0, 1)).unwrap(),
+            mac: None,
+        };
+        let devices = Devices::new();
+        let find = |_: &str| None;
+        let probe = |d: &Args| -> Result<(), PortError> {
+            let p = Probe {
+                seg: &seg,
+                devargs: d,
+                setup: &setup,
+                nb_desc: 64,
+                find: &find,
+                devices: &devices,
+            };
+            KIND.check_free::<Dev>(&p)?;
+            KIND.record(&p, Arc::new(Dev::default()))
+        };
+        let missing = probe(&args("net_test0")).unwrap_err();
+        assert_eq!(missing.to_string(), "net_test0: give path=/path/to/socket");
+        let d = args("net_test0,path=/s");
+        probe(&d).unwrap();
+        let twice = probe(&args("net_test1,path=/s")).unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            "net_test1: path /s is used by another port"
+        );
+
+        let info = PortInfo::new_zeroed();
+        let attach = |devices: &Devices| {
+            KIND.attach::<Dev>(&Attach {
+                info: &info,
+                devargs: &d,
+                find: &find,
+                devices,
+            })
+        };
+        // Another process's table: no device there.
+        let elsewhere = attach(&Devices::new()).unwrap();
+        assert!(elsewhere.device().is_none());
+        elsewhere.stop();
+        let here = attach(&devices).unwrap();
+        let dev = here.device().unwrap().clone();
+        here.stop();
+        here.stop();
+        assert_eq!(dev.0.load(Ordering::Relaxed), 1, "stopped once");
+        assert!(
+            devices.find::<Dev>(KIND.driver, "/s").is_none(),
+            "out of the table"
+        );
+        let no_key = KIND
+            .attach::<Dev>(&Attach {
+                info: &info,
+                devargs: &args("net_test0"),
+                find: &find,
+                devices: &devices,
+            })
+            .unwrap_err();
+        assert_eq!(no_key.to_string(), "bad port: net_test0: no path=");
     }
 }

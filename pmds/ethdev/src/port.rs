@@ -205,7 +205,7 @@ impl<R: Registry> Port<R> {
         info.devargs[..devargs.text.len()].copy_from_slice(devargs.text.as_bytes());
         let zone = seg
             .reserve(name, PORT_BYTES, 64, MemzoneKind::Port)
-            .map_err(|e| PortError::failed(name, "its memzone", e))?;
+            .map_err(|e| PortError::failed(name, "reserving its memzone", e))?;
         let r = zone.region();
         let written = |e: shm::OutOfBounds| PortError::failed(name, "writing its memzone", e);
         r.fill(zone.offset, PORT_BYTES, 0).map_err(written)?;

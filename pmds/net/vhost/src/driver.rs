@@ -63,9 +63,9 @@ impl NetDriver for VhostDriver {
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
         let path = HOSTED.key(p.devargs)?;
         let client = p.devargs.flag("client")?;
-        let dev = VhostDevice::start(Path::new(path), queues.rx, client).map_err(|e| {
-            PortError::failed(&p.devargs.name, format!("vhost-user socket {path}"), e)
-        })?;
+        // The error names the socket.
+        let dev = VhostDevice::start(Path::new(path), queues.rx, client)
+            .map_err(|e| PortError::failed(&p.devargs.name, "starting the backend", e))?;
         HOSTED.record(p, dev)
     }
 

@@ -89,7 +89,8 @@ impl NetDriver for VirtioUserDriver {
             std::time::Duration::from_secs(5),
             pmds_net_vhost::wire::process_stop(),
         )
-        .map_err(|e| PortError::failed(&d.name, format!("vhost-user backend {at}"), e))?;
+        // The error names the socket.
+        .map_err(|e| PortError::failed(&d.name, "connecting to the backend", e))?;
         HOSTED.record(p, dev)
     }
 
