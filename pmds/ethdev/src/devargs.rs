@@ -224,3 +224,125 @@ impl Args {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{Attach, PortDriver, Probe, Queues};
+
+    /// A driver that only names itself and its keys.
+    struct Foo;
+
+    impl NetDriver for Foo {
+        fn id(&self) -> DriverId {
+            DriverId(7)
+        }
+        fn name(&self) -> &'static str {
+            "net_foo"
+        }
+        fn keys(&self) -> &'static [&'static str] {
+            &["size", "on"]
+        }
+        fn probe(&self, _: &Probe<'_>) -> Result<Queues, PortError> {
+            unreachable!("not probed")
+        }
+        fn attach(&self, _: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
+            unreachable!("not attached")
+        }
+    }
+
+    const DRIVERS: &[&dyn NetDriver] = &[&Foo];
+
+    fn parse(text: &str) -> Result<Args, DevArgsError> {
+        Args::parse_with(text, DRIVERS)
+    }
+
+    #[test]
+    fn each_refusal_is_its_variant_with_a_message_that_says_the_fix() {
+        let cases: [(&str, DevArgsError, &str); 5] = [
+            (
+                "net_foo",
+                DevArgsError::NoInstance {
+                    name: "net_foo".into(),
+                },
+                "needs an instance number",
+            ),
+            (
+                "net_bar0",
+                DevArgsError::UnknownDriver {
+                    driver: "net_bar".into(),
+                    known: vec!["net_foo"],
+                },
+                "unknown driver \"net_bar\" (known: net_foo)",
+            ),
+            (
+                "net_foo0,size",
+                DevArgsError::NotKeyValue {
+                    item: "size".into(),
+                },
+                "\"size\" is not key=value",
+            ),
+            (
+                "net_foo0,colour=red",
+                DevArgsError::UnknownKey {
+                    driver: "net_foo",
+                    key: "colour".into(),
+                    takes: &["size", "on"],
+                },
+                "net_foo does not take \"colour\" (it takes: size, on)",
+            ),
+            (
+                "net_foo0,size=",
+                DevArgsError::NoValue { key: "size".into() },
+                "size= needs a value",
+            ),
+        ];
+        for (text, want, says) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e, want, "{text}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+        let long = format!("net_foo0,size={}", "9".repeat(DEVARGS_LEN));
+        assert!(matches!(
+            parse(&long).unwrap_err(),
+            DevArgsError::TooLong {
+                max: DEVARGS_LEN,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn values_are_checked_with_the_port_named() {
+        let d = parse("net_foo0,size=99,on=yes").unwrap();
+        assert_eq!(d.number("size", 1, 1..=99).unwrap(), 99);
+        assert_eq!(d.number("absent", 5, 1..=9).unwrap(), 5);
+        let e = d.number("size", 1, 1..=16).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "net_foo0: size=99 must be a number in 1..=16"
+        );
+        assert!(matches!(
+            e,
+            PortError::DevArgs {
+                reason: DevArgsError::BadNumber {
+                    min: 1,
+                    max: 16,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(
+            d.flag("on").unwrap_err().to_string(),
+            "net_foo0: on=yes: expected 0 or 1"
+        );
+        assert!(!d.flag("absent").unwrap());
+        assert_eq!(
+            d.require("path", "/path/to/socket")
+                .unwrap_err()
+                .to_string(),
+            "net_foo0: give path=/path/to/socket"
+        );
+    }
+}
