@@ -256,7 +256,7 @@ pub fn gather(sec: &secondary::Secondary, pool: &MbufPool) -> Result<AuditInput,
     // The ring behind each tx queue of each ring port (by port memzone name and queue),
     // for the single-producer rule below.
     let mut tx_rings = std::collections::HashMap::new();
-    for port in sec.ports().map_err(|e| e.to_string())? {
+    for port in sec.ports().map_err(|e| shm::error_chain(&e))? {
         if port.driver() != pmds::Driver::Ring {
             continue;
         }

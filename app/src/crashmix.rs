@@ -111,7 +111,7 @@ pub fn run(eal: &crate::eal::EalArgs, args: &MixArgs) -> CmdResult {
 fn loopback_ports(sec: &secondary::Secondary) -> Result<Vec<Port>, String> {
     Ok(sec
         .ports()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| shm::error_chain(&e))?
         .into_iter()
         .filter(|p| {
             p.driver() == Driver::Ring && !p.devargs().contains("rx_ring") && p.nb_rx_queues() > 0

@@ -46,6 +46,7 @@ fn setup(devargs: &[String]) -> (Memseg, MbufPool, Vec<Port>) {
     let seg = Memseg::create_in_region(Region::heap(32 << 20), "fwd", 1).unwrap();
     seg.mark_ready();
     let pool = MbufPool::create(&seg, "mbufs", &MbufPoolParams::new(2047, 64, 1)).unwrap();
+    let devices = pmds::ethdev::Devices::new();
     let ports = devargs
         .iter()
         .enumerate()
@@ -56,10 +57,9 @@ fn setup(devargs: &[String]) -> (Memseg, MbufPool, Vec<Port>) {
                 rx_pool: pool.clone(),
                 mac: None,
             };
-            let p = Port::create(&seg, &DevArgs::parse(d).unwrap(), &setup, &|n| {
-                seg.lookup(n).ok()
-            })
-            .unwrap();
+            let find = |n: &str| seg.lookup(n).ok();
+            let p =
+                Port::create(&seg, &DevArgs::parse(d).unwrap(), &setup, &find, &devices).unwrap();
             p.start();
             p
         })

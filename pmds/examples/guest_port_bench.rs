@@ -35,10 +35,8 @@ fn main() {
         rx_pool: host_pool.clone(),
         mac: None,
     };
-    let port = Port::create(&host, &d, &setup, &|n| {
-        host.lookup(n).ok().or_else(|| vm.lookup(n).ok())
-    })
-    .unwrap();
+    let find = |n: &str| host.lookup(n).ok().or_else(|| vm.lookup(n).ok());
+    let port = Port::create(&host, &d, &setup, &find, &pmds::ethdev::Devices::new()).unwrap();
     port.start();
     let hcache = host_pool.cache(OwnerTag(2)).unwrap();
     let gcache = gpool.cache(OwnerTag::GUEST).unwrap();

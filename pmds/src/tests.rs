@@ -10,11 +10,12 @@ use shm::{Memseg, Region};
 use shm_mempool::{Mbuf, MbufPool, MbufPoolParams, OwnerTag};
 use shm_ring::{Ring, SyncMode};
 
-use crate::ethdev::MAX_BURST;
+use crate::ethdev::{Devices, MAX_BURST};
 
 struct Env {
     seg: Memseg,
     pool: MbufPool,
+    devices: Devices,
 }
 
 fn env(count: u32) -> Env {
@@ -23,12 +24,16 @@ fn env(count: u32) -> Env {
     let mut p = MbufPoolParams::new(count, 32, 1);
     p.data_room = 512;
     let pool = MbufPool::create(&seg, "mbufs", &p).unwrap();
-    Env { seg, pool }
+    Env {
+        seg,
+        pool,
+        devices: Devices::new(),
+    }
 }
 
 impl Env {
     fn port(&self, id: u16, devargs: &str, nb_desc: u32) -> Result<Port, PortError> {
-        let d = DevArgs::new(devargs)?;
+        let d = DevArgs::parse(devargs).map_err(|e| PortError::devargs(devargs, e))?;
         let setup = PortSetup {
             port_id: id,
             nb_desc,
@@ -36,7 +41,7 @@ impl Env {
             mac: None,
         };
         let seg = &self.seg;
-        let port = Port::create(seg, &d, &setup, &|n| seg.lookup(n).ok())?;
+        let port = Port::create(seg, &d, &setup, &|n| seg.lookup(n).ok(), &self.devices)?;
         port.start();
         Ok(port)
     }
@@ -274,8 +279,9 @@ fn truncated_pcap_delivers_the_good_packets_and_counts_an_error() {
     std::fs::write(&input, b"hello, not a pcap").unwrap();
     let err = e
         .port(1, &format!("net_pcap1,rx_pcap={}", input.display()), 64)
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // What the programs print: the error and its cause.
+    let err = shm::error_chain(&err);
     assert!(err.contains("not a pcap or pcapng file"), "{err}");
     let _ = std::fs::remove_file(&input);
 }
@@ -300,6 +306,7 @@ fn from_rings_makes_one_queue_per_ring() {
         &["r1", "r0"],
         &setup,
         &|n| seg.lookup(n).ok(),
+        &e.devices,
     )
     .unwrap();
     port.start();
@@ -313,9 +320,15 @@ fn from_rings_makes_one_queue_per_ring() {
     let mut got = Vec::with_capacity(4);
     assert_eq!(rx1.rx_burst(&mut got, 4), 1);
     assert_eq!(got[0].data(), b"hop");
-    let err = Port::from_rings(seg, "net_pcap9", &["r0"], &[], &setup, &|n| {
-        seg.lookup(n).ok()
-    })
+    let err = Port::from_rings(
+        seg,
+        "net_pcap9",
+        &["r0"],
+        &[],
+        &setup,
+        &|n| seg.lookup(n).ok(),
+        &e.devices,
+    )
     .unwrap_err()
     .to_string();
     assert!(
@@ -356,12 +369,14 @@ fn virtio_user_and_vhost_move_frames_per_queue_pair() {
         mac: None,
     };
     let find = |n: &str| seg.lookup(n).ok();
+    let devices = Devices::new();
     let d = |t: String| DevArgs::parse(&t).unwrap();
     let vh = Port::create(
         &seg,
         &d(format!("net_vhost0,iface={},queues=2", sock.display())),
         &setup(0),
         &find,
+        &devices,
     )
     .unwrap();
     let vu = Port::create(
@@ -369,6 +384,7 @@ fn virtio_user_and_vhost_move_frames_per_queue_pair() {
         &d(format!("net_virtio_user1,path={},queues=2", sock.display())),
         &setup(1),
         &find,
+        &devices,
     )
     .unwrap();
     vh.start();
@@ -436,6 +452,36 @@ fn virtio_user_and_vhost_move_frames_per_queue_pair() {
         .enumerate()
         .all(|(i, f)| f == &vec![i as u8; 100]));
     drop((vrx, vtx, out, pkts));
+    // Another process (its own device table) opens both ports but cannot poll them: the
+    // devices are this one's.
+    for (name, dir) in [("net_vhost0", "rx"), ("net_virtio_user1", "tx")] {
+        let zone = seg.lookup(name).unwrap();
+        let there = Port::open(&zone, &find, &Devices::new()).unwrap();
+        let err = if dir == "rx" {
+            there.rx_queue(0, &cache).map(drop)
+        } else {
+            there.tx_queue(0, &cache).map(drop)
+        }
+        .unwrap_err();
+        assert!(matches!(err, PortError::NotHere { .. }), "{err}");
+        assert!(err.to_string().contains("polled in the primary"), "{err}");
+    }
+    // The queues are free again for this process.
+    drop(vh.rx_queue(0, &cache).unwrap());
+    // A second port on the same socket is refused before anything is made.
+    let again = Port::create(
+        &seg,
+        &d(format!("net_vhost2,iface={}", sock.display())),
+        &setup(2),
+        &find,
+        &devices,
+    )
+    .unwrap_err();
+    assert!(
+        again.to_string().contains("is used by another port"),
+        "{again}"
+    );
+    assert!(seg.lookup("net_vhost2").is_err());
     vu.stop_driver();
     vh.stop_driver();
     drop(cache);
@@ -457,8 +503,9 @@ fn parses_dpdk_style_devargs() {
     assert_eq!(
         DevArgs::parse("net_ring0,queues=4")
             .unwrap()
-            .number("queues", 1, 1..=16),
-        Ok(4)
+            .number("queues", 1, 1..=16)
+            .unwrap(),
+        4
     );
     for (bad, says) in [
         ("net_ring", "instance number"),
@@ -467,7 +514,7 @@ fn parses_dpdk_style_devargs() {
         ("net_pcap0,rx_ring=x", "does not take"),
         ("net_pcap0,rx_pcap=", "needs a value"),
     ] {
-        let e = DevArgs::parse(bad).unwrap_err();
+        let e = DevArgs::parse(bad).unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
     }
     let q = DevArgs::parse("net_ring0,queues=99").unwrap();

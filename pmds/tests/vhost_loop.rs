@@ -38,12 +38,14 @@ fn vhost_pair_in_one_thread() {
         mac: None,
     };
     let find = |n: &str| seg.lookup(n).ok();
+    let devices = pmds::ethdev::Devices::new();
     let d = |t: String| DevArgs::parse(&t).unwrap();
     let vh = Port::create(
         &seg,
         &d(format!("net_vhost0,iface={}", sock.display())),
         &setup(0),
         &find,
+        &devices,
     )
     .unwrap();
     let vu = Port::create(
@@ -51,6 +53,7 @@ fn vhost_pair_in_one_thread() {
         &d(format!("net_virtio_user1,path={}", sock.display())),
         &setup(1),
         &find,
+        &devices,
     )
     .unwrap();
     vh.start();

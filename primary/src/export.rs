@@ -58,7 +58,8 @@ fn with_args(
     d: &pmds::DevArgs,
     args: Vec<(String, String)>,
 ) -> std::result::Result<pmds::DevArgs, String> {
-    d.with_args(args).map_err(|e| format!("--vdev: {e}"))
+    d.with_args(args)
+        .map_err(|e| format!("--vdev {:?}: {e}", d.text))
 }
 
 impl Primary {
@@ -220,8 +221,12 @@ impl Primary {
         d: &pmds::DevArgs,
         nb_desc: u32,
     ) -> std::result::Result<MadePortObjects, String> {
-        let queues = d.number("queues", 1, 1..=u32::from(pmds::layout::MAX_QUEUES))?;
-        let nb_desc = d.number("nb_desc", nb_desc, 1..=1 << 20)?;
+        let queues = d
+            .number("queues", 1, 1..=u32::from(pmds::layout::MAX_QUEUES))
+            .map_err(|e| e.to_string())?;
+        let nb_desc = d
+            .number("nb_desc", nb_desc, 1..=1 << 20)
+            .map_err(|e| e.to_string())?;
         let named = |suffix: String| -> std::result::Result<String, String> {
             let n = format!("{}_{suffix}", d.name);
             shm::layout::encode_name(&n)
@@ -307,9 +312,23 @@ impl Primary {
         let find = move |name: &str| seg.lookup(name).ok();
         let host_tx: Vec<&str> = p.host_tx.iter().map(String::as_str).collect();
         let host_rx: Vec<&str> = p.host_rx.iter().map(String::as_str).collect();
-        pmds::Port::from_rings(&p.seg, &p.name, &host_tx, &host_rx, &setup, &find)
-            .map_err(|e| PrimaryError::Config(format!("--ivshmem {}: {e}", p.seg.name())))?
-            .start();
+        pmds::Port::from_rings(
+            &p.seg,
+            &p.name,
+            &host_tx,
+            &host_rx,
+            &setup,
+            &find,
+            &self.devices,
+        )
+        .map_err(|e| {
+            PrimaryError::Config(format!(
+                "--ivshmem {}: {}",
+                p.seg.name(),
+                shm::error_chain(&e)
+            ))
+        })?
+        .start();
         Ok(())
     }
 

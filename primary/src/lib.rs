@@ -158,6 +158,9 @@ pub struct Primary {
     fallback_warning: Option<String>,
     pools: Arc<PoolRegistry>,
     ports: Arc<std::sync::Mutex<Vec<pmds::Port>>>,
+    /// The devices this process runs for its ports (vhost-user backends, virtio-user
+    /// connections): this process's one table, passed to every port it probes.
+    devices: pmds::ethdev::Devices,
     /// Names of the memsegs exported to guests.
     exported: Vec<String>,
 }
@@ -253,6 +256,7 @@ impl Primary {
             fallback_warning: None,
             pools: Arc::new(PoolRegistry::default()),
             ports: Arc::new(std::sync::Mutex::new(Vec::new())),
+            devices: pmds::ethdev::Devices::new(),
             exported: config.exports.iter().map(|e| e.group.clone()).collect(),
         };
         // Size every memseg for the largest page size we might get, then pick the store.
@@ -405,8 +409,9 @@ impl Primary {
                         .map(|s| (&**s, exported.iter().any(|e| e == s.name())));
                     shm::names::resolve(all, name).ok()
                 };
-                let port = pmds::Port::create(&primary.memsegs[0], d, &setup, &find)
-                    .map_err(|e| PrimaryError::Config(shm::error_chain(&e)))?;
+                let port =
+                    pmds::Port::create(&primary.memsegs[0], d, &setup, &find, &primary.devices)
+                        .map_err(|e| PrimaryError::Config(shm::error_chain(&e)))?;
                 port.start();
                 primary
                     .ports

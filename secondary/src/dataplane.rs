@@ -65,7 +65,7 @@ impl Dataplane for Secondary {
     }
 
     fn ports(&self) -> Result<Vec<Port>, ObjectError> {
-        Secondary::ports(self).map_err(|e| ObjectError(e.to_string()))
+        Secondary::ports(self).map_err(|e| ObjectError(shm::error_chain(&e)))
     }
 
     fn owner_tag(&self) -> OwnerTag {

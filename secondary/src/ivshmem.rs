@@ -77,6 +77,9 @@ pub struct ExportSegment {
     path: PathBuf,
     region: Region,
     meta: Meta,
+    /// The device table its ports are opened with (exported ports are `net_ring` ports,
+    /// which run no device; one table per segment, as a process maps one).
+    devices: pmds::ethdev::Devices,
 }
 
 impl ExportSegment {
@@ -144,6 +147,7 @@ impl ExportSegment {
             path: path.to_path_buf(),
             region,
             meta,
+            devices: pmds::ethdev::Devices::new(),
         })
     }
 
@@ -208,8 +212,8 @@ impl ExportSegment {
     pub fn port(&self, name: &str) -> Result<Port, IvshmemError> {
         let e = self.entry(Kind::Port, name)?;
         let zone = self.zone(e)?;
-        Port::open(&zone, &|n: &str| self.find(n))
-            .map_err(|err| IvshmemError::Object(format!("port {name}: {err}")))
+        Port::open(&zone, &|n: &str| self.find(n), &self.devices)
+            .map_err(|err| IvshmemError::Object(format!("port {name}: {}", shm::error_chain(&err))))
     }
 
     /// Every exported port, by id.

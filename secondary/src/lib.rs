@@ -91,6 +91,9 @@ pub struct Secondary {
     conn: UnixStream,
     welcome: Welcome,
     memsegs: Vec<Memseg>,
+    /// This process's device table, for the ports it opens (a secondary runs no device:
+    /// vhost and virtio-user ports are polled in the primary).
+    devices: pmds::ethdev::Devices,
     /// Per memseg: an IVSHMEM export segment (guest-writable, never trusted to be intact).
     exported: Vec<bool>,
 }
@@ -216,6 +219,7 @@ impl Secondary {
             conn,
             welcome,
             memsegs,
+            devices: pmds::ethdev::Devices::new(),
             exported,
         })
     }
@@ -319,7 +323,8 @@ impl Secondary {
     /// Every port of the process group, by id.
     ///
     /// # Errors
-    /// [`pmds::PortError::BadPort`] when a port's memzone is invalid.
+    /// [`pmds::PortError::BadPort`] when a port's memzone is invalid,
+    /// [`pmds::PortError::Broken`] when a memseg's directory is.
     pub fn ports(&self) -> Result<Vec<pmds::Port>, pmds::PortError> {
         let find = |name: &str| self.lookup(name).ok();
         let mut ports = Vec::new();
@@ -332,9 +337,9 @@ impl Secondary {
         {
             let zones = seg
                 .memzones()
-                .map_err(|e| pmds::PortError::BadPort(e.to_string()))?;
+                .map_err(|e| pmds::PortError::broken(seg.name(), "its memzones", e))?;
             for z in zones.iter().filter(|z| z.kind == shm::MemzoneKind::Port) {
-                ports.push(pmds::Port::open(z, &find)?);
+                ports.push(pmds::Port::open(z, &find, &self.devices)?);
             }
         }
         ports.sort_by_key(pmds::Port::id);

@@ -269,10 +269,8 @@ fn random_writes_into_a_live_guest_segment_never_hurt_the_host() {
         rx_pool: host_pool.clone(),
         mac: None,
     };
-    let port = Port::create(&host, &d, &setup, &|n| {
-        host.lookup(n).ok().or_else(|| vm.lookup(n).ok())
-    })
-    .unwrap();
+    let find = |n: &str| host.lookup(n).ok().or_else(|| vm.lookup(n).ok());
+    let port = Port::create(&host, &d, &setup, &find, &pmds::ethdev::Devices::new()).unwrap();
     port.start();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use crate::driver::{DriverId, NetDriver, Registry};
 use crate::layout::DEVARGS_LEN;
-use crate::DevArgsError;
+use crate::{DevArgsError, PortError};
 
 /// Parsed devargs, without the registry they were checked against: what a driver sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,24 +38,16 @@ impl<R: Registry> Deref for DevArgs<R> {
 }
 
 impl<R: Registry> DevArgs<R> {
-    /// Parses a devargs string; the driver must be one of `R`'s.
+    /// Parses a devargs string; the driver must be one of `R`'s. (Also a CLI's value
+    /// parser: `value_parser = DevArgs::parse`.)
     ///
     /// # Errors
     /// [`DevArgsError`] naming the problem and the accepted forms.
-    pub fn new(text: &str) -> Result<DevArgs<R>, DevArgsError> {
+    pub fn parse(text: &str) -> Result<DevArgs<R>, DevArgsError> {
         Args::parse_with(text, R::drivers()).map(|args| DevArgs {
             args,
             registry: PhantomData,
         })
-    }
-
-    /// [`DevArgs::new`] with the error as its text: the form a CLI's value parser (and
-    /// callers whose errors are text) take.
-    ///
-    /// # Errors
-    /// As [`DevArgs::new`].
-    pub fn parse(text: &str) -> Result<DevArgs<R>, String> {
-        DevArgs::new(text).map_err(String::from)
     }
 
     /// The same device with `args` instead of its own key=value pairs, built directly (no
@@ -68,22 +60,14 @@ impl<R: Registry> DevArgs<R> {
         let driver = self.net_driver();
         let mut text = self.args.name.clone();
         for (k, v) in &args {
-            if !driver.keys().contains(&k.as_str()) || v.is_empty() {
-                return Err(DevArgsError::new(
-                    &self.args.text,
-                    format!("{} does not take {k}={v:?}", driver.name()),
-                ));
-            }
+            check_key(driver, k, v)?;
             text.push(',');
             text.push_str(k);
             text.push('=');
             text.push_str(v);
         }
         if text.len() > DEVARGS_LEN {
-            return Err(DevArgsError::new(
-                &text,
-                format!("devargs longer than {DEVARGS_LEN} bytes"),
-            ));
+            return Err(DevArgsError::too_long(text.len()));
         }
         Ok(DevArgs {
             args: Args {
@@ -102,6 +86,23 @@ impl<R: Registry> DevArgs<R> {
     }
 }
 
+/// `key=value` is one `driver` takes: a key of its and a value.
+fn check_key(driver: &dyn NetDriver, key: &str, value: &str) -> Result<(), DevArgsError> {
+    if !driver.keys().contains(&key) {
+        return Err(DevArgsError::UnknownKey {
+            driver: driver.name(),
+            key: key.to_string(),
+            takes: driver.keys(),
+        });
+    }
+    if value.is_empty() {
+        return Err(DevArgsError::NoValue {
+            key: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl Args {
     /// Parses a devargs string against `drivers`.
     ///
@@ -111,44 +112,37 @@ impl Args {
         text: &str,
         drivers: &[&'static dyn NetDriver],
     ) -> Result<Args, DevArgsError> {
-        let err = |why: String| DevArgsError::new(text, why);
         let mut parts = text.split(',');
         let name = parts.next().unwrap_or_default().trim();
         let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
         if base.len() == name.len() {
-            return Err(err(
-                "the device name needs an instance number, e.g. net_ring0 or net_pcap0".into(),
-            ));
+            return Err(DevArgsError::NoInstance {
+                name: name.to_string(),
+            });
         }
         let Some(driver) = drivers.iter().find(|d| d.name() == base) else {
-            let known: Vec<&str> = drivers.iter().map(|d| d.name()).collect();
-            return Err(err(format!(
-                "unknown driver {base:?} (known: {})",
-                known.join(", ")
-            )));
+            return Err(DevArgsError::UnknownDriver {
+                driver: base.to_string(),
+                known: drivers.iter().map(|d| d.name()).collect(),
+            });
         };
         if shm::layout::encode_name(name).is_none() {
-            return Err(err("name must be 1..31 bytes".into()));
+            return Err(DevArgsError::BadName {
+                name: name.to_string(),
+            });
         }
         let mut args = Vec::new();
         for kv in parts {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| err(format!("{kv:?} is not key=value")))?;
-            if !driver.keys().contains(&k) {
-                return Err(err(format!(
-                    "{} does not take {k:?} (it takes: {})",
-                    driver.name(),
-                    driver.keys().join(", ")
-                )));
-            }
-            if v.is_empty() {
-                return Err(err(format!("{k}= needs a value")));
-            }
+                .ok_or_else(|| DevArgsError::NotKeyValue {
+                    item: kv.to_string(),
+                })?;
+            check_key(*driver, k, v)?;
             args.push((k.to_string(), v.to_string()));
         }
         if text.len() > DEVARGS_LEN {
-            return Err(err(format!("devargs longer than {DEVARGS_LEN} bytes")));
+            return Err(DevArgsError::too_long(text.len()));
         }
         Ok(Args {
             name: name.to_string(),
@@ -167,6 +161,16 @@ impl Args {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of `key`, which the driver needs; `hint` says what it is (see
+    /// [`DevArgsError::Missing`]).
+    ///
+    /// # Errors
+    /// [`PortError::DevArgs`] when absent.
+    pub fn require(&self, key: &'static str, hint: &'static str) -> Result<&str, PortError> {
+        self.get(key)
+            .ok_or_else(|| PortError::devargs(&self.name, DevArgsError::Missing { key, hint }))
+    }
+
     /// Every value of `key`, in order (a key may repeat: one ring per queue).
     pub fn get_all(&self, key: &str) -> Vec<&str> {
         self.args
@@ -179,23 +183,24 @@ impl Args {
     /// A numeric argument in `range`, or `default`.
     ///
     /// # Errors
-    /// [`DevArgsError`] when the value is not a number in range.
+    /// [`PortError::DevArgs`] when the value is not a number in range.
     pub fn number(
         &self,
-        key: &str,
+        key: &'static str,
         default: u32,
         range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, DevArgsError> {
+    ) -> Result<u32, PortError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                DevArgsError::new(
-                    &self.text,
-                    format!(
-                        "{key}={v} must be a number in {}..={}",
-                        range.start(),
-                        range.end()
-                    ),
+                PortError::devargs(
+                    &self.name,
+                    DevArgsError::BadNumber {
+                        key,
+                        value: v.to_string(),
+                        min: *range.start(),
+                        max: *range.end(),
+                    },
                 )
             }),
         }
@@ -204,15 +209,140 @@ impl Args {
     /// A `0`/`1` flag, `false` when absent.
     ///
     /// # Errors
-    /// [`DevArgsError`] when the value is neither.
-    pub fn flag(&self, key: &str) -> Result<bool, DevArgsError> {
+    /// [`PortError::DevArgs`] when the value is neither.
+    pub fn flag(&self, key: &'static str) -> Result<bool, PortError> {
         match self.get(key) {
             None | Some("0") => Ok(false),
             Some("1") => Ok(true),
-            Some(v) => Err(DevArgsError::new(
-                &self.text,
-                format!("{key}={v}: expected 0 or 1"),
+            Some(v) => Err(PortError::devargs(
+                &self.name,
+                DevArgsError::BadFlag {
+                    key,
+                    value: v.to_string(),
+                },
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{Attach, PortDriver, Probe, Queues};
+
+    /// A driver that only names itself and its keys.
+    struct Foo;
+
+    impl NetDriver for Foo {
+        fn id(&self) -> DriverId {
+            DriverId(7)
+        }
+        fn name(&self) -> &'static str {
+            "net_foo"
+        }
+        fn keys(&self) -> &'static [&'static str] {
+            &["size", "on"]
+        }
+        fn probe(&self, _: &Probe<'_>) -> Result<Queues, PortError> {
+            unreachable!("not probed")
+        }
+        fn attach(&self, _: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
+            unreachable!("not attached")
+        }
+    }
+
+    const DRIVERS: &[&dyn NetDriver] = &[&Foo];
+
+    fn parse(text: &str) -> Result<Args, DevArgsError> {
+        Args::parse_with(text, DRIVERS)
+    }
+
+    #[test]
+    fn each_refusal_is_its_variant_with_a_message_that_says_the_fix() {
+        let cases: [(&str, DevArgsError, &str); 5] = [
+            (
+                "net_foo",
+                DevArgsError::NoInstance {
+                    name: "net_foo".into(),
+                },
+                "needs an instance number",
+            ),
+            (
+                "net_bar0",
+                DevArgsError::UnknownDriver {
+                    driver: "net_bar".into(),
+                    known: vec!["net_foo"],
+                },
+                "unknown driver \"net_bar\" (known: net_foo)",
+            ),
+            (
+                "net_foo0,size",
+                DevArgsError::NotKeyValue {
+                    item: "size".into(),
+                },
+                "\"size\" is not key=value",
+            ),
+            (
+                "net_foo0,colour=red",
+                DevArgsError::UnknownKey {
+                    driver: "net_foo",
+                    key: "colour".into(),
+                    takes: &["size", "on"],
+                },
+                "net_foo does not take \"colour\" (it takes: size, on)",
+            ),
+            (
+                "net_foo0,size=",
+                DevArgsError::NoValue { key: "size".into() },
+                "size= needs a value",
+            ),
+        ];
+        for (text, want, says) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e, want, "{text}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+        let long = format!("net_foo0,size={}", "9".repeat(DEVARGS_LEN));
+        assert!(matches!(
+            parse(&long).unwrap_err(),
+            DevArgsError::TooLong {
+                max: DEVARGS_LEN,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn values_are_checked_with_the_port_named() {
+        let d = parse("net_foo0,size=99,on=yes").unwrap();
+        assert_eq!(d.number("size", 1, 1..=99).unwrap(), 99);
+        assert_eq!(d.number("absent", 5, 1..=9).unwrap(), 5);
+        let e = d.number("size", 1, 1..=16).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "net_foo0: size=99 must be a number in 1..=16"
+        );
+        assert!(matches!(
+            e,
+            PortError::DevArgs {
+                reason: DevArgsError::BadNumber {
+                    min: 1,
+                    max: 16,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(
+            d.flag("on").unwrap_err().to_string(),
+            "net_foo0: on=yes: expected 0 or 1"
+        );
+        assert!(!d.flag("absent").unwrap());
+        assert_eq!(
+            d.require("path", "/path/to/socket")
+                .unwrap_err()
+                .to_string(),
+            "net_foo0: give path=/path/to/socket"
+        );
     }
 }

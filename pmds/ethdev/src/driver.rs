@@ -123,7 +123,8 @@ pub trait NetDriver: Send + Sync + 'static {
     /// queues need (rings, the output file) and says how many queues there are.
     ///
     /// # Errors
-    /// [`PortError::Config`] naming the bad value.
+    /// [`PortError::DevArgs`] or [`PortError::Config`] naming the bad value,
+    /// [`PortError::Failed`] when what the queues need cannot be made.
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError>;
     /// Primary, once the memzone is reserved and before it is written: starts what runs
     /// in this process (a vhost-user backend, a virtio-user connection) and records it in
@@ -131,7 +132,7 @@ pub trait NetDriver: Send + Sync + 'static {
     /// opening the port, which then calls [`PortDriver::stop`].
     ///
     /// # Errors
-    /// [`PortError::Config`] when it cannot start.
+    /// [`PortError::Failed`] when it cannot start.
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
         let _ = (p, queues);
         Ok(())
@@ -143,7 +144,7 @@ pub trait NetDriver: Send + Sync + 'static {
     /// Any process: finds the port's resources.
     ///
     /// # Errors
-    /// [`PortError::BadPort`] naming what is missing or wrong.
+    /// [`PortError::BadPort`] naming what is missing, [`PortError::Broken`] what is unusable.
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError>;
 }
 
@@ -286,8 +287,8 @@ pub fn check_registry(drivers: &[&'static dyn NetDriver]) -> Result<(), Registry
 
 /// The devices one process runs (vhost-user backends, virtio-user connections): found by
 /// driver and key (a socket path) when a port is attached, removed when it stops.
-/// Passed to drivers in [`Probe`] and [`Attach`]; [`Devices::process`] is the table the
-/// port API uses when the caller gives none.
+/// Each program makes one table and passes it to [`crate::Port::create`] and
+/// [`crate::Port::open`], which hand it to drivers in [`Probe`] and [`Attach`].
 /// Cheap to clone: clones share the table (a port's driver keeps one to remove its device
 /// when it stops).
 #[derive(Clone, Default)]
@@ -309,13 +310,6 @@ impl Devices {
     /// An empty table.
     pub fn new() -> Devices {
         Devices::default()
-    }
-
-    /// This process's table, for callers of [`crate::Port::create`] and
-    /// [`crate::Port::open`] (the `_in` forms take one explicitly).
-    pub fn process() -> &'static Devices {
-        static PROCESS: std::sync::OnceLock<Devices> = std::sync::OnceLock::new();
-        PROCESS.get_or_init(Devices::new)
     }
 
     /// The list, even after a panic while it was held: every change is one push or
@@ -348,6 +342,25 @@ impl Devices {
             .iter()
             .find(|(d, k, _)| *d == driver && k == key)
             .and_then(|(_, _, dev)| dev.clone().downcast::<T>().ok())
+    }
+
+    /// Forgets `dev` as driver `driver`'s device for `key` if it is the one recorded
+    /// there (not a later device on the same key); says whether it was.
+    pub fn remove_this<T: Any + Send + Sync>(
+        &self,
+        driver: DriverId,
+        key: &str,
+        dev: &Arc<T>,
+    ) -> bool {
+        let mut list = self.list();
+        let same = |e: &Device| {
+            e.0 == driver && e.1 == key && std::ptr::addr_eq(Arc::as_ptr(&e.2), Arc::as_ptr(dev))
+        };
+        let Some(i) = list.iter().position(same) else {
+            return false;
+        };
+        list.remove(i);
+        true
     }
 
     /// Forgets driver `driver`'s device for `key`; returns it.

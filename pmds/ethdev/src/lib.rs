@@ -12,12 +12,16 @@
 //! - [`QueueShm`], [`RxQueue`], [`TxQueue`] (`queue.rs`): claims and bursts; every
 //!   burst's [`Burst`] is counted there, once.
 //! - [`driver`]: the traits a driver implements ([`NetDriver`], [`PortDriver`],
-//!   [`RxBurst`], [`TxBurst`]), the registry, and the per-process [`Devices`] table.
+//!   [`RxBurst`], [`TxBurst`]), the registry, and the per-process [`Devices`] table
+//!   (each program makes one and passes it to [`Port::create`] and [`Port::open`]).
+//! - [`hosted`]: for drivers whose device runs in the primary (vhost, virtio-user).
+//! - [`PortError`] (`error.rs`): typed errors and reasons.
 #![deny(missing_docs)]
 
 pub mod devargs;
 pub mod driver;
 mod error;
+pub mod hosted;
 pub mod layout;
 mod port;
 mod queue;
@@ -27,7 +31,8 @@ pub use driver::{
     Attach, Burst, Devices, DriverId, NetDriver, PortDriver, Probe, Queues, Registry, RxBurst,
     TxBurst,
 };
-pub use error::{DevArgsError, PortError, RegistryClash};
+pub use error::{BadPortReason, ConfigError, DevArgsError, PortError, Reason, RegistryClash};
+pub use hosted::{Hosted, HostedDevice, HostedKind};
 pub use port::{Port, PortSetup, ZoneFinder};
 pub use queue::{QueueShm, RxQueue, TxQueue, MAX_BURST};
 pub use shm::stats::{PortStats, QueueStats};

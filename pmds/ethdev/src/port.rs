@@ -22,7 +22,7 @@ use crate::devargs::{Args, DevArgs};
 use crate::driver::{by_id, Attach, Burst, Devices, DriverId, PortDriver, Probe, Registry};
 use crate::layout::*;
 use crate::queue::{QueueShm, RxQueue, TxQueue};
-use crate::{PortError, PortStats, QueueStats};
+use crate::{BadPortReason, ConfigError, PortError, PortStats, QueueStats};
 
 /// How the primary configures a port at probe time.
 #[derive(Debug, Clone)]
@@ -124,6 +124,7 @@ impl<R: Registry> Port<R> {
         tx: &[&str],
         setup: &PortSetup,
         find: ZoneFinder<'_>,
+        devices: &Devices,
     ) -> Result<Port<R>, PortError> {
         let mut text = name.to_string();
         for r in rx {
@@ -132,42 +133,30 @@ impl<R: Registry> Port<R> {
         for t in tx {
             text += &format!(",tx_ring={t}");
         }
-        let devargs = DevArgs::<R>::new(&text)?;
+        let devargs = DevArgs::<R>::parse(&text).map_err(|e| PortError::devargs(name, e))?;
         let keys = devargs.net_driver().keys();
         if !keys.contains(&"rx_ring") || !keys.contains(&"tx_ring") {
-            return Err(PortError::Config(format!(
-                "{name}: from_rings makes net_ring ports (name it net_ringN)"
-            )));
+            return Err(PortError::config(name, ConfigError::NotRingDriver));
         }
-        Port::create(seg, &devargs, setup, find)
+        Port::create(seg, &devargs, setup, find, devices)
     }
 
     /// Probes a port (primary): creates its memzone in `seg` and whatever its driver needs,
-    /// recording what it runs in this process in [`Devices::process`].
+    /// recording what it runs in this process in `devices` (the process's table: the one
+    /// its ports are opened with).
     ///
     /// # Errors
-    /// [`PortError::Config`] for bad devargs values, unusable files or no room.
+    /// [`PortError::DevArgs`] or [`PortError::Config`] for bad devargs values,
+    /// [`PortError::Failed`] for unusable files or no room.
     pub fn create(
-        seg: &Memseg,
-        devargs: &DevArgs<R>,
-        setup: &PortSetup,
-        find: ZoneFinder<'_>,
-    ) -> Result<Port<R>, PortError> {
-        Port::create_in(seg, devargs, setup, find, Devices::process())
-    }
-
-    /// [`Port::create`] with the device table `devices`.
-    ///
-    /// # Errors
-    /// As [`Port::create`].
-    pub fn create_in(
         seg: &Memseg,
         devargs: &DevArgs<R>,
         setup: &PortSetup,
         find: ZoneFinder<'_>,
         devices: &Devices,
     ) -> Result<Port<R>, PortError> {
-        let cfg = |why: String| PortError::config(&devargs.name, why);
+        let name = devargs.name.as_str();
+        let cfg = |why: ConfigError| PortError::config(name, why);
         let driver = devargs.net_driver();
         let nb_desc = devargs.number("nb_desc", setup.nb_desc, 1..=1 << 20)?;
         let probe = Probe {
@@ -181,7 +170,7 @@ impl<R: Registry> Port<R> {
         // Driver resources first: a bad file is an error before anything is reserved.
         let queues = driver.probe(&probe)?;
         if queues.rx > MAX_QUEUES || queues.tx > MAX_QUEUES {
-            return Err(cfg(format!("at most {MAX_QUEUES} queues per direction")));
+            return Err(cfg(ConfigError::TooManyQueues { max: MAX_QUEUES }));
         }
         let pool = setup.rx_pool.mempool();
         let mut info = PortInfo {
@@ -200,74 +189,74 @@ impl<R: Registry> Port<R> {
                 .unwrap_or([0x02, 0x53, 0x48, 0x4d, 0x00, setup.port_id as u8]),
             reserved0: [0; 2],
             devargs_len: devargs.text.len() as u32,
-            name: shm::layout::encode_name(&devargs.name).ok_or_else(|| cfg("bad name".into()))?,
-            rx_pool: shm::layout::encode_name(pool.name())
-                .ok_or_else(|| cfg("bad pool name".into()))?,
+            name: shm::layout::encode_name(name).ok_or_else(|| {
+                cfg(ConfigError::BadName {
+                    name: name.to_string(),
+                })
+            })?,
+            rx_pool: shm::layout::encode_name(pool.name()).ok_or_else(|| {
+                cfg(ConfigError::BadName {
+                    name: pool.name().to_string(),
+                })
+            })?,
             devargs: [0; DEVARGS_LEN],
             reserved: [0; 84],
         };
         info.devargs[..devargs.text.len()].copy_from_slice(devargs.text.as_bytes());
         let zone = seg
-            .reserve(&devargs.name, PORT_BYTES, 64, MemzoneKind::Port)
-            .map_err(|e| cfg(e.to_string()))?;
+            .reserve(name, PORT_BYTES, 64, MemzoneKind::Port)
+            .map_err(|e| PortError::failed(name, "reserving its memzone", e))?;
         let r = zone.region();
-        r.fill(zone.offset, PORT_BYTES, 0)
-            .map_err(|e| cfg(e.to_string()))?;
-        r.write(zone.offset, &info)
-            .map_err(|e| cfg(e.to_string()))?;
+        let written = |e: shm::OutOfBounds| PortError::failed(name, "writing its memzone", e);
+        r.fill(zone.offset, PORT_BYTES, 0).map_err(written)?;
+        r.write(zone.offset, &info).map_err(written)?;
         // What runs here starts last: nothing can fail after it but opening the port.
         driver.start(&probe, queues)?;
-        let port = Port::open_in(&zone, find, devices).inspect_err(|_| driver.abandon(&probe))?;
+        let port = Port::open(&zone, find, devices).inspect_err(|_| driver.abandon(&probe))?;
         port.core.ctrl().link_up.store(1, Ordering::Relaxed);
         Ok(port)
     }
 
     /// Opens the port in `zone` (any process), validating it and finding its driver's
-    /// resources (devices this process runs: in [`Devices::process`]).
+    /// resources (the devices this process runs: in `devices`, its table).
     ///
     /// # Errors
     /// [`PortError::BadPort`] naming what is wrong.
-    pub fn open(zone: &Memzone, find: ZoneFinder<'_>) -> Result<Port<R>, PortError> {
-        Port::open_in(zone, find, Devices::process())
-    }
-
-    /// [`Port::open`] with the device table `devices`.
-    ///
-    /// # Errors
-    /// As [`Port::open`].
-    pub fn open_in(
+    pub fn open(
         zone: &Memzone,
         find: ZoneFinder<'_>,
         devices: &Devices,
     ) -> Result<Port<R>, PortError> {
-        let bad = |why: String| PortError::bad_port(&zone.name, why);
+        let bad = |why: BadPortReason| PortError::bad_port(&zone.name, why);
+        let oob = |e: shm::OutOfBounds| PortError::broken(&zone.name, "its memzone", e);
         if zone.kind != MemzoneKind::Port || zone.len_bytes < PORT_BYTES {
-            return Err(bad("not a port memzone".into()));
+            return Err(bad(BadPortReason::NotPort));
         }
         let r = zone.region();
-        let info: PortInfo = r.read_copy(zone.offset).map_err(|e| bad(e.to_string()))?;
+        let info: PortInfo = r.read_copy(zone.offset).map_err(oob)?;
         if info.magic != PORT_MAGIC {
-            return Err(bad("bad magic".into()));
+            return Err(bad(BadPortReason::Magic));
         }
         if info.layout_major != PORT_LAYOUT_MAJOR || u64::from(info.info_size) != PORT_INFO_SIZE {
-            return Err(bad(format!(
-                "layout version {} (this build reads {PORT_LAYOUT_MAJOR}); run primary and secondary from the same shmdp release",
-                info.layout_major
-            )));
+            return Err(bad(BadPortReason::Layout {
+                found: info.layout_major,
+                reads: PORT_LAYOUT_MAJOR,
+            }));
         }
-        let driver =
-            by_id::<R>(DriverId(info.driver)).ok_or_else(|| bad("unknown driver".into()))?;
+        let driver = by_id::<R>(DriverId(info.driver))
+            .ok_or_else(|| bad(BadPortReason::UnknownDriver { id: info.driver }))?;
         if info.nb_rx_queues > MAX_QUEUES || info.nb_tx_queues > MAX_QUEUES {
-            return Err(bad("impossible queue counts".into()));
+            return Err(bad(BadPortReason::QueueCounts));
         }
         let text = info
             .devargs
             .get(..info.devargs_len as usize)
             .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| bad("bad devargs text".into()))?;
-        let args = Args::parse_with(text, R::drivers()).map_err(|e| bad(e.to_string()))?;
+            .ok_or_else(|| bad(BadPortReason::DevArgsText))?;
+        let args =
+            Args::parse_with(text, R::drivers()).map_err(|e| bad(BadPortReason::DevArgs(e)))?;
         if args.driver != driver.id() {
-            return Err(bad("devargs and driver disagree".into()));
+            return Err(bad(BadPortReason::DriverMismatch));
         }
         let drv = driver.attach(&Attach {
             info: &info,
@@ -275,7 +264,6 @@ impl<R: Registry> Port<R> {
             find,
             devices,
         })?;
-        let oob = |e: shm::OutOfBounds| bad(e.to_string());
         let ctrl = r
             .span_of::<PortCtrl>(zone.offset + PORT_CTRL_OFF, 1)
             .map_err(oob)?;
@@ -479,7 +467,7 @@ impl<R: Registry> Port<R> {
     /// port's rx pool for the drivers that allocate.
     ///
     /// # Errors
-    /// [`PortError::NoQueue`], [`PortError::QueueTaken`], [`PortError::Config`] for a
+    /// [`PortError::NoQueue`], [`PortError::QueueTaken`], [`PortError::WrongPool`] for a
     /// cache of the wrong pool, [`PortError::Io`] when the driver cannot open its file.
     pub fn rx_queue<'c>(
         &self,

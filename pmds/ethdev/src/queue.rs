@@ -147,21 +147,22 @@ impl QueueShm {
     /// received packets from it).
     ///
     /// # Errors
-    /// [`PortError::Config`] naming the pool wanted.
+    /// [`PortError::WrongPool`] naming the pool wanted.
     pub fn check_pool(&self, cache: &MbufCache) -> Result<(), PortError> {
         if cache.pool().mempool().id() != self.core.info.rx_pool_id {
-            return Err(PortError::Config(format!(
-                "{}: rx queue needs a cache of pool {}",
-                self.port_name(),
-                shm::layout::decode_name(&self.core.info.rx_pool).unwrap_or_default()
-            )));
+            return Err(PortError::WrongPool {
+                port: self.port_name().to_string(),
+                pool: shm::layout::decode_name(&self.core.info.rx_pool)
+                    .unwrap_or_default()
+                    .to_string(),
+            });
         }
         Ok(())
     }
 
-    /// A configuration error of this port.
-    pub fn config(&self, why: impl std::fmt::Display) -> PortError {
-        PortError::config(self.port_name(), why)
+    /// Opening `what` for this queue failed with `source`.
+    pub fn failed(&self, what: impl Into<String>, source: impl Into<crate::Reason>) -> PortError {
+        PortError::failed(self.port_name(), what, source)
     }
 
     /// Adds what a burst did to the queue's counters. Relaxed: counters publish no data,

@@ -59,10 +59,8 @@ fn fixture() -> &'static Fixture {
             rx_pool: pool.clone(),
             mac: None,
         };
-        let port = Port::create(&host, &d, &setup, &|n| {
-            host.lookup(n).ok().or_else(|| vm.lookup(n).ok())
-        })
-        .unwrap();
+        let find = |n: &str| host.lookup(n).ok().or_else(|| vm.lookup(n).ok());
+        let port = Port::create(&host, &d, &setup, &find, &pmds::ethdev::Devices::new()).unwrap();
         port.start();
         Fixture {
             host,

@@ -55,7 +55,7 @@ pub(crate) fn dump_cmd(
 ) -> CmdResult {
     let sec = attach(PROGRAM, eal)?;
     let result = (|| -> Result<u64, String> {
-        let ports = sec.ports().map_err(|e| e.to_string())?;
+        let ports = sec.ports().map_err(|e| shm::error_chain(&e))?;
         let port = ports
             .iter()
             .find(|p| p.id() == port_id)

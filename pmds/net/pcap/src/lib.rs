@@ -33,6 +33,23 @@ pub struct PcapDriver;
 /// `net_pcap`'s number in the port layout.
 pub const DRIVER_ID: DriverId = DriverId(2);
 
+/// Why `net_pcap` refuses a port's devargs (the reasons of [`PortError::Config`] and
+/// [`PortError::BadPort`] that only this driver knows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PcapPortError {
+    /// One side given both as a file and as an interface.
+    #[error("give {file}= or {iface}=/iface=, not both")]
+    FileAndIface {
+        /// The file key (`rx_pcap`).
+        file: &'static str,
+        /// The interface key (`rx_iface`).
+        iface: &'static str,
+    },
+    /// Neither side given.
+    #[error("give rx_pcap=FILE and/or tx_pcap=FILE, or iface=/rx_iface=/tx_iface=IFACE")]
+    NoSide,
+}
+
 /// Where a pcap port's rx or tx side goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PcapEnd {
@@ -49,13 +66,13 @@ struct PcapEnds {
 
 impl PcapEnds {
     /// `fail` makes the error (a probe's is a configuration error, an attach's a bad port).
-    fn of(d: &Args, fail: impl Fn(String) -> PortError) -> Result<PcapEnds, PortError> {
+    fn of(d: &Args, fail: impl Fn(PcapPortError) -> PortError) -> Result<PcapEnds, PortError> {
         let iface = d.get("iface");
-        let pick = |file: &str, ifc: &str| -> Result<Option<PcapEnd>, PortError> {
+        let pick = |file: &'static str, ifc: &'static str| -> Result<Option<PcapEnd>, PortError> {
             let f = d.get(file).map(|p| PcapEnd::File(PathBuf::from(p)));
             let i = d.get(ifc).or(iface).map(|n| PcapEnd::Iface(n.to_string()));
             match (f, i) {
-                (Some(_), Some(_)) => Err(fail(format!("give {file}= or {ifc}=/iface=, not both"))),
+                (Some(_), Some(_)) => Err(fail(PcapPortError::FileAndIface { file, iface: ifc })),
                 (f, i) => Ok(f.or(i)),
             }
         };
@@ -81,24 +98,24 @@ impl NetDriver for PcapDriver {
 
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
-        let cfg = |why: String| PortError::config(&d.name, why);
+        let cfg = |why: PcapPortError| PortError::config(&d.name, why);
+        let failed = |what: String, e: std::io::Error| PortError::failed(&d.name, what, e);
         let ends = PcapEnds::of(d, cfg)?;
         if ends.rx.is_none() && ends.tx.is_none() {
-            return Err(cfg(
-                "give rx_pcap=FILE and/or tx_pcap=FILE, or iface=/rx_iface=/tx_iface=IFACE".into(),
-            ));
+            return Err(cfg(PcapPortError::NoSide));
         }
         for key in ["iface", "rx_iface", "tx_iface"] {
             if let Some(name) = d.get(key) {
-                pmds_net_af_packet::ifindex(name).map_err(|e| cfg(format!("{key}={name}: {e}")))?;
+                pmds_net_af_packet::ifindex(name)
+                    .map_err(|e| failed(format!("{key}={name}"), e))?;
             }
         }
         if let Some(rx) = d.get("rx_pcap") {
-            PcapReader::open(Path::new(rx), 0).map_err(|e| cfg(format!("rx_pcap {rx}: {e}")))?;
+            PcapReader::open(Path::new(rx), 0).map_err(|e| failed(format!("rx_pcap {rx}"), e))?;
         }
         if let Some(tx) = d.get("tx_pcap") {
             std::fs::write(tx, pcap_file::file_header())
-                .map_err(|e| cfg(format!("tx_pcap {tx}: {e}")))?;
+                .map_err(|e| failed(format!("tx_pcap {tx}"), e))?;
         }
         Ok(Queues {
             rx: u16::from(ends.rx.is_some()),
@@ -125,7 +142,7 @@ impl PortDriver for PcapEnds {
                 q.check_pool(cache)?;
                 let resume = q.block().position.load(Ordering::Acquire);
                 let reader = PcapReader::open(path, resume)
-                    .map_err(|e| q.config(format!("rx_pcap {}: {e}", path.display())))?;
+                    .map_err(|e| q.failed(format!("rx_pcap {}", path.display()), e))?;
                 Ok(Box::new(PcapRx {
                     reader,
                     done: false,

@@ -37,6 +37,39 @@ pub struct RingDriver;
 /// `net_ring`'s number in the port layout.
 pub const DRIVER_ID: DriverId = DriverId(1);
 
+/// Why `net_ring` refuses a port's devargs, or cannot open a port (the reasons of
+/// [`PortError::Config`] and [`PortError::BadPort`] that only this driver knows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingPortError {
+    /// `queues=` with named rings.
+    #[error("with rx_ring=/tx_ring= there is one queue per ring; drop queues=")]
+    QueuesWithRings,
+    /// More named rings than a port has queues.
+    #[error("at most {max} rings per direction")]
+    TooManyRings {
+        /// The most a port has.
+        max: u16,
+    },
+    /// A ring the port names does not exist.
+    #[error("ring {name} not found; create it on the primary with --ring {name}=1024")]
+    NoRing {
+        /// The ring.
+        name: String,
+    },
+    /// `guest_pool=` without named rings.
+    #[error("guest_pool= needs rx_ring=/tx_ring= rings in the guest's export segment")]
+    GuestPoolNeedsRings,
+    /// The guest pool the port names does not exist.
+    #[error("guest pool {name} not found")]
+    NoGuestPool {
+        /// The pool.
+        name: String,
+    },
+    /// The rings found do not make the port's queues.
+    #[error("queue counts do not match the devargs")]
+    QueueCounts,
+}
+
 /// Name of the ring behind queue `q` of a `net_ring` port made without named rings.
 pub fn ring_name(port: &str, q: u16) -> String {
     format!("{port}_q{q}")
@@ -57,17 +90,15 @@ impl NetDriver for RingDriver {
 
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
-        let cfg = |why: String| PortError::config(&d.name, why);
+        let cfg = |why: RingPortError| PortError::config(&d.name, why);
         let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUES))?;
         let (rx_rings, tx_rings) = (d.get_all("rx_ring"), d.get_all("tx_ring"));
         let named = !rx_rings.is_empty() || !tx_rings.is_empty();
         if named && d.get("queues").is_some() {
-            return Err(cfg(
-                "with rx_ring=/tx_ring= there is one queue per ring; drop queues=".into(),
-            ));
+            return Err(cfg(RingPortError::QueuesWithRings));
         }
         if rx_rings.len() > MAX_QUEUES as usize || tx_rings.len() > MAX_QUEUES as usize {
-            return Err(cfg(format!("at most {MAX_QUEUES} rings per direction")));
+            return Err(cfg(RingPortError::TooManyRings { max: MAX_QUEUES }));
         }
         if named {
             return Ok(Queues {
@@ -76,8 +107,9 @@ impl NetDriver for RingDriver {
             });
         }
         for i in 0..q as u16 {
-            Ring::<u64>::create(p.seg, &ring_name(&d.name, i), p.nb_desc, SyncMode::SP_SC)
-                .map_err(|e| cfg(e.to_string()))?;
+            let name = ring_name(&d.name, i);
+            Ring::<u64>::create(p.seg, &name, p.nb_desc, SyncMode::SP_SC)
+                .map_err(|e| PortError::failed(&d.name, format!("ring {name}"), e))?;
         }
         Ok(Queues {
             rx: q as u16,
@@ -87,20 +119,14 @@ impl NetDriver for RingDriver {
 
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
         let d = a.devargs;
-        let bad = |why: String| PortError::bad_port(&d.name, why);
+        let bad = |why: RingPortError| PortError::bad_port(&d.name, why);
         let ring = |n: &str| -> Result<Ring<u64>, PortError> {
-            let z = (a.find)(n).ok_or_else(|| {
-                bad(format!(
-                    "ring {n} not found; create it on the primary with --ring {n}=1024"
-                ))
-            })?;
-            Ring::from_memzone(&z).map_err(|e| bad(format!("ring {n}: {e}")))
+            let z = (a.find)(n).ok_or_else(|| bad(RingPortError::NoRing { name: n.into() }))?;
+            Ring::from_memzone(&z).map_err(|e| PortError::broken(&d.name, format!("ring {n}"), e))
         };
         let named = d.get("rx_ring").is_some() || d.get("tx_ring").is_some();
         let port = if d.get("guest_pool").is_some() && !named {
-            return Err(bad(
-                "guest_pool= needs rx_ring=/tx_ring= rings in the guest's export segment".into(),
-            ));
+            return Err(bad(RingPortError::GuestPoolNeedsRings));
         } else if named {
             // Named rings: one queue per ring, in order (from_rings).
             RingPort {
@@ -117,12 +143,14 @@ impl NetDriver for RingDriver {
                 guest_pool: match d.get("guest_pool") {
                     None => None,
                     Some(n) => {
-                        let z =
-                            (a.find)(n).ok_or_else(|| bad(format!("guest pool {n} not found")))?;
+                        let z = (a.find)(n)
+                            .ok_or_else(|| bad(RingPortError::NoGuestPool { name: n.into() }))?;
                         Some(
                             shm_mempool::Mempool::from_memzone(&z)
                                 .and_then(MbufPool::from_mempool)
-                                .map_err(|e| bad(format!("guest pool {n}: {e}")))?,
+                                .map_err(|e| {
+                                    PortError::broken(&d.name, format!("guest pool {n}"), e)
+                                })?,
                         )
                     }
                 },
@@ -142,7 +170,7 @@ impl NetDriver for RingDriver {
         if port.rx.len() != usize::from(a.info.nb_rx_queues)
             || port.tx.len() != usize::from(a.info.nb_tx_queues)
         {
-            return Err(bad("queue counts do not match the devargs".into()));
+            return Err(bad(RingPortError::QueueCounts));
         }
         Ok(Box::new(port))
     }

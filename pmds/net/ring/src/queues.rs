@@ -41,7 +41,7 @@ fn open_guest_pool(
     q: &QueueShm,
     host: &MbufCache,
 ) -> Result<Option<GuestPool>, PortError> {
-    pool.map(|p| GuestPool::open(p, host.owner()).map_err(|e| q.config(e)))
+    pool.map(|p| GuestPool::open(p, host.owner()).map_err(|e| q.failed("its guest pool", e)))
         .transpose()
 }
 
@@ -116,11 +116,11 @@ impl RingRxQueue {
             RingRx::Untrusted(ring.untrusted_consumer())
         } else if ring.mode().single_consumer {
             RingRx::Sc(ScRx {
-                cons: ring.sc_consumer().map_err(|e| q.config(e))?,
+                cons: ring.sc_consumer().map_err(|e| q.failed("its rx ring", e))?,
                 ring: ring.clone(),
             })
         } else {
-            RingRx::Mc(ring.mc_consumer().map_err(|e| q.config(e))?)
+            RingRx::Mc(ring.mc_consumer().map_err(|e| q.failed("its rx ring", e))?)
         };
         let mut guest = open_guest_pool(guest_pool, q, cache)?;
         opened.dropped += recover_inflight(q, cache, guest.as_mut(), 0);
@@ -293,11 +293,11 @@ impl RingTxQueue {
         } else if ring.mode().single_producer {
             RingTx::Sp(SpTx::new(
                 ring.clone(),
-                ring.sp_producer().map_err(|e| q.config(e))?,
+                ring.sp_producer().map_err(|e| q.failed("its tx ring", e))?,
                 cache.owner(),
             ))
         } else {
-            RingTx::Mp(ring.mp_producer().map_err(|e| q.config(e))?)
+            RingTx::Mp(ring.mp_producer().map_err(|e| q.failed("its tx ring", e))?)
         };
         let enqueued = match &kind {
             RingTx::Sp(sp) => {

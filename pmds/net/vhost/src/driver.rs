@@ -1,6 +1,7 @@
 //! The `net_vhost` driver's side of the port API: probe (the socket path is free in this
 //! process), start (the backend's thread, recorded in the device table), attach (found
 //! there again), and the queues (guest receive queue = our tx, guest transmit = our rx).
+//! The device-table bookkeeping is `pmds_ethdev::hosted`'s, shared with virtio-user.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use shm_mempool::{Mbuf, MbufCache};
 
 use pmds_ethdev::{
-    Attach, Burst, Devices, DriverId, NetDriver, PortDriver, PortError, Probe, QueueShm, Queues,
-    RxBurst, TxBurst,
+    Attach, Burst, DriverId, Hosted, HostedDevice, HostedKind, NetDriver, PortDriver, PortError,
+    Probe, QueueShm, Queues, RxBurst, TxBurst,
 };
 
 use crate::backend::{self, VhostDevice, MAX_QUEUE_PAIRS};
@@ -23,13 +24,19 @@ pub struct VhostDriver;
 /// `net_vhost`'s number in the port layout.
 pub const DRIVER_ID: DriverId = DriverId(3);
 
-fn iface<'a>(p: &'a Probe<'_>) -> Result<&'a str, PortError> {
-    p.devargs.get("iface").ok_or_else(|| {
-        PortError::config(
-            &p.devargs.name,
-            "give iface=/path/to/socket (the vhost-user socket)",
-        )
-    })
+/// Where `net_vhost` devices live: the primary's table, under `iface=`.
+const HOSTED: HostedKind = HostedKind {
+    driver: DRIVER_ID,
+    name: "net_vhost",
+    key: "iface",
+    hint: "/path/to/socket (the vhost-user socket)",
+    why: "where the frontend's memory is mapped",
+};
+
+impl HostedDevice for VhostDevice {
+    fn stop(dev: &Arc<Self>) {
+        backend::stop(dev);
+    }
 }
 
 impl NetDriver for VhostDriver {
@@ -38,7 +45,7 @@ impl NetDriver for VhostDriver {
     }
 
     fn name(&self) -> &'static str {
-        "net_vhost"
+        HOSTED.name
     }
 
     fn keys(&self) -> &'static [&'static str] {
@@ -48,72 +55,32 @@ impl NetDriver for VhostDriver {
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
         let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))? as u16;
-        let path = iface(p)?;
-        d.flag("client")
-            .map_err(|e| PortError::config(&d.name, e))?;
-        if p.devices.find::<VhostDevice>(DRIVER_ID, path).is_some() {
-            return Err(PortError::config(
-                &d.name,
-                format!("iface {path} is served by another port"),
-            ));
-        }
+        HOSTED.check_free::<VhostDevice>(p)?;
+        d.flag("client")?;
         Ok(Queues { rx: q, tx: q })
     }
 
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
-        let cfg = |why: String| PortError::config(&p.devargs.name, why);
-        let path = iface(p)?;
+        let path = HOSTED.key(p.devargs)?;
         let client = p.devargs.flag("client")?;
+        // The error names the socket.
         let dev = VhostDevice::start(Path::new(path), queues.rx, client)
-            .map_err(|e| cfg(e.to_string()))?;
-        p.devices.add(DRIVER_ID, path, dev).map_err(|dev| {
-            backend::stop(&dev);
-            cfg(format!("iface {path} is served by another port"))
-        })
+            .map_err(|e| PortError::failed(&p.devargs.name, "starting the backend", e))?;
+        HOSTED.record(p, dev)
     }
 
     fn abandon(&self, p: &Probe<'_>) {
-        if let Ok(path) = iface(p) {
-            if let Some(dev) = p.devices.remove(DRIVER_ID, path) {
-                if let Ok(dev) = dev.downcast::<VhostDevice>() {
-                    backend::stop(&dev);
-                }
-            }
-        }
+        HOSTED.abandon::<VhostDevice>(p);
     }
 
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
-        let path = a
-            .devargs
-            .get("iface")
-            .ok_or_else(|| PortError::bad_port(&a.devargs.name, "no iface="))?;
-        Ok(Box::new(VhostPort {
-            dev: a.devices.find(DRIVER_ID, path),
-            devices: a.devices.clone(),
-            path: path.to_string(),
-        }))
+        Ok(Box::new(VhostPort(HOSTED.attach(a)?)))
     }
 }
 
-/// A vhost port in this process: the backend, if it runs here.
-struct VhostPort {
-    dev: Option<Arc<VhostDevice>>,
-    devices: Devices,
-    path: String,
-}
-
-impl VhostPort {
-    /// The backend of this port, if this process runs it (the guest's memory is mapped
-    /// only there).
-    fn here(&self, q: &QueueShm) -> Result<Arc<VhostDevice>, PortError> {
-        self.dev.clone().ok_or_else(|| {
-            PortError::Config(format!(
-                "{}: a net_vhost port is polled in the primary, where the frontend's memory is mapped: forward with shmdp-primary --fwd",
-                q.port_name()
-            ))
-        })
-    }
-}
+/// A vhost port in this process: the backend, if it runs here (the guest's memory is
+/// mapped only there).
+struct VhostPort(Hosted<VhostDevice>);
 
 impl PortDriver for VhostPort {
     fn rx_queue(
@@ -123,7 +90,7 @@ impl PortDriver for VhostPort {
         _opened: &mut Burst,
     ) -> Result<Box<dyn RxBurst>, PortError> {
         q.check_pool(cache)?;
-        let dev = self.here(q)?;
+        let dev = self.0.here(q)?;
         // The guest's transmit queue.
         let vring = 2 * usize::from(q.queue()) + 1;
         Ok(Box::new(VhostRx(VhostQueue::new(dev, vring))))
@@ -135,7 +102,7 @@ impl PortDriver for VhostPort {
         _cache: &MbufCache,
         _opened: &mut Burst,
     ) -> Result<Box<dyn TxBurst>, PortError> {
-        let dev = self.here(q)?;
+        let dev = self.0.here(q)?;
         // The guest's receive queue.
         let vring = 2 * usize::from(q.queue());
         Ok(Box::new(VhostTx(VhostQueue::new(dev, vring))))
@@ -143,21 +110,18 @@ impl PortDriver for VhostPort {
 
     fn link_up(&self) -> Option<bool> {
         // Up while a frontend is connected with every vring started.
-        self.dev.as_ref().map(|d| d.ready())
+        self.0.device().map(|d| d.ready())
     }
 
     fn errors(&self) -> u64 {
         // Relaxed: a counter.
-        self.dev
-            .as_ref()
+        self.0
+            .device()
             .map_or(0, |d| d.protocol_errors.load(Ordering::Relaxed))
     }
 
     fn stop(&self) {
-        if let Some(d) = &self.dev {
-            self.devices.remove(DRIVER_ID, &self.path);
-            backend::stop(d);
-        }
+        self.0.stop();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `net_virtio_user` driver's side of the port API: probe (path free in this process,
 //! queue size), start (the port's memory and the connection, recorded in the device
 //! table), attach (found there again), and the queues (vring 2q: our rx, 2q+1: our tx).
+//! The device-table bookkeeping is `pmds_ethdev::hosted`'s, shared with the vhost backend.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use shm_mempool::{Mbuf, MbufCache};
 
 use pmds_ethdev::{
-    Args, Attach, Burst, Devices, DriverId, NetDriver, PortDriver, PortError, Probe, QueueShm,
-    Queues, RxBurst, TxBurst,
+    Args, Attach, Burst, DevArgsError, DriverId, Hosted, HostedDevice, HostedKind, NetDriver,
+    PortDriver, PortError, Probe, QueueShm, Queues, RxBurst, TxBurst,
 };
 use pmds_net_vhost::backend::MAX_QUEUE_PAIRS;
 
@@ -22,21 +23,30 @@ pub struct VirtioUserDriver;
 /// `net_virtio_user`'s number in the port layout.
 pub const DRIVER_ID: DriverId = DriverId(4);
 
-fn path(d: &Args) -> Result<&str, PortError> {
-    d.get("path").ok_or_else(|| {
-        PortError::config(
-            &d.name,
-            "give path=/path/to/socket (the vhost-user backend's socket)",
-        )
-    })
+/// Where `net_virtio_user` devices live: the primary's table, under `path=`.
+const HOSTED: HostedKind = HostedKind {
+    driver: DRIVER_ID,
+    name: "net_virtio_user",
+    key: "path",
+    hint: "/path/to/socket (the vhost-user backend's socket)",
+    why: "which owns its connection",
+};
+
+impl HostedDevice for VirtioUserDevice {
+    fn stop(dev: &Arc<Self>) {
+        device::stop(dev);
+    }
 }
 
 fn queue_size(d: &Args) -> Result<u16, PortError> {
     let size = d.number("queue_size", 256, 16..=32768)?;
     if !size.is_power_of_two() {
-        return Err(PortError::config(
+        return Err(PortError::devargs(
             &d.name,
-            format!("queue_size={size} must be a power of two"),
+            DevArgsError::NotPowerOfTwo {
+                key: "queue_size",
+                value: size,
+            },
         ));
     }
     Ok(size as u16)
@@ -48,7 +58,7 @@ impl NetDriver for VirtioUserDriver {
     }
 
     fn name(&self) -> &'static str {
-        "net_virtio_user"
+        HOSTED.name
     }
 
     fn keys(&self) -> &'static [&'static str] {
@@ -58,26 +68,19 @@ impl NetDriver for VirtioUserDriver {
     fn probe(&self, p: &Probe<'_>) -> Result<Queues, PortError> {
         let d = p.devargs;
         let q = d.number("queues", 1, 1..=u32::from(MAX_QUEUE_PAIRS))? as u16;
-        let at = path(d)?;
-        if p.devices.find::<VirtioUserDevice>(DRIVER_ID, at).is_some() {
-            return Err(PortError::config(
-                &d.name,
-                format!("path {at} is used by another port"),
-            ));
-        }
+        HOSTED.check_free::<VirtioUserDevice>(p)?;
         queue_size(d)?;
         Ok(Queues { rx: q, tx: q })
     }
 
     fn start(&self, p: &Probe<'_>, queues: Queues) -> Result<(), PortError> {
         let d = p.devargs;
-        let cfg = |why: String| PortError::config(&d.name, why);
-        let at = path(d)?;
+        let at = HOSTED.key(d)?;
         let size = queue_size(d)?;
         // A memseg of its own (rings and buffer slots), the only memory the backend is
         // given.
         let mem = PortMemory::create(&d.name, 2 * usize::from(queues.rx), size)
-            .map_err(|e| cfg(e.to_string()))?;
+            .map_err(|e| PortError::failed(&d.name, "its memory", e))?;
         let dev = VirtioUserDevice::connect(
             mem,
             Path::new(at),
@@ -86,54 +89,22 @@ impl NetDriver for VirtioUserDriver {
             std::time::Duration::from_secs(5),
             pmds_net_vhost::wire::process_stop(),
         )
-        .map_err(|e| cfg(e.to_string()))?;
-        p.devices.add(DRIVER_ID, at, dev).map_err(|dev| {
-            device::stop(&dev);
-            cfg(format!("path {at} is used by another port"))
-        })
+        // The error names the socket.
+        .map_err(|e| PortError::failed(&d.name, "connecting to the backend", e))?;
+        HOSTED.record(p, dev)
     }
 
     fn abandon(&self, p: &Probe<'_>) {
-        if let Ok(at) = path(p.devargs) {
-            if let Some(dev) = p.devices.remove(DRIVER_ID, at) {
-                if let Ok(dev) = dev.downcast::<VirtioUserDevice>() {
-                    device::stop(&dev);
-                }
-            }
-        }
+        HOSTED.abandon::<VirtioUserDevice>(p);
     }
 
     fn attach(&self, a: &Attach<'_>) -> Result<Box<dyn PortDriver>, PortError> {
-        let at = a
-            .devargs
-            .get("path")
-            .ok_or_else(|| PortError::bad_port(&a.devargs.name, "no path="))?;
-        Ok(Box::new(VirtioUserPort {
-            dev: a.devices.find(DRIVER_ID, at),
-            devices: a.devices.clone(),
-            path: at.to_string(),
-        }))
+        Ok(Box::new(VirtioUserPort(HOSTED.attach(a)?)))
     }
 }
 
 /// A virtio-user port in this process: the connection, if it was made here.
-struct VirtioUserPort {
-    dev: Option<Arc<VirtioUserDevice>>,
-    devices: Devices,
-    path: String,
-}
-
-impl VirtioUserPort {
-    /// The device of this port, if this process connected it.
-    fn here(&self, q: &QueueShm) -> Result<Arc<VirtioUserDevice>, PortError> {
-        self.dev.clone().ok_or_else(|| {
-            PortError::Config(format!(
-                "{}: a net_virtio_user port is polled in the primary, which owns its connection: forward with shmdp-primary --fwd",
-                q.port_name()
-            ))
-        })
-    }
-}
+struct VirtioUserPort(Hosted<VirtioUserDevice>);
 
 impl PortDriver for VirtioUserPort {
     fn rx_queue(
@@ -143,9 +114,9 @@ impl PortDriver for VirtioUserPort {
         _opened: &mut Burst,
     ) -> Result<Box<dyn RxBurst>, PortError> {
         q.check_pool(cache)?;
-        let dev = self.here(q)?;
-        let queue =
-            VirtioUserQueue::take(dev, 2 * usize::from(q.queue())).map_err(|e| q.config(e))?;
+        let dev = self.0.here(q)?;
+        let queue = VirtioUserQueue::take(dev, 2 * usize::from(q.queue()))
+            .map_err(|e| q.failed("its rx vring", e))?;
         Ok(Box::new(VirtioUserRx(queue)))
     }
 
@@ -155,22 +126,19 @@ impl PortDriver for VirtioUserPort {
         _cache: &MbufCache,
         _opened: &mut Burst,
     ) -> Result<Box<dyn TxBurst>, PortError> {
-        let dev = self.here(q)?;
-        let queue =
-            VirtioUserQueue::take(dev, 2 * usize::from(q.queue()) + 1).map_err(|e| q.config(e))?;
+        let dev = self.0.here(q)?;
+        let queue = VirtioUserQueue::take(dev, 2 * usize::from(q.queue()) + 1)
+            .map_err(|e| q.failed("its tx vring", e))?;
         Ok(Box::new(VirtioUserTx(queue)))
     }
 
     fn link_up(&self) -> Option<bool> {
         // Down for good once the backend took the port's memory away.
-        self.dev.as_ref().filter(|d| d.dropped()).map(|_| false)
+        self.0.device().filter(|d| d.dropped()).map(|_| false)
     }
 
     fn stop(&self) {
-        if let Some(d) = &self.dev {
-            self.devices.remove(DRIVER_ID, &self.path);
-            device::stop(d);
-        }
+        self.0.stop();
     }
 }
 
