@@ -356,7 +356,10 @@ mod tests {
         let pid = child.id();
         let t0 = std::time::Instant::now();
         while !process_gone(pid) {
-            assert!(t0.elapsed().as_secs() < 5, "child {pid} never became a zombie");
+            assert!(
+                t0.elapsed().as_secs() < 5,
+                "child {pid} never became a zombie"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(pid_alive(pid), "not reaped yet");
@@ -369,7 +372,10 @@ mod tests {
     fn a_reused_pid_with_another_start_time_is_gone() {
         // A live process that is not us, recorded with a start time it does not have:
         // what a reused pid looks like.
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let live = Process::of(child.id()).unwrap();
         assert!(live.start_time > 0);
         assert!(!live.is_gone());
@@ -435,7 +441,10 @@ mod tests {
     fn a_claim_being_made_reads_as_held() {
         // Between the pid CAS and the start-time store: pid set, start time 0.
         let h = Holder::new();
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         h.forge(
             Process {
                 pid: child.id(),

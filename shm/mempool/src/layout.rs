@@ -23,12 +23,13 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use shm::layout::NAME_LEN;
+use shm::liveness::Holder;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// First bytes of every mempool.
 pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
 /// Layout major version; readers refuse any other.
-pub const POOL_LAYOUT_MAJOR: u16 = 3;
+pub const POOL_LAYOUT_MAJOR: u16 = 4;
 /// Layout minor version.
 pub const POOL_LAYOUT_MINOR: u16 = 0;
 /// Size of [`PoolInfo`].
@@ -131,14 +132,12 @@ pub struct PoolCounters {
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct CacheSlotHeader {
-    /// Pid of the claiming process; 0 = free; [`SLOT_RECOVERING`] while another process
-    /// flushes a dead owner's cache.
-    pub owner_pid: AtomicU32,
-    /// Owner tag of the claiming process (see [`crate::OwnerTag`]), for statistics.
-    pub owner_tag: AtomicU32,
-    /// Start time of the claiming process (clock ticks since boot, /proc/PID/stat field
-    /// 22), so a reused pid is not mistaken for the owner; 0 while being claimed.
-    pub start_time: AtomicU64,
+    /// The claim ([`shm::liveness::Holder`]): the claiming process's pid and start time
+    /// (so a reused pid is not mistaken for the owner), and as its tag the owner tag of
+    /// the claimant (see [`crate::OwnerTag`]), for statistics. A process flushing a dead
+    /// owner's cache holds the slot under its own identity meanwhile (layout 4; 3
+    /// wrote `u32::MAX` as the pid, which bricked the slot if that process died).
+    pub holder: Holder,
     /// Indices held in the cache (the owner's copy is authoritative; this one is written
     /// after every operation so a reclaimer knows what to flush).
     pub len: AtomicU32,
@@ -161,13 +160,11 @@ pub const CACHE_OP_REFILL: u32 = 1;
 /// [`CacheSlotHeader::op`] kind: a flush to the free ring (a producer operation).
 pub const CACHE_OP_FLUSH: u32 = 2;
 
-/// `owner_pid` value while a cache is being recovered.
-pub const SLOT_RECOVERING: u32 = u32::MAX;
-
 const _: () = {
     assert!(std::mem::size_of::<PoolInfo>() as u64 == POOL_INFO_SIZE);
     assert!(std::mem::size_of::<PoolCounters>() == 64);
     assert!(std::mem::size_of::<CacheSlotHeader>() == 64);
+    assert!(std::mem::offset_of!(CacheSlotHeader, len) == 16);
     assert!(COUNTERS_OFF + 64 <= CACHES_OFF);
     assert!(CACHE_SLOT_STRIDE.is_multiple_of(64));
 };

@@ -615,8 +615,11 @@ fn reclaim_returns_a_dead_owners_buffers_but_not_transit() {
     assert_eq!(pool.mempool().stats().in_use, 53);
     assert_eq!(pool.mempool().stats().in_caches, cached);
     // The primary flushes the dead caches and reclaims the dead tag.
-    pool.mempool()
+    let flushed = pool
+        .mempool()
         .flush_caches_of(slot_pid, process_start_time(slot_pid));
+    assert_eq!(flushed, cached);
+    assert_eq!(pool.mempool().caches_of(slot_pid), 0);
     let r = pool.reclaim_owner(dead);
     assert_eq!(r.returned, 50);
     assert_eq!(pool.mempool().stats().reclaimed, 50);
@@ -688,4 +691,41 @@ fn a_flush_the_ring_refuses_in_part_keeps_the_rest_cached() {
     h.flush();
     assert_eq!(h.cached(), 0);
     assert_eq!(pool.stats().put_fail, filled);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process and reads /proc")]
+fn a_slot_under_a_reused_pid_is_taken_over_and_a_live_holders_kept() {
+    use shm::liveness::Process;
+    let seg = seg(4);
+    let pool = raw(&seg, "reused", 64, 8);
+    let sh = &pool.shared;
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let live = Process::of(child.id()).unwrap();
+    let reused = Process {
+        start_time: live.start_time - 1,
+        ..live
+    };
+    // Slot 0 is the live child's; every other slot names its pid with another start time.
+    for slot in 0..CACHE_SLOTS {
+        let h = if slot == 0 { live } else { reused };
+        sh.slot_header(slot).holder.forge(h, 9);
+    }
+    let c = pool.cache(ME).unwrap();
+    assert_eq!(pool.caches_of(std::process::id()), 1);
+    assert_eq!(sh.slot_header(0).holder.holder(), Some(live));
+    assert_eq!(sh.slot_header(1).holder.tag(), ME.0);
+    drop(c);
+    assert_eq!(pool.caches_of(std::process::id()), 0);
+    // The primary's sweep frees the reused-pid slots and keeps the live one.
+    pool.flush_dead_caches();
+    assert_eq!(pool.caches_of(live.pid), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pool.flush_dead_caches();
+    assert_eq!(pool.caches_of(live.pid), 0);
+    assert_eq!(pool.audit().free, 64);
 }
