@@ -502,6 +502,11 @@ impl<T: Element> Ring<T> {
         self.core.cons().owner.pid()
     }
 
+    /// The process holding the single-consumer role (pid and start time), if any.
+    pub fn consumer_process(&self) -> Option<shm::liveness::Process> {
+        self.core.cons().owner.holder()
+    }
+
     /// The producers' tail: the position after the last published element.
     pub fn prod_tail(&self) -> u32 {
         // Acquire: pairs with the producer's Release publish (R1), so the elements before
