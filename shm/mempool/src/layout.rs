@@ -20,6 +20,7 @@
 //! offset is recomputed from the counts when a pool is opened and must match exactly, so a
 //! scribbled header is refused, not trusted.
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use shm::layout::NAME_LEN;
@@ -189,4 +190,90 @@ pub fn pool_offsets(obj_count: u32, obj_size: u32) -> Option<(u64, u64, u64, u64
     let objs_off = (ring_off + ring_len).next_multiple_of(OBJ_ALIGN);
     let total = objs_off.checked_add(u64::from(obj_count).checked_mul(u64::from(obj_size))?)?;
     Some((ring_off, ring_len, objs_off, total))
+}
+
+// Mbuf pools ([`POOL_F_MBUF`]): every object begins with this header. It is pinned here,
+// beside the pool's other layouts, because the pool's own recovery touches it (a dead
+// cache's buffers are marked free before the reclaim by tag); `crate::mbuf` builds on it
+// and hands the pool its header initialisation as an object-init hook.
+
+/// Bytes of [`MbufHeader`].
+pub const MBUF_HEADER_SIZE: u32 = 128;
+/// The fixed header at the start of every mbuf (see [`crate::mbuf`] for what each field
+/// means to the fast path).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct MbufHeader {
+    /// Object index of this buffer in its pool (identity check).
+    pub index: u32,
+    /// Id of the pool it belongs to (identity check).
+    pub pool_id: u32,
+    /// Holder ([`crate::OwnerTag`] value).
+    pub owner: AtomicU32,
+    /// References (1 when not cloned; 0 while free).
+    pub refcnt: AtomicU32,
+    /// Offset of the data from the start of the buffer (after the header).
+    pub data_off: u16,
+    /// Segments in the packet (meaningful in the first segment).
+    pub nb_segs: u16,
+    /// Input port, or [`crate::NO_PORT`].
+    pub port: u16,
+    /// Data bytes in this segment.
+    pub data_len: u16,
+    /// Data bytes in the whole packet (meaningful in the first segment).
+    pub pkt_len: u32,
+    /// Packet type (DPDK `RTE_PTYPE_*` style bits).
+    pub packet_type: u32,
+    /// Offload flags.
+    pub ol_flags: u64,
+    /// VLAN tag.
+    pub vlan_tci: u16,
+    /// Outer VLAN tag.
+    pub vlan_tci_outer: u16,
+    /// RSS hash.
+    pub rss_hash: u32,
+    /// Handle of the next segment; 0 for the last.
+    pub next: u64,
+    /// Headroom + data room (informational; the pool's value is authoritative).
+    pub buf_len: u32,
+    /// Zero.
+    pub reserved0: u32,
+    /// Application data.
+    pub user_data: u64,
+    /// Timestamp (application or port defined).
+    pub timestamp: u64,
+    /// Transmit offload lengths.
+    pub tx_offload: u64,
+    /// Zero.
+    pub reserved1: [u64; 5],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<MbufHeader>() == MBUF_HEADER_SIZE as usize);
+    assert!(std::mem::offset_of!(MbufHeader, next) == 48);
+    assert!(std::mem::offset_of!(MbufHeader, user_data) == 64);
+};
+
+/// Checks an mbuf pool's geometry (called when a pool is opened): its objects hold the
+/// header, the headroom and the data room.
+pub(crate) fn check_mbuf_geometry(info: &PoolInfo) -> Result<(), String> {
+    let buf = u64::from(info.headroom) + u64::from(info.data_room);
+    if buf > u64::from(u16::MAX) || info.data_room == 0 {
+        return Err(format!(
+            "headroom {} + data room {} must be 1..=65535 bytes",
+            info.headroom, info.data_room
+        ));
+    }
+    if u64::from(info.obj_size) < u64::from(MBUF_HEADER_SIZE) + buf {
+        return Err("objects are smaller than header + headroom + data room".into());
+    }
+    Ok(())
+}
+
+/// Address of object `index`'s mbuf header (`index < obj_count` keeps it in bounds).
+#[inline(always)]
+pub(crate) fn mbuf_header_ptr(objs: NonNull<u8>, obj_size: u32, index: u32) -> *mut MbufHeader {
+    objs.as_ptr()
+        .wrapping_add(index as usize * obj_size as usize)
+        .cast::<MbufHeader>()
 }

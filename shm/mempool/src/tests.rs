@@ -729,3 +729,64 @@ fn a_slot_under_a_reused_pid_is_taken_over_and_a_live_holders_kept() {
     assert_eq!(pool.caches_of(live.pid), 0);
     assert_eq!(pool.audit().free, 64);
 }
+
+#[test]
+fn the_object_init_hook_runs_once_per_object_before_the_pool_opens() {
+    let seg = seg(4);
+    let params = PoolParams {
+        count: 100,
+        obj_size: 200,
+        cache_size: 0,
+        pool_id: 9,
+        flags: 0,
+        headroom: 0,
+        data_room: 0,
+    };
+    let mut seen = Vec::new();
+    let mut hook = |index: u32, obj: std::ptr::NonNull<[u8]>| {
+        assert_eq!(obj.len(), 256, "obj_size rounded up to OBJ_ALIGN");
+        assert!((obj.cast::<u8>().as_ptr() as usize).is_multiple_of(OBJ_ALIGN as usize));
+        // SAFETY: the pool's span of this object, not yet shared; a raw write.
+        unsafe { obj.cast::<u32>().as_ptr().write(index ^ 0xa5a5) };
+        seen.push(index);
+    };
+    let pool = Mempool::create_with(&seg, "hooked", &params, &mut hook).unwrap();
+    assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    let sh = &pool.shared;
+    for i in 0..100u32 {
+        let at = sh
+            .objs
+            .as_ptr()
+            .wrapping_add(i as usize * 256)
+            .cast::<u32>();
+        // SAFETY: object `i`'s first word, inside the objects span; nobody writes it.
+        assert_eq!(unsafe { at.read() }, i ^ 0xa5a5);
+    }
+}
+
+#[test]
+fn an_mbuf_pool_is_not_laid_out_without_its_header_hook() {
+    let seg = seg(4);
+    let params = PoolParams {
+        count: 16,
+        obj_size: 128 + 64 + 256,
+        cache_size: 0,
+        pool_id: 9,
+        flags: POOL_F_MBUF,
+        headroom: 64,
+        data_room: 256,
+    };
+    let e = Mempool::create(&seg, "nohook", &params).unwrap_err();
+    assert!(e.to_string().contains("MbufPool::create"), "{e}");
+    // Through the mbuf pool, every header says which buffer it is.
+    let mut p = MbufPoolParams::new(16, 0, 9);
+    (p.headroom, p.data_room) = (64, 256);
+    let pool = MbufPool::create(&seg, "hooked", &p).unwrap();
+    let c = pool.cache(ME).unwrap();
+    let m = c.alloc().unwrap();
+    assert_eq!(m.handle().pool_id(), 9);
+    assert_eq!(
+        (m.headroom(), m.tailroom(), m.port()),
+        (64, 256, crate::mbuf::NO_PORT)
+    );
+}

@@ -95,7 +95,7 @@ impl PoolShared {
             // the owner's tag: marked free here, so the reclaim by tag that follows does
             // not free it a second time.
             for &i in &tmp {
-                let hdr = crate::mbuf::header_ptr(self.objs, self.info.obj_size, i);
+                let hdr = mbuf_header_ptr(self.objs, self.info.obj_size, i);
                 // SAFETY: `i < obj_count`: the header lies in the objects span checked at
                 // open; only its atomic fields are touched (host pools only: export pools
                 // are never flushed).
