@@ -216,7 +216,7 @@ pub struct MbufHeader {
     pub data_off: u16,
     /// Segments in the packet (meaningful in the first segment).
     pub nb_segs: u16,
-    /// Input port, or [`crate::NO_PORT`].
+    /// Input port, or `NO_PORT` (`u16::MAX`: not from a port).
     pub port: u16,
     /// Data bytes in this segment.
     pub data_len: u16,
