@@ -209,13 +209,21 @@ impl Holder {
         self.tag.load(Ordering::Relaxed)
     }
 
-    /// The holder (pid and recorded start time), or None when free.
+    /// The holder (pid and recorded start time), or None when free. The pid is loaded
+    /// again after the start time, until both loads agree, so the start time belongs to
+    /// that pid's claim (or is 0), never to a claim made between the two loads.
     pub fn holder(&self) -> Option<Process> {
-        let pid = self.pid();
-        // Acquire: pairs with L1, so a start time seen belongs to the pid loaded above or
-        // is 0 (see the module docs).
-        let start_time = self.start_time.load(Ordering::Acquire);
-        (pid != 0).then_some(Process { pid, start_time })
+        let mut pid = self.pid();
+        loop {
+            // Acquire: pairs with L1, so a start time seen belongs to the pid loaded
+            // around it or is 0 (see the module docs).
+            let start_time = self.start_time.load(Ordering::Acquire);
+            let again = self.pid();
+            if again == pid {
+                return (pid != 0).then_some(Process { pid, start_time });
+            }
+            pid = again;
+        }
     }
 
     /// True when held by a process that is not gone ([`holder_gone`]).

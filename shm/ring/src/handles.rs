@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use crate::core::{skip_holes, Behaviour, Published, RingCore, Waiter, STALL_TIMEOUT};
 use shm::liveness::Process;
 
+use crate::core::{skip_holes, Behaviour, Published, RingCore, Waiter, STALL_TIMEOUT};
 use crate::records::new_token;
 use crate::sync::Ordering;
 use crate::{Element, RingError};

@@ -9,10 +9,10 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Mempool, PoolShared, Trouble};
-use crate::layout::*;
 use shm::liveness::{Claimed, Process};
 
+use super::{Mempool, PoolShared, Trouble};
+use crate::layout::*;
 use crate::owner::OwnerTag;
 use crate::PoolError;
 
