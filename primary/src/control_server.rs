@@ -437,7 +437,7 @@ fn serve(mut conn: UnixStream, cred: PeerCred, id: u64, shared: &Shared) -> io::
             return Ok(());
         }
     };
-    let start_time = shm_mempool::process_start_time(pid);
+    let start_time = shm::liveness::process_start_time(pid);
     let (slot, tag) = {
         let mut slots = lock(&shared.slots);
         let Some(free) = slots.iter().position(|s| s.is_none()) else {

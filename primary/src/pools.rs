@@ -127,7 +127,8 @@ impl PoolRegistry {
             return Some((0, 0));
         }
         let t0 = Instant::now();
-        while !shm_mempool::process_gone(pid) {
+        // Gone by shm::liveness's rule: a pid reused by a later process counts as gone.
+        while !shm::liveness::holder_gone(pid, start_time.unwrap_or(0)) {
             if t0.elapsed() > EXIT_WAIT {
                 tracing::warn!(
                     "secondary slot {slot} (pid {pid}) detached but is still running and holds pool objects; they stay with it until it ends"
@@ -214,7 +215,7 @@ impl ControlHooks for Hooks {
             let spawned = std::thread::Builder::new()
                 .name("reclaim-watch".into())
                 .spawn(move || {
-                    while !shm_mempool::process_gone(pid) {
+                    while !shm::liveness::holder_gone(pid, start_time.unwrap_or(0)) {
                         std::thread::sleep(WATCH_PERIOD);
                     }
                     pools.reclaim_process(slot, tag, pid, start_time);

@@ -26,6 +26,7 @@ pub mod control;
 pub mod crash;
 pub mod eal;
 pub mod layout;
+pub mod liveness;
 pub mod memseg;
 pub mod names;
 pub mod prefetch;

@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 
 use pmds::{DevArgs, Port, PortSetup};
 use shm::{Memseg, MemzoneKind, Region};
-use shm_mempool::layout::POOL_F_MBUF;
-use shm_mempool::{
-    MbufPool, MbufPoolParams, Mempool, OwnerTag, PoolParams, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,
-};
+use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM};
 use shm_ring::{Ring, SyncMode};
 
 struct Rng(u64);
@@ -62,25 +59,19 @@ impl GuestLayout {
     /// What a guest rebooting its driver does: lays out its rings and pool afresh (while
     /// the host keeps polling them).
     fn reboot(&self) -> (MbufPool, Ring<u64>, Ring<u64>) {
-        let params = PoolParams {
+        let params = MbufPoolParams {
             count: 2047,
-            obj_size: 128 + DEFAULT_HEADROOM + DEFAULT_DATA_ROOM,
             cache_size: 0,
             pool_id: 2,
-            flags: POOL_F_MBUF,
             headroom: DEFAULT_HEADROOM,
             data_room: DEFAULT_DATA_ROOM,
         };
         let r = &self.region;
-        let pool = Mempool::init(r, self.pool.0, self.pool.1, "vm1_pool", &params).unwrap();
+        let pool = MbufPool::init(r, self.pool.0, self.pool.1, "vm1_pool", &params).unwrap();
         let ring = |(off, len): (u64, u64), name| {
             Ring::<u64>::init(r, off, len, name, 1024, SyncMode::MP_MC).unwrap()
         };
-        (
-            MbufPool::from_mempool(pool).unwrap(),
-            ring(self.h2g, "vm1_rx"),
-            ring(self.g2h, "vm1_tx"),
-        )
+        (pool, ring(self.h2g, "vm1_rx"), ring(self.g2h, "vm1_tx"))
     }
 }
 

@@ -11,8 +11,8 @@
 //!                                     of the burst being moved (see [`QueueBlock::inflight`])
 //! ```
 //!
-//! A queue block is two cache lines: line 0 is the claim (poller pid and start time, so a
-//! dead poller's queue can be taken over) and driver state that must survive a change of
+//! A queue block is two cache lines: line 0 is the claim (a [`shm::liveness::Holder`]:
+//! poller pid and start time, so a gone poller's queue can be taken over) and driver state that must survive a change of
 //! poller (the pcap reader's file offset, the mempool the queue allocates from); line 1 is
 //! the queue's statistics, written by its poller alone once per burst (plain stores: one
 //! writer), with the values at the last reset beside them (a reset from another process
@@ -24,12 +24,13 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use shm::layout::NAME_LEN;
+use shm::liveness::Holder;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// First bytes of every port.
 pub const PORT_MAGIC: [u8; 8] = *b"SHMDPPRT";
 /// Layout major version.
-pub const PORT_LAYOUT_MAJOR: u16 = 3;
+pub const PORT_LAYOUT_MAJOR: u16 = 4;
 /// Layout minor version.
 pub const PORT_LAYOUT_MINOR: u16 = 0;
 /// Bytes of [`PortInfo`].
@@ -112,23 +113,21 @@ pub struct PortCtrl {
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct QueueBlock {
-    /// Pid of the polling process (0 = unclaimed).
-    pub owner_pid: AtomicU32,
-    /// Ring ports: how many handles of the queue's in-flight record are in transit and
-    /// in no ring — rx: taken off the ring, not yet adopted; tx: put in transit, not yet
-    /// enqueued (0 between bursts). A poller killed inside a burst leaves them listed
-    /// here; whoever claims the queue next frees them.
-    pub inflight: AtomicU32,
-    /// Start time of the polling process (/proc start time; 0 while being claimed).
-    pub owner_start: AtomicU64,
+    /// The claim: the polling process's pid and start time ([`shm::liveness::Holder`];
+    /// free = unclaimed; its tag is unused, 0). Layout 4; layout 3 had the pid at 0, the
+    /// start time at 8 and `inflight` at 4.
+    pub claim: Holder,
     /// Driver state kept across pollers (pcap rx: offset of the next record).
     pub position: AtomicU64,
     /// Ring tx on a single-producer ring: the ring position the in-flight record's first
     /// handle is enqueued at, so the next poller knows which listed handles made it into
     /// the ring before a kill (those are the ring's) and which did not (those it frees).
     pub tx_from: AtomicU32,
-    /// Zero.
-    pub reserved0: u32,
+    /// Ring ports: how many handles of the queue's in-flight record are in transit and
+    /// in no ring — rx: taken off the ring, not yet adopted; tx: put in transit, not yet
+    /// enqueued (0 between bursts). A poller killed inside a burst leaves them listed
+    /// here; whoever claims the queue next frees them.
+    pub inflight: AtomicU32,
     /// Zero.
     pub reserved1: [u64; 4],
     /// Packets received (rx) or sent (tx).
@@ -153,5 +152,7 @@ const _: () = {
     assert!(std::mem::size_of::<PortInfo>() as u64 == PORT_INFO_SIZE);
     assert!(std::mem::size_of::<PortCtrl>() == 64);
     assert!(std::mem::size_of::<QueueBlock>() as u64 == QUEUE_BLOCK);
+    assert!(std::mem::offset_of!(QueueBlock, inflight) == 28);
+    assert!(std::mem::offset_of!(QueueBlock, packets) == 64);
     assert!(PORT_CTRL_OFF + 64 <= QUEUES_OFF);
 };

@@ -453,7 +453,7 @@ impl<R: Registry> Port<R> {
 
     /// Pid polling each rx queue, then each tx queue (0 = none).
     pub fn pollers(&self) -> (Vec<u32>, Vec<u32>) {
-        let pid = |i: usize| self.core.block(i).owner_pid.load(Ordering::Relaxed);
+        let pid = |i: usize| self.core.block(i).claim.pid();
         (
             (0..self.nb_rx_queues() as usize).map(pid).collect(),
             (0..self.nb_tx_queues() as usize)

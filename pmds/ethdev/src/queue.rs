@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use shm::liveness::Process;
 use shm_mempool::{Mbuf, MbufCache};
 
 use crate::devargs::Args;
@@ -29,7 +30,7 @@ pub const MAX_BURST: usize = 512;
 pub struct QueueShm {
     core: Arc<PortCore>,
     index: usize,
-    pid: u32,
+    me: Process,
 }
 
 impl std::fmt::Debug for QueueShm {
@@ -59,38 +60,22 @@ impl QueueShm {
             });
         }
         let index = base + queue as usize;
-        let block = core.block(index);
-        let me = std::process::id();
-        let my_start = shm_mempool::process_start_time(me).unwrap_or(0);
-        loop {
-            let cur = block.owner_pid.load(Ordering::Acquire);
-            if cur != 0 {
-                let recorded = block.owner_start.load(Ordering::Acquire);
-                let dead = shm_mempool::process_gone(cur)
-                    || (recorded != 0
-                        && shm_mempool::process_start_time(cur).is_some_and(|t| t != recorded));
-                if !dead {
-                    return Err(PortError::QueueTaken {
-                        port: core.args.name.clone(),
-                        dir,
-                        queue,
-                        pid: cur,
-                    });
-                }
-            }
-            // AcqRel: the new poller sees the old one's position and counters.
-            if block
-                .owner_pid
-                .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                block.owner_start.store(my_start, Ordering::Release);
-                return Ok(QueueShm {
-                    core: core.clone(),
-                    index,
-                    pid: me,
-                });
-            }
+        let me = Process::current();
+        // A gone poller's claim (shm::liveness's rule: dead, a zombie, its pid reused) is
+        // taken over; the claim's Acquire makes the old poller's position and counters
+        // visible to the new one.
+        match core.block(index).claim.claim(me, 0, true) {
+            Ok(_) => Ok(QueueShm {
+                core: core.clone(),
+                index,
+                me,
+            }),
+            Err(h) => Err(PortError::QueueTaken {
+                port: core.args.name.clone(),
+                dir,
+                queue,
+                pid: h.pid,
+            }),
         }
     }
 
@@ -201,12 +186,8 @@ fn add(c: &AtomicU64, n: u64) {
 
 impl Drop for QueueShm {
     fn drop(&mut self) {
-        let b = self.block();
-        b.owner_start.store(0, Ordering::Relaxed);
-        // Release: the next poller sees our position and counters.
-        let _ = b
-            .owner_pid
-            .compare_exchange(self.pid, 0, Ordering::Release, Ordering::Relaxed);
+        // The release's Release: the next poller sees our position and counters.
+        self.block().claim.release(self.me);
     }
 }
 

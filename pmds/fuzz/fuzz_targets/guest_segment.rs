@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use pmds::{DevArgs, Port, PortSetup};
 use shm::{Memseg, MemzoneKind, Region};
-use shm_mempool::layout::POOL_F_MBUF;
-use shm_mempool::{MbufPool, MbufPoolParams, Mempool, OwnerTag, PoolParams};
+use shm_mempool::{MbufPool, MbufPoolParams, OwnerTag};
 use shm_ring::{Ring, SyncMode};
 
 const SEG: u64 = 4 << 20;
@@ -78,18 +77,15 @@ fn fixture() -> &'static Fixture {
 /// packets of `sizes` (chained when over 512 bytes).
 fn guest_reset(fx: &Fixture, sizes: &[u8]) {
     let r = fx.vm.region();
-    let params = PoolParams {
+    let params = MbufPoolParams {
         count: 127,
-        obj_size: 128 + 128 + 512,
         cache_size: 0,
         pool_id: 2,
-        flags: POOL_F_MBUF,
         headroom: 128,
         data_room: 512,
     };
     let (p, t, x) = (fx.zones[0], fx.zones[1], fx.zones[2]);
-    let pool = MbufPool::from_mempool(Mempool::init(r, p.0, p.1, "vm1_pool", &params).unwrap())
-        .unwrap();
+    let pool = MbufPool::init(r, p.0, p.1, "vm1_pool", &params).unwrap();
     let g2h = Ring::<u64>::init(r, t.0, t.1, "vm1_tx", 64, SyncMode::MP_MC).unwrap();
     Ring::<u64>::init(r, x.0, x.1, "vm1_rx", 64, SyncMode::MP_MC).unwrap();
     let cache = pool.cache(OwnerTag::GUEST).unwrap();

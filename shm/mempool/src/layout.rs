@@ -20,15 +20,17 @@
 //! offset is recomputed from the counts when a pool is opened and must match exactly, so a
 //! scribbled header is refused, not trusted.
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use shm::layout::NAME_LEN;
+use shm::liveness::Holder;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// First bytes of every mempool.
 pub const POOL_MAGIC: [u8; 8] = *b"SHMDPMPL";
 /// Layout major version; readers refuse any other.
-pub const POOL_LAYOUT_MAJOR: u16 = 3;
+pub const POOL_LAYOUT_MAJOR: u16 = 4;
 /// Layout minor version.
 pub const POOL_LAYOUT_MINOR: u16 = 0;
 /// Size of [`PoolInfo`].
@@ -131,14 +133,12 @@ pub struct PoolCounters {
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct CacheSlotHeader {
-    /// Pid of the claiming process; 0 = free; [`SLOT_RECOVERING`] while another process
-    /// flushes a dead owner's cache.
-    pub owner_pid: AtomicU32,
-    /// Owner tag of the claiming process (see [`crate::OwnerTag`]), for statistics.
-    pub owner_tag: AtomicU32,
-    /// Start time of the claiming process (clock ticks since boot, /proc/PID/stat field
-    /// 22), so a reused pid is not mistaken for the owner; 0 while being claimed.
-    pub start_time: AtomicU64,
+    /// The claim ([`shm::liveness::Holder`]): the claiming process's pid and start time
+    /// (so a reused pid is not mistaken for the owner), and as its tag the owner tag of
+    /// the claimant (see [`crate::OwnerTag`]), for statistics. A process flushing a dead
+    /// owner's cache holds the slot under its own identity meanwhile (layout 4; 3
+    /// wrote `u32::MAX` as the pid, which bricked the slot if that process died).
+    pub holder: Holder,
     /// Indices held in the cache (the owner's copy is authoritative; this one is written
     /// after every operation so a reclaimer knows what to flush).
     pub len: AtomicU32,
@@ -161,13 +161,11 @@ pub const CACHE_OP_REFILL: u32 = 1;
 /// [`CacheSlotHeader::op`] kind: a flush to the free ring (a producer operation).
 pub const CACHE_OP_FLUSH: u32 = 2;
 
-/// `owner_pid` value while a cache is being recovered.
-pub const SLOT_RECOVERING: u32 = u32::MAX;
-
 const _: () = {
     assert!(std::mem::size_of::<PoolInfo>() as u64 == POOL_INFO_SIZE);
     assert!(std::mem::size_of::<PoolCounters>() == 64);
     assert!(std::mem::size_of::<CacheSlotHeader>() == 64);
+    assert!(std::mem::offset_of!(CacheSlotHeader, len) == 16);
     assert!(COUNTERS_OFF + 64 <= CACHES_OFF);
     assert!(CACHE_SLOT_STRIDE.is_multiple_of(64));
 };
@@ -192,4 +190,90 @@ pub fn pool_offsets(obj_count: u32, obj_size: u32) -> Option<(u64, u64, u64, u64
     let objs_off = (ring_off + ring_len).next_multiple_of(OBJ_ALIGN);
     let total = objs_off.checked_add(u64::from(obj_count).checked_mul(u64::from(obj_size))?)?;
     Some((ring_off, ring_len, objs_off, total))
+}
+
+// Mbuf pools ([`POOL_F_MBUF`]): every object begins with this header. It is pinned here,
+// beside the pool's other layouts, because the pool's own recovery touches it (a dead
+// cache's buffers are marked free before the reclaim by tag); `crate::mbuf` builds on it
+// and hands the pool its header initialisation as an object-init hook.
+
+/// Bytes of [`MbufHeader`].
+pub const MBUF_HEADER_SIZE: u32 = 128;
+/// The fixed header at the start of every mbuf (see [`crate::mbuf`] for what each field
+/// means to the fast path).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct MbufHeader {
+    /// Object index of this buffer in its pool (identity check).
+    pub index: u32,
+    /// Id of the pool it belongs to (identity check).
+    pub pool_id: u32,
+    /// Holder ([`crate::OwnerTag`] value).
+    pub owner: AtomicU32,
+    /// References (1 when not cloned; 0 while free).
+    pub refcnt: AtomicU32,
+    /// Offset of the data from the start of the buffer (after the header).
+    pub data_off: u16,
+    /// Segments in the packet (meaningful in the first segment).
+    pub nb_segs: u16,
+    /// Input port, or `NO_PORT` (`u16::MAX`: not from a port).
+    pub port: u16,
+    /// Data bytes in this segment.
+    pub data_len: u16,
+    /// Data bytes in the whole packet (meaningful in the first segment).
+    pub pkt_len: u32,
+    /// Packet type (DPDK `RTE_PTYPE_*` style bits).
+    pub packet_type: u32,
+    /// Offload flags.
+    pub ol_flags: u64,
+    /// VLAN tag.
+    pub vlan_tci: u16,
+    /// Outer VLAN tag.
+    pub vlan_tci_outer: u16,
+    /// RSS hash.
+    pub rss_hash: u32,
+    /// Handle of the next segment; 0 for the last.
+    pub next: u64,
+    /// Headroom + data room (informational; the pool's value is authoritative).
+    pub buf_len: u32,
+    /// Zero.
+    pub reserved0: u32,
+    /// Application data.
+    pub user_data: u64,
+    /// Timestamp (application or port defined).
+    pub timestamp: u64,
+    /// Transmit offload lengths.
+    pub tx_offload: u64,
+    /// Zero.
+    pub reserved1: [u64; 5],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<MbufHeader>() == MBUF_HEADER_SIZE as usize);
+    assert!(std::mem::offset_of!(MbufHeader, next) == 48);
+    assert!(std::mem::offset_of!(MbufHeader, user_data) == 64);
+};
+
+/// Checks an mbuf pool's geometry (called when a pool is opened): its objects hold the
+/// header, the headroom and the data room.
+pub(crate) fn check_mbuf_geometry(info: &PoolInfo) -> Result<(), String> {
+    let buf = u64::from(info.headroom) + u64::from(info.data_room);
+    if buf > u64::from(u16::MAX) || info.data_room == 0 {
+        return Err(format!(
+            "headroom {} + data room {} must be 1..=65535 bytes",
+            info.headroom, info.data_room
+        ));
+    }
+    if u64::from(info.obj_size) < u64::from(MBUF_HEADER_SIZE) + buf {
+        return Err("objects are smaller than header + headroom + data room".into());
+    }
+    Ok(())
+}
+
+/// Address of object `index`'s mbuf header (`index < obj_count` keeps it in bounds).
+#[inline(always)]
+pub(crate) fn mbuf_header_ptr(objs: NonNull<u8>, obj_size: u32, index: u32) -> *mut MbufHeader {
+    objs.as_ptr()
+        .wrapping_add(index as usize * obj_size as usize)
+        .cast::<MbufHeader>()
 }

@@ -47,7 +47,7 @@ pub use mbuf::{
     DEFAULT_DATA_ROOM, DEFAULT_HEADROOM,
 };
 pub use owner::{pid_alive, process_gone, process_start_time, OwnerTag};
-pub use pool::{pool_bytes, Audit, CacheStats, Mempool, PoolCache, PoolParams, PoolStats};
+pub use pool::{pool_bytes, Audit, CacheStats, Mempool, ObjInit, PoolCache, PoolParams, PoolStats};
 pub use snapshot::{CacheSnapshot, FreeListSnapshot};
 
 /// Mempool errors.

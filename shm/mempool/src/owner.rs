@@ -47,8 +47,8 @@ impl OwnerTag {
     }
 }
 
-// Liveness of a holder: one implementation, in shm-ring (its records need it too).
-pub use shm_ring::{pid_alive, process_gone, process_start_time};
+// Liveness of a holder: one rule, in `shm` (re-exported for this crate's users).
+pub use shm::liveness::{pid_alive, process_gone, process_start_time};
 
 #[cfg(test)]
 mod tests {

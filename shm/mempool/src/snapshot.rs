@@ -44,8 +44,8 @@ impl Mempool {
         sh.ring.snapshot_into(&mut out.ring);
         for slot in 0..CACHE_SLOTS {
             let hdr = sh.slot_header(slot);
-            // Acquire: pairs with the owner's Release of its slot claim and length.
-            let pid = hdr.owner_pid.load(Ordering::Acquire);
+            // Acquire (in `pid`): pairs with the owner's Release of its slot claim.
+            let pid = hdr.holder.pid();
             if pid == 0 {
                 continue;
             }
@@ -60,7 +60,7 @@ impl Mempool {
             out.caches.push(CacheSnapshot {
                 slot,
                 pid,
-                owner_tag: hdr.owner_tag.load(Ordering::Relaxed),
+                owner_tag: hdr.holder.tag(),
                 objs,
             });
         }

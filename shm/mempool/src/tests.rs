@@ -615,8 +615,11 @@ fn reclaim_returns_a_dead_owners_buffers_but_not_transit() {
     assert_eq!(pool.mempool().stats().in_use, 53);
     assert_eq!(pool.mempool().stats().in_caches, cached);
     // The primary flushes the dead caches and reclaims the dead tag.
-    pool.mempool()
+    let flushed = pool
+        .mempool()
         .flush_caches_of(slot_pid, process_start_time(slot_pid));
+    assert_eq!(flushed, cached);
+    assert_eq!(pool.mempool().caches_of(slot_pid), 0);
     let r = pool.reclaim_owner(dead);
     assert_eq!(r.returned, 50);
     assert_eq!(pool.mempool().stats().reclaimed, 50);
@@ -688,4 +691,102 @@ fn a_flush_the_ring_refuses_in_part_keeps_the_rest_cached() {
     h.flush();
     assert_eq!(h.cached(), 0);
     assert_eq!(pool.stats().put_fail, filled);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process and reads /proc")]
+fn a_slot_under_a_reused_pid_is_taken_over_and_a_live_holders_kept() {
+    use shm::liveness::Process;
+    let seg = seg(4);
+    let pool = raw(&seg, "reused", 64, 8);
+    let sh = &pool.shared;
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let live = Process::of(child.id()).unwrap();
+    let reused = Process {
+        start_time: live.start_time - 1,
+        ..live
+    };
+    // Slot 0 is the live child's; every other slot names its pid with another start time.
+    for slot in 0..CACHE_SLOTS {
+        let h = if slot == 0 { live } else { reused };
+        sh.slot_header(slot).holder.forge(h, 9);
+    }
+    let c = pool.cache(ME).unwrap();
+    assert_eq!(pool.caches_of(std::process::id()), 1);
+    assert_eq!(sh.slot_header(0).holder.holder(), Some(live));
+    assert_eq!(sh.slot_header(1).holder.tag(), ME.0);
+    drop(c);
+    assert_eq!(pool.caches_of(std::process::id()), 0);
+    // The primary's sweep frees the reused-pid slots and keeps the live one.
+    pool.flush_dead_caches();
+    assert_eq!(pool.caches_of(live.pid), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pool.flush_dead_caches();
+    assert_eq!(pool.caches_of(live.pid), 0);
+    assert_eq!(pool.audit().free, 64);
+}
+
+#[test]
+fn the_object_init_hook_runs_once_per_object_before_the_pool_opens() {
+    let seg = seg(4);
+    let params = PoolParams {
+        count: 100,
+        obj_size: 200,
+        cache_size: 0,
+        pool_id: 9,
+        flags: 0,
+        headroom: 0,
+        data_room: 0,
+    };
+    let mut seen = Vec::new();
+    let mut hook = |index: u32, obj: std::ptr::NonNull<[u8]>| {
+        assert_eq!(obj.len(), 256, "obj_size rounded up to OBJ_ALIGN");
+        assert!((obj.cast::<u8>().as_ptr() as usize).is_multiple_of(OBJ_ALIGN as usize));
+        // SAFETY: the pool's span of this object, not yet shared; a raw write.
+        unsafe { obj.cast::<u32>().as_ptr().write(index ^ 0xa5a5) };
+        seen.push(index);
+    };
+    let pool = Mempool::create_with(&seg, "hooked", &params, &mut hook).unwrap();
+    assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    let sh = &pool.shared;
+    for i in 0..100u32 {
+        let at = sh
+            .objs
+            .as_ptr()
+            .wrapping_add(i as usize * 256)
+            .cast::<u32>();
+        // SAFETY: object `i`'s first word, inside the objects span; nobody writes it.
+        assert_eq!(unsafe { at.read() }, i ^ 0xa5a5);
+    }
+}
+
+#[test]
+fn an_mbuf_pool_is_not_laid_out_without_its_header_hook() {
+    let seg = seg(4);
+    let params = PoolParams {
+        count: 16,
+        obj_size: 128 + 64 + 256,
+        cache_size: 0,
+        pool_id: 9,
+        flags: POOL_F_MBUF,
+        headroom: 64,
+        data_room: 256,
+    };
+    let e = Mempool::create(&seg, "nohook", &params).unwrap_err();
+    assert!(e.to_string().contains("MbufPool::create"), "{e}");
+    // Through the mbuf pool, every header says which buffer it is.
+    let mut p = MbufPoolParams::new(16, 0, 9);
+    (p.headroom, p.data_room) = (64, 256);
+    let pool = MbufPool::create(&seg, "hooked", &p).unwrap();
+    let c = pool.cache(ME).unwrap();
+    let m = c.alloc().unwrap();
+    assert_eq!(m.handle().pool_id(), 9);
+    assert_eq!(
+        (m.headroom(), m.tailroom(), m.port()),
+        (64, 256, crate::mbuf::NO_PORT)
+    );
 }

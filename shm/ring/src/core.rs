@@ -38,7 +38,7 @@ use crate::records::{
     pack_range, pack_state, Step, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, ST_BUSY, ST_DONE,
     ST_IDLE, ST_INTENT, VOID_AFTER,
 };
-use crate::sync::{spin, yield_now, AtomicU32, Ordering};
+use crate::sync::{spin, yield_now, Ordering};
 use crate::{Element, RingError};
 
 /// How long an unrecorded multi-producer (consumer) waits for an earlier one to publish,
@@ -561,8 +561,8 @@ impl<T: Element> RingCore<T> {
         prod_tail.wrapping_sub(cons_tail).min(self.capacity)
     }
 
-    /// The owner word of a single-role side.
-    pub(crate) fn owner(&self, producer: bool) -> &AtomicU32 {
+    /// The role claim of a single-role side.
+    pub(crate) fn owner(&self, producer: bool) -> &shm::liveness::Holder {
         if producer {
             &self.prod().owner
         } else {

@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
+use shm::liveness::Process;
+
 use crate::core::{skip_holes, Behaviour, Published, RingCore, Waiter, STALL_TIMEOUT};
-use crate::records::{new_token, pid_alive};
+use crate::records::new_token;
 use crate::sync::Ordering;
 use crate::{Element, RingError};
 
@@ -22,46 +24,37 @@ fn want(len: usize, capacity: u32) -> u32 {
     len.min(capacity as usize) as u32
 }
 
-/// Role claim in the ring's `owner` word, released on drop.
+/// Role claim in the side's [`Holder`](shm::liveness::Holder), released on drop. A dead
+/// claimant's role (gone by [`shm::liveness::holder_gone`]: dead, a zombie, its pid
+/// reused) is taken over; a live one's, this process's included, is refused.
 struct Claim<T: Element> {
     core: RingCore<T>,
     producer: bool,
-    token: u32,
+    me: Process,
 }
 
 impl<T: Element> Claim<T> {
     fn take(core: &RingCore<T>, producer: bool) -> Result<Claim<T>, RingError> {
-        let me = std::process::id();
-        let word = core.owner(producer);
-        // Relaxed suffices for the claim: what the new owner must see of the ring (the
-        // published tail) is read with Acquire when the handle is made.
-        let mut cur = word.load(Ordering::Relaxed);
-        loop {
-            if cur != 0 && (cur == me || pid_alive(cur)) {
-                return Err(RingError::RoleTaken { producer, pid: cur });
-            }
-            match word.compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => {
-                    return Ok(Claim {
-                        core: core.clone(),
-                        producer,
-                        token: me,
-                    })
-                }
-                Err(now) => cur = now,
-            }
+        let me = Process::current();
+        // What the new owner must see of the ring (the published tail) is read with
+        // Acquire when the handle is made; the claim's own orderings are the Holder's.
+        match core.owner(producer).claim(me, 0, true) {
+            Ok(_) => Ok(Claim {
+                core: core.clone(),
+                producer,
+                me,
+            }),
+            Err(h) => Err(RingError::RoleTaken {
+                producer,
+                pid: h.pid,
+            }),
         }
     }
 }
 
 impl<T: Element> Drop for Claim<T> {
     fn drop(&mut self) {
-        let _ = self.core.owner(self.producer).compare_exchange(
-            self.token,
-            0,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        self.core.owner(self.producer).release(self.me);
     }
 }
 

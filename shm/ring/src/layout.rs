@@ -5,12 +5,14 @@
 //!                       size, slot count, capacity, name   (written once, read as a copy)
 //! 64    64   RingCtrl   failed flag, corruption counter, hand-off words (local owner,
 //!                       local-until position) for the users' ownership protocol
-//! 128   256  prod       HeadTail: 128 head, owner   192 (guard)   256 tail   320 (guard)
-//! 384   256  cons       HeadTail: 384 head, owner   448 (guard)   512 tail   576 (guard)
-//! 640   24576 records    REC_COUNT (192) OpRecords, one per multi-role handle (a mempool
-//!                       cache holds two: 64 caches and 32 more), REC_STRIDE (128) apart: a 64-byte record and a
-//!                       guard line: owner, start time, range, state, repairer,
-//!                       adopt-from
+//! 128   256  prod       HeadTail: 128 head, 136 role holder (pid, start time)
+//!                                 192 (guard)   256 tail   320 (guard)
+//! 384   256  cons       HeadTail: 384 head, 392 role holder   448 (guard)   512 tail
+//!                                 576 (guard)
+//! 640   24576 records   REC_COUNT (192) OpRecords, one per multi-role handle (a mempool
+//!                       cache holds two: 64 caches and 64 more), REC_STRIDE (128) apart:
+//!                       a 64-byte record and a guard line: owner, start time, range,
+//!                       state, repairer, adopt-from
 //!                       (see [`crate::records`])
 //! 25216 ...  slots[slot_count] of elem_size bytes each
 //! ```
@@ -27,6 +29,8 @@
 //! value up to `slot_count`: all slots are usable, unlike DPDK's default of count - 1).
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use shm::liveness::Holder;
 
 use crate::sync::{AtomicU32, AtomicU64};
 
@@ -149,15 +153,19 @@ impl OpRecord {
     }
 }
 
-/// One side's indices: the head and the owner word on one cache line, the tail on another,
+/// One side's indices: the head and the role claim on one cache line, the tail on another,
 /// each followed by a guard line (see the module docs for why).
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct HeadTail {
     /// Next index to reserve.
     pub head: AtomicU32,
-    /// Pid holding the single-producer/consumer role (0 = free); unused for MP/MC.
-    pub owner: AtomicU32,
+    /// Zero.
+    pub reserved: u32,
+    /// The process holding the single-producer/consumer role (pid and start time, see
+    /// [`shm::liveness`]); free for MP/MC. Written only when a role handle is made or
+    /// dropped (layout 5; layout 4 had a pid-only word at offset 4).
+    pub owner: Holder,
     _head_guard: GuardLine,
     /// Next index not yet published (everything before it is complete).
     pub tail: TailLine,
@@ -169,7 +177,8 @@ impl HeadTail {
     pub(crate) fn new() -> HeadTail {
         HeadTail {
             head: AtomicU32::new(0),
-            owner: AtomicU32::new(0),
+            reserved: 0,
+            owner: Holder::new(),
             _head_guard: GuardLine([0; 64]),
             tail: TailLine {
                 tail: AtomicU32::new(0),
@@ -226,6 +235,7 @@ const _: () = {
     assert!(SLOTS_OFF == 25216);
     assert!(size_of::<HeadTail>() == 256);
     assert!(std::mem::offset_of!(HeadTail, tail) == 128);
+    assert!(std::mem::offset_of!(HeadTail, owner) == 8);
 };
 // Under loom the atomics are larger; they must still fit the reserved space.
 const _: () = assert!(std::mem::size_of::<RingCtrl>() <= (PROD_OFF - CTRL_OFF) as usize);

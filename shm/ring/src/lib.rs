@@ -64,9 +64,10 @@ pub use handles::{
 };
 use layout::*;
 pub use records::{
-    pid_alive, process_gone, process_start_time, OpState, RecordView, RepairReport, HANDOVER_AFTER,
-    REPAIR_EVERY, REPAIR_FIRST, VOID_AFTER,
+    OpState, RecordView, RepairReport, HANDOVER_AFTER, REPAIR_EVERY, REPAIR_FIRST, VOID_AFTER,
 };
+/// Liveness of a holder: the one rule, in `shm` (re-exported for this crate's users).
+pub use shm::liveness::{pid_alive, process_gone, process_start_time};
 pub use untrusted::{
     UntrustedConsumer, UntrustedProducer, UNTRUSTED_CAS_TRIES, UNTRUSTED_PUBLISH_SPINS,
 };
@@ -500,8 +501,12 @@ impl<T: Element> Ring<T> {
 
     /// Pid holding the single-consumer role (0: none, or a multi-consumer ring).
     pub fn consumer_pid(&self) -> u32 {
-        // Relaxed: a hint for a producer deciding whether to wait for a live consumer.
-        self.core.cons().owner.load(sync::Ordering::Relaxed)
+        self.core.cons().owner.pid()
+    }
+
+    /// The process holding the single-consumer role (pid and start time), if any.
+    pub fn consumer_process(&self) -> Option<shm::liveness::Process> {
+        self.core.cons().owner.holder()
     }
 
     /// The producers' tail: the position after the last published element.

@@ -260,64 +260,6 @@ fn voider_of(w: u64) -> u32 {
     w as u32 >> 8 & ADOPT_MAX
 }
 
-/// True while the process `pid` exists (a zombie counts as existing).
-pub fn pid_alive(pid: u32) -> bool {
-    #[cfg(loom)]
-    {
-        // Under loom every thread is this process; a "dead" handle is given another pid.
-        pid == std::process::id()
-    }
-    #[cfg(not(loom))]
-    {
-        use nix::errno::Errno;
-        let Ok(raw) = i32::try_from(pid) else {
-            return false;
-        };
-        if raw <= 0 {
-            return false;
-        }
-        !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-            Err(Errno::ESRCH)
-        )
-    }
-}
-
-/// True once a process has finished: no such pid, or a zombie (exited, not yet reaped by
-/// its parent: its memory is gone, it writes nothing more). A process still running its
-/// exit path counts as alive. Reads `/proc` (cold paths only).
-pub fn process_gone(pid: u32) -> bool {
-    if !pid_alive(pid) {
-        return true;
-    }
-    if cfg!(any(loom, miri)) {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X" | "x"))
-}
-
-/// Start time of process `pid` (`/proc/PID/stat` field 22, clock ticks since boot), or
-/// None when unknown. Together with the pid it names one process, even after pid reuse.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    if cfg!(any(loom, miri)) {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn my_start_time() -> u64 {
-    static MINE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *MINE.get_or_init(|| process_start_time(std::process::id()).unwrap_or(0))
-}
-
 /// A repair token unique to one handle (or one `repair_dead` call) of this process.
 pub(crate) fn new_token() -> u64 {
     // Relaxed: an id generator; uniqueness comes from the RMW.
@@ -327,21 +269,10 @@ pub(crate) fn new_token() -> u64 {
 }
 
 /// True when the process named by an owner word (`side << 32 | pid`) is gone: pid 0
-/// (handed over), dead, or reused by another process (start time differs).
+/// (handed over), or gone by the rule of [`shm::liveness::holder_gone`] (dead, a zombie,
+/// or its pid reused: start time differs).
 pub(crate) fn owner_gone(owner: u64, start_time: u64) -> bool {
-    let pid = owner as u32;
-    if pid == 0 {
-        return true;
-    }
-    if pid == std::process::id() {
-        return false;
-    }
-    // A zombie is gone: the primary repairs a killed process once it is one (its parent
-    // may not have reaped it yet).
-    if process_gone(pid) {
-        return true;
-    }
-    start_time != 0 && process_start_time(pid).is_some_and(|t| t != start_time)
+    shm::liveness::holder_gone(owner as u32, start_time)
 }
 
 /// `CLOCK_MONOTONIC` in ms (wrapping), the same clock in every process of the machine.
@@ -503,7 +434,10 @@ impl<T: Element> RingCore<T> {
                     .compare_exchange(cur, token, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    r.start_time.store(my_start_time(), Ordering::Relaxed);
+                    r.start_time.store(
+                        shm::liveness::Process::current().start_time,
+                        Ordering::Relaxed,
+                    );
                     r.repairer.store(0, Ordering::Relaxed);
                     r.range.store(0, Ordering::Relaxed);
                     r.state.store(pack_state(seq, ST_IDLE), Ordering::Release);

@@ -213,10 +213,42 @@ fn a_dead_owners_role_can_be_taken_over() {
     let seg = seg();
     let ring = Ring::<u64>::create(&seg, "dead", 4, SyncMode::SP_SC).unwrap();
     // No process has pid u32::MAX - 1 (pid_max is at most 2^22).
-    ring.core
-        .owner(true)
-        .store(u32::MAX - 1, sync::Ordering::Relaxed);
+    let dead = shm::liveness::Process {
+        pid: u32::MAX - 1,
+        start_time: 0,
+    };
+    ring.core.owner(true).forge(dead, 0);
     assert!(ring.sp_producer().is_ok());
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process and reads /proc")]
+fn a_role_held_under_a_reused_pid_is_taken_over_and_a_live_one_refused() {
+    let seg = seg();
+    let ring = Ring::<u64>::create(&seg, "reused", 4, SyncMode::SP_SC).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let live = shm::liveness::Process::of(child.id()).unwrap();
+    // The live child holds the role: refused.
+    ring.core.owner(false).forge(live, 0);
+    assert!(matches!(
+        ring.sc_consumer(),
+        Err(RingError::RoleTaken { pid, .. }) if pid == live.pid
+    ));
+    // Recorded with another start time, the same pid is a previous process: taken over.
+    let before = shm::liveness::Process {
+        start_time: live.start_time - 1,
+        ..live
+    };
+    ring.core.owner(false).forge(before, 0);
+    let c = ring.sc_consumer().unwrap();
+    assert_eq!(ring.consumer_pid(), std::process::id());
+    drop(c);
+    assert_eq!(ring.consumer_pid(), 0);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -419,13 +419,13 @@ impl SpTx {
     /// first waits (up to [`DRAIN_WAIT`]) for it to take what was sent.
     pub(crate) fn release(&mut self) {
         if self.owner {
-            let consumer = self.ring.consumer_pid();
-            if consumer != 0 && consumer != std::process::id() {
+            let consumer = self.ring.consumer_process();
+            if let Some(consumer) = consumer.filter(|c| c.pid != std::process::id()) {
                 let end = self.prod.position();
                 let t0 = std::time::Instant::now();
                 while !at_or_after(self.ring.cons_tail(), end)
                     && t0.elapsed() < DRAIN_WAIT
-                    && shm_mempool::pid_alive(consumer)
+                    && !consumer.is_gone()
                 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }

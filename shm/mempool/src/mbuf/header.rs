@@ -1,18 +1,17 @@
-//! The mbuf header's shared-memory layout (pinned by compile-time asserts), the handle
-//! that names a buffer across processes, and the pool geometry checks and header
-//! initialisation that [`crate::pool`] calls when it creates or opens an mbuf pool.
+//! The handle that names a buffer across processes, the mbuf constants, and the header
+//! initialisation that the mbuf pool gives [`crate::pool`] as its object-init hook. The
+//! header's layout itself is pinned in [`crate::layout`] (re-exported here).
 //!
 //! Where it sits: the bottom of [`crate::mbuf`]; everything else in it (and the guest
-//! pool, the snapshots) reaches a header through [`header_ptr`].
+//! pool, the snapshots) reaches a header through `header_ptr`.
 
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
-use crate::layout::PoolInfo;
+pub(crate) use crate::layout::mbuf_header_ptr as header_ptr;
+pub use crate::layout::{MbufHeader, MBUF_HEADER_SIZE};
 use crate::owner::OwnerTag;
-use crate::pool::Mempool;
-/// Bytes of [`MbufHeader`].
-pub const MBUF_HEADER_SIZE: u32 = 128;
+
 /// Default headroom (as DPDK's `RTE_PKTMBUF_HEADROOM`).
 pub const DEFAULT_HEADROOM: u32 = 128;
 /// Default data room (as DPDK's `RTE_MBUF_DEFAULT_DATAROOM`).
@@ -21,60 +20,6 @@ pub const DEFAULT_DATA_ROOM: u32 = 2048;
 pub const MAX_SEGS: u16 = u16::MAX;
 /// `port` of an mbuf that did not come from a port.
 pub const NO_PORT: u16 = u16::MAX;
-
-/// The fixed header at the start of every mbuf (see the module docs for the layout).
-#[repr(C, align(64))]
-#[derive(Debug)]
-pub struct MbufHeader {
-    /// Object index of this buffer in its pool (identity check).
-    pub index: u32,
-    /// Id of the pool it belongs to (identity check).
-    pub pool_id: u32,
-    /// Holder ([`OwnerTag`] value).
-    pub owner: AtomicU32,
-    /// References (1 when not cloned; 0 while free).
-    pub refcnt: AtomicU32,
-    /// Offset of the data from the start of the buffer (after the header).
-    pub data_off: u16,
-    /// Segments in the packet (meaningful in the first segment).
-    pub nb_segs: u16,
-    /// Input port, or [`NO_PORT`].
-    pub port: u16,
-    /// Data bytes in this segment.
-    pub data_len: u16,
-    /// Data bytes in the whole packet (meaningful in the first segment).
-    pub pkt_len: u32,
-    /// Packet type (DPDK `RTE_PTYPE_*` style bits).
-    pub packet_type: u32,
-    /// Offload flags.
-    pub ol_flags: u64,
-    /// VLAN tag.
-    pub vlan_tci: u16,
-    /// Outer VLAN tag.
-    pub vlan_tci_outer: u16,
-    /// RSS hash.
-    pub rss_hash: u32,
-    /// Handle of the next segment; 0 for the last.
-    pub next: u64,
-    /// Headroom + data room (informational; the pool's value is authoritative).
-    pub buf_len: u32,
-    /// Zero.
-    pub reserved0: u32,
-    /// Application data.
-    pub user_data: u64,
-    /// Timestamp (application or port defined).
-    pub timestamp: u64,
-    /// Transmit offload lengths.
-    pub tx_offload: u64,
-    /// Zero.
-    pub reserved1: [u64; 5],
-}
-
-const _: () = {
-    assert!(std::mem::size_of::<MbufHeader>() == MBUF_HEADER_SIZE as usize);
-    assert!(std::mem::offset_of!(MbufHeader, next) == 48);
-    assert!(std::mem::offset_of!(MbufHeader, user_data) == 64);
-};
 
 /// An mbuf as it travels between processes: pool id in the high 32 bits, object index in
 /// the low 32. Never 0 (pool ids are non-zero).
@@ -98,32 +43,25 @@ impl MbufHandle {
     }
 }
 
-/// Checks an mbuf pool's geometry (called when a pool is opened).
-pub(crate) fn check_geometry(info: &PoolInfo) -> Result<(), String> {
-    let buf = u64::from(info.headroom) + u64::from(info.data_room);
-    if buf > u64::from(u16::MAX) || info.data_room == 0 {
-        return Err(format!(
-            "headroom {} + data room {} must be 1..=65535 bytes",
-            info.headroom, info.data_room
-        ));
-    }
-    if u64::from(info.obj_size) < u64::from(MBUF_HEADER_SIZE) + buf {
-        return Err("objects are smaller than header + headroom + data room".into());
-    }
-    Ok(())
-}
-
-/// Writes every free header of a fresh pool.
-pub(crate) fn init_headers(pool: &Mempool) {
-    let sh = &pool.shared;
-    for index in 0..sh.info.obj_count {
-        let hdr = header_ptr(sh.objs, sh.info.obj_size, index);
+/// The mbuf pool's object-init hook ([`crate::Mempool::create_with`]): writes object
+/// `index`'s free header, for a pool of id `pool_id` with these headroom and data room.
+pub(crate) fn init_header(
+    pool_id: u32,
+    headroom: u32,
+    data_room: u32,
+) -> impl FnMut(u32, NonNull<[u8]>) {
+    move |index, obj| {
+        let hdr = obj.cast::<MbufHeader>();
+        if obj.len() < MBUF_HEADER_SIZE as usize || !hdr.as_ptr().is_aligned() {
+            // Not an object of an mbuf pool's geometry (checked before the pool is laid out).
+            return;
+        }
         let fresh = MbufHeader {
             index,
-            pool_id: sh.info.pool_id,
+            pool_id,
             owner: AtomicU32::new(OwnerTag::FREE.0),
             refcnt: AtomicU32::new(0),
-            data_off: sh.info.headroom as u16,
+            data_off: headroom as u16,
             nb_segs: 1,
             port: NO_PORT,
             data_len: 0,
@@ -134,23 +72,17 @@ pub(crate) fn init_headers(pool: &Mempool) {
             vlan_tci_outer: 0,
             rss_hash: 0,
             next: 0,
-            buf_len: sh.info.headroom + sh.info.data_room,
+            buf_len: headroom + data_room,
             reserved0: 0,
             user_data: 0,
             timestamp: 0,
             tx_offload: 0,
             reserved1: [0; 5],
         };
-        // SAFETY: `index < obj_count`, so the header lies in the objects span checked at
-        // open, aligned to 128; the pool is being created and not yet shared.
-        unsafe { hdr.write(fresh) };
+        // SAFETY: `obj` is one object's span, in bounds of the pool's checked objects span
+        // (the pool's guarantee to its hook); it holds a header (length) and is aligned
+        // for one (both checked above); the pool is being laid out and not yet valid, so
+        // nobody else reads it; a raw write, no reference.
+        unsafe { hdr.as_ptr().write(fresh) };
     }
-}
-
-/// Address of object `index`'s header (`index < obj_count` keeps it in bounds).
-#[inline(always)]
-pub(crate) fn header_ptr(objs: NonNull<u8>, obj_size: u32, index: u32) -> *mut MbufHeader {
-    objs.as_ptr()
-        .wrapping_add(index as usize * obj_size as usize)
-        .cast::<MbufHeader>()
 }

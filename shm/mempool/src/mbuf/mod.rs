@@ -50,7 +50,7 @@ mod pool;
 mod transit;
 
 pub use cache::MbufCache;
-pub(crate) use header::{check_geometry, header_ptr, init_headers};
+pub(crate) use header::header_ptr;
 pub use header::{
     MbufHandle, MbufHeader, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM, MAX_SEGS, MBUF_HEADER_SIZE,
     NO_PORT,

@@ -8,7 +8,7 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::Ordering;
 
-use shm::Memseg;
+use shm::{Memseg, Region};
 
 use super::cache::MbufCache;
 use super::header::{header_ptr, DEFAULT_DATA_ROOM, DEFAULT_HEADROOM, MBUF_HEADER_SIZE};
@@ -56,6 +56,23 @@ impl MbufPoolParams {
         }
     }
 
+    fn check(&self, name: &str) -> Result<(), PoolError> {
+        if u64::from(self.headroom) + u64::from(self.data_room) > u64::from(u16::MAX)
+            || self.data_room == 0
+        {
+            return Err(PoolError::Create(format!(
+                "mbuf pool {name:?}: headroom {} + data room {} must be 1..=65535 bytes",
+                self.headroom, self.data_room
+            )));
+        }
+        Ok(())
+    }
+
+    /// The pool's object-init hook: each object's free header.
+    fn obj_init(&self) -> impl FnMut(u32, std::ptr::NonNull<[u8]>) {
+        super::header::init_header(self.pool_id, self.headroom, self.data_room)
+    }
+
     /// Bytes the pool needs in a memseg.
     pub fn bytes(&self) -> Option<u64> {
         crate::pool::pool_bytes(&self.pool_params())
@@ -85,15 +102,36 @@ impl MbufPool {
         name: &str,
         params: &MbufPoolParams,
     ) -> Result<MbufPool, PoolError> {
-        if u64::from(params.headroom) + u64::from(params.data_room) > u64::from(u16::MAX)
-            || params.data_room == 0
-        {
-            return Err(PoolError::Create(format!(
-                "mbuf pool {name:?}: headroom {} + data room {} must be 1..=65535 bytes",
-                params.headroom, params.data_room
-            )));
-        }
-        MbufPool::from_mempool(Mempool::create(seg, name, &params.pool_params())?)
+        params.check(name)?;
+        MbufPool::from_mempool(Mempool::create_with(
+            seg,
+            name,
+            &params.pool_params(),
+            &mut params.obj_init(),
+        )?)
+    }
+
+    /// Lays out an mbuf pool at `off` in `region` (zeroed or unused memory of
+    /// `len_bytes`), as [`Mempool::init`]: a guest's pool in its own memory.
+    ///
+    /// # Errors
+    /// [`PoolError::Create`] for bad parameters or if it does not fit.
+    pub fn init(
+        region: &Region,
+        off: u64,
+        len_bytes: u64,
+        name: &str,
+        params: &MbufPoolParams,
+    ) -> Result<MbufPool, PoolError> {
+        params.check(name)?;
+        MbufPool::from_mempool(Mempool::init_with(
+            region,
+            off,
+            len_bytes,
+            name,
+            &params.pool_params(),
+            &mut params.obj_init(),
+        )?)
     }
 
     /// Finds the mbuf pool named `name` in `seg`.

@@ -631,15 +631,8 @@ impl Drop for PoolCache {
         self.flush();
         if let Some(slot) = self.slot {
             let hdr = self.pool.shared.slot_header(slot);
-            hdr.start_time.store(0, Ordering::Relaxed);
-            hdr.owner_tag.store(0, Ordering::Relaxed);
-            // Release: pairs with the next claimer's Acquire CAS.
-            let _ = hdr.owner_pid.compare_exchange(
-                std::process::id(),
-                0,
-                Ordering::Release,
-                Ordering::Relaxed,
-            );
+            // Its Release pairs with the next claimer's Acquire CAS.
+            hdr.holder.release(shm::liveness::Process::current());
         }
     }
 }

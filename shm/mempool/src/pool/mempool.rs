@@ -16,6 +16,20 @@ use crate::layout::*;
 use crate::owner::OwnerTag;
 use crate::PoolError;
 
+/// An object-init hook ([`Mempool::create_with`]): called with each object's index and
+/// its bytes, once, when the pool is laid out.
+pub type ObjInit<'a> = &'a mut dyn FnMut(u32, std::ptr::NonNull<[u8]>);
+
+/// Refuses to lay out, without an object-init hook, a pool whose objects need one.
+fn no_hook_needed(name: &str, params: &PoolParams) -> Result<(), PoolError> {
+    if params.flags & POOL_F_MBUF != 0 {
+        return Err(PoolError::Create(format!(
+            "pool {name:?}: mbuf objects need their headers written: make it with MbufPool::create or MbufPool::init"
+        )));
+    }
+    Ok(())
+}
+
 /// What to create.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolParams {
@@ -67,13 +81,38 @@ impl Mempool {
     /// # Errors
     /// [`PoolError::Create`] for bad parameters or when the memzone cannot be reserved.
     pub fn create(seg: &Memseg, name: &str, params: &PoolParams) -> Result<Mempool, PoolError> {
+        no_hook_needed(name, params)?;
+        Self::create_with(seg, name, params, &mut |_, _| {})
+    }
+
+    /// [`create`](Self::create), running `obj_init` once per object as the pool is laid
+    /// out, before it can be opened (DPDK's `obj_init`): given the object's index and its
+    /// bytes (a span of `obj_size` bytes aligned to [`OBJ_ALIGN`], in memory that other
+    /// processes map: write through it, make no reference of it). An mbuf pool passes its
+    /// header initialisation.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_with(
+        seg: &Memseg,
+        name: &str,
+        params: &PoolParams,
+        obj_init: ObjInit<'_>,
+    ) -> Result<Mempool, PoolError> {
         check_params(name, params)?;
         let bytes = pool_bytes(params)
             .ok_or_else(|| PoolError::Create(format!("pool {name:?} is too large")))?;
         let zone = seg
             .reserve(name, bytes, OBJ_ALIGN, MemzoneKind::Mempool)
             .map_err(|e| PoolError::Create(e.to_string()))?;
-        Self::init(zone.region(), zone.offset, zone.len_bytes, name, params)
+        Self::init_with(
+            zone.region(),
+            zone.offset,
+            zone.len_bytes,
+            name,
+            params,
+            obj_init,
+        )
     }
 
     /// Lays out a pool at `off` in `region` (zeroed or unused memory of `len_bytes`).
@@ -86,6 +125,22 @@ impl Mempool {
         len_bytes: u64,
         name: &str,
         params: &PoolParams,
+    ) -> Result<Mempool, PoolError> {
+        no_hook_needed(name, params)?;
+        Self::init_with(region, off, len_bytes, name, params, &mut |_, _| {})
+    }
+
+    /// [`init`](Self::init) with an object-init hook, as [`create_with`](Self::create_with).
+    ///
+    /// # Errors
+    /// As [`init`](Self::init).
+    pub fn init_with(
+        region: &Region,
+        off: u64,
+        len_bytes: u64,
+        name: &str,
+        params: &PoolParams,
+        obj_init: ObjInit<'_>,
     ) -> Result<Mempool, PoolError> {
         let bad = |why: String| PoolError::Create(format!("pool {name:?}: {why}"));
         check_params(name, params)?;
@@ -145,12 +200,24 @@ impl Mempool {
                 .enqueue_bulk(chunk)
                 .map_err(|e| bad(e.to_string()))?;
         }
-        region.write(off, &info).map_err(oob)?;
-        let pool = Self::open(region, off, len_bytes)?;
-        if params.flags & POOL_F_MBUF != 0 {
-            crate::mbuf::init_headers(&pool);
+        let objs = region
+            .span(off + objs_off, total_len - objs_off, OBJ_ALIGN)
+            .map_err(oob)?;
+        for index in 0..params.count {
+            let at = objs
+                .as_ptr()
+                .wrapping_add(index as usize * obj_size as usize);
+            // In bounds: `index < count` objects of `obj_size` fill the span checked above.
+            if let Some(obj) = std::ptr::NonNull::new(at) {
+                obj_init(
+                    index,
+                    std::ptr::NonNull::slice_from_raw_parts(obj, obj_size as usize),
+                );
+            }
         }
-        Ok(pool)
+        // The header last: nobody opens the pool before its objects are initialised.
+        region.write(off, &info).map_err(oob)?;
+        Self::open(region, off, len_bytes)
     }
 
     /// Opens the pool in `zone` (any process), validating its header.
@@ -220,7 +287,7 @@ impl Mempool {
             )));
         }
         if info.flags & POOL_F_MBUF != 0 {
-            crate::mbuf::check_geometry(&info).map_err(|why| bad(format!("pool {name}: {why}")))?;
+            check_mbuf_geometry(&info).map_err(|why| bad(format!("pool {name}: {why}")))?;
         }
         let oob = |e: shm::OutOfBounds| bad(e.to_string());
         let counters = region

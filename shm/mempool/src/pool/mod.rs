@@ -17,7 +17,7 @@ mod shared;
 mod stats;
 
 pub use cache::PoolCache;
-pub use mempool::{pool_bytes, Mempool, PoolParams};
+pub use mempool::{pool_bytes, Mempool, ObjInit, PoolParams};
 pub(crate) use shared::{PoolShared, Trouble};
 pub use shm::stats::{CacheStats, PoolStats};
 pub use stats::Audit;

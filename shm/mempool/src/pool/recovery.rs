@@ -9,9 +9,11 @@
 
 use std::sync::atomic::Ordering;
 
+use shm::liveness::{Claimed, Process};
+
 use super::{Mempool, PoolShared, Trouble};
 use crate::layout::*;
-use crate::owner::{pid_alive, process_start_time, OwnerTag};
+use crate::owner::OwnerTag;
 use crate::PoolError;
 
 impl PoolShared {
@@ -22,7 +24,7 @@ impl PoolShared {
     /// (holes skipped, the rest holes) whether or not the length says so; a flush that
     /// did has sent its objects away whether or not the length was lowered. One that did
     /// not (or never started) moved nothing: the ring's repair voids or returns its range.
-    fn recovered_len(&self, hdr: &CacheSlotHeader, pid: u32) -> u32 {
+    fn recovered_len(&self, hdr: &CacheSlotHeader, dead: Process) -> u32 {
         let len = hdr.len.load(Ordering::Acquire).min(CACHE_OBJS);
         // Acquire: pairs with `begin_op`'s Release (a recoverer racing nothing, in fact:
         // the owner is dead).
@@ -35,7 +37,6 @@ impl PoolShared {
             hdr.op_seq.load(Ordering::Relaxed),
             hdr.op_from.load(Ordering::Relaxed).min(CACHE_OBJS),
         );
-        let start = hdr.start_time.load(Ordering::Relaxed);
         let ours = |v: &shm_ring::RecordView| {
             v.index == rec
                 && v.producer == (kind == CACHE_OP_FLUSH)
@@ -46,7 +47,7 @@ impl PoolShared {
         // for an earlier peer: it took effect all the same).
         let took = self
             .ring
-            .record_of(pid, start)
+            .record_of(dead.pid, dead.start_time)
             .into_iter()
             .find(ours)
             .or_else(|| self.ring.handed_record(rec).filter(ours));
@@ -61,15 +62,15 @@ impl PoolShared {
         }
     }
 
-    /// Flushes the cache in `slot` of dead process `pid` to the free ring; `slot`'s owner
-    /// word must already be ours (`SLOT_RECOVERING` or our pid). Returns objects flushed.
+    /// Flushes the cache in `slot` of dead process `dead` to the free ring; the slot's
+    /// claim must already be ours (taken over from `dead`). Returns objects flushed.
     ///
     /// The producer it pushes with is made after the cache's length is settled: making it
     /// claims a ring record, which may recycle the dead process's records that the
     /// settling reads.
-    fn flush_slot(&self, slot: u32, pid: u32) -> u32 {
+    fn flush_slot(&self, slot: u32, dead: Process) -> u32 {
         let hdr = self.slot_header(slot);
-        let len = self.recovered_len(hdr, pid);
+        let len = self.recovered_len(hdr, dead);
         let mut tmp = vec![0u32; len as usize];
         // SAFETY: `len <= CACHE_OBJS` indices inside the slot's array; the owner is dead
         // (or is us) so nobody writes them now; plain u32 reads.
@@ -94,7 +95,7 @@ impl PoolShared {
             // the owner's tag: marked free here, so the reclaim by tag that follows does
             // not free it a second time.
             for &i in &tmp {
-                let hdr = crate::mbuf::header_ptr(self.objs, self.info.obj_size, i);
+                let hdr = mbuf_header_ptr(self.objs, self.info.obj_size, i);
                 // SAFETY: `i < obj_count`: the header lies in the objects span checked at
                 // open; only its atomic fields are touched (host pools only: export pools
                 // are never flushed).
@@ -135,44 +136,31 @@ impl PoolShared {
 
 impl Mempool {
     pub(super) fn claim_slot(&self, owner: OwnerTag) -> Result<u32, PoolError> {
-        let me = std::process::id();
-        let my_start = process_start_time(me).unwrap_or(0);
+        let me = Process::current();
         let sh = &self.shared;
-        // Free slots first, then dead owners' slots.
-        for pass in 0..2 {
+        // Free slots first, then gone holders' slots (shm::liveness's rule).
+        for take_over in [false, true] {
             for slot in 0..CACHE_SLOTS {
                 let hdr = sh.slot_header(slot);
-                let cur = hdr.owner_pid.load(Ordering::Acquire);
-                let take = if pass == 0 {
-                    cur == 0
-                } else {
-                    cur != 0 && cur != SLOT_RECOVERING && owner_dead(cur, hdr)
-                };
-                if !take {
-                    continue;
-                }
-                // Acquire: pairs with the Release that freed the slot (or the dead owner's
-                // last stores, visible since it is gone), so its `len` and array are current.
-                if hdr
-                    .owner_pid
-                    .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                if pass == 1 {
-                    sh.flush_slot(slot, cur);
-                    sh.counters()
-                        .caches_recovered
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        "mempool {}: cache slot {slot} of dead pid {cur} recovered",
-                        sh.name
-                    );
+                // The claim's Acquire pairs with the Release that freed the slot (or the
+                // dead owner's last stores, visible since it is gone), so its `len` and
+                // array are current.
+                match hdr.holder.claim(me, owner.0, take_over) {
+                    Ok(Claimed::Free) => {}
+                    Ok(Claimed::FromGone(dead)) => {
+                        sh.flush_slot(slot, dead);
+                        sh.counters()
+                            .caches_recovered
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            "mempool {}: cache slot {slot} of dead pid {} recovered",
+                            sh.name,
+                            dead.pid
+                        );
+                    }
+                    Err(_) => continue,
                 }
                 hdr.len.store(0, Ordering::Relaxed);
-                hdr.owner_tag.store(owner.0, Ordering::Relaxed);
-                hdr.start_time.store(my_start, Ordering::Release);
                 return Ok(slot);
             }
         }
@@ -187,9 +175,8 @@ impl Mempool {
     /// `start_time` (its /proc start time) a slot claimed by a later process that reused
     /// the pid is left alone.
     pub fn flush_caches_of(&self, pid: u32, start_time: Option<u64>) -> u64 {
-        self.recover_slots(|cur, hdr| {
-            let recorded = hdr.start_time.load(Ordering::Acquire);
-            cur == pid && (recorded == 0 || start_time.is_none_or(|t| t == recorded))
+        self.recover_slots(|h| {
+            h.pid == pid && (h.start_time == 0 || start_time.is_none_or(|t| t == h.start_time))
         })
     }
 
@@ -233,58 +220,38 @@ impl Mempool {
     /// Cache slots held by `pid`.
     pub fn caches_of(&self, pid: u32) -> u32 {
         (0..CACHE_SLOTS)
-            .filter(|&slot| {
-                self.shared
-                    .slot_header(slot)
-                    .owner_pid
-                    .load(Ordering::Relaxed)
-                    == pid
-            })
+            .filter(|&slot| self.shared.slot_header(slot).holder.pid() == pid)
             .count() as u32
     }
 
-    /// Flushes every cache whose owner process is dead (pid gone or reused); returns how
-    /// many objects went back.
+    /// Flushes every cache whose owner process is gone (shm::liveness's rule: dead, a
+    /// zombie, or its pid reused); returns how many objects went back.
     pub fn flush_dead_caches(&self) -> u64 {
-        self.recover_slots(owner_dead)
+        self.recover_slots(|h| h.is_gone())
     }
 
-    fn recover_slots(&self, dead: impl Fn(u32, &CacheSlotHeader) -> bool) -> u64 {
+    /// Takes over every slot whose holder `dead` accepts and flushes it, holding the slot
+    /// under this process's identity meanwhile (if this process dies there, the slot is
+    /// a gone holder's again, for the next claimer).
+    fn recover_slots(&self, dead: impl Fn(Process) -> bool) -> u64 {
         let sh = &self.shared;
-
+        let me = Process::current();
         let mut total = 0u64;
         for slot in 0..CACHE_SLOTS {
             let hdr = sh.slot_header(slot);
-            let cur = hdr.owner_pid.load(Ordering::Acquire);
-            if cur == 0 || cur == SLOT_RECOVERING || !dead(cur, hdr) {
+            let Some(h) = hdr.holder.holder() else {
+                continue;
+            };
+            if !dead(h) || !hdr.holder.take_over_from(h, me, 0) {
                 continue;
             }
-            if hdr
-                .owner_pid
-                .compare_exchange(cur, SLOT_RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
-            total += u64::from(sh.flush_slot(slot, cur));
+            total += u64::from(sh.flush_slot(slot, h));
             sh.counters()
                 .caches_recovered
                 .fetch_add(1, Ordering::Relaxed);
-            hdr.start_time.store(0, Ordering::Relaxed);
-            hdr.owner_tag.store(0, Ordering::Relaxed);
-            // Release: the flush and cleared fields are visible to the next claimer.
-            hdr.owner_pid.store(0, Ordering::Release);
+            // The claim's release (Release) makes the flush visible to the next claimer.
+            hdr.holder.release(me);
         }
         total
     }
-}
-
-/// True when the process that claimed a cache slot is gone (pid dead, or alive with another
-/// start time: a reused pid).
-fn owner_dead(pid: u32, hdr: &CacheSlotHeader) -> bool {
-    if !pid_alive(pid) {
-        return true;
-    }
-    let recorded = hdr.start_time.load(Ordering::Acquire);
-    recorded != 0 && process_start_time(pid).is_some_and(|t| t != recorded)
 }

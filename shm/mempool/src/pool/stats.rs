@@ -17,14 +17,14 @@ impl Mempool {
         let mut caches = Vec::new();
         for slot in 0..CACHE_SLOTS {
             let hdr = sh.slot_header(slot);
-            let pid = hdr.owner_pid.load(Ordering::Relaxed);
+            let pid = hdr.holder.pid();
             if pid == 0 {
                 continue;
             }
             caches.push(CacheStats {
                 slot,
                 pid,
-                owner: hdr.owner_tag.load(Ordering::Relaxed),
+                owner: hdr.holder.tag(),
                 len: hdr.len.load(Ordering::Relaxed).min(CACHE_OBJS),
             });
         }
@@ -77,7 +77,7 @@ impl Mempool {
         }
         for slot in 0..CACHE_SLOTS {
             let hdr = sh.slot_header(slot);
-            if hdr.owner_pid.load(Ordering::Acquire) == 0 {
+            if hdr.holder.pid() == 0 {
                 continue;
             }
             let len = hdr.len.load(Ordering::Acquire).min(CACHE_OBJS);
