@@ -63,7 +63,7 @@ fn out_of_range_bits(i: u32, limit: u32) -> u32 {
 /// returns how many (the topmost ones): what it refuses is the bottom of `top`.
 #[cold]
 #[inline(never)]
-fn push_reversed(producer: &mut MpProducer<u32>, top: &[u32]) -> u32 {
+pub(super) fn push_reversed(producer: &mut MpProducer<u32>, top: &[u32]) -> u32 {
     let mut rev = [std::mem::MaybeUninit::<u32>::uninit(); CACHE_OBJS as usize];
     let rev = &mut rev[..top.len()];
     for (d, &o) in rev.iter_mut().zip(top.iter().rev()) {

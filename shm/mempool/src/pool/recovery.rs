@@ -120,17 +120,38 @@ impl PoolShared {
                 self.name
             );
         }
+        // The cleaned list becomes the cache's contents and goes out as a recorded flush,
+        // as a live cache's does (`PoolCache::push_top`): a recoverer killed while pushing
+        // it is recovered exactly in turn (the next one pushes only what the ring's record
+        // says it did not take), instead of pushing everything a second time.
+        let m = tmp.len() as u32;
+        // SAFETY: `m <= len <= CACHE_OBJS` positions of the slot's array, which we hold.
+        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), self.slot_objs(slot), tmp.len()) };
+        // Release: the array before the length, the length before the operation.
+        hdr.len.store(m, Ordering::Release);
         let mut producer = self.ring.mp_producer().expect("MP/MC");
-        let pushed = producer.enqueue_burst(&tmp).unwrap_or(0);
-        if pushed < tmp.len() {
+        if let Some(rec) = producer.record() {
+            hdr.op_seq.store(producer.next_op_seq(), Ordering::Relaxed);
+            hdr.op_from.store(m, Ordering::Relaxed);
+            hdr.op
+                .store(CACHE_OP_FLUSH | (rec as u32 & 0xff) << 8, Ordering::Release);
+        }
+        // All or none first; a refused one moves nothing and keeps the sequence number.
+        let mut pushed = producer.enqueue_bulk(&tmp).unwrap_or(0) as u32;
+        if pushed == 0 && m > 0 {
+            pushed = super::cache::push_reversed(&mut producer, &tmp);
+        }
+        if pushed < m {
             self.trouble(
                 Trouble::PutFail,
-                (tmp.len() - pushed) as u64,
+                u64::from(m - pushed),
                 "free ring full while flushing a cache (duplicate indices?)",
             );
         }
-        hdr.len.store(0, Ordering::Relaxed);
-        pushed as u32
+        // Release: the length before the end of the operation (as `end_op`).
+        hdr.len.store(0, Ordering::Release);
+        hdr.op.store(0, Ordering::Release);
+        pushed
     }
 }
 
