@@ -2,9 +2,11 @@
 //! `shmdp-secondary` binaries with unique `--file-prefix`es, captures their output line by
 //! line, waits with timeouts, and kills and cleans up whatever a failing test leaves behind.
 //!
-//! Facilities (hugepages now; QEMU and DPDK in later issues) are checked with
-//! [`require`]: where one is truly absent a test skips with a loud one-line reason, except
-//! under `CI=true`, where `.ci/run` was supposed to install it and its absence fails.
+//! Facilities (hugepages, QEMU and its guest images, DPDK's testpmd and libdpdk, tshark)
+//! are checked with [`require`]: where one is truly absent a test skips with a loud
+//! one-line reason, except under `CI=true`, where `.ci/run` was supposed to install it and
+//! its absence fails. [`crash`] builds and runs the crash-point programs; [`vm`] boots
+//! QEMU guests (IVSHMEM, vhost-user) for the guest-facing tests.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
