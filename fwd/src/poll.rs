@@ -114,7 +114,8 @@ pub(crate) fn poll(
                     match tx {
                         None => {
                             mine[r].filtered += n as u64;
-                            buf.clear();
+                            // `rte_pktmbuf_free_bulk`, as testpmd's rxonly.
+                            cache.free_bulk(&mut buf);
                         }
                         Some(key) => {
                             let t = key.0;
@@ -133,7 +134,7 @@ pub(crate) fn poll(
                             mine[r].forwarded += sent as u64;
                             mine[r].tx_full += left;
                             mine[t].tx_dropped += left;
-                            buf.clear();
+                            cache.free_bulk(&mut buf);
                         }
                     }
                 }

@@ -790,3 +790,33 @@ fn an_mbuf_pool_is_not_laid_out_without_its_header_hook() {
         (64, 256, crate::mbuf::NO_PORT)
     );
 }
+
+#[test]
+fn free_bulk_frees_simple_ones_in_bulk_and_the_rest_one_by_one() {
+    let seg = seg(4);
+    let pool = mbufs(&seg, 127, 32);
+    let c = pool.cache(ME).unwrap();
+    let mut v: Vec<_> = (0..40).map(|_| c.alloc().unwrap()).collect();
+    // A chain, and a clone pair (one reference kept outside).
+    let mut chain = c.alloc_from(&[1u8; 10]).unwrap();
+    chain.chain(c.alloc_from(&[2u8; 10]).unwrap()).unwrap();
+    v.push(chain);
+    let kept = v[3].clone_ref();
+    assert_eq!(pool.mempool().stats().in_use, 42);
+    c.free_bulk(&mut v);
+    assert!(v.is_empty());
+    assert_eq!(
+        pool.mempool().stats().in_use,
+        1,
+        "the clone keeps its buffer"
+    );
+    drop(kept);
+    let st = pool.mempool().stats();
+    assert_eq!((st.in_use, st.double_free, st.available), (0, 0, 127));
+    // More than the cache can take without a flush, and more than one chunk: the rest go
+    // one by one, still exact.
+    let mut v: Vec<_> = (0..100).map(|_| c.alloc().unwrap()).collect();
+    c.free_bulk(&mut v);
+    let st = pool.mempool().stats();
+    assert_eq!((st.in_use, st.double_free, st.available), (0, 0, 127));
+}

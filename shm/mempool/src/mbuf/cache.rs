@@ -287,6 +287,55 @@ impl MbufCache {
         self.cache().put(index);
     }
 
+    /// Frees every mbuf of `pkts` and empties it, as `rte_pktmbuf_free_bulk`: the
+    /// one-segment mbufs this process holds alone go back to the cache with one bulk put,
+    /// then are marked free (the order of [`put_free`](Self::put_free): a buffer never
+    /// reaches the free ring unmarked, and one in the cache with our tag after a kill is
+    /// marked by the cache's recovery); anything else (a chain, a shared one, another
+    /// cache's, a double free) is dropped one by one, checked and counted as always.
+    pub fn free_bulk(&self, pkts: &mut Vec<Mbuf<'_>>) {
+        const CHUNK: usize = 64;
+        let mut idx = [0u32; CHUNK];
+        let mut k = 0;
+        for m in pkts.drain(..) {
+            if std::ptr::eq(m.cache, self) && m.maybe_shared.get() == 0 && k < CHUNK {
+                let h = self.header(m.index);
+                // Relaxed: our own tag and count (we hold the buffer), as `release_segment`.
+                if h.nb_segs == 1
+                    && h.next == 0
+                    && h.owner.load(Ordering::Relaxed) == self.owner
+                    && h.refcnt.load(Ordering::Relaxed) == 1
+                {
+                    idx[k] = m.index;
+                    k += 1;
+                    std::mem::forget(m);
+                    continue;
+                }
+            }
+            drop(m);
+        }
+        if k == 0 {
+            return;
+        }
+        let idx = &idx[..k];
+        let cache = self.cache();
+        if !cache.make_room(k as u32) {
+            for &i in idx {
+                self.put_free(i);
+            }
+            return;
+        }
+        // The fast path of `put_bulk` (room checked): nothing reaches the free ring here.
+        cache.put_bulk(idx);
+        crate::crash_point!("mbuf.free_after_put");
+        for &i in idx {
+            let h = self.header(i);
+            // Relaxed: as in `put_free` (the cache is ours; a flush's Release publishes).
+            h.refcnt.store(0, Ordering::Relaxed);
+            h.owner.store(OwnerTag::FREE.0, Ordering::Relaxed);
+        }
+    }
+
     /// Drops one reference to segment `index`, freeing it at zero (`rte_pktmbuf_free_seg`).
     #[inline(always)]
     pub(super) fn release_segment(&self, index: u32) {

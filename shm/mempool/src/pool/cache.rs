@@ -581,6 +581,21 @@ impl PoolCache {
         self.len < self.flush_threshold
     }
 
+    /// True when [`put_bulk`](Self::put_bulk) of `n` objects goes into the cache without a
+    /// flush (its fast path), flushing the excess first if that makes room. False without
+    /// a cache, or for more than a flush leaves room for.
+    #[inline(always)]
+    pub(crate) fn make_room(&mut self, n: u32) -> bool {
+        if self.len + n <= self.flush_threshold {
+            return true;
+        }
+        if self.slot.is_none() {
+            return false;
+        }
+        self.flush_excess();
+        self.len + n <= self.flush_threshold
+    }
+
     /// Returns one object.
     #[inline]
     pub fn put(&mut self, obj: u32) -> bool {
