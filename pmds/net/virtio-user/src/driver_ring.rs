@@ -16,13 +16,17 @@
 //! the buffers before it were used whole. Posting only ever uses descriptors outside the
 //! outstanding window, so a device that names the wrong buffer costs an error, not a
 //! descriptor in use twice.
+//!
+//! The rings and slots are the port's memory, which the device writes too: they are
+//! reached only through [`PeerSpan`]'s checked accessors (no `unsafe` here).
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use crate::frontend_mem::SLOT_BYTES;
+use pmds_common_vhost_user::peer_mem::PeerSpan;
 use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
@@ -35,9 +39,11 @@ pub const WHOLE_BUFFER: u32 = u32::MAX;
 
 /// One virtqueue's driver state, handed from queue object to queue object.
 pub struct DriverRing {
-    desc: *mut Desc,
-    avail: *mut u16,
-    used: *mut u16,
+    /// The descriptor table, driver area and device area, in the port's memory (kept
+    /// mapped by the device, which drops its rings first).
+    desc: PeerSpan,
+    avail: PeerSpan,
+    used: PeerSpan,
     size: u16,
     avail_idx: u16,
     last_used: u16,
@@ -57,15 +63,10 @@ pub struct DriverRing {
     inflight: Vec<u64>,
     /// Where each posted buffer starts (for prefetching what the device wrote).
     addrs: Vec<u64>,
-    /// The ring's buffer slots: descriptor `d` owns `[bufs + d * SLOT_BYTES, +SLOT_BYTES)`.
-    bufs: *mut u8,
+    /// The ring's buffer slots: descriptor `d` owns `[d * SLOT_BYTES, +SLOT_BYTES)`.
+    bufs: PeerSpan,
     kick: Arc<File>,
 }
-
-// SAFETY: the pointers target the port's shared memory, which the device (holding the
-// rings) keeps mapped while a ring exists; one queue object at a time uses a ring
-// (`Mutex<Option<_>>`).
-unsafe impl Send for DriverRing {}
 
 impl std::fmt::Debug for DriverRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,14 +79,14 @@ impl std::fmt::Debug for DriverRing {
 }
 
 impl DriverRing {
-    /// A fresh ring of `size` entries whose areas are at `desc`, `avail` and `used` in our
-    /// memory (zeroed), with `size` buffer slots at `bufs`, kicked through `kick`.
+    /// A fresh ring of `size` entries whose areas are `desc`, `avail` and `used` in our
+    /// memory (zeroed), with `size` buffer slots in `bufs`, kicked through `kick`.
     pub(crate) fn new(
-        desc: *mut Desc,
-        avail: *mut u16,
-        used: *mut u16,
+        desc: PeerSpan,
+        avail: PeerSpan,
+        used: PeerSpan,
         (size, in_order): (u16, bool),
-        bufs: *mut u8,
+        bufs: PeerSpan,
         kick: File,
     ) -> DriverRing {
         DriverRing {
@@ -112,11 +113,13 @@ impl DriverRing {
         }
     }
 
-    /// Our address of descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
+    /// Descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
     #[inline]
-    pub(crate) fn slot(&self, id: u16) -> *mut u8 {
+    pub(crate) fn slot(&self, id: u16) -> PeerSpan {
         let id = usize::from(id & (self.size - 1));
-        self.bufs.wrapping_add(id * SLOT_BYTES as usize)
+        self.bufs
+            .sub(id * SLOT_BYTES as usize, SLOT_BYTES as usize)
+            .unwrap_or(PeerSpan::EMPTY)
     }
 
     /// Entries.
@@ -125,9 +128,9 @@ impl DriverRing {
     }
 
     fn used_idx(&self) -> u16 {
-        // D2: Acquire, before reading used elements and the buffers' bytes.
-        // SAFETY: `used + 1` is the 2-aligned idx word of the used area in our memzone.
-        unsafe { AtomicU16::from_ptr(self.used.wrapping_add(1)) }.load(Ordering::Acquire)
+        // D2: Acquire, before reading used elements and the buffers' bytes (bytes 2..4 of
+        // the used area: never a miss).
+        self.used.load_u16(2, Ordering::Acquire).unwrap_or(0)
     }
 
     /// How far the device has returned buffers: the used index loaded once everything up
@@ -143,13 +146,12 @@ impl DriverRing {
 
     fn used_elem(&self, i: u16) -> (u32, u32) {
         let slot = usize::from(i & (self.size - 1));
-        let p = self
+        // Inside the used area (4-aligned); one volatile copy: the device writes it. A miss
+        // (impossible) names no buffer.
+        let [id, len] = self
             .used
-            .cast::<u8>()
-            .wrapping_add(4 + 8 * slot)
-            .cast::<[u32; 2]>();
-        // SAFETY: inside the used area (4-aligned); volatile: the device writes it.
-        let [id, len] = unsafe { std::ptr::read_volatile(p) };
+            .read::<[u32; 2]>(4 + 8 * slot)
+            .unwrap_or([u32::MAX; 2]);
         (u32::from_le(id), u32::from_le(len))
     }
 
@@ -179,11 +181,11 @@ impl DriverRing {
             flags: flags.to_le(),
             next: 0,
         };
-        // SAFETY: `id < size`: inside the descriptor table (16-byte aligned).
-        unsafe { std::ptr::write_volatile(self.desc.wrapping_add(usize::from(id)), d) };
+        // `id < size`: inside the descriptor table (16-byte aligned).
+        self.desc.write(16 * usize::from(id), d);
         let slot = usize::from(self.avail_idx & (self.size - 1));
-        // SAFETY: avail.ring[slot], inside the avail area; the device reads it after D1.
-        unsafe { std::ptr::write_volatile(self.avail.wrapping_add(2 + slot), id.to_le()) };
+        // avail.ring[slot], inside the avail area; the device reads it after D1.
+        self.avail.write(4 + 2 * slot, id.to_le());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.inflight[usize::from(id)] = handle;
         self.addrs[usize::from(id)] = addr;
@@ -221,20 +223,18 @@ impl DriverRing {
             let mut j = 0;
             while j < k {
                 let id = usize::from(self.avail_idx).wrapping_add(j) & mask;
-                pmds_common_virtio::prefetch::prefetch_write(self.desc.wrapping_add(id).cast());
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(16 * id));
                 j += 4;
             }
         } else {
             for &id in &self.free[self.free.len() - k..] {
-                pmds_common_virtio::prefetch::prefetch_write(
-                    self.desc.wrapping_add(usize::from(id)).cast(),
-                );
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(16 * usize::from(id)));
             }
         }
         let mut j = 0;
         while j < k {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
-            pmds_common_virtio::prefetch::prefetch_write(self.avail.wrapping_add(2 + slot).cast());
+            pmds_common_virtio::prefetch::prefetch_write(self.avail.hint(4 + 2 * slot));
             j += 32;
         }
     }
@@ -247,8 +247,8 @@ impl DriverRing {
         let mask = usize::from(self.size - 1);
         let each = |id: usize| {
             let p = self.slot(id as u16);
-            pmds_common_virtio::prefetch::prefetch_write(p);
-            pmds_common_virtio::prefetch::prefetch_write(p.wrapping_add(64));
+            pmds_common_virtio::prefetch::prefetch_write(p.hint(0));
+            pmds_common_virtio::prefetch::prefetch_write(p.hint(64));
         };
         if self.in_order {
             for j in 0..k {
@@ -263,14 +263,12 @@ impl DriverRing {
 
     /// Publishes the posted descriptors and kicks the device if it asked for kicks.
     pub(crate) fn publish(&mut self) {
-        // D1: Release, publishing the descriptors and avail entries written above.
-        // SAFETY: `avail + 1` is avail.idx, 2-aligned, in our memzone.
-        unsafe { AtomicU16::from_ptr(self.avail.wrapping_add(1)) }
-            .store(self.avail_idx, Ordering::Release);
+        // D1: Release, publishing the descriptors and avail entries written above
+        // (avail.idx, bytes 2..4 of the avail area).
+        self.avail.store_u16(2, self.avail_idx, Ordering::Release);
         // D3: our idx store before the load of the device's flags.
         fence(Ordering::SeqCst);
-        // SAFETY: used.flags, 2-aligned, in our memzone.
-        let flags = unsafe { AtomicU16::from_ptr(self.used) }.load(Ordering::Relaxed);
+        let flags = self.used.load_u16(0, Ordering::Relaxed).unwrap_or(0);
         if flags & VRING_USED_F_NO_NOTIFY == 0 {
             let _ = (&*self.kick).write(&1u64.to_ne_bytes());
         }
@@ -362,16 +360,18 @@ mod tests {
 
     /// A driver ring of `size` entries over `mem` (zeroed), as `connect` lays it out.
     fn ring(mem: &mut [u64], size: u16, in_order: bool) -> DriverRing {
-        let base = mem.as_mut_ptr().cast::<u8>();
         let n = usize::from(size);
         let used_off = (16 * n + 6 + 2 * n).next_multiple_of(64);
         assert!(used_off + 6 + 8 * n <= mem.len() * 8);
+        // SAFETY: the test's own memory, which outlives the ring (each test drops the ring
+        // first) and is used only through the spans meanwhile.
+        let all = unsafe { PeerSpan::new(mem.as_mut_ptr().cast(), mem.len() * 8) };
         DriverRing::new(
-            base.cast(),
-            base.wrapping_add(16 * n).cast(),
-            base.wrapping_add(used_off).cast(),
+            all.sub(0, 16 * n).unwrap(),
+            all.sub(16 * n, 6 + 2 * n).unwrap(),
+            all.sub(used_off, 6 + 8 * n).unwrap(),
             (size, in_order),
-            std::ptr::null_mut(),
+            PeerSpan::EMPTY,
             crate::device::eventfd().unwrap(),
         )
     }
@@ -379,15 +379,8 @@ mod tests {
     /// What the device does: element `pos` = (id, len), then used.idx = `idx`.
     fn device_returns(r: &DriverRing, pos: u16, id: u32, len: u32, idx: u16) {
         let slot = usize::from(pos & (r.size - 1));
-        let p = r
-            .used
-            .cast::<u8>()
-            .wrapping_add(4 + 8 * slot)
-            .cast::<[u32; 2]>();
-        // SAFETY: inside the test's used area, 4-aligned.
-        unsafe { p.write([id, len]) };
-        // SAFETY: used.idx, 2-aligned.
-        unsafe { AtomicU16::from_ptr(r.used.wrapping_add(1)) }.store(idx, Ordering::Release);
+        r.used.write::<[u32; 2]>(4 + 8 * slot, [id, len]);
+        r.used.store_u16(2, idx, Ordering::Release);
     }
 
     fn post_n(r: &mut DriverRing, n: u64, first_handle: u64) {
@@ -404,9 +397,7 @@ mod tests {
         let mut r = ring(&mut mem, 8, true);
         post_n(&mut r, 4, 100);
         for i in 0..4u16 {
-            // SAFETY: avail.ring[i] of the test ring.
-            let entry = unsafe { r.avail.wrapping_add(2 + usize::from(i)).read() };
-            assert_eq!(entry, i);
+            assert_eq!(r.avail.read::<u16>(4 + 2 * usize::from(i)), Some(i));
         }
         assert_eq!(r.free_len(), 4);
         // One element for three buffers: the first two were used whole.
