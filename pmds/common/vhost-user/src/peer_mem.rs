@@ -76,37 +76,37 @@ impl PeerSpan {
     /// `[ptr, ptr + len)` is mapped readable and writable (memory a peer may write at any
     /// moment, under the SIGBUS guard, or our own) for as long as this span or any span
     /// made from it is used; the caller keeps the mapping alive beside them.
-    #[inline]
+    #[inline(always)]
     pub const unsafe fn new(ptr: *mut u8, len: usize) -> PeerSpan {
         PeerSpan { ptr, len }
     }
 
     /// Bytes.
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True when the span holds no byte.
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Our address of the first byte (what the peer is told, or a prefetch hint).
-    #[inline]
+    #[inline(always)]
     pub fn addr(&self) -> u64 {
         self.ptr as u64
     }
 
     /// Our address of byte `off` (no check), for prefetch hints only: never dereferenced.
-    #[inline]
+    #[inline(always)]
     pub fn hint(&self, off: usize) -> *const u8 {
         self.ptr.wrapping_add(off)
     }
 
     /// The `len` bytes at `off`, if they lie wholly inside this span.
-    #[inline]
+    #[inline(always)]
     pub fn sub(&self, off: usize, len: usize) -> Option<PeerSpan> {
         let end = off.checked_add(len)?;
         (end <= self.len).then(|| PeerSpan {
@@ -116,7 +116,7 @@ impl PeerSpan {
     }
 
     /// The bytes from `off` to the end (empty past the end).
-    #[inline]
+    #[inline(always)]
     pub fn tail(&self, off: usize) -> PeerSpan {
         self.sub(off, self.len.saturating_sub(off))
             .unwrap_or(PeerSpan::EMPTY)
@@ -132,7 +132,7 @@ impl PeerSpan {
     }
 
     /// Atomic load of the `u16` at `off` (ordering: the caller's labelled pair).
-    #[inline]
+    #[inline(always)]
     pub fn load_u16(&self, off: usize, order: Ordering) -> Option<u16> {
         let p = self.at::<u16>(off)?;
         // SAFETY: inside the span (mapped, `new`'s contract) and 2-aligned (`at`); only
@@ -141,7 +141,7 @@ impl PeerSpan {
     }
 
     /// Atomic store of `v` to the `u16` at `off` (skipped outside the span).
-    #[inline]
+    #[inline(always)]
     pub fn store_u16(&self, off: usize, v: u16, order: Ordering) {
         if let Some(p) = self.at::<u16>(off) {
             // SAFETY: as in `load_u16`.
@@ -150,7 +150,7 @@ impl PeerSpan {
     }
 
     /// One volatile copy of the `T` at `off` (the peer may be writing it).
-    #[inline]
+    #[inline(always)]
     pub fn read<T: Plain>(&self, off: usize) -> Option<T> {
         let p = self.at::<T>(off)?;
         // SAFETY: inside the span and aligned (`at`); `T` is `Plain`, so whatever the
@@ -159,7 +159,7 @@ impl PeerSpan {
     }
 
     /// One volatile store of `v` to the `T` at `off` (skipped outside the span).
-    #[inline]
+    #[inline(always)]
     pub fn write<T: Plain>(&self, off: usize, v: T) {
         if let Some(p) = self.at::<T>(off) {
             // SAFETY: inside the span and aligned (`at`).
@@ -168,7 +168,7 @@ impl PeerSpan {
     }
 
     /// Copies `src` (our memory) to `off`; false, writing nothing, when it does not fit.
-    #[inline]
+    #[inline(always)]
     pub fn copy_in(&self, off: usize, src: &[u8]) -> bool {
         let Some(d) = self.sub(off, src.len()) else {
             return false;
@@ -183,7 +183,7 @@ impl PeerSpan {
     }
 
     /// Writes `len` zero bytes at `off`; false, writing nothing, when they do not fit.
-    #[inline]
+    #[inline(always)]
     pub fn zero(&self, off: usize, len: usize) -> bool {
         let Some(d) = self.sub(off, len) else {
             return false;
@@ -197,7 +197,7 @@ impl PeerSpan {
 
     /// Copies `dst.len()` bytes at `off` into `dst` (volatile word loads, see
     /// [`copy_from_peer`]); false, copying nothing, when they are not all inside the span.
-    #[inline]
+    #[inline(always)]
     pub fn copy_out(&self, off: usize, dst: &mut [u8]) -> bool {
         let Some(s) = self.sub(off, dst.len()) else {
             return false;
@@ -210,6 +210,7 @@ impl PeerSpan {
     /// Appends the `len` bytes at `off` to `m`, chaining segments from `cache` as it
     /// fills; false (the packet is to be dropped) when they are not inside the span, the
     /// pool runs dry or the chain would grow too long.
+    #[inline]
     pub fn append_to<'c>(
         &self,
         off: usize,
@@ -246,6 +247,96 @@ impl PeerSpan {
             done += n;
         }
         true
+    }
+}
+
+/// A power-of-two array of `T` inside a span (a vring's descriptor table, ring entries,
+/// used elements), checked once when made ([`PeerSpan::array`]: inside the span, aligned):
+/// an index is masked into range, so an access costs no check and cannot miss.
+pub struct PeerArray<T: Plain> {
+    ptr: *mut T,
+    mask: usize,
+}
+
+impl<T: Plain> Clone for PeerArray<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Plain> Copy for PeerArray<T> {}
+
+impl<T: Plain> std::fmt::Debug for PeerArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerArray({:p}x{})", self.ptr, self.mask + 1)
+    }
+}
+
+// SAFETY: as for `PeerSpan`: an address range in a shared mapping, touched only by
+// volatile or atomic accesses.
+unsafe impl<T: Plain> Send for PeerArray<T> {}
+// SAFETY: as for Send.
+unsafe impl<T: Plain> Sync for PeerArray<T> {}
+
+impl<T: Plain> PeerArray<T> {
+    /// Entries (a power of two).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Never empty (for clippy's `len` without `is_empty`).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> *mut T {
+        self.ptr.wrapping_add(i & self.mask)
+    }
+
+    /// One volatile copy of entry `i` (masked into range).
+    #[inline(always)]
+    pub fn read(&self, i: usize) -> T {
+        // SAFETY: `i & mask < len`: inside the array, which `PeerSpan::array` checked lies
+        // in its span and is aligned for `T`; `T` is `Plain`.
+        unsafe { std::ptr::read_volatile(self.slot(i)) }
+    }
+
+    /// One volatile store of `v` to entry `i` (masked into range).
+    #[inline(always)]
+    pub fn write(&self, i: usize, v: T) {
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::write_volatile(self.slot(i), v) };
+    }
+
+    /// Our address of entry `i` (masked), for prefetch hints only.
+    #[inline(always)]
+    pub fn hint(&self, i: usize) -> *const u8 {
+        self.slot(i).cast_const().cast()
+    }
+}
+
+impl PeerArray<u16> {
+    /// Atomic load of entry `i` (masked; ordering: the caller's labelled pair).
+    #[inline(always)]
+    pub fn load(&self, i: usize, order: Ordering) -> u16 {
+        // SAFETY: as in `read`: inside the span, 2-aligned.
+        unsafe { AtomicU16::from_ptr(self.slot(i)) }.load(order)
+    }
+}
+
+impl PeerSpan {
+    /// The `n` entries of `T` at `off`, if `n` is a power of two and they lie inside this
+    /// span, aligned for `T`.
+    #[inline]
+    pub fn array<T: Plain>(&self, off: usize, n: usize) -> Option<PeerArray<T>> {
+        let bytes = n.checked_mul(std::mem::size_of::<T>())?;
+        let first = self.at::<T>(off)?;
+        (n.is_power_of_two() && self.sub(off, bytes).is_some()).then_some(PeerArray {
+            ptr: first,
+            mask: n - 1,
+        })
     }
 }
 
@@ -400,6 +491,15 @@ mod tests {
         assert!(s.tail(40).is_empty());
         assert_eq!(PeerSpan::EMPTY.read::<u16>(0), None);
         assert!(PeerSpan::EMPTY.copy_out(0, &mut []));
+        let a = s.array::<u32>(16, 4).unwrap();
+        a.write(5, 3);
+        assert_eq!((a.read(1), a.len()), (3, 4), "indices are masked");
+        assert_eq!(s.read::<u32>(20), Some(3));
+        assert!(s.array::<u32>(16, 5).is_none(), "not a power of two");
+        assert!(s.array::<u32>(20, 4).is_none(), "past the end");
+        assert!(s.array::<u32>(2, 2).is_none(), "misaligned");
+        assert!(s.array::<u64>(0, usize::MAX / 4 + 1).is_none(), "overflow");
+        assert_eq!(s.array::<u16>(0, 2).unwrap().load(1, Ordering::Relaxed), 7);
     }
 
     #[test]

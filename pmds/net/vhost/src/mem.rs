@@ -23,24 +23,36 @@ use std::os::unix::fs::MetadataExt;
 use super::guard::Quota;
 pub use pmds_common_vhost_user::memfd::sealed_memfd;
 use pmds_common_vhost_user::peer_mem::{PeerMapping, PeerSpan};
+
+/// A span's offset or length as a host `usize` (`None` where it does not fit).
+#[inline(always)]
+fn host(v: u64) -> Option<usize> {
+    usize::try_from(v).ok()
+}
 pub use pmds_common_vhost_user::proto::{RegionSpec, MAX_REGIONS};
 
 struct Mapped {
     spec: RegionSpec,
-    /// The whole mapping under its SIGBUS guard; the region starts `mmap_offset` into it.
+    /// The region's bytes (`mmap_offset` into `map`).
+    span: PeerSpan,
+    /// The whole mapping under its SIGBUS guard; keeps `span` mapped.
     map: PeerMapping,
 }
 
 impl Mapped {
-    /// The span `[gpa, gpa + len)` if it lies wholly inside this region.
+    /// The span `[gpa, gpa + len)` if it lies wholly inside this region (an address below
+    /// the region wraps to an offset past its end).
     #[inline(always)]
     fn gpa(&self, gpa: u64, len: u64) -> Option<PeerSpan> {
         let off = gpa.wrapping_sub(self.spec.guest_phys_addr);
-        if gpa >= self.spec.guest_phys_addr && off <= self.spec.size && len <= self.spec.size - off
-        {
-            return self.map.span(self.spec.mmap_offset + off, len);
-        }
-        None
+        self.span.sub(host(off)?, host(len)?)
+    }
+
+    /// As [`Mapped::gpa`] for the frontend's virtual address `uva`.
+    #[inline(always)]
+    fn uva(&self, uva: u64, len: u64) -> Option<PeerSpan> {
+        let off = uva.wrapping_sub(self.spec.user_addr);
+        self.span.sub(host(off)?, host(len)?)
     }
 }
 
@@ -148,9 +160,17 @@ impl GuestMemory {
             let guard = quota
                 .register(map.as_mut_ptr() as usize, whole)
                 .map_err(|e| crate::peer_err!("memory table: {e}"))?;
+            let map = PeerMapping::new(map, guard);
+            // `mmap_offset + size = map_len` bytes: inside the mapping.
+            let Some(span) = map.span(spec.mmap_offset, spec.size) else {
+                return Err(crate::peer_err!(
+                    "memory table: region {spec:?} has a bad size"
+                ));
+            };
             regions.push(Mapped {
                 spec: *spec,
-                map: PeerMapping::new(map, guard),
+                span,
+                map,
             });
         }
         Ok(GuestMemory { regions })
@@ -193,14 +213,7 @@ impl GuestMemory {
     /// The frontend's virtual span `[uva, uva + len)` (vring addresses), if it lies wholly
     /// inside one region.
     pub fn uva(&self, uva: u64, len: u64) -> Option<PeerSpan> {
-        self.regions.iter().find_map(|r| {
-            let off = uva.wrapping_sub(r.spec.user_addr);
-            if uva >= r.spec.user_addr && off <= r.spec.size && len <= r.spec.size - off {
-                r.map.span(r.spec.mmap_offset + off, len)
-            } else {
-                None
-            }
-        })
+        self.regions.iter().find_map(|r| r.uva(uva, len))
     }
 }
 

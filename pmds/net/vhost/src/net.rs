@@ -158,6 +158,7 @@ impl NetQueue {
     /// Appends the frame of the walked chain (`n` buffers, header skipped) to `m`, copied
     /// out of guest memory ([`PeerSpan::append_to`]); false when the pool runs dry. The
     /// guest may change its buffers while we copy, which can only spoil its own packet.
+    #[inline(always)]
     fn copy_frame<'c>(&self, cache: &'c MbufCache, m: &mut Mbuf<'c>, n: usize) -> bool {
         let mut skip = self.hdr_len;
         for s in self.ring.segs().get(..n).unwrap_or(&[]) {

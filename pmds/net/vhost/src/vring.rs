@@ -32,7 +32,7 @@ pub use pmds_common_virtio::split::{
 };
 
 use super::mem::GuestMemory;
-use pmds_common_vhost_user::peer_mem::PeerSpan;
+use pmds_common_vhost_user::peer_mem::{PeerArray, PeerSpan};
 pub use pmds_common_vhost_user::proto::VringAddrs;
 
 /// Most buffers one chain may have here (longer chains are refused).
@@ -62,10 +62,13 @@ const PREFETCH_MAX: u16 = 64;
 pub struct SplitRing {
     /// Keeps the memory of the spans below (and of `segs`) mapped.
     mem: Arc<GuestMemory>,
-    /// The descriptor table, driver area and device area (checked in `start`).
-    desc: PeerSpan,
+    /// The descriptor table; the driver area (flags, idx, ...) and its ring; the device
+    /// area (flags, idx, ...) and its elements (all checked in `start`).
+    desc: PeerArray<Desc>,
     avail: PeerSpan,
+    avail_ring: PeerArray<u16>,
     used: PeerSpan,
+    used_ring: PeerArray<[u32; 2]>,
     size: u16,
     /// Next `avail.ring` position to take (ours: never re-read from the guest).
     pub last_avail: u16,
@@ -130,11 +133,22 @@ impl SplitRing {
         // The used index the driver last saw from us: continue from there (bytes 2..4 of
         // the 4-aligned used area: never a miss).
         let used_idx = used.load_u16(2, Ordering::Acquire).unwrap_or(0);
+        let n = usize::from(size);
+        // Inside the areas just checked, aligned (their starts are), `size` a power of two.
+        let (Some(desc), Some(avail_ring), Some(used_ring)) = (
+            desc.array::<Desc>(0, n),
+            avail.array::<u16>(4, n),
+            used.array::<[u32; 2]>(4, n),
+        ) else {
+            return Err(crate::peer_err!("vring areas do not hold {size} entries"));
+        };
         Ok(SplitRing {
             mem,
             desc,
             avail,
+            avail_ring,
             used,
+            used_ring,
             size,
             last_avail: a.base,
             used_idx,
@@ -150,7 +164,7 @@ impl SplitRing {
         self.size
     }
 
-    /// Loads word `i` of the avail area (`i <= size + 2`: inside the area checked in
+    /// Loads word `i` (0 flags, 1 idx) of the avail area (inside the area checked in
     /// `start`, 2-aligned, so never a miss; a miss would read 0).
     #[inline(always)]
     fn avail_word(&self, i: usize, order: Ordering) -> u16 {
@@ -185,7 +199,7 @@ impl SplitRing {
         self.last_avail = self.last_avail.wrapping_add(1);
         // Relaxed: ordered after the Acquire of `avail.idx` (V1) by program order of the
         // loads on this thread; the value is checked by `walk`.
-        self.avail_word(2 + slot, Ordering::Relaxed)
+        self.avail_ring.load(slot, Ordering::Relaxed)
     }
 
     /// Warms the cache for the next `n` available chains (`n` from [`SplitRing::pending`]):
@@ -201,16 +215,14 @@ impl SplitRing {
         for k in 0..n {
             let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
             // Relaxed: a hint only (the checked path reads it again after V1).
-            let head = self.avail_word(2 + slot, Ordering::Relaxed) & mask;
-            prefetch(self.desc.hint(16 * usize::from(head)));
+            let head = self.avail_ring.load(slot, Ordering::Relaxed) & mask;
+            prefetch(self.desc.hint(usize::from(head)));
         }
         for k in 0..n {
             let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
-            let head = self.avail_word(2 + slot, Ordering::Relaxed) & mask;
-            // `head <= mask < size`: inside the descriptor table; a volatile copy.
-            let Some(d) = self.desc.read::<Desc>(16 * usize::from(head)) else {
-                continue;
-            };
+            let head = self.avail_ring.load(slot, Ordering::Relaxed) & mask;
+            // A volatile copy: the guest may be writing it.
+            let d = self.desc.read(usize::from(head));
             let len = u64::from(u32::from_le(d.len)).min(128);
             if let Some(p) = self
                 .mem
@@ -236,12 +248,12 @@ impl SplitRing {
         let mut k = 0u16;
         while k < n {
             let slot = usize::from(self.used_idx.wrapping_add(k) & mask);
-            prefetch_write(self.used.hint(4 + 8 * slot));
+            prefetch_write(self.used_ring.hint(slot));
             k += 8;
         }
         if n > 0 {
             let slot = usize::from(self.used_idx.wrapping_add(n - 1) & mask);
-            prefetch_write(self.used.hint(4 + 8 * slot));
+            prefetch_write(self.used_ring.hint(slot));
         }
     }
 
@@ -256,7 +268,7 @@ impl SplitRing {
     ///
     /// # Errors
     /// [`ChainError`] for the first thing wrong.
-    #[inline]
+    #[inline(always)]
     pub fn walk(&mut self, head: u16, writable: bool) -> Result<(usize, u64), ChainError> {
         let mut i = head;
         let mut n = 0usize;
@@ -268,11 +280,9 @@ impl SplitRing {
             if n == MAX_CHAIN || n >= usize::from(self.size) {
                 return Err(ChainError::TooLong);
             }
-            // `i < size`: inside the descriptor table checked in `start` (16-byte aligned);
-            // one volatile copy, because the guest may be writing it.
-            let Some(d) = self.desc.read::<Desc>(16 * usize::from(i)) else {
-                return Err(ChainError::IndexOutOfRange);
-            };
+            // `i < size` (checked above); one volatile copy, because the guest may be
+            // writing it.
+            let d = self.desc.read(usize::from(i));
             let (addr, len, flags, next) = (
                 u64::from_le(d.addr),
                 u32::from_le(d.len),
@@ -346,11 +356,8 @@ impl SplitRing {
     /// Writes used element `pos` (masked to the ring): chain `head`, `len` bytes written.
     #[inline]
     fn write_elem(&self, pos: u16, head: u16, len: u32) {
-        let slot = usize::from(pos & (self.size - 1));
-        // `slot < size`: the element is inside the used area checked in `start` (4-aligned,
-        // 8 bytes at offset 4 + 8 * slot).
-        self.used
-            .write::<[u32; 2]>(4 + 8 * slot, [u32::from(head).to_le(), len.to_le()]);
+        self.used_ring
+            .write(usize::from(pos), [u32::from(head).to_le(), len.to_le()]);
     }
 
     /// Publishes the used elements pushed since the last call; returns whether the driver

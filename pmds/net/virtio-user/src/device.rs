@@ -201,14 +201,18 @@ impl VirtioUserDevice {
             calls.push(call);
             // We poll: no interrupts (the device then never writes the call eventfd).
             avail_area.store_u16(0, VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
-            rings.push(Mutex::new(Some(DriverRing::new(
+            let ring = DriverRing::new(
                 desc_area,
                 avail_area,
                 used_area,
                 (size, in_order),
                 mem.slots(i as usize),
                 kick,
-            ))));
+            )
+            .ok_or_else(|| {
+                pmds_common_vhost_user::setup_err!("vring {i} does not fit its memory")
+            })?;
+            rings.push(Mutex::new(Some(ring)));
         }
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for i in 0..2 * u32::from(pairs) {

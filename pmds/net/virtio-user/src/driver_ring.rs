@@ -26,7 +26,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use crate::frontend_mem::SLOT_BYTES;
-use pmds_common_vhost_user::peer_mem::PeerSpan;
+use pmds_common_vhost_user::peer_mem::{PeerArray, PeerSpan};
 use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
@@ -41,9 +41,11 @@ pub const WHOLE_BUFFER: u32 = u32::MAX;
 pub struct DriverRing {
     /// The descriptor table, driver area and device area, in the port's memory (kept
     /// mapped by the device, which drops its rings first).
-    desc: PeerSpan,
+    desc: PeerArray<Desc>,
     avail: PeerSpan,
+    avail_ring: PeerArray<u16>,
     used: PeerSpan,
+    used_ring: PeerArray<[u32; 2]>,
     size: u16,
     avail_idx: u16,
     last_used: u16,
@@ -80,7 +82,8 @@ impl std::fmt::Debug for DriverRing {
 
 impl DriverRing {
     /// A fresh ring of `size` entries whose areas are `desc`, `avail` and `used` in our
-    /// memory (zeroed), with `size` buffer slots in `bufs`, kicked through `kick`.
+    /// memory (zeroed), with `size` buffer slots in `bufs`, kicked through `kick`; `None`
+    /// when the areas do not hold `size` entries (aligned) or `size` is not a power of two.
     pub(crate) fn new(
         desc: PeerSpan,
         avail: PeerSpan,
@@ -88,11 +91,14 @@ impl DriverRing {
         (size, in_order): (u16, bool),
         bufs: PeerSpan,
         kick: File,
-    ) -> DriverRing {
-        DriverRing {
-            desc,
+    ) -> Option<DriverRing> {
+        let n = usize::from(size);
+        Some(DriverRing {
+            desc: desc.array::<Desc>(0, n)?,
             avail,
+            avail_ring: avail.array::<u16>(4, n)?,
             used,
+            used_ring: used.array::<[u32; 2]>(4, n)?,
             size,
             avail_idx: 0,
             last_used: 0,
@@ -110,7 +116,7 @@ impl DriverRing {
             addrs: vec![0; usize::from(size)],
             bufs,
             kick: Arc::new(kick),
-        }
+        })
     }
 
     /// Descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
@@ -145,13 +151,8 @@ impl DriverRing {
     }
 
     fn used_elem(&self, i: u16) -> (u32, u32) {
-        let slot = usize::from(i & (self.size - 1));
-        // Inside the used area (4-aligned); one volatile copy: the device writes it. A miss
-        // (impossible) names no buffer.
-        let [id, len] = self
-            .used
-            .read::<[u32; 2]>(4 + 8 * slot)
-            .unwrap_or([u32::MAX; 2]);
+        // One volatile copy: the device writes it.
+        let [id, len] = self.used_ring.read(usize::from(i));
         (u32::from_le(id), u32::from_le(len))
     }
 
@@ -174,6 +175,7 @@ impl DriverRing {
         }
     }
 
+    #[inline]
     pub(crate) fn post(&mut self, id: u16, addr: u64, len: u32, flags: u16, handle: u64) {
         let d = Desc {
             addr: addr.to_le(),
@@ -181,11 +183,10 @@ impl DriverRing {
             flags: flags.to_le(),
             next: 0,
         };
-        // `id < size`: inside the descriptor table (16-byte aligned).
-        self.desc.write(16 * usize::from(id), d);
-        let slot = usize::from(self.avail_idx & (self.size - 1));
-        // avail.ring[slot], inside the avail area; the device reads it after D1.
-        self.avail.write(4 + 2 * slot, id.to_le());
+        self.desc.write(usize::from(id), d);
+        // avail.ring[avail_idx masked]; the device reads it after D1.
+        self.avail_ring
+            .write(usize::from(self.avail_idx), id.to_le());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.inflight[usize::from(id)] = handle;
         self.addrs[usize::from(id)] = addr;
@@ -223,18 +224,18 @@ impl DriverRing {
             let mut j = 0;
             while j < k {
                 let id = usize::from(self.avail_idx).wrapping_add(j) & mask;
-                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(16 * id));
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(id));
                 j += 4;
             }
         } else {
             for &id in &self.free[self.free.len() - k..] {
-                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(16 * usize::from(id)));
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(usize::from(id)));
             }
         }
         let mut j = 0;
         while j < k {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
-            pmds_common_virtio::prefetch::prefetch_write(self.avail.hint(4 + 2 * slot));
+            pmds_common_virtio::prefetch::prefetch_write(self.avail_ring.hint(slot));
             j += 32;
         }
     }
@@ -374,12 +375,12 @@ mod tests {
             PeerSpan::EMPTY,
             crate::device::eventfd().unwrap(),
         )
+        .unwrap()
     }
 
     /// What the device does: element `pos` = (id, len), then used.idx = `idx`.
     fn device_returns(r: &DriverRing, pos: u16, id: u32, len: u32, idx: u16) {
-        let slot = usize::from(pos & (r.size - 1));
-        r.used.write::<[u32; 2]>(4 + 8 * slot, [id, len]);
+        r.used_ring.write(usize::from(pos), [id, len]);
         r.used.store_u16(2, idx, Ordering::Release);
     }
 
@@ -397,7 +398,7 @@ mod tests {
         let mut r = ring(&mut mem, 8, true);
         post_n(&mut r, 4, 100);
         for i in 0..4u16 {
-            assert_eq!(r.avail.read::<u16>(4 + 2 * usize::from(i)), Some(i));
+            assert_eq!(r.avail_ring.read(usize::from(i)), i);
         }
         assert_eq!(r.free_len(), 4);
         // One element for three buffers: the first two were used whole.
