@@ -196,7 +196,7 @@ impl PeerSpan {
     }
 
     /// Copies `dst.len()` bytes at `off` into `dst` (volatile word loads, see
-    /// [`copy_from_peer`]); false, copying nothing, when they are not all inside the span.
+    /// `copy_from_peer`); false, copying nothing, when they are not all inside the span.
     #[inline(always)]
     pub fn copy_out(&self, off: usize, dst: &mut [u8]) -> bool {
         let Some(s) = self.sub(off, dst.len()) else {

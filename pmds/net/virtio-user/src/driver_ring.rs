@@ -195,6 +195,7 @@ impl DriverRing {
     /// Warms the cache for up to `max` used elements and the start of their buffers (the
     /// device just wrote both from another core): the misses overlap instead of queueing
     /// behind each other. Hints only; ids are masked and the addresses are our own.
+    #[inline]
     pub(crate) fn prefetch_used(&mut self, max: usize) {
         self.seen_used = self.used_idx();
         let ready = usize::from(self.seen_used.wrapping_sub(self.last_used))
