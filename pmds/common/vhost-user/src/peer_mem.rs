@@ -61,7 +61,10 @@ macro_rules! plain {
     ($($t:ty),*) => { $(impl sealed::Sealed for $t {} impl Plain for $t {})* };
 }
 // Integers and arrays of them, and the split ring's descriptor (four integers).
-plain!(u16, u32, u64, [u32; 2], [u8; 2], Desc);
+plain!(u16, u32, u64, [u32; 2], Desc);
+// Byte arrays: a buffer slot as an array entry (never read whole: see `PeerArray::span`).
+impl<const N: usize> sealed::Sealed for [u8; N] {}
+impl<const N: usize> Plain for [u8; N] {}
 
 impl PeerSpan {
     /// No memory: every access misses.
@@ -310,6 +313,16 @@ impl<T: Plain> PeerArray<T> {
         unsafe { std::ptr::write_volatile(self.slot(i), v) };
     }
 
+    /// Entry `i` (masked) as a span of its bytes: inside the checked array, so its
+    /// accesses are checked against a length the compiler knows.
+    #[inline(always)]
+    pub fn span(&self, i: usize) -> PeerSpan {
+        PeerSpan {
+            ptr: self.slot(i).cast(),
+            len: std::mem::size_of::<T>(),
+        }
+    }
+
     /// Our address of entry `i` (masked), for prefetch hints only.
     #[inline(always)]
     pub fn hint(&self, i: usize) -> *const u8 {
@@ -500,6 +513,9 @@ mod tests {
         assert!(s.array::<u32>(2, 2).is_none(), "misaligned");
         assert!(s.array::<u64>(0, usize::MAX / 4 + 1).is_none(), "overflow");
         assert_eq!(s.array::<u16>(0, 2).unwrap().load(1, Ordering::Relaxed), 7);
+        let slots = s.array::<[u8; 8]>(8, 2).unwrap();
+        assert_eq!(slots.span(3).read::<u32>(4), Some(3), "entry 1, masked");
+        assert_eq!(slots.span(1).len(), 8);
     }
 
     #[test]

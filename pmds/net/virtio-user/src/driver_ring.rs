@@ -31,6 +31,8 @@ use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// A buffer slot's bytes.
+const SLOT: usize = SLOT_BYTES as usize;
 /// No buffer at this descriptor.
 pub(crate) const NONE: u64 = u64::MAX;
 /// Used length of a buffer an in-order device returned without an element of its own:
@@ -65,8 +67,8 @@ pub struct DriverRing {
     inflight: Vec<u64>,
     /// Where each posted buffer starts (for prefetching what the device wrote).
     addrs: Vec<u64>,
-    /// The ring's buffer slots: descriptor `d` owns `[d * SLOT_BYTES, +SLOT_BYTES)`.
-    bufs: PeerSpan,
+    /// The ring's buffer slots: descriptor `d` owns slot `d` ([`SLOT_BYTES`]).
+    bufs: PeerArray<[u8; SLOT]>,
     kick: Arc<File>,
 }
 
@@ -114,18 +116,15 @@ impl DriverRing {
             batch_len: 0,
             inflight: vec![NONE; usize::from(size)],
             addrs: vec![0; usize::from(size)],
-            bufs,
+            bufs: bufs.array::<[u8; SLOT]>(0, n)?,
             kick: Arc::new(kick),
         })
     }
 
-    /// Descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
-    #[inline]
+    /// Descriptor `id`'s buffer slot ([`SLOT_BYTES`]; `id` masked to the ring).
+    #[inline(always)]
     pub(crate) fn slot(&self, id: u16) -> PeerSpan {
-        let id = usize::from(id & (self.size - 1));
-        self.bufs
-            .sub(id * SLOT_BYTES as usize, SLOT_BYTES as usize)
-            .unwrap_or(PeerSpan::EMPTY)
+        self.bufs.span(usize::from(id))
     }
 
     /// Entries.
@@ -368,12 +367,16 @@ mod tests {
         // SAFETY: the test's own memory, which outlives the ring (each test drops the ring
         // first) and is used only through the spans meanwhile.
         let all = unsafe { PeerSpan::new(mem.as_mut_ptr().cast(), mem.len() * 8) };
+        // The slots: never touched by these tests, kept for the test run.
+        let slots: &'static mut [u64] = Box::leak(vec![0u64; 256 * n].into_boxed_slice());
+        // SAFETY: leaked, so mapped for the rest of the run.
+        let bufs = unsafe { PeerSpan::new(slots.as_mut_ptr().cast(), slots.len() * 8) };
         DriverRing::new(
             all.sub(0, 16 * n).unwrap(),
             all.sub(16 * n, 6 + 2 * n).unwrap(),
             all.sub(used_off, 6 + 8 * n).unwrap(),
             (size, in_order),
-            PeerSpan::EMPTY,
+            bufs,
             crate::device::eventfd().unwrap(),
         )
         .unwrap()
