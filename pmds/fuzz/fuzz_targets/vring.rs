@@ -48,8 +48,8 @@ fuzz_target!(|data: &[u8]| {
     // The fuzzer's bytes become the first part of guest memory (rings at the start).
     let base = fx.mem.gpa(0, MEM).unwrap();
     let n = data.len().min(MEM as usize);
-    // SAFETY: `n <= MEM` bytes of the fixture's mapping.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base, n) };
+    // `n <= MEM` bytes of the fixture's mapping.
+    base.copy_in(0, &data[..n]);
     let size = 1u16 << (data[0] % 6);
     let a = VringAddrs {
         size,

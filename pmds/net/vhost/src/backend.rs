@@ -41,8 +41,7 @@ use super::proto::{self, Msg, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
 use super::vring::VringAddrs;
 use super::wire::{self, WireError};
 
-/// Most queue pairs of one port.
-pub const MAX_QUEUE_PAIRS: u16 = 8;
+pub use pmds_common_vhost_user::proto::MAX_QUEUE_PAIRS;
 
 /// A vring the data path may use.
 #[derive(Debug, Clone)]

@@ -20,60 +20,48 @@ use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use super::guard::{Guarded, Quota};
+use super::guard::Quota;
+pub use pmds_common_vhost_user::memfd::sealed_memfd;
+use pmds_common_vhost_user::peer_mem::{PeerMapping, PeerSpan};
 
-/// One region of the frontend's memory table, as the message gives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegionSpec {
-    /// Guest physical address of the first byte.
-    pub guest_phys_addr: u64,
-    /// Bytes.
-    pub size: u64,
-    /// The frontend's virtual address of the first byte.
-    pub user_addr: u64,
-    /// Offset of the first byte in the file.
-    pub mmap_offset: u64,
+/// A span's offset or length as a host `usize` (`None` where it does not fit).
+#[inline(always)]
+fn host(v: u64) -> Option<usize> {
+    usize::try_from(v).ok()
 }
+pub use pmds_common_vhost_user::proto::{RegionSpec, MAX_REGIONS};
 
 struct Mapped {
     spec: RegionSpec,
-    /// The SIGBUS guard of the mapping; declared before `_map`, so it is unregistered
-    /// before the memory is unmapped.
-    guard: Guarded,
-    /// Keeps the mapping alive; `base` points `mmap_offset` bytes into it.
-    _map: memmap2::MmapRaw,
-    base: *mut u8,
+    /// The region's bytes (`mmap_offset` into `map`).
+    span: PeerSpan,
+    /// The whole mapping under its SIGBUS guard; keeps `span` mapped.
+    map: PeerMapping,
 }
 
 impl Mapped {
-    /// Host pointer to `[gpa, gpa + len)` if it lies wholly inside this region.
+    /// The span `[gpa, gpa + len)` if it lies wholly inside this region (an address below
+    /// the region wraps to an offset past its end).
     #[inline(always)]
-    fn gpa(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+    fn gpa(&self, gpa: u64, len: u64) -> Option<PeerSpan> {
         let off = gpa.wrapping_sub(self.spec.guest_phys_addr);
-        if gpa >= self.spec.guest_phys_addr && off <= self.spec.size && len <= self.spec.size - off
-        {
-            // SAFETY: `off + len <= size`: inside the mapped region.
-            return Some(unsafe { self.base.add(off as usize) });
-        }
-        None
+        self.span.sub(host(off)?, host(len)?)
+    }
+
+    /// As [`Mapped::gpa`] for the frontend's virtual address `uva`.
+    #[inline(always)]
+    fn uva(&self, uva: u64, len: u64) -> Option<PeerSpan> {
+        let off = uva.wrapping_sub(self.spec.user_addr);
+        self.span.sub(host(off)?, host(len)?)
     }
 }
 
-/// Most regions a table may hold (QEMU sends at most 8 without the mem-slots feature).
-pub const MAX_REGIONS: usize = 64;
-
-/// The mapped memory table. Translations hand out raw pointers valid while this value
-/// lives; the data path holds it in an `Arc` so a new table never unmaps memory it uses.
+/// The mapped memory table. Translations hand out [`PeerSpan`]s valid while this value
+/// lives; the data path holds it in an `Arc` beside its spans, so a new table never unmaps
+/// memory it uses.
 pub struct GuestMemory {
     regions: Vec<Mapped>,
 }
-
-// SAFETY: the raw pointers target shared mappings owned by `_map`; all access through them
-// is by the data path under the rules in `vring.rs` (volatile reads of guest data, which
-// the guest may change at any time), so moving the table between threads is sound.
-unsafe impl Send for GuestMemory {}
-// SAFETY: as for Send: `&GuestMemory` only translates addresses.
-unsafe impl Sync for GuestMemory {}
 
 impl std::fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,13 +160,17 @@ impl GuestMemory {
             let guard = quota
                 .register(map.as_mut_ptr() as usize, whole)
                 .map_err(|e| crate::peer_err!("memory table: {e}"))?;
-            // SAFETY: `mmap_offset < map_len` = the mapping's length (size > 0).
-            let base = unsafe { map.as_mut_ptr().add(spec.mmap_offset as usize) };
+            let map = PeerMapping::new(map, guard);
+            // `mmap_offset + size = map_len` bytes: inside the mapping.
+            let Some(span) = map.span(spec.mmap_offset, spec.size) else {
+                return Err(crate::peer_err!(
+                    "memory table: region {spec:?} has a bad size"
+                ));
+            };
             regions.push(Mapped {
                 spec: *spec,
-                guard,
-                _map: map,
-                base,
+                span,
+                map,
             });
         }
         Ok(GuestMemory { regions })
@@ -187,7 +179,7 @@ impl GuestMemory {
     /// A region's file was truncated (or its pages could not be allocated) after it was
     /// mapped: the guard replaced it with zeros. The frontend is to be dropped.
     pub fn taken_away(&self) -> bool {
-        self.regions.iter().any(|r| r.guard.hit())
+        self.regions.iter().any(|r| r.map.hit())
     }
 
     /// The regions.
@@ -195,10 +187,9 @@ impl GuestMemory {
         self.regions.iter().map(|r| r.spec)
     }
 
-    /// Host pointer to guest physical span `[gpa, gpa + len)`, if it lies wholly inside
-    /// one region.
+    /// Guest physical span `[gpa, gpa + len)`, if it lies wholly inside one region.
     #[inline]
-    pub fn gpa(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+    pub fn gpa(&self, gpa: u64, len: u64) -> Option<PeerSpan> {
         self.regions.iter().find_map(|r| r.gpa(gpa, len))
     }
 
@@ -206,7 +197,7 @@ impl GuestMemory {
     /// that held the span: a queue's buffers mostly sit in one region, and the data path
     /// translates every buffer (QEMU and our virtio-user send several regions).
     #[inline]
-    pub fn gpa_hinted(&self, gpa: u64, len: u64, hint: &Cell<usize>) -> Option<*mut u8> {
+    pub fn gpa_hinted(&self, gpa: u64, len: u64, hint: &Cell<usize>) -> Option<PeerSpan> {
         if let Some(p) = self.regions.get(hint.get()).and_then(|r| r.gpa(gpa, len)) {
             return Some(p);
         }
@@ -219,43 +210,11 @@ impl GuestMemory {
         Some(p)
     }
 
-    /// Host pointer to the frontend's virtual span `[uva, uva + len)` (vring addresses),
-    /// if it lies wholly inside one region.
-    pub fn uva(&self, uva: u64, len: u64) -> Option<*mut u8> {
-        for r in &self.regions {
-            let off = uva.wrapping_sub(r.spec.user_addr);
-            if uva >= r.spec.user_addr && off <= r.spec.size && len <= r.spec.size - off {
-                // SAFETY: `off + len <= size`: inside the mapped region.
-                return Some(unsafe { r.base.add(off as usize) });
-            }
-        }
-        None
+    /// The frontend's virtual span `[uva, uva + len)` (vring addresses), if it lies wholly
+    /// inside one region.
+    pub fn uva(&self, uva: u64, len: u64) -> Option<PeerSpan> {
+        self.regions.iter().find_map(|r| r.uva(uva, len))
     }
-}
-
-/// A memfd of `len` bytes sealed with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, as
-/// QEMU's `memory-backend-memfd` makes guest RAM: memory [`GuestMemory::map`] accepts.
-/// Our virtio-user frontend shares such a file; tests and fuzz targets use it as guest
-/// memory.
-///
-/// # Errors
-/// One line when the memfd cannot be made, sized or sealed.
-pub fn sealed_memfd(name: &str, len: u64) -> Result<File, VhostError> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-        .map_err(|e| crate::setup_err!("memfd_create: {e}"))?;
-    let file = File::from(fd);
-    file.set_len(len)
-        .map_err(|e| crate::setup_err!("size the memfd: {e}"))?;
-    fcntl(
-        &file,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-        ),
-    )
-    .map_err(|e| crate::setup_err!("seal the memfd: {e}"))?;
-    Ok(file)
 }
 
 /// Why a region's file is safe to map: it cannot shrink, or it lives on hugetlbfs (which
@@ -335,16 +294,19 @@ mod tests {
         assert!(m.gpa(0x100001, u64::MAX).is_none());
         assert!(m.uva(0x7100_0000, 8).is_some());
         assert!(m.uva(0x6fff_ffff, 8).is_none());
-        let a = m.gpa(0x100000, 8).unwrap();
-        let b = m.uva(0x7100_0000, 8).unwrap();
+        let a = m.gpa(0x100000, 8).unwrap().addr();
+        let b = m.uva(0x7100_0000, 8).unwrap().addr();
         assert_eq!(a, b, "the same byte by either name");
         // The hinted form agrees with the plain one whatever the hint says, and leaves the
         // region that held the span in it; an impossible hint is just a miss.
         for start in [0, 1, 7] {
             let hint = Cell::new(start);
-            assert_eq!(m.gpa_hinted(0x100000, 8, &hint), Some(a));
+            assert_eq!(m.gpa_hinted(0x100000, 8, &hint).map(|s| s.addr()), Some(a));
             assert_eq!(hint.get(), 1);
-            assert_eq!(m.gpa_hinted(0x10, 8, &hint), m.gpa(0x10, 8));
+            assert_eq!(
+                m.gpa_hinted(0x10, 8, &hint).map(|s| s.addr()),
+                m.gpa(0x10, 8).map(|s| s.addr())
+            );
             assert_eq!(hint.get(), 0);
             assert!(m.gpa_hinted(0x10000, 1, &hint).is_none(), "hole");
             assert!(

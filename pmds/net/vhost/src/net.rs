@@ -12,8 +12,8 @@
 
 use shm_mempool::{Mbuf, MbufCache};
 
-use super::peer_copy::append_from_peer;
 use super::vring::{ChainError, SplitRing};
+use pmds_common_vhost_user::peer_mem::PeerSpan;
 
 pub use pmds_common_virtio::features::{
     header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
@@ -104,15 +104,10 @@ impl NetQueue {
                         // `slot < out.len()` whenever `bulk` (one mbuf per pending chain).
                         let room = out.get_mut(slot).filter(|_| bulk);
                         let stored = match room {
-                            Some(m) if frame_len <= m.tailroom() => {
-                                // SAFETY: the walk just checked every buffer of the chain
-                                // lies in guest memory.
-                                unsafe { self.copy_frame(cache, m, n) }
-                            }
+                            Some(m) if frame_len <= m.tailroom() => self.copy_frame(cache, m, n),
                             room => match cache.alloc() {
                                 Some(mut m) => {
-                                    // SAFETY: as above.
-                                    let ok = unsafe { self.copy_frame(cache, &mut m, n) };
+                                    let ok = self.copy_frame(cache, &mut m, n);
                                     match room {
                                         Some(r) if ok => *r = m,
                                         None if ok => out.push(m),
@@ -161,22 +156,18 @@ impl NetQueue {
     }
 
     /// Appends the frame of the walked chain (`n` buffers, header skipped) to `m`, copied
-    /// out of guest memory through [`append_from_peer`]; false when the pool runs dry.
-    ///
-    /// # Safety
-    /// The chain was just walked: each of its `n` buffers lies in guest memory.
-    unsafe fn copy_frame<'c>(&self, cache: &'c MbufCache, m: &mut Mbuf<'c>, n: usize) -> bool {
+    /// out of guest memory ([`PeerSpan::append_to`]); false when the pool runs dry. The
+    /// guest may change its buffers while we copy, which can only spoil its own packet.
+    #[inline(always)]
+    fn copy_frame<'c>(&self, cache: &'c MbufCache, m: &mut Mbuf<'c>, n: usize) -> bool {
         let mut skip = self.hdr_len;
         for s in self.ring.segs().get(..n).unwrap_or(&[]) {
-            let len = s.len as usize;
+            let len = s.len();
             if skip >= len {
                 skip -= len;
                 continue;
             }
-            // SAFETY: `[ptr + skip, ptr + len)` is inside a buffer the walk checked (the
-            // caller's promise); the guest may change it while we copy, which can only
-            // spoil its own packet.
-            if !unsafe { append_from_peer(cache, m, s.ptr.wrapping_add(skip), len - skip) } {
+            if !s.append_to(skip, len - skip, cache, m) {
                 return false;
             }
             skip = 0;
@@ -210,16 +201,11 @@ impl NetQueue {
                 let head = self.ring.take_head();
                 if self.ring.walk(head, true).is_ok() {
                     let buf = self.ring.segs()[0];
-                    if buf.len as usize >= self.hdr_len + frame.len() {
-                        // SAFETY: `buf` is the first buffer of a checked, device-writable
-                        // chain with room for the header and the frame.
-                        unsafe { write_header(buf.ptr, self.hdr_len) };
-                        // SAFETY: as above, `hdr_len + frame.len()` bytes fit `buf`; the
-                        // frame is in our mbuf, and guest buffers lie in the mappings this
-                        // port made of the frontend's memory, never in our pool's mapping.
-                        let dst = unsafe { buf.ptr.add(self.hdr_len) };
-                        // SAFETY: as above.
-                        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), dst, frame.len()) };
+                    // The first buffer of a checked, device-writable chain with room for
+                    // the header and the frame (our mbuf's bytes).
+                    if buf.len() >= self.hdr_len + frame.len() {
+                        write_header(&buf, self.hdr_len);
+                        buf.copy_in(self.hdr_len, frame);
                         avail -= 1;
                         self.ring
                             .push_used(head, (self.hdr_len + frame.len()) as u32);
@@ -236,7 +222,7 @@ impl NetQueue {
             let mut chains: [(u16, u32); 16] = [(0, 0); 16];
             let mut nchains = 0usize;
             let mut written = 0usize;
-            let mut first: *mut u8 = std::ptr::null_mut();
+            let mut first = PeerSpan::EMPTY;
             let mut src = PacketCursor::new(m.segments(), self.hdr_len);
             while written < need {
                 let full = nchains == chains.len() || (nchains == 1 && !self.mergeable);
@@ -259,11 +245,7 @@ impl NetQueue {
                 avail -= 1;
                 let n = match self.ring.walk(head, true) {
                     // The header must sit in the first buffer (as every driver gives it).
-                    Ok((n, _))
-                        if nchains > 0 || self.ring.segs()[0].len as usize >= self.hdr_len =>
-                    {
-                        n
-                    }
+                    Ok((n, _)) if nchains > 0 || self.ring.segs()[0].len() >= self.hdr_len => n,
                     other => {
                         o.bad_chains += 1;
                         if other != Err(ChainError::IndexOutOfRange) {
@@ -273,12 +255,12 @@ impl NetQueue {
                     }
                 };
                 if nchains == 0 {
-                    first = self.ring.segs()[0].ptr;
+                    first = self.ring.segs()[0];
                 }
                 let mut in_chain = 0usize;
                 for s in self.ring.segs().get(..n).unwrap_or(&[]) {
-                    // SAFETY: a checked, device-writable guest buffer of `s.len` bytes.
-                    in_chain += unsafe { src.fill(s.ptr, s.len as usize) };
+                    // A checked, device-writable guest buffer.
+                    in_chain += src.fill(s);
                     if src.done() {
                         break;
                     }
@@ -290,14 +272,9 @@ impl NetQueue {
                 nchains += 1;
             }
             if self.hdr_len == 12 {
-                // SAFETY: `first` is the first buffer of a checked writable chain, at least
+                // `first` is the first buffer of a checked writable chain, at least
                 // `hdr_len` = 12 bytes long; num_buffers is its last two bytes.
-                unsafe {
-                    std::ptr::write_unaligned(
-                        first.wrapping_add(10).cast::<u16>(),
-                        (nchains as u16).to_le(),
-                    );
-                }
+                first.copy_in(10, &(nchains as u16).to_le_bytes());
             }
             for &(head, len) in chains.get(..nchains).unwrap_or(&[]) {
                 self.ring.push_used(head, len);
@@ -312,31 +289,24 @@ impl NetQueue {
     }
 }
 
-/// Writes a virtio-net header for one packet in one buffer at `dst`: zeros (no offloads),
-/// and num_buffers = 1 when the header has that field (12 bytes). Two 8-byte stores where
-/// they fit; a `fill` call would cost more than the rest of the header's work.
-///
-/// # Safety
-/// `dst` must be valid for writes of `hdr_len` bytes.
+/// Writes a virtio-net header for one packet at the start of `dst` (a guest buffer of at
+/// least `hdr_len` bytes): zeros (no offloads), and num_buffers = 1 when the header has
+/// that field (12 bytes). Two 8-byte stores where they fit; a `fill` call would cost more
+/// than the rest of the header's work.
 #[inline(always)]
-unsafe fn write_header(dst: *mut u8, hdr_len: usize) {
+fn write_header(dst: &PeerSpan, hdr_len: usize) {
     if hdr_len == 12 || hdr_len == 10 {
         // Bytes [0, 8) and [hdr_len - 8, hdr_len): both inside the header.
-        let tail = if hdr_len == 12 {
+        let tail: u64 = if hdr_len == 12 {
             // Bytes 4..12: zeros, then num_buffers = 1 (little-endian) at bytes 10..12.
-            (1u64 << 48).to_le()
+            1 << 48
         } else {
             0
         };
-        // SAFETY: the caller's contract covers `hdr_len` bytes from `dst`; unaligned store.
-        unsafe { dst.cast::<u64>().write_unaligned(0) };
-        // SAFETY: `hdr_len - 8 + 8 = hdr_len` bytes, as above.
-        let at = unsafe { dst.add(hdr_len - 8) };
-        // SAFETY: as above.
-        unsafe { at.cast::<u64>().write_unaligned(tail) };
+        dst.copy_in(0, &[0; 8]);
+        dst.copy_in(hdr_len - 8, &tail.to_le_bytes());
     } else {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::write_bytes(dst, 0, hdr_len) };
+        dst.zero(0, hdr_len);
     }
 }
 
@@ -372,25 +342,21 @@ impl<'a, I: Iterator<Item = &'a [u8]>> PacketCursor<'a, I> {
         self.hdr_left == 0 && self.cur.is_empty()
     }
 
-    /// Copies as much as fits into the `len` bytes at `dst` (a guest buffer: written
-    /// through the raw pointer, never made a reference); returns how many bytes.
-    ///
-    /// # Safety
-    /// `[dst, dst + len)` must be mapped and writable.
-    unsafe fn fill(&mut self, dst: *mut u8, len: usize) -> usize {
+    /// Copies as much as fits into `dst` (a guest buffer, written only through its
+    /// accessors); returns how many bytes.
+    fn fill(&mut self, dst: &PeerSpan) -> usize {
+        let len = dst.len();
         let mut k = 0;
         if self.hdr_left > 0 {
             let h = self.hdr_left.min(len);
-            // SAFETY: `h <= len` bytes at `dst` (the caller's promise).
-            unsafe { std::ptr::write_bytes(dst, 0, h) };
+            dst.zero(0, h);
             self.hdr_left -= h;
             k = h;
         }
         while k < len && !self.cur.is_empty() {
             let c = self.cur.len().min(len - k);
-            // SAFETY: `[dst + k, dst + k + c)` is inside `[dst, dst + len)`; the source is
-            // our own mbuf's data.
-            unsafe { std::ptr::copy_nonoverlapping(self.cur.as_ptr(), dst.wrapping_add(k), c) };
+            // `[k, k + c)` is inside `dst`; the source is our own mbuf's data.
+            dst.copy_in(k, self.cur.get(..c).unwrap_or(&[]));
             k += c;
             self.cur = self.cur.get(c..).unwrap_or(&[]);
             self.advance();

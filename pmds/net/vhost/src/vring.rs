@@ -22,7 +22,7 @@
 
 use crate::VhostError;
 use std::cell::Cell;
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use pmds_common_virtio::prefetch::{prefetch, prefetch_write};
@@ -32,24 +32,11 @@ pub use pmds_common_virtio::split::{
 };
 
 use super::mem::GuestMemory;
+use pmds_common_vhost_user::peer_mem::{PeerArray, PeerSpan};
+pub use pmds_common_vhost_user::proto::VringAddrs;
 
 /// Most buffers one chain may have here (longer chains are refused).
 pub const MAX_CHAIN: usize = 64;
-
-/// Where a vring is, as the frontend described it (its own virtual addresses).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VringAddrs {
-    /// Entries (a power of two).
-    pub size: u16,
-    /// Descriptor table.
-    pub desc: u64,
-    /// Driver ("available") area.
-    pub avail: u64,
-    /// Device ("used") area.
-    pub used: u64,
-    /// First available index to process (`SET_VRING_BASE`).
-    pub base: u16,
-}
 
 /// Why a descriptor chain was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,28 +58,17 @@ pub enum ChainError {
 /// Most chains one [`SplitRing::prefetch_pending`] warms (a burst or two).
 const PREFETCH_MAX: u16 = 64;
 
-/// One guest buffer of a chain, translated.
-#[derive(Debug, Clone, Copy)]
-pub struct Seg {
-    /// Host address.
-    pub ptr: *mut u8,
-    /// Bytes.
-    pub len: u32,
-}
-
-impl Seg {
-    const EMPTY: Seg = Seg {
-        ptr: std::ptr::null_mut(),
-        len: 0,
-    };
-}
-
 /// A started split virtqueue, owned by the one thread that polls it.
 pub struct SplitRing {
+    /// Keeps the memory of the spans below (and of `segs`) mapped.
     mem: Arc<GuestMemory>,
-    desc: *const Desc,
-    avail: *const u16,
-    used: *mut u16,
+    /// The descriptor table; the driver area (flags, idx, ...) and its ring; the device
+    /// area (flags, idx, ...) and its elements (all checked in `start`).
+    desc: PeerArray<Desc>,
+    avail: PeerSpan,
+    avail_ring: PeerArray<u16>,
+    used: PeerSpan,
+    used_ring: PeerArray<[u32; 2]>,
     size: u16,
     /// Next `avail.ring` position to take (ours: never re-read from the guest).
     pub last_avail: u16,
@@ -104,7 +80,7 @@ pub struct SplitRing {
     /// first chain and the head of its last.
     batch: Option<(u16, u16)>,
     /// Scratch: the current chain's buffers.
-    segs: Box<[Seg; MAX_CHAIN]>,
+    segs: Box<[PeerSpan; MAX_CHAIN]>,
     /// The memory region that held the last buffer translated (tried first).
     region_hint: Cell<usize>,
 }
@@ -118,10 +94,6 @@ impl std::fmt::Debug for SplitRing {
             .finish()
     }
 }
-
-// SAFETY: the pointers target guest memory kept mapped by `mem` (an `Arc`); the ring is
-// used by one thread at a time (`&mut self` for every access that moves state).
-unsafe impl Send for SplitRing {}
 
 impl SplitRing {
     /// Starts the ring described by `a` in `mem`; `used_idx` is where the device's used
@@ -138,34 +110,51 @@ impl SplitRing {
             ));
         }
         let n = u64::from(size);
-        let area = |what: &str, uva: u64, len: u64, align: u64| -> Result<*mut u8, VhostError> {
+        let area = |what: &str, uva: u64, len: u64, align: u64| -> Result<PeerSpan, VhostError> {
             if !uva.is_multiple_of(align) {
                 return Err(crate::peer_err!(
                     "vring {what} area {uva:#x} is not {align}-byte aligned"
                 ));
             }
-            mem.uva(uva, len).ok_or_else(|| {
+            let span = mem.uva(uva, len).ok_or_else(|| {
                 crate::peer_err!("vring {what} area {uva:#x}+{len} is not in guest memory")
-            })
+            })?;
+            // Aligned where we map it too (a region's file offset could shift it).
+            if !span.addr().is_multiple_of(align) {
+                return Err(crate::peer_err!(
+                    "vring {what} area {uva:#x} is not {align}-byte aligned in its file"
+                ));
+            }
+            Ok(span)
         };
         let desc = area("descriptor", a.desc, 16 * n, 16)?;
         let avail = area("avail", a.avail, 6 + 2 * n, 2)?;
         let used = area("used", a.used, 6 + 8 * n, 4)?;
-        // The used index the driver last saw from us: continue from there.
-        // SAFETY: `used` is 4-aligned, inside guest memory, and `used + 2` holds `idx`.
-        let used_idx = unsafe { AtomicU16::from_ptr(used.cast::<u16>().wrapping_add(1)) }
-            .load(Ordering::Acquire);
+        // The used index the driver last saw from us: continue from there (bytes 2..4 of
+        // the 4-aligned used area: never a miss).
+        let used_idx = used.load_u16(2, Ordering::Acquire).unwrap_or(0);
+        let n = usize::from(size);
+        // Inside the areas just checked, aligned (their starts are), `size` a power of two.
+        let (Some(desc), Some(avail_ring), Some(used_ring)) = (
+            desc.array::<Desc>(0, n),
+            avail.array::<u16>(4, n),
+            used.array::<[u32; 2]>(4, n),
+        ) else {
+            return Err(crate::peer_err!("vring areas do not hold {size} entries"));
+        };
         Ok(SplitRing {
             mem,
-            desc: desc.cast(),
-            avail: avail.cast(),
-            used: used.cast(),
+            desc,
+            avail,
+            avail_ring,
+            used,
+            used_ring,
             size,
             last_avail: a.base,
             used_idx,
             unpublished: 0,
             batch: None,
-            segs: Box::new([Seg::EMPTY; MAX_CHAIN]),
+            segs: Box::new([PeerSpan::EMPTY; MAX_CHAIN]),
             region_hint: Cell::new(0),
         })
     }
@@ -175,14 +164,17 @@ impl SplitRing {
         self.size
     }
 
-    fn avail_word(&self, i: usize) -> &AtomicU16 {
-        // SAFETY: `i <= size + 2` words inside the avail area checked in `start`, 2-aligned.
-        unsafe { AtomicU16::from_ptr(self.avail.wrapping_add(i).cast_mut()) }
+    /// Loads word `i` (0 flags, 1 idx) of the avail area (inside the area checked in
+    /// `start`, 2-aligned, so never a miss; a miss would read 0).
+    #[inline(always)]
+    fn avail_word(&self, i: usize, order: Ordering) -> u16 {
+        self.avail.load_u16(2 * i, order).unwrap_or(0)
     }
 
-    fn used_word(&self, i: usize) -> &AtomicU16 {
-        // SAFETY: `i` is 0 or 1 (flags, idx), inside the used area, 2-aligned.
-        unsafe { AtomicU16::from_ptr(self.used.wrapping_add(i)) }
+    /// Stores word `i` (0 flags, 1 idx) of the used area.
+    #[inline(always)]
+    fn store_used_word(&self, i: usize, v: u16, order: Ordering) {
+        self.used.store_u16(2 * i, v, order);
     }
 
     /// Chains the driver has made available and we have not taken.
@@ -192,7 +184,7 @@ impl SplitRing {
     #[inline]
     pub fn pending(&self) -> Result<u16, ChainError> {
         // V1: Acquire, so the ring entries and descriptors read next are as new as the index.
-        let idx = self.avail_word(1).load(Ordering::Acquire);
+        let idx = self.avail_word(1, Ordering::Acquire);
         let n = idx.wrapping_sub(self.last_avail);
         if n > self.size {
             return Err(ChainError::AvailIndex);
@@ -207,7 +199,7 @@ impl SplitRing {
         self.last_avail = self.last_avail.wrapping_add(1);
         // Relaxed: ordered after the Acquire of `avail.idx` (V1) by program order of the
         // loads on this thread; the value is checked by `walk`.
-        self.avail_word(2 + slot).load(Ordering::Relaxed)
+        self.avail_ring.load(slot, Ordering::Relaxed)
     }
 
     /// Warms the cache for the next `n` available chains (`n` from [`SplitRing::pending`]):
@@ -223,26 +215,25 @@ impl SplitRing {
         for k in 0..n {
             let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
             // Relaxed: a hint only (the checked path reads it again after V1).
-            let head = self.avail_word(2 + slot).load(Ordering::Relaxed) & mask;
-            prefetch(self.desc.wrapping_add(usize::from(head)).cast());
+            let head = self.avail_ring.load(slot, Ordering::Relaxed) & mask;
+            prefetch(self.desc.hint(usize::from(head)));
         }
         for k in 0..n {
             let slot = usize::from(self.last_avail.wrapping_add(k) & mask);
-            let head = self.avail_word(2 + slot).load(Ordering::Relaxed) & mask;
-            // SAFETY: `head <= mask < size`: inside the descriptor table checked in
-            // `start`; a volatile copy, the guest may be writing it.
-            let d = unsafe { std::ptr::read_volatile(self.desc.wrapping_add(usize::from(head))) };
+            let head = self.avail_ring.load(slot, Ordering::Relaxed) & mask;
+            // A volatile copy: the guest may be writing it.
+            let d = self.desc.read(usize::from(head));
             let len = u64::from(u32::from_le(d.len)).min(128);
             if let Some(p) = self
                 .mem
                 .gpa_hinted(u64::from_le(d.addr), len, &self.region_hint)
             {
                 if write {
-                    prefetch_write(p);
-                    prefetch_write(p.wrapping_add(64));
+                    prefetch_write(p.hint(0));
+                    prefetch_write(p.hint(64));
                 } else {
-                    prefetch(p);
-                    prefetch(p.wrapping_add(64));
+                    prefetch(p.hint(0));
+                    prefetch(p.hint(64));
                 }
             }
         }
@@ -257,12 +248,12 @@ impl SplitRing {
         let mut k = 0u16;
         while k < n {
             let slot = usize::from(self.used_idx.wrapping_add(k) & mask);
-            prefetch_write(self.used.cast::<u8>().wrapping_add(4 + 8 * slot));
+            prefetch_write(self.used_ring.hint(slot));
             k += 8;
         }
         if n > 0 {
             let slot = usize::from(self.used_idx.wrapping_add(n - 1) & mask);
-            prefetch_write(self.used.cast::<u8>().wrapping_add(4 + 8 * slot));
+            prefetch_write(self.used_ring.hint(slot));
         }
     }
 
@@ -277,7 +268,7 @@ impl SplitRing {
     ///
     /// # Errors
     /// [`ChainError`] for the first thing wrong.
-    #[inline]
+    #[inline(always)]
     pub fn walk(&mut self, head: u16, writable: bool) -> Result<(usize, u64), ChainError> {
         let mut i = head;
         let mut n = 0usize;
@@ -289,9 +280,9 @@ impl SplitRing {
             if n == MAX_CHAIN || n >= usize::from(self.size) {
                 return Err(ChainError::TooLong);
             }
-            // SAFETY: `i < size`: inside the descriptor table checked in `start` (16-byte
-            // aligned); a volatile copy, because the guest may be writing it.
-            let d = unsafe { std::ptr::read_volatile(self.desc.wrapping_add(usize::from(i))) };
+            // `i < size` (checked above); one volatile copy, because the guest may be
+            // writing it.
+            let d = self.desc.read(usize::from(i));
             let (addr, len, flags, next) = (
                 u64::from_le(d.addr),
                 u32::from_le(d.len),
@@ -304,7 +295,7 @@ impl SplitRing {
             if (flags & VRING_DESC_F_WRITE != 0) != writable {
                 return Err(ChainError::WrongDirection);
             }
-            let ptr = self
+            let buf = self
                 .mem
                 .gpa_hinted(addr, u64::from(len), &self.region_hint)
                 .ok_or(ChainError::BadBuffer)?;
@@ -312,7 +303,7 @@ impl SplitRing {
             let Some(slot) = self.segs.get_mut(n) else {
                 return Err(ChainError::TooLong);
             };
-            *slot = Seg { ptr, len };
+            *slot = buf;
             n += 1;
             total += u64::from(len);
             if flags & VRING_DESC_F_NEXT == 0 {
@@ -322,9 +313,10 @@ impl SplitRing {
         }
     }
 
-    /// The buffers of the last [`SplitRing::walk`].
+    /// The buffers of the last [`SplitRing::walk`] (spans of guest memory, valid while
+    /// this ring lives: it holds the memory table).
     #[inline]
-    pub fn segs(&self) -> &[Seg; MAX_CHAIN] {
+    pub fn segs(&self) -> &[PeerSpan; MAX_CHAIN] {
         &self.segs
     }
 
@@ -364,15 +356,8 @@ impl SplitRing {
     /// Writes used element `pos` (masked to the ring): chain `head`, `len` bytes written.
     #[inline]
     fn write_elem(&self, pos: u16, head: u16, len: u32) {
-        let slot = usize::from(pos & (self.size - 1));
-        let elem = self
-            .used
-            .cast::<u8>()
-            .wrapping_add(4 + 8 * slot)
-            .cast::<[u32; 2]>();
-        // SAFETY: `slot < size`: the element is inside the used area checked in `start`
-        // (4-aligned, 8 bytes at offset 4 + 8 * slot).
-        unsafe { std::ptr::write_volatile(elem, [u32::from(head).to_le(), len.to_le()]) };
+        self.used_ring
+            .write(usize::from(pos), [u32::from(head).to_le(), len.to_le()]);
     }
 
     /// Publishes the used elements pushed since the last call; returns whether the driver
@@ -385,15 +370,15 @@ impl SplitRing {
         }
         self.unpublished = 0;
         // V2: Release, publishing the used elements and the bytes written into the buffers.
-        self.used_word(1).store(self.used_idx, Ordering::Release);
+        self.store_used_word(1, self.used_idx, Ordering::Release);
         // V3: the store above before the load of the driver's flags below.
         fence(Ordering::SeqCst);
-        self.avail_word(0).load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
+        self.avail_word(0, Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
     }
 
     /// Sets `used.flags` (e.g. `VRING_USED_F_NO_NOTIFY`: we poll, kicks are not needed).
     pub fn set_used_flags(&self, flags: u16) {
-        self.used_word(0).store(flags, Ordering::Relaxed);
+        self.store_used_word(0, flags, Ordering::Relaxed);
     }
 }
 
@@ -427,7 +412,8 @@ pub(crate) mod tests {
                 mmap_offset: 0,
             };
             let mem = Arc::new(GuestMemory::map(&[spec], vec![f]).unwrap());
-            let base = mem.gpa(0, len).unwrap();
+            // The test is the guest: it writes its memory through a raw pointer.
+            let base = mem.gpa(0, len).unwrap().hint(0).cast_mut();
             FakeGuest {
                 mem,
                 base,

@@ -5,17 +5,18 @@
 //! never the main memseg. Received frames are copied out of the slots into mbufs of the
 //! caller's (host) pool; frames to send are copied from any pool into a slot. The socket's
 //! peer is checked with `SO_PEERCRED` before anything is sent (our uid or root), and every
-//! exchange has a deadline and gives up at once on a signal ([`pmds_net_vhost::wire`]): a backend
+//! exchange has a deadline and gives up at once on a signal ([`pmds_common_vhost_user::wire`]): a backend
 //! that never answers is one error line at start, never a primary stuck in `connect`.
 //!
 //! The driver side of each virtqueue is [`DriverRing`] (virtio 1.x §2.7, orderings D1-D3).
+//! The rings and slots are reached only as `PeerSpan`s (`pmds_common_vhost_user::peer_mem`):
+//! no `unsafe` here.
 
-use pmds_net_vhost::VhostError;
+use pmds_common_vhost_user::VhostError;
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,14 +25,14 @@ use shm_mempool::{Mbuf, MbufCache};
 pub use crate::driver_ring::{DriverRing, DEFAULT_QUEUE_SIZE, WHOLE_BUFFER};
 pub use crate::frontend_mem::{vring_bytes, PortMemory, SLOT_BYTES};
 
+use pmds_common_vhost_user::proto::{self, code, PROTOCOL_F_MQ};
+pub(crate) use pmds_common_vhost_user::wire::eventfd;
+use pmds_common_vhost_user::wire::{self, Until, WireError};
 use pmds_common_virtio::features::{
     header_len, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 };
-use pmds_common_virtio::split::{Desc, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
-use pmds_net_vhost::peer_copy::{append_from_peer, copy_from_peer};
-use pmds_net_vhost::proto::{self, code, PROTOCOL_F_MQ};
-use pmds_net_vhost::wire::{self, Until, WireError};
+use pmds_common_virtio::split::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE};
 
 /// How long stopping a port may wait for the backend to stop its rings, all rings
 /// together: a stopping primary does not wait on a silent backend for long.
@@ -59,19 +60,6 @@ pub fn stop(dev: &Arc<VirtioUserDevice>) {
     dev.shutdown();
 }
 
-pub(crate) fn eventfd() -> Result<File, VhostError> {
-    // SAFETY: plain syscall; a valid fd is owned by the File below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(pmds_net_vhost::setup_err!(
-            "eventfd: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 impl VirtioUserDevice {
     /// Connects to the vhost-user backend at `path` (retrying the connect for up to
     /// `wait`), checks who it is, negotiates and sets up `pairs` queue pairs of `size`
@@ -90,15 +78,15 @@ impl VirtioUserDevice {
         cancel: &AtomicBool,
     ) -> Result<Arc<VirtioUserDevice>, VhostError> {
         let at = |e: WireError| match e {
-            WireError::TimedOut(_) => pmds_net_vhost::peer_err!(
+            WireError::TimedOut(_) => pmds_common_vhost_user::peer_err!(
                 "path {}: {e}; check that a vhost-user backend serves this socket",
                 path.display()
             ),
-            e => pmds_net_vhost::peer_err!("path {}: {e}", path.display()),
+            e => pmds_common_vhost_user::peer_err!("path {}: {e}", path.display()),
         };
         let sock = wire::connect(path, Until::after(wait, cancel)).map_err(|e| match e {
             WireError::Cancelled => at(e),
-            e => pmds_net_vhost::setup_err!(
+            e => pmds_common_vhost_user::setup_err!(
                 "path {}: no vhost-user backend answers ({e}); start the backend first",
                 path.display()
             ),
@@ -106,7 +94,7 @@ impl VirtioUserDevice {
         // Before anything is sent: the memory we are about to share goes to this process.
         let (uid, pid) = wire::peer_cred(&sock).map_err(at)?;
         if !wire::uid_allowed(uid) {
-            return Err(pmds_net_vhost::setup_err!(
+            return Err(pmds_common_vhost_user::setup_err!(
                 "path {}: the backend (pid {pid}) runs as uid {uid}, not as us or root; refusing to share memory with it",
                 path.display()
             ));
@@ -115,7 +103,9 @@ impl VirtioUserDevice {
             p.get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
-                .ok_or_else(|| pmds_net_vhost::setup_err!("path {}: short reply", path.display()))
+                .ok_or_else(|| {
+                    pmds_common_vhost_user::setup_err!("path {}: short reply", path.display())
+                })
         };
         let until = || Until::after(wire::MESSAGE_TIMEOUT, cancel);
         let ask = |req: u32| -> Result<u64, VhostError> {
@@ -132,7 +122,7 @@ impl VirtioUserDevice {
             ));
         }
         if pairs > 1 && offered & VIRTIO_NET_F_MQ == 0 {
-            return Err(pmds_net_vhost::setup_err!(
+            return Err(pmds_common_vhost_user::setup_err!(
                 "queues={pairs}: the backend does not offer multiqueue"
             ));
         }
@@ -152,7 +142,7 @@ impl VirtioUserDevice {
                 &[],
             )?;
             if pairs > 1 && ask(code::GET_QUEUE_NUM)? < u64::from(pairs) {
-                return Err(pmds_net_vhost::setup_err!(
+                return Err(pmds_common_vhost_user::setup_err!(
                     "queues={pairs}: the backend has fewer queue pairs"
                 ));
             }
@@ -169,10 +159,20 @@ impl VirtioUserDevice {
         let mut rings = Vec::new();
         let mut calls = Vec::new();
         for i in 0..2 * u32::from(pairs) {
-            let at = mem.vring(i as usize) as u64;
+            let vr = mem.vring(i as usize);
+            let at = vr.addr();
             let n = u64::from(size);
-            let (desc, avail) = (at, at + 16 * n);
-            let used = at + (16 * n + 6 + 2 * n).next_multiple_of(64);
+            let used_off = (16 * n + 6 + 2 * n).next_multiple_of(64);
+            let (desc, avail, used) = (at, at + 16 * n, at + used_off);
+            let (Some(desc_area), Some(avail_area), Some(used_area)) = (
+                vr.sub(0, 16 * n as usize),
+                vr.sub(16 * n as usize, 6 + 2 * n as usize),
+                vr.sub(used_off as usize, 6 + 8 * n as usize),
+            ) else {
+                return Err(pmds_common_vhost_user::setup_err!(
+                    "vring {i} does not fit its memory"
+                ));
+            };
             let state = |a: u32, b: u32| {
                 let mut p = a.to_le_bytes().to_vec();
                 p.extend_from_slice(&b.to_le_bytes());
@@ -200,17 +200,19 @@ impl VirtioUserDevice {
             )?;
             calls.push(call);
             // We poll: no interrupts (the device then never writes the call eventfd).
-            // SAFETY: avail.flags of this vring, 2-aligned, inside the zeroed ring memzone.
-            unsafe { AtomicU16::from_ptr(avail as *mut u16) }
-                .store(VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
-            rings.push(Mutex::new(Some(DriverRing::new(
-                desc as *mut Desc,
-                avail as *mut u16,
-                used as *mut u16,
+            avail_area.store_u16(0, VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
+            let ring = DriverRing::new(
+                desc_area,
+                avail_area,
+                used_area,
                 (size, in_order),
                 mem.slots(i as usize),
                 kick,
-            ))));
+            )
+            .ok_or_else(|| {
+                pmds_common_vhost_user::setup_err!("vring {i} does not fit its memory")
+            })?;
+            rings.push(Mutex::new(Some(ring)));
         }
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for i in 0..2 * u32::from(pairs) {
@@ -376,9 +378,8 @@ impl VirtioUserQueue {
             let p = r.slot(id);
             let nbufs = if hdr == 12 {
                 let mut b = [0u8; 2];
-                // SAFETY: bytes 10..12 of the slot (the header's num_buffers), in the
-                // port's memory.
-                unsafe { copy_from_peer(&mut b, p.wrapping_add(10)) };
+                // Bytes 10..12 of the slot: the header's num_buffers.
+                p.copy_out(10, &mut b);
                 u16::from_le_bytes(b).clamp(1, r.size())
             } else {
                 1
@@ -386,12 +387,9 @@ impl VirtioUserQueue {
             let mut ok = len >= hdr && len <= slot;
             let mut m = cache.alloc();
             match &mut m {
-                Some(m) if ok => {
-                    // SAFETY: `[p + hdr, p + len)` is inside descriptor `id`'s slot (`len
-                    // <= SLOT_BYTES`, checked in `ok`), in the port's memory, mapped while
-                    // the device lives.
-                    ok = unsafe { append_from_peer(cache, m, p.wrapping_add(hdr), len - hdr) }
-                }
+                // `[hdr, len)` of descriptor `id`'s slot (`len <= SLOT_BYTES`, checked in
+                // `ok`).
+                Some(m) if ok => ok = p.append_to(hdr, len - hdr, cache, m),
                 Some(_) => {}
                 None => ok = false,
             }
@@ -403,11 +401,8 @@ impl VirtioUserQueue {
                         let src = r.slot(id);
                         ok = ok
                             && l <= slot
-                            && m.as_mut().is_some_and(|m| {
-                                // SAFETY: `l <= SLOT_BYTES` bytes of descriptor `id`'s
-                                // slot, in the port's memory, mapped while the device lives.
-                                unsafe { append_from_peer(cache, m, src, l) }
-                            });
+                            // `l <= SLOT_BYTES` bytes of descriptor `id`'s slot.
+                            && m.as_mut().is_some_and(|m| src.append_to(0, l, cache, m));
                     }
                     _ => ok = false,
                 }
@@ -428,7 +423,7 @@ impl VirtioUserQueue {
         while let Some(id) = r.take_free() {
             r.post(
                 id,
-                r.slot(id) as u64,
+                r.slot(id).addr(),
                 slot as u32,
                 VRING_DESC_F_WRITE,
                 u64::from(id),
@@ -478,9 +473,9 @@ impl VirtioUserQueue {
             let p = r.slot(id);
             // The zeroed virtio-net header (10 or 12 bytes; one 12-byte store, the frame
             // goes over the rest).
-            // SAFETY: `[p, p + 12)` is inside descriptor `id`'s slot (`SLOT_BYTES` long),
-            // which the device does not own until we post it.
-            unsafe { p.cast::<[u8; 12]>().write_unaligned([0; 12]) };
+            // `[0, 12)` of descriptor `id`'s slot (`SLOT_BYTES` long), which the device
+            // does not own until we post it.
+            p.copy_in(0, &[0; 12]);
             let mut off = hdr;
             for seg in m.segments() {
                 // The segments add up to `pkt_len`, checked above; each copy is bounded by
@@ -488,16 +483,13 @@ impl VirtioUserQueue {
                 if off + seg.len() > SLOT_BYTES as usize {
                     break;
                 }
-                // SAFETY: `[p + off, p + off + seg.len())` is inside descriptor `id`'s slot
-                // (bounded just above), which the device does not own until we post it.
-                // We write shared memory through a raw pointer; `seg` is our mbuf's data.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(seg.as_ptr(), p.wrapping_add(off), seg.len())
-                };
+                // `[off, off + seg.len())` of descriptor `id`'s slot (bounded just above),
+                // which the device does not own until we post it; `seg` is our mbuf's data.
+                p.copy_in(off, seg);
                 off += seg.len();
             }
             drop(m);
-            r.post(id, p as u64, off as u32, 0, u64::from(id));
+            r.post(id, p.addr(), off as u32, 0, u64::from(id));
             o.bytes += (off - hdr) as u64;
             o.packets += 1;
         }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use shm_mempool::{Mbuf, MbufCache};
 
+use pmds_common_vhost_user::proto::MAX_QUEUE_PAIRS;
 use pmds_ethdev::{
     Args, Attach, Burst, DevArgsError, DriverId, Hosted, HostedDevice, HostedKind, NetDriver,
     PortDriver, PortError, Probe, QueueShm, Queues, RxBurst, TxBurst,
 };
-use pmds_net_vhost::backend::MAX_QUEUE_PAIRS;
 
 use crate::device::{self, PortMemory, VirtioUserDevice, VirtioUserQueue};
 
@@ -87,7 +87,7 @@ impl NetDriver for VirtioUserDriver {
             queues.rx,
             size,
             std::time::Duration::from_secs(5),
-            pmds_net_vhost::wire::process_stop(),
+            pmds_common_vhost_user::wire::process_stop(),
         )
         // The error names the socket.
         .map_err(|e| PortError::failed(&d.name, "connecting to the backend", e))?;

@@ -16,17 +16,23 @@
 //! the buffers before it were used whole. Posting only ever uses descriptors outside the
 //! outstanding window, so a device that names the wrong buffer costs an error, not a
 //! descriptor in use twice.
+//!
+//! The rings and slots are the port's memory, which the device writes too: they are
+//! reached only through [`PeerSpan`]'s checked accessors (no `unsafe` here).
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use crate::frontend_mem::SLOT_BYTES;
+use pmds_common_vhost_user::peer_mem::{PeerArray, PeerSpan};
 use pmds_common_virtio::split::{Desc, VRING_USED_F_NO_NOTIFY};
 
 /// Default entries per virtqueue (DPDK's virtio-user default).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// A buffer slot's bytes.
+const SLOT: usize = SLOT_BYTES as usize;
 /// No buffer at this descriptor.
 pub(crate) const NONE: u64 = u64::MAX;
 /// Used length of a buffer an in-order device returned without an element of its own:
@@ -35,9 +41,13 @@ pub const WHOLE_BUFFER: u32 = u32::MAX;
 
 /// One virtqueue's driver state, handed from queue object to queue object.
 pub struct DriverRing {
-    desc: *mut Desc,
-    avail: *mut u16,
-    used: *mut u16,
+    /// The descriptor table, driver area and device area, in the port's memory (kept
+    /// mapped by the device, which drops its rings first).
+    desc: PeerArray<Desc>,
+    avail: PeerSpan,
+    avail_ring: PeerArray<u16>,
+    used: PeerSpan,
+    used_ring: PeerArray<[u32; 2]>,
     size: u16,
     avail_idx: u16,
     last_used: u16,
@@ -57,15 +67,10 @@ pub struct DriverRing {
     inflight: Vec<u64>,
     /// Where each posted buffer starts (for prefetching what the device wrote).
     addrs: Vec<u64>,
-    /// The ring's buffer slots: descriptor `d` owns `[bufs + d * SLOT_BYTES, +SLOT_BYTES)`.
-    bufs: *mut u8,
+    /// The ring's buffer slots: descriptor `d` owns slot `d` ([`SLOT_BYTES`]).
+    bufs: PeerArray<[u8; SLOT]>,
     kick: Arc<File>,
 }
-
-// SAFETY: the pointers target the port's shared memory, which the device (holding the
-// rings) keeps mapped while a ring exists; one queue object at a time uses a ring
-// (`Mutex<Option<_>>`).
-unsafe impl Send for DriverRing {}
 
 impl std::fmt::Debug for DriverRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,20 +83,24 @@ impl std::fmt::Debug for DriverRing {
 }
 
 impl DriverRing {
-    /// A fresh ring of `size` entries whose areas are at `desc`, `avail` and `used` in our
-    /// memory (zeroed), with `size` buffer slots at `bufs`, kicked through `kick`.
+    /// A fresh ring of `size` entries whose areas are `desc`, `avail` and `used` in our
+    /// memory (zeroed), with `size` buffer slots in `bufs`, kicked through `kick`; `None`
+    /// when the areas do not hold `size` entries (aligned) or `size` is not a power of two.
     pub(crate) fn new(
-        desc: *mut Desc,
-        avail: *mut u16,
-        used: *mut u16,
+        desc: PeerSpan,
+        avail: PeerSpan,
+        used: PeerSpan,
         (size, in_order): (u16, bool),
-        bufs: *mut u8,
+        bufs: PeerSpan,
         kick: File,
-    ) -> DriverRing {
-        DriverRing {
-            desc,
+    ) -> Option<DriverRing> {
+        let n = usize::from(size);
+        Some(DriverRing {
+            desc: desc.array::<Desc>(0, n)?,
             avail,
+            avail_ring: avail.array::<u16>(4, n)?,
             used,
+            used_ring: used.array::<[u32; 2]>(4, n)?,
             size,
             avail_idx: 0,
             last_used: 0,
@@ -107,16 +116,15 @@ impl DriverRing {
             batch_len: 0,
             inflight: vec![NONE; usize::from(size)],
             addrs: vec![0; usize::from(size)],
-            bufs,
+            bufs: bufs.array::<[u8; SLOT]>(0, n)?,
             kick: Arc::new(kick),
-        }
+        })
     }
 
-    /// Our address of descriptor `id`'s buffer slot ([`SLOT_BYTES`]).
-    #[inline]
-    pub(crate) fn slot(&self, id: u16) -> *mut u8 {
-        let id = usize::from(id & (self.size - 1));
-        self.bufs.wrapping_add(id * SLOT_BYTES as usize)
+    /// Descriptor `id`'s buffer slot ([`SLOT_BYTES`]; `id` masked to the ring).
+    #[inline(always)]
+    pub(crate) fn slot(&self, id: u16) -> PeerSpan {
+        self.bufs.span(usize::from(id))
     }
 
     /// Entries.
@@ -125,9 +133,9 @@ impl DriverRing {
     }
 
     fn used_idx(&self) -> u16 {
-        // D2: Acquire, before reading used elements and the buffers' bytes.
-        // SAFETY: `used + 1` is the 2-aligned idx word of the used area in our memzone.
-        unsafe { AtomicU16::from_ptr(self.used.wrapping_add(1)) }.load(Ordering::Acquire)
+        // D2: Acquire, before reading used elements and the buffers' bytes (bytes 2..4 of
+        // the used area: never a miss).
+        self.used.load_u16(2, Ordering::Acquire).unwrap_or(0)
     }
 
     /// How far the device has returned buffers: the used index loaded once everything up
@@ -142,14 +150,8 @@ impl DriverRing {
     }
 
     fn used_elem(&self, i: u16) -> (u32, u32) {
-        let slot = usize::from(i & (self.size - 1));
-        let p = self
-            .used
-            .cast::<u8>()
-            .wrapping_add(4 + 8 * slot)
-            .cast::<[u32; 2]>();
-        // SAFETY: inside the used area (4-aligned); volatile: the device writes it.
-        let [id, len] = unsafe { std::ptr::read_volatile(p) };
+        // One volatile copy: the device writes it.
+        let [id, len] = self.used_ring.read(usize::from(i));
         (u32::from_le(id), u32::from_le(len))
     }
 
@@ -172,6 +174,7 @@ impl DriverRing {
         }
     }
 
+    #[inline]
     pub(crate) fn post(&mut self, id: u16, addr: u64, len: u32, flags: u16, handle: u64) {
         let d = Desc {
             addr: addr.to_le(),
@@ -179,11 +182,10 @@ impl DriverRing {
             flags: flags.to_le(),
             next: 0,
         };
-        // SAFETY: `id < size`: inside the descriptor table (16-byte aligned).
-        unsafe { std::ptr::write_volatile(self.desc.wrapping_add(usize::from(id)), d) };
-        let slot = usize::from(self.avail_idx & (self.size - 1));
-        // SAFETY: avail.ring[slot], inside the avail area; the device reads it after D1.
-        unsafe { std::ptr::write_volatile(self.avail.wrapping_add(2 + slot), id.to_le()) };
+        self.desc.write(usize::from(id), d);
+        // avail.ring[avail_idx masked]; the device reads it after D1.
+        self.avail_ring
+            .write(usize::from(self.avail_idx), id.to_le());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.inflight[usize::from(id)] = handle;
         self.addrs[usize::from(id)] = addr;
@@ -192,6 +194,7 @@ impl DriverRing {
     /// Warms the cache for up to `max` used elements and the start of their buffers (the
     /// device just wrote both from another core): the misses overlap instead of queueing
     /// behind each other. Hints only; ids are masked and the addresses are our own.
+    #[inline]
     pub(crate) fn prefetch_used(&mut self, max: usize) {
         self.seen_used = self.used_idx();
         let ready = usize::from(self.seen_used.wrapping_sub(self.last_used))
@@ -221,20 +224,18 @@ impl DriverRing {
             let mut j = 0;
             while j < k {
                 let id = usize::from(self.avail_idx).wrapping_add(j) & mask;
-                pmds_common_virtio::prefetch::prefetch_write(self.desc.wrapping_add(id).cast());
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(id));
                 j += 4;
             }
         } else {
             for &id in &self.free[self.free.len() - k..] {
-                pmds_common_virtio::prefetch::prefetch_write(
-                    self.desc.wrapping_add(usize::from(id)).cast(),
-                );
+                pmds_common_virtio::prefetch::prefetch_write(self.desc.hint(usize::from(id)));
             }
         }
         let mut j = 0;
         while j < k {
             let slot = usize::from(self.avail_idx).wrapping_add(j) & mask;
-            pmds_common_virtio::prefetch::prefetch_write(self.avail.wrapping_add(2 + slot).cast());
+            pmds_common_virtio::prefetch::prefetch_write(self.avail_ring.hint(slot));
             j += 32;
         }
     }
@@ -247,8 +248,8 @@ impl DriverRing {
         let mask = usize::from(self.size - 1);
         let each = |id: usize| {
             let p = self.slot(id as u16);
-            pmds_common_virtio::prefetch::prefetch_write(p);
-            pmds_common_virtio::prefetch::prefetch_write(p.wrapping_add(64));
+            pmds_common_virtio::prefetch::prefetch_write(p.hint(0));
+            pmds_common_virtio::prefetch::prefetch_write(p.hint(64));
         };
         if self.in_order {
             for j in 0..k {
@@ -263,14 +264,12 @@ impl DriverRing {
 
     /// Publishes the posted descriptors and kicks the device if it asked for kicks.
     pub(crate) fn publish(&mut self) {
-        // D1: Release, publishing the descriptors and avail entries written above.
-        // SAFETY: `avail + 1` is avail.idx, 2-aligned, in our memzone.
-        unsafe { AtomicU16::from_ptr(self.avail.wrapping_add(1)) }
-            .store(self.avail_idx, Ordering::Release);
+        // D1: Release, publishing the descriptors and avail entries written above
+        // (avail.idx, bytes 2..4 of the avail area).
+        self.avail.store_u16(2, self.avail_idx, Ordering::Release);
         // D3: our idx store before the load of the device's flags.
         fence(Ordering::SeqCst);
-        // SAFETY: used.flags, 2-aligned, in our memzone.
-        let flags = unsafe { AtomicU16::from_ptr(self.used) }.load(Ordering::Relaxed);
+        let flags = self.used.load_u16(0, Ordering::Relaxed).unwrap_or(0);
         if flags & VRING_USED_F_NO_NOTIFY == 0 {
             let _ = (&*self.kick).write(&1u64.to_ne_bytes());
         }
@@ -362,32 +361,31 @@ mod tests {
 
     /// A driver ring of `size` entries over `mem` (zeroed), as `connect` lays it out.
     fn ring(mem: &mut [u64], size: u16, in_order: bool) -> DriverRing {
-        let base = mem.as_mut_ptr().cast::<u8>();
         let n = usize::from(size);
         let used_off = (16 * n + 6 + 2 * n).next_multiple_of(64);
         assert!(used_off + 6 + 8 * n <= mem.len() * 8);
+        // SAFETY: the test's own memory, which outlives the ring (each test drops the ring
+        // first) and is used only through the spans meanwhile.
+        let all = unsafe { PeerSpan::new(mem.as_mut_ptr().cast(), mem.len() * 8) };
+        // The slots: never touched by these tests, kept for the test run.
+        let slots: &'static mut [u64] = Box::leak(vec![0u64; 256 * n].into_boxed_slice());
+        // SAFETY: leaked, so mapped for the rest of the run.
+        let bufs = unsafe { PeerSpan::new(slots.as_mut_ptr().cast(), slots.len() * 8) };
         DriverRing::new(
-            base.cast(),
-            base.wrapping_add(16 * n).cast(),
-            base.wrapping_add(used_off).cast(),
+            all.sub(0, 16 * n).unwrap(),
+            all.sub(16 * n, 6 + 2 * n).unwrap(),
+            all.sub(used_off, 6 + 8 * n).unwrap(),
             (size, in_order),
-            std::ptr::null_mut(),
+            bufs,
             crate::device::eventfd().unwrap(),
         )
+        .unwrap()
     }
 
     /// What the device does: element `pos` = (id, len), then used.idx = `idx`.
     fn device_returns(r: &DriverRing, pos: u16, id: u32, len: u32, idx: u16) {
-        let slot = usize::from(pos & (r.size - 1));
-        let p = r
-            .used
-            .cast::<u8>()
-            .wrapping_add(4 + 8 * slot)
-            .cast::<[u32; 2]>();
-        // SAFETY: inside the test's used area, 4-aligned.
-        unsafe { p.write([id, len]) };
-        // SAFETY: used.idx, 2-aligned.
-        unsafe { AtomicU16::from_ptr(r.used.wrapping_add(1)) }.store(idx, Ordering::Release);
+        r.used_ring.write(usize::from(pos), [id, len]);
+        r.used.store_u16(2, idx, Ordering::Release);
     }
 
     fn post_n(r: &mut DriverRing, n: u64, first_handle: u64) {
@@ -404,9 +402,7 @@ mod tests {
         let mut r = ring(&mut mem, 8, true);
         post_n(&mut r, 4, 100);
         for i in 0..4u16 {
-            // SAFETY: avail.ring[i] of the test ring.
-            let entry = unsafe { r.avail.wrapping_add(2 + usize::from(i)).read() };
-            assert_eq!(entry, i);
+            assert_eq!(r.avail_ring.read(usize::from(i)), i);
         }
         assert_eq!(r.free_len(), 4);
         // One element for three buffers: the first two were used whole.

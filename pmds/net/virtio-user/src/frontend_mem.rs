@@ -7,26 +7,28 @@
 //! ever read back as a structure of ours: the memseg's header and directory are written
 //! once at creation and never looked up (the memseg is in no name lookup), the vrings
 //! are read through the checks in [`crate::device`], and packet bytes are copied out
-//! of the buffers once into mbufs of a host pool ([`pmds_net_vhost::peer_copy`]) and checked there.
+//! of the buffers once into mbufs of a host pool and checked there. All of it is reached
+//! only as [`PeerSpan`]s (`pmds_common_vhost_user::peer_mem`), like a guest's memory.
 //! No mbuf header and no pool ring lives in shared memory: the buffers are plain slots of
 //! [`SLOT_BYTES`], one per descriptor, their bookkeeping in the queue's private memory.
 //!
 //! The memfd is sealed (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) before the backend
 //! sees it, so the backend cannot truncate it under us; the mapping is registered with
-//! the SIGBUS guard as well ([`pmds_net_vhost::guard`]), so nothing it does to the file can kill
+//! the SIGBUS guard as well ([`pmds_common_vhost_user::guard`]), so nothing it does to the file can kill
 //! the process.
 //!
 //! Layout: memseg header and directory, then the vrings memzone (`vq`, [`vring_bytes`]
 //! per vring), then the buffers memzone (`bufs`, `queue_size` slots per vring, vring `v`'s
 //! descriptor `d` owning slot `v * queue_size + d`).
 
-use pmds_net_vhost::VhostError;
+use pmds_common_vhost_user::VhostError;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 
 use shm::{Memseg, MemzoneKind, Region};
 
-use pmds_net_vhost::guard::{Guarded, Quota};
+use pmds_common_vhost_user::guard::{Guarded, Quota};
+use pmds_common_vhost_user::peer_mem::PeerSpan;
 
 /// Bytes of one packet buffer: the virtio-net header and a frame of up to
 /// `SLOT_BYTES - 12` bytes (more with mergeable rx buffers, spread over several).
@@ -44,6 +46,8 @@ pub struct PortMemory {
     /// Unregistered before the mapping goes (declared before `seg`).
     guard: Guarded,
     seg: Memseg,
+    /// All of `seg`'s mapping, the one way into it.
+    span: PeerSpan,
     file: File,
     rings_off: u64,
     bufs_off: u64,
@@ -61,21 +65,22 @@ impl PortMemory {
         let buf_bytes = vrings as u64 * u64::from(size) * SLOT_BYTES;
         let total = HEADER_BYTES + ring_bytes + buf_bytes;
         if total > MAX_PORT_BYTES {
-            return Err(pmds_net_vhost::setup_err!(
+            return Err(pmds_common_vhost_user::setup_err!(
                 "{} vrings of {size} entries need {} MiB of buffers (at most {} MiB): lower queues= or queue_size=",
                 vrings,
                 total >> 20,
                 MAX_PORT_BYTES >> 20
             ));
         }
-        let file = pmds_net_vhost::mem::sealed_memfd(&format!("shmdp-{name}"), total)
-            .map_err(|e| pmds_net_vhost::setup_err!("port memory: {e}"))?;
+        let file = pmds_common_vhost_user::memfd::sealed_memfd(&format!("shmdp-{name}"), total)
+            .map_err(|e| pmds_common_vhost_user::setup_err!("port memory: {e}"))?;
         let map = memmap2::MmapOptions::new()
             .len(total as usize)
             .map_raw(&file)
-            .map_err(|e| pmds_net_vhost::setup_err!("map the port memory: {e}"))?;
+            .map_err(|e| pmds_common_vhost_user::setup_err!("map the port memory: {e}"))?;
         // One mapping: a share of one slot of the guard's table.
-        let guard = Quota::reserve(1)?.register(map.as_mut_ptr() as usize, total as usize)?;
+        let base = map.as_mut_ptr();
+        let guard = Quota::reserve(1)?.register(base as usize, total as usize)?;
         let seg = Memseg::create_in_region(Region::from_mmap(map), &format!("{name}_vu"), 0)
             .map_err(|e| VhostError::Setup(e.to_string()))?;
         let rings = seg
@@ -85,8 +90,13 @@ impl PortMemory {
             .reserve("bufs", buf_bytes, 4096, MemzoneKind::Raw)
             .map_err(|e| VhostError::Setup(e.to_string()))?;
         seg.mark_ready();
+        // SAFETY: the whole of `seg`'s mapping (`total` bytes, shared, read-write), which
+        // lives as long as this value; every span of it is used by the rings of the
+        // device that owns this value, and the device drops them first.
+        let span = unsafe { PeerSpan::new(base, total as usize) };
         Ok(PortMemory {
             guard,
+            span,
             rings_off: rings.offset,
             bufs_off: bufs.offset,
             seg,
@@ -125,18 +135,24 @@ impl PortMemory {
         self.file.as_raw_fd()
     }
 
-    /// Our address of vring `v`'s descriptor table ([`vring_bytes`] of it).
-    pub fn vring(&self, v: usize) -> *mut u8 {
+    /// Vring `v`'s memory ([`vring_bytes`] from its descriptor table), valid while this
+    /// value lives.
+    pub fn vring(&self, v: usize) -> PeerSpan {
         assert!(v < self.vrings, "vring {v} of {}", self.vrings);
         let off = self.rings_off + v as u64 * vring_bytes(self.size);
-        self.seg.region().base_va().wrapping_add(off as usize) as *mut u8
+        self.span
+            .sub(off as usize, vring_bytes(self.size) as usize)
+            .unwrap_or(PeerSpan::EMPTY)
     }
 
-    /// Our address of the first of vring `v`'s `queue_size` buffer slots.
-    pub fn slots(&self, v: usize) -> *mut u8 {
+    /// Vring `v`'s `queue_size` buffer slots, valid while this value lives.
+    pub fn slots(&self, v: usize) -> PeerSpan {
         assert!(v < self.vrings, "vring {v} of {}", self.vrings);
-        let off = self.bufs_off + v as u64 * u64::from(self.size) * SLOT_BYTES;
-        self.seg.region().base_va().wrapping_add(off as usize) as *mut u8
+        let len = u64::from(self.size) * SLOT_BYTES;
+        let off = self.bufs_off + v as u64 * len;
+        self.span
+            .sub(off as usize, len as usize)
+            .unwrap_or(PeerSpan::EMPTY)
     }
 }
 
@@ -155,9 +171,11 @@ mod tests {
             m.len_bytes(),
             HEADER_BYTES + 2 * vring_bytes(256) + 2 * 256 * SLOT_BYTES
         );
-        let last = m.slots(1) as u64 + 256 * SLOT_BYTES;
+        let last = m.slots(1).addr() + 256 * SLOT_BYTES;
+        assert_eq!(m.slots(1).len() as u64, 256 * SLOT_BYTES);
         assert!(last <= m.base() + m.len_bytes());
-        assert!(m.vring(1) as u64 + vring_bytes(256) <= m.slots(0) as u64);
+        assert!(m.vring(1).addr() + vring_bytes(256) <= m.slots(0).addr());
+        assert_eq!(m.vring(0).addr(), m.base() + m.rings_off);
         assert!(PortMemory::create("vu1", 16, 32768).is_err(), "too large");
     }
 }

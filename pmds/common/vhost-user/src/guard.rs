@@ -3,7 +3,7 @@
 //! A mapping of a file faults with SIGBUS when the page touched is past the file's end
 //! (the peer truncated it after we mapped it) or cannot be allocated (a hugetlbfs file
 //! whose pool ran dry after the peer punched a hole). Sealing (`F_SEAL_SHRINK`, checked
-//! in [`super::mem`]) rules out the first for memfds; hugetlbfs files cannot be sealed,
+//! by the vhost backend's memory table) rules out the first for memfds; hugetlbfs files cannot be sealed,
 //! and neither seal rules out the second. So every mapping of peer memory is registered
 //! here, and a SIGBUS whose address lies in a registered mapping is answered by putting
 //! anonymous zero pages over that whole mapping (`mmap(MAP_FIXED)`) and raising the

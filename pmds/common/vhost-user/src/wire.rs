@@ -278,6 +278,23 @@ pub fn process_stop() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(Default::default)
 }
 
+/// A non-blocking, close-on-exec eventfd (a vring's kick or call), as a `File`.
+///
+/// # Errors
+/// One line when the kernel refuses.
+pub fn eventfd() -> Result<File, crate::VhostError> {
+    // SAFETY: plain syscall; a valid fd is owned by the File below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(crate::setup_err!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Whether a peer of `uid` may be given our memory: ours, or root's.
 pub fn uid_allowed(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()

@@ -15,9 +15,42 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::mem::{RegionSpec, MAX_REGIONS};
-use super::vring::VringAddrs;
 use super::wire::{self, Until, WireError};
+
+/// Most regions a memory table may hold (QEMU sends at most 8 without the mem-slots
+/// feature).
+pub const MAX_REGIONS: usize = 64;
+
+/// Most queue pairs of one port (both sides).
+pub const MAX_QUEUE_PAIRS: u16 = 8;
+
+/// One region of the frontend's memory table, as `SET_MEM_TABLE` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionSpec {
+    /// Guest physical address of the first byte.
+    pub guest_phys_addr: u64,
+    /// Bytes.
+    pub size: u64,
+    /// The frontend's virtual address of the first byte.
+    pub user_addr: u64,
+    /// Offset of the first byte in the file.
+    pub mmap_offset: u64,
+}
+
+/// Where a vring is, as the frontend described it (its own virtual addresses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VringAddrs {
+    /// Entries (a power of two).
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Driver ("available") area.
+    pub avail: u64,
+    /// Device ("used") area.
+    pub used: u64,
+    /// First available index to process (`SET_VRING_BASE`).
+    pub base: u16,
+}
 
 /// Header flag: protocol version 1.
 pub const VERSION: u32 = 0x1;
