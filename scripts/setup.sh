@@ -20,6 +20,7 @@ TOOLS=(
   dpdk-testpmd=dpdk-dev dpdk-test=dpdk-dev tshark=tshark
   qemu-system-x86_64=qemu-system-x86 busybox=busybox-static cpio=cpio ip=iproute2
   python3=python3 strip=binutils gcc=gcc pkg-config=pkg-config prlimit=util-linux
+  sleep=coreutils
 )
 
 if [ "${1:-}" = "--list" ]; then
