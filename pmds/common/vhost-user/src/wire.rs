@@ -34,12 +34,19 @@ pub enum WireError {
     /// The cancel flag was raised (a signal, the port stopping).
     #[error("stopped while waiting for the peer")]
     Cancelled,
-    /// A socket error.
+    /// A socket error. Its OS error is in the message (these errors are folded into
+    /// one-line peer errors), so it is not also a `source`.
     #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer sent something malformed.
     #[error("{0}")]
     Protocol(String),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> WireError {
+        WireError::Io(e)
+    }
 }
 
 /// Where a wait ends: a deadline (none: wait for as long as the peer likes, still
