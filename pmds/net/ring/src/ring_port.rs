@@ -261,8 +261,12 @@ pub(crate) struct SpTx {
 }
 
 /// How long a producer leaving a ring waits for a live consumer in another process to
-/// take its local entries (see [`SpTx::release`]).
+/// take more of its local entries (see [`SpTx::release`]): the wait goes on while the
+/// consumer keeps taking them, up to [`DRAIN_MAX`].
 pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest a leaving producer waits for a consumer that keeps taking its entries.
+pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most packets one local burst moves.
 const MAX_LOCAL_BURST: usize = pmds_ethdev::MAX_BURST;
@@ -416,18 +420,27 @@ impl SpTx {
     /// Local entries still queued carry our tag, and when this process ends the primary
     /// returns every buffer with its tag, those too (the consumer then refuses the stale
     /// entries): so a producer that leaves while another live process consumes the ring
-    /// first waits (up to [`DRAIN_WAIT`]) for it to take what was sent.
+    /// first waits for it to take what was sent, as long as it keeps taking (up to
+    /// [`DRAIN_WAIT`] without progress, [`DRAIN_MAX`] in all).
     pub(crate) fn release(&mut self) {
         if self.owner {
             let consumer = self.ring.consumer_process();
             if let Some(consumer) = consumer.filter(|c| c.pid != std::process::id()) {
                 let end = self.prod.position();
                 let t0 = std::time::Instant::now();
-                while !at_or_after(self.ring.cons_tail(), end)
-                    && t0.elapsed() < DRAIN_WAIT
+                let (mut seen, mut moved) = (self.ring.cons_tail(), t0);
+                // While it keeps taking them: a consumer slower than we were (a loaded
+                // machine) is waited for, one that stopped taking is not.
+                while !at_or_after(seen, end)
+                    && moved.elapsed() < DRAIN_WAIT
+                    && t0.elapsed() < DRAIN_MAX
                     && !consumer.is_gone()
                 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
+                    let now = self.ring.cons_tail();
+                    if now != seen {
+                        (seen, moved) = (now, std::time::Instant::now());
+                    }
                 }
             }
             // Relaxed: the role's release (Release) orders it for the next producer.
