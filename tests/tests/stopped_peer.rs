@@ -91,6 +91,14 @@ fn audit_exact(prefix: &str) -> (bool, String) {
     (st.code() == Some(0) && exact, all)
 }
 
+/// Everything works on: a last run moves mbufs and leaves the pool exact.
+fn works_on_exactly(prefix: &str, point: &str) {
+    let mut last = mixer(prefix, 31, "1", &[]);
+    assert!(iterations(&mut last, "after") > 0);
+    let (exact, all) = audit_exact(prefix);
+    assert!(exact, "{point}: not exact at the end: {all}");
+}
+
 /// True once `pid` is in the stopped state (`T` in `/proc/PID/stat`).
 fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -155,11 +163,7 @@ fn survivors_work_while_a_peer_is_stopped_at(point: &str) {
     st.wait_exit(Duration::from_secs(20));
     eprintln!("{point}: stats after the resume: {:?}", st.stdout());
     assert!(exact, "{point}: not exact after the resume: {all}");
-    // And everything works on: a last run moves mbufs and leaves the pool exact.
-    let mut last = mixer(&prefix, 31, "1", &[]);
-    assert!(iterations(&mut last, "after") > 0);
-    let (exact, all) = audit_exact(&prefix);
-    assert!(exact, "{point}: not exact at the end: {all}");
+    works_on_exactly(&prefix, point);
 }
 
 #[test]
@@ -237,10 +241,7 @@ fn adopter_killed_at(point: &str) {
             "{point}: {bad} counted: {stats}"
         );
     }
-    let mut last = mixer(&prefix, 31, "1", &[]);
-    assert!(iterations(&mut last, "after") > 0);
-    let (exact, all) = audit_exact(&prefix);
-    assert!(exact, "{point}: not exact at the end: {all}");
+    works_on_exactly(&prefix, point);
 }
 
 #[test]
